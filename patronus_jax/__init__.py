@@ -1,0 +1,3 @@
+"""patronus_jax: Patronus and B-cos interpretable diffusion in JAX/Flax."""
+
+__version__ = '0.1.0'
