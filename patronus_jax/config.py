@@ -40,6 +40,7 @@ def model_config() -> ConfigDict:
       num_heads=4,
       dropout=0.1,
       time_mult=4,  # embedding width = time_mult * base_channels
+      time_table_size=1000,  # rows of the frozen sinusoid table (official: 1000); >= timesteps
       remat=False,  # jax.checkpoint each residual block (memory for compute)
   ))
 
@@ -237,6 +238,9 @@ def validate(config: ConfigDict) -> ConfigDict:
            f"config field 'latent.base_channels' must be a multiple of 8 (GroupNorm(8)), got {lt.base_channels}")
   heads_ok = all((m.base_channels * k) % m.num_heads == 0 for k in m.channel_mults)
   _require(heads_ok, f"'model.num_heads'={m.num_heads} must divide every level's channel count")
+  _require(m.time_table_size >= d.timesteps,
+           f"config field 'model.time_table_size' ({m.time_table_size}) must be >= "
+           f"'diffusion.timesteps' ({d.timesteps})")
   _require(0 < d.sample_steps <= d.timesteps,
            f"config field 'diffusion.sample_steps' must be in 1..{d.timesteps}, got {d.sample_steps}")
   _require(0 < lt.sample_steps <= lt.timesteps,

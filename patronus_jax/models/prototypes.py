@@ -1,0 +1,168 @@
+"""The prototype network of Patronus: image -> prototype activations s.
+
+Paper, Sec. 3.1 (following ProtoPNet): a Conv+ReLU encoder f maps an image x to a grid of
+patch features z = f(x) of shape (h, w, D). Each of the P learned prototypes p_j in R^D is
+compared with every patch feature by the squared L2 distance
+
+    d_j(h, w) = ||z_hw||^2 - 2 z_hw . p_j + ||p_j||^2          (clipped at 0)
+
+its minimum over positions d_j = min_hw d_j(h, w) (the argmin says *where* the prototype
+is), and the activation
+
+    s_j = log((d_j + 1) / (d_j + 1e-4))          ('log', the paper)   or   s_j = -d_j ('linear').
+
+The official code computes ||z||^2 as a 1x1 convolution of z^2 with a frozen all-ones
+filter bank (`proactBlock.ones`); we keep that filter bank as a buffer so that imported
+checkpoints reproduce the official numbers exactly, whatever it holds.
+
+Receptive fields follow ProtoPNet's arithmetic: each feature-map position maps to a box in
+the image of size r centred at start + index * jump.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+ACTIVATION_EPSILON = 1e-4
+
+
+class PrototypeOutput(NamedTuple):
+  """Everything the prototype layer knows about an image batch."""
+  activations: jax.Array  # s, (B, P)
+  min_distances: jax.Array  # d, (B, P)
+  argmin: jax.Array  # row-major flat index h * w_feat + w of the closest patch, (B, P) int32
+  distances: jax.Array  # the full map d_j(h, w), NHWC: (B, h, w, P)
+
+
+def distance_to_activation(distances: jax.Array, activation: str = 'log') -> jax.Array:
+  """s = log((d + 1) / (d + 1e-4)) for 'log', s = -d for 'linear'."""
+  if activation == 'log':
+    return jnp.log((distances + 1.0) / (distances + ACTIVATION_EPSILON))
+  if activation == 'linear':
+    return -distances
+  raise ValueError(f"unknown prototype activation {activation!r}; expected 'log' or 'linear'")
+
+
+def activation_to_distance(activations: jax.Array, activation: str = 'log') -> jax.Array:
+  """Inverse of `distance_to_activation` (useful to reason about an edited s)."""
+  if activation == 'log':
+    e = jnp.exp(activations)
+    return (1.0 - ACTIVATION_EPSILON * e) / (e - 1.0)
+  if activation == 'linear':
+    return -activations
+  raise ValueError(f"unknown prototype activation {activation!r}; expected 'log' or 'linear'")
+
+
+class PrototypeEncoder(nn.Module):
+  """Conv+ReLU stack with per-layer kernels, strides and (symmetric integer) paddings."""
+  channels: Sequence[int]
+  kernels: Sequence[int]
+  strides: Sequence[int]
+  paddings: Sequence[int]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i, (c, k, s, p) in enumerate(zip(self.channels, self.kernels, self.strides, self.paddings)):
+      x = nn.Conv(c, (k, k), strides=(s, s), padding=((p, p), (p, p)), dtype=self.dtype,
+                  kernel_init=nn.initializers.normal(0.1), name=f'conv_{i}')(x)
+      x = nn.relu(x)
+    return x
+
+
+def _ones_init(key, shape):
+  del key
+  return jnp.ones(shape, jnp.float32)
+
+
+class PrototypeNetwork(nn.Module):
+  """Encoder + prototype layer. `__call__(images) -> PrototypeOutput`.
+
+  Distances are always computed in float32: s is a log of small differences of large
+  squared norms, which bf16 would destroy.
+  """
+  num_prototypes: int
+  channels: Sequence[int]
+  kernels: Sequence[int]
+  strides: Sequence[int]
+  paddings: Sequence[int]
+  activation: str = 'log'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> PrototypeOutput:
+    z = PrototypeEncoder(self.channels, self.kernels, self.strides, self.paddings,
+                         dtype=self.dtype, name='encoder')(images).astype(jnp.float32)
+    dim = self.channels[-1]
+    prototypes = self.param('prototype_vectors', nn.initializers.uniform(1.0),
+                            (self.num_prototypes, dim))
+    ones = self.variable('buffers', 'ones', _ones_init, None, (self.num_prototypes, dim)).value
+    hp = jax.lax.Precision.HIGHEST
+    z_sq = jnp.einsum('bhwc,pc->bhwp', z * z, ones, precision=hp)
+    zp = jnp.einsum('bhwc,pc->bhwp', z, prototypes, precision=hp)
+    p_sq = jnp.sum(prototypes * prototypes, axis=-1)
+    distances = nn.relu(z_sq - 2.0 * zp + p_sq)
+    b, h, w, p = distances.shape
+    flat = distances.reshape(b, h * w, p)
+    argmin = jnp.argmin(flat, axis=1).astype(jnp.int32)  # first minimum, row-major like torch
+    min_distances = jnp.min(flat, axis=1)
+    return PrototypeOutput(
+        activations=distance_to_activation(min_distances, self.activation),
+        min_distances=min_distances, argmin=argmin, distances=distances)
+
+
+class ReceptiveField(NamedTuple):
+  """ProtoPNet's [n_out, jump, size, start] of the prototype layer (input pixels)."""
+  n: int  # feature-map side
+  jump: float  # pixels between neighbouring feature positions
+  size: float  # receptive-field side in pixels
+  start: float  # centre of position 0 (pixel-centre convention: first pixel is at 0.5)
+
+
+def receptive_field(image_size: int, kernels: Sequence[int], strides: Sequence[int],
+                    paddings: Sequence[int], prototype_kernel: int = 1) -> ReceptiveField:
+  """Receptive field of the prototype layer after the encoder, as in ProtoPNet."""
+  n, jump, size, start = image_size, 1.0, 1.0, 0.5
+  layers = list(zip(kernels, strides, paddings)) + [(prototype_kernel, 1, 0)]
+  for k, s, p in layers:
+    n = math.floor((n - k + 2 * p) / s) + 1
+    start = start + ((k - 1) / 2 - p) * jump
+    size = size + (k - 1) * jump
+    jump = jump * s
+  if n <= 0:
+    raise ValueError(f'the prototype encoder reduces a {image_size}px image to nothing '
+                     f'(kernels {list(kernels)}, strides {list(strides)}, paddings {list(paddings)})')
+  return ReceptiveField(int(n), jump, size, start)
+
+
+def patch_box(rf: ReceptiveField, row: int, col: int, image_size: int) -> tuple[int, int, int, int]:
+  """Image box (y0, y1, x0, x1), end-exclusive and clipped, of feature position (row, col)."""
+  if not (0 <= row < rf.n and 0 <= col < rf.n):
+    raise ValueError(f'feature position ({row}, {col}) outside the {rf.n}x{rf.n} prototype map')
+  cy, cx = rf.start + row * rf.jump, rf.start + col * rf.jump
+  y0, y1 = max(int(cy - rf.size / 2), 0), min(int(cy + rf.size / 2), image_size)
+  x0, x1 = max(int(cx - rf.size / 2), 0), min(int(cx + rf.size / 2), image_size)
+  return y0, y1, x0, x1
+
+
+def argmin_box(rf: ReceptiveField, flat_index: int, image_size: int) -> tuple[int, int, int, int]:
+  """Box of a row-major flat argmin index of the prototype map."""
+  row, col = divmod(int(flat_index), rf.n)
+  return patch_box(rf, row, col, image_size)
+
+
+def prototype_distinct_loss(prototypes: jax.Array, margin: float = 0.2) -> jax.Array:
+  """Mean over prototypes of relu(margin - min_{k!=j} (1 - |cos(p_j, p_k)|)) (official, off by default)."""
+  if prototypes.shape[0] < 2:
+    return jnp.zeros((), prototypes.dtype)
+  unit = prototypes / jnp.maximum(jnp.linalg.norm(prototypes, axis=-1, keepdims=True), 1e-12)
+  distance = 1.0 - jnp.abs(unit @ unit.T)
+  distance = jnp.where(jnp.eye(prototypes.shape[0], dtype=bool), jnp.inf, distance)
+  return jnp.mean(nn.relu(margin - jnp.min(distance, axis=1)))

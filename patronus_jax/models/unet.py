@@ -1,0 +1,266 @@
+"""The conditional DDPM U-Net of Patronus, and the full model (prototype network + U-Net).
+
+The denoiser is the official `Patronus_Unet` (paper Sec. 3.2, eq. for p_theta(x_{t-1} | x_t, s)),
+written NHWC. Conditioning enters every residual block as per-channel offsets:
+
+    h = Conv(SiLU(GN(x)));  h += Dense_t(SiLU(e_t)) + Dense_s(SiLU(e_s));
+    h = Conv(Dropout2d(SiLU(GN(h)))) + skip(x);  [h = h + MHSA(GN(h))]
+
+with e_t = MLP(sinusoid(t)) and e_s = MLP(s), both of width `time_mult * base`. The sinusoid
+table is a frozen buffer (an `nn.Embedding.from_pretrained` in the official code) so that
+imported checkpoints are reproduced exactly. Every encoder output (including the first conv
+and the stride-2 downsamplings) is kept and concatenated, channels last, into the decoder
+blocks in reverse order; the decoder upsamples by nearest x2 + Conv3x3.
+
+`Patronus.__call__(x_t, t, s=None, x0=None)` covers both calls of the official model:
+with s given (training on s of the clean image, and sampling), or with s computed by the
+prototype network from x0 (or, when x0 is None too, from x_t itself: `model(x, t)`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from patronus_jax.models.prototypes import PrototypeNetwork, PrototypeOutput
+
+Dtype = Any
+
+GROUPS = 8
+NORM_EPS = 1e-5  # torch.nn.GroupNorm default
+
+
+def sinusoidal_table(num_steps: int, dim: int) -> np.ndarray:
+  """(num_steps, dim) table: first half sin, second half cos of t * exp(-i ln(1e4) / (dim/2 - 1))."""
+  half = dim // 2
+  freq = np.exp(np.arange(half, dtype=np.float32) * -(math.log(10000.0) / (half - 1)))
+  angles = np.arange(num_steps, dtype=np.float32)[:, None] * freq[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
+
+
+def _conv3(features: int, dtype: Dtype, name: str, strides: int = 1) -> nn.Conv:
+  return nn.Conv(features, (3, 3), strides=(strides, strides), padding=((1, 1), (1, 1)),
+                 dtype=dtype, name=name)
+
+
+def _group_norm(dtype: Dtype, name: str) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=GROUPS, epsilon=NORM_EPS, dtype=dtype, name=name)
+
+
+class TimestepEmbedding(nn.Module):
+  """Frozen sinusoid lookup, then Dense(width), SiLU, Dense(width)."""
+  num_steps: int
+  dim: int
+  width: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    table = self.variable('buffers', 'table',
+                          lambda: jnp.asarray(sinusoidal_table(self.num_steps, self.dim))).value
+    h = jnp.take(table, t.astype(jnp.int32), axis=0)
+    h = nn.Dense(self.width, dtype=self.dtype, name='dense_0')(h)
+    return nn.Dense(self.width, dtype=self.dtype, name='dense_1')(nn.silu(h))
+
+
+class VectorEmbedding(nn.Module):
+  """Dense(width), SiLU, Dense(width) on the prototype activations s."""
+  width: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, s: jax.Array) -> jax.Array:
+    h = nn.Dense(self.width, dtype=self.dtype, name='dense_0')(s)
+    return nn.Dense(self.width, dtype=self.dtype, name='dense_1')(nn.silu(h))
+
+
+class SelfAttention(nn.Module):
+  """GroupNorm + multi-head self-attention over positions (torch MultiheadAttention), residual."""
+  num_heads: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    y = _group_norm(self.dtype, 'norm')(x).reshape(b, h * w, c)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, name='qkv')(y)
+    q, k, v = jnp.split(qkv.reshape(b, h * w, 3, self.num_heads, c // self.num_heads), 3, axis=2)
+    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # (B, N, heads, d)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(c // self.num_heads)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    y = jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(b, h * w, c)
+    y = nn.Dense(c, dtype=self.dtype, name='out')(y)
+    return x + y.reshape(b, h, w, c)
+
+
+class ResBlock(nn.Module):
+  """Residual block with time and prototype conditioning (official `ResnetBlock`)."""
+  out_channels: int
+  dropout: float = 0.1
+  attention: bool = False
+  num_heads: int = 4
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t_act, s_act, train: bool = False):
+    """t_act, s_act: SiLU of the time / prototype embeddings, shared by all blocks."""
+    h = _conv3(self.out_channels, self.dtype, 'conv_1')(nn.silu(_group_norm(self.dtype, 'norm_1')(x)))
+    cond = (nn.Dense(self.out_channels, dtype=self.dtype, name='time_proj')(t_act)
+            + nn.Dense(self.out_channels, dtype=self.dtype, name='proto_proj')(s_act))
+    h = h + cond[:, None, None, :]
+    h = nn.silu(_group_norm(self.dtype, 'norm_2')(h))
+    # Dropout2d: whole channels per example.
+    h = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
+    h = _conv3(self.out_channels, self.dtype, 'conv_2')(h)
+    if x.shape[-1] != self.out_channels:
+      x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name='skip')(x)
+    h = h + x
+    if self.attention:
+      h = SelfAttention(self.num_heads, self.dtype, name='attention')(h)
+    return h
+
+
+class Downsample(nn.Module):
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return _conv3(x.shape[-1], self.dtype, 'conv', strides=2)(x)
+
+
+class Upsample(nn.Module):
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+    return _conv3(c, self.dtype, 'conv')(x)
+
+
+def unet_layout(num_levels: int, num_res_blocks: int) -> tuple[list[str], list[str]]:
+  """Kinds of the encoder ('res'/'down') and decoder ('res'/'up') layers, in official order."""
+  down, up = [], []
+  for level in range(num_levels):
+    down += ['res'] * num_res_blocks + (['down'] if level != num_levels - 1 else [])
+  for level in reversed(range(num_levels)):
+    up += ['res'] * (num_res_blocks + 1) + (['up'] if level != 0 else [])
+  return down, up
+
+
+class ConditionalUNet(nn.Module):
+  """epsilon_theta(x_t, t, s): the official Patronus_Unet, NHWC."""
+  out_channels: int
+  base_channels: int = 64
+  channel_mults: Sequence[int] = (1, 2, 4, 4)
+  num_res_blocks: int = 2
+  attention: Sequence[bool] = (False, False, False, False)
+  num_heads: int = 4
+  dropout: float = 0.1
+  time_mult: int = 4
+  time_table_size: int = 1000  # rows of the sinusoid table (official: always 1000)
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, s: jax.Array, train: bool = False) -> jax.Array:
+    width = self.time_mult * self.base_channels
+    t_act = nn.silu(TimestepEmbedding(self.time_table_size, self.base_channels, width, self.dtype,
+                                      name='time_embedding')(t))
+    s_act = nn.silu(VectorEmbedding(width, self.dtype, name='prototype_embedding')(s))
+    block_cls = nn.remat(ResBlock, static_argnums=(4,)) if self.remat else ResBlock
+
+    def block(name, channels, attention, h):
+      return block_cls(channels, self.dropout, attention, self.num_heads, self.dtype, name=name)(
+          h, t_act, s_act, train)
+
+    h = _conv3(self.base_channels, self.dtype, 'first')(x.astype(self.dtype))
+    skips = [h]
+    down, up = unet_layout(len(self.channel_mults), self.num_res_blocks)
+    level = 0
+    for i, kind in enumerate(down):
+      if kind == 'down':
+        h = Downsample(self.dtype, name=f'down_{i}')(h)
+        level += 1
+      else:
+        h = block(f'down_{i}', self.base_channels * self.channel_mults[level],
+                  self.attention[level], h)
+      skips.append(h)
+    h = block('mid_0', h.shape[-1], True, h)
+    h = block('mid_1', h.shape[-1], False, h)
+    level = len(self.channel_mults) - 1
+    for i, kind in enumerate(up):
+      if kind == 'up':
+        h = Upsample(self.dtype, name=f'up_{i}')(h)
+        level -= 1
+      else:
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = block(f'up_{i}', self.base_channels * self.channel_mults[level],
+                  self.attention[level], h)
+    h = nn.silu(_group_norm(self.dtype, 'final_norm')(h))
+    return _conv3(self.out_channels, self.dtype, 'final_conv')(h).astype(jnp.float32)
+
+
+class Patronus(nn.Module):
+  """Prototype network + conditional U-Net, as one module.
+
+  `__call__(x_t, t, s=None, x0=None, train=False)` returns the denoiser output;
+  `encode(images)` returns the PrototypeOutput (s, distances, argmins).
+  """
+  image_channels: int
+  num_prototypes: int
+  encoder_channels: Sequence[int] = (32, 64, 64, 128)
+  encoder_kernels: Sequence[int] = (3, 3, 3, 3)
+  encoder_strides: Sequence[int] = (2, 1, 1, 1)
+  encoder_paddings: Sequence[int] = (1, 0, 0, 0)
+  activation: str = 'log'
+  base_channels: int = 64
+  channel_mults: Sequence[int] = (1, 2, 4, 4)
+  num_res_blocks: int = 2
+  attention: Sequence[bool] = (False, False, False, False)
+  num_heads: int = 4
+  dropout: float = 0.1
+  time_mult: int = 4
+  time_table_size: int = 1000
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.prototypes = PrototypeNetwork(
+        self.num_prototypes, tuple(self.encoder_channels), tuple(self.encoder_kernels),
+        tuple(self.encoder_strides), tuple(self.encoder_paddings), self.activation, self.dtype)
+    self.unet = ConditionalUNet(
+        self.image_channels, self.base_channels, tuple(self.channel_mults), self.num_res_blocks,
+        tuple(self.attention), self.num_heads, self.dropout, self.time_mult, self.time_table_size,
+        self.remat, self.dtype)
+
+  def encode(self, images: jax.Array) -> PrototypeOutput:
+    return self.prototypes(images)
+
+  def denoise(self, x_t: jax.Array, t: jax.Array, s: jax.Array, train: bool = False) -> jax.Array:
+    return self.unet(x_t, t, s, train)
+
+  def __call__(self, x_t: jax.Array, t: jax.Array, s: Optional[jax.Array] = None,
+               x0: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+    if s is None:
+      s = self.encode(x_t if x0 is None else x0).activations
+    return self.denoise(x_t, t, s, train)
+
+
+def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:
+  """Builds the model a config describes (`config.model`, image shape from `config.data`)."""
+  m = config.model
+  compute = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype or config.train.dtype]
+  return Patronus(
+      image_channels=config.data.channels, num_prototypes=m.num_prototypes,
+      encoder_channels=tuple(m.encoder_channels), encoder_kernels=tuple(m.encoder_kernels),
+      encoder_strides=tuple(m.encoder_strides), encoder_paddings=tuple(m.encoder_paddings),
+      activation=m.activation, base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
+      num_res_blocks=m.num_res_blocks, attention=tuple(bool(a) for a in m.attention),
+      num_heads=m.num_heads, dropout=m.dropout, time_mult=m.time_mult,
+      time_table_size=m.time_table_size, remat=m.remat, dtype=compute)
