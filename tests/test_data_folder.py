@@ -1,0 +1,172 @@
+"""Image folders (FFHQ, CheXpert, any folder): labels CSV, splits, corrupt and malformed files."""
+
+import csv
+import io
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from patronus_jax import data
+
+
+def _write_image(path, size=(24, 20), mode='RGB', value=None, fmt=None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  rng = np.random.default_rng(abs(hash(path)) % 2**32)
+  channels = {'RGB': 3, 'L': 1, 'RGBA': 4}[mode]
+  shape = (size[1], size[0]) + ((channels,) if channels > 1 else ())
+  array = rng.integers(0, 256, shape, dtype=np.uint8) if value is None else np.full(shape, value, np.uint8)
+  Image.fromarray(array, mode=mode).save(path, format=fmt)
+
+
+def _cfg(root, name='folder', **folder):
+  cfg = data.data_config()
+  cfg.name = name
+  cfg.image_size = 16
+  cfg.read_threads = 2
+  cfg.folder.path = str(root)
+  for key, value in folder.items():
+    cfg.folder[key] = value
+  return cfg
+
+
+@pytest.fixture
+def good_folder(tmp_path):
+  root = tmp_path / 'images'
+  for i in range(12):
+    _write_image(str(root / f'sub{i % 2}' / f'{i:03d}.png'))
+  _write_image(str(root / 'gray.jpg'), mode='L', fmt='JPEG')
+  _write_image(str(root / 'alpha.png'), mode='RGBA')
+  (root / 'notes.txt').write_text('not an image, not listed')
+  return root
+
+
+def test_plain_folder(good_folder):
+  cfg = _cfg(good_folder, eval_fraction=0.25)
+  info = data.get_info(cfg)
+  assert info.num_examples == {'train': 10, 'test': 4}
+  assert info.attribute_names == () and not info.has_captions
+  arrays = data.load_arrays(cfg, 'train')
+  assert arrays['image'].shape == (10, 16, 16, 3) and arrays['attributes'].shape == (10, 0)
+  assert 'caption' not in arrays
+  assert -1 <= arrays['image'].min() and arrays['image'].max() <= 1
+  batch = next(data.make_iterator(cfg, 'train', global_batch_size=4, seed=0, process_index=0,
+                                  process_count=1))
+  assert batch['image'].shape == (4, 16, 16, 3) and batch['attributes'].shape == (4, 0)
+
+
+def test_resize_is_antialiased_bicubic_and_center_crop(tmp_path):
+  root = tmp_path / 'pattern'
+  os.makedirs(root)
+  checker = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
+  Image.fromarray(checker).save(root / 'checker.png')
+  wide = np.zeros((20, 40, 3), np.uint8)
+  wide[:, :10] = (255, 0, 0)  # left quarter red, the rest black
+  Image.fromarray(wide).save(root / 'wide.png')
+  cfg = _cfg(root, eval_fraction=0.0)
+  cfg.channels = 1
+  images = data.load_arrays(cfg, 'train')['image']  # sorted: checker, wide
+  # A 1-pixel checkerboard shrunk 4x averages to mid-gray when the filter is antialiased.
+  assert abs(images[0].mean()) < 0.05 and images[0].std() < 0.05
+  cfg.channels = 3
+  squashed = data.load_arrays(cfg, 'train')['image'][1]
+  cfg.crop = 'center'
+  cropped = data.load_arrays(cfg, 'train')['image'][1]
+  assert squashed[:, :3, 0].mean() > 0.9  # 'none' keeps the whole width
+  assert cropped[..., 0].max() < -0.9  # the centred square has no red
+
+
+def test_labels_csv_and_eval_csv(tmp_path):
+  root = tmp_path / 'CheXpert-v1.0-small'
+  rows = []
+  for split, count in (('train', 8), ('valid', 3)):
+    with open(root.parent / f'{split}.csv', 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(['Path', 'Sex', 'Cardiomegaly', 'Caption'])
+      for i in range(count):
+        rel = f'CheXpert-v1.0-small/{split}/patient{i}/view1_frontal.jpg'
+        _write_image(str(tmp_path / rel), size=(30, 30), mode='L', fmt='JPEG')
+        value = ['1.0', '0.0', '-1.0', ''][i % 4]
+        writer.writerow([rel, 'Male' if i % 2 else 'Female', value, f'x-ray {i}'])
+        rows.append(value)
+  cfg = _cfg(root, name='chexpert', labels_csv=str(root.parent / 'train.csv'),
+             eval_labels_csv=str(root.parent / 'valid.csv'), label_columns='Sex,Cardiomegaly',
+             caption_column='Caption', check_channels=1)
+  cfg.channels = 1
+  info = data.get_info(cfg)
+  assert info.num_examples == {'train': 8, 'test': 3}
+  assert info.attribute_names == ('Sex', 'Cardiomegaly')
+  assert info.attribute_values == (('Female', 'Male'), ('-1', '0', '1', 'missing'))
+  assert info.has_captions
+  arrays = data.load_arrays(cfg, 'train')
+  assert arrays['image'].shape == (8, 16, 16, 1)
+  np.testing.assert_array_equal(arrays['attributes'][:, 0], np.arange(8) % 2)
+  np.testing.assert_array_equal(arrays['attributes'][:4, 1], [2, 1, 0, 3])
+  assert list(arrays['caption'][:2]) == ['x-ray 0', 'x-ray 1']
+  assert len(data.load_arrays(cfg, 'test')['index']) == 3
+
+
+def test_corrupt_files_skipped_with_count_or_error_when_strict(good_folder, caplog):
+  (good_folder / 'garbage.png').write_bytes(b'this is not a png')
+  png = io.BytesIO()
+  Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(png, format='PNG')
+  (good_folder / 'truncated.png').write_bytes(png.getvalue()[:60])
+  cfg = _cfg(good_folder, eval_fraction=0.0)
+  with caplog.at_level(logging.WARNING):
+    info = data.get_info(cfg)
+  assert info.num_examples['train'] == 14  # the 2 bad files are skipped
+  assert 'Skipping 2 unreadable image(s)' in caplog.text and 'garbage.png' in caplog.text
+  arrays = data.load_arrays(cfg, 'train')
+  assert len(arrays['image']) == 14 and np.all(arrays['image'].std(axis=(1, 2, 3)) > 0)
+  cfg.strict = True
+  with pytest.raises(data.DataError) as error:
+    data.get_info(cfg)
+  message = str(error.value)
+  assert '2 unreadable image(s)' in message and 'garbage.png' in message
+  assert 'truncated.png' in message and 'strict' in message
+
+
+def test_file_failing_only_at_decode_time(tmp_path, caplog):
+  root = tmp_path / 'jpgs'
+  for i in range(5):
+    _write_image(str(root / f'{i}.jpg'), size=(64, 64), fmt='JPEG')
+  jpeg = (root / '2.jpg').read_bytes()
+  (root / '2.jpg').write_bytes(jpeg[:len(jpeg) // 2])  # header fine, data truncated
+  cfg = _cfg(root, eval_fraction=0.0)
+  with caplog.at_level(logging.WARNING):
+    arrays = data.load_arrays(cfg, 'train')
+  assert list(arrays['index']) == [0, 1, 3, 4]  # dropped, never a blank image
+  assert '2.jpg' in caplog.text and 'skipped so far' in caplog.text
+  cfg.strict = True
+  with pytest.raises(data.DataError, match=r'cannot decode image .*2\.jpg'):
+    data.load_arrays(cfg, 'train')
+
+
+def test_wrong_shape_names_file_and_expected_shape(good_folder):
+  _write_image(str(good_folder / 'big.png'), size=(40, 40))
+  cfg = _cfg(good_folder, check_size=40, eval_fraction=0.0)
+  with pytest.raises(data.DataError) as error:
+    data.get_info(cfg)
+  message = str(error.value)
+  assert 'alpha.png is 20x24 with 4 channel(s)' in message and 'expected 40x40xC' in message
+  # RGBA has 4 channels where 3 are required.
+  os.remove(good_folder / 'gray.jpg')
+  for i in range(12):
+    _write_image(str(good_folder / f'sub{i % 2}' / f'{i:03d}.png'), size=(40, 40))
+  cfg = _cfg(good_folder, check_channels=3, eval_fraction=0.0)
+  with pytest.raises(data.DataError, match=r'alpha\.png is 20x24 with 4 channel.*expected HxWx3'):
+    data.get_info(cfg)
+
+
+def test_missing_folder_message(tmp_path):
+  cfg = _cfg(tmp_path / 'ffhq', name='ffhq')
+  with pytest.raises(data.DataError) as error:
+    data.get_info(cfg)
+  message = str(error.value)
+  assert str(tmp_path / 'ffhq') in message and 'config.data.folder.path' in message
+  assert 'ffhq-dataset' in message
+  os.makedirs(tmp_path / 'empty')
+  with pytest.raises(data.DataError, match='no images found'):
+    data.get_info(_cfg(tmp_path / 'empty'))
