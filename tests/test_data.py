@@ -295,3 +295,39 @@ def test_planted_shapes_report(tmp_path):
   labels = data.load_arrays(cfg, 'train')['attributes']
   tied = np.array([0, 1, 2, 0])
   assert report['achieved_strength'] == np.mean(labels[:, 1] == tied[labels[:, 2]])
+
+
+def test_worker_processes_give_the_same_batches(shapes_cfg):
+  kwargs = dict(global_batch_size=8, seed=5, process_index=0, process_count=1)
+  expected = _collect(data.make_iterator(shapes_cfg, 'train', **kwargs), 4)
+  cfg = shapes_cfg.copy_and_resolve_references()
+  cfg.num_workers = 1
+  iterator = data.make_iterator(cfg, 'train', **kwargs)
+  try:
+    got = _collect(iterator, 2)
+    state = json.loads(json.dumps(iterator.get_state()))
+    got += _collect(iterator, 2)
+  finally:
+    iterator.close()
+  assert state
+  for e, g in zip(expected, got):
+    np.testing.assert_array_equal(e['index'], g['index'])
+    np.testing.assert_array_equal(e['image'], g['image'])
+
+
+def test_default_settings_use_the_registered_builder_config():
+  from patronus_jax.data import shapes_builder  # pylint: disable=g-import-not-at-top
+  config = shapes_builder.builder_config_from(data.data_config())
+  assert config is shapes_builder.PatronusShapes.BUILDER_CONFIGS[0]
+  assert config.name == 'r32_train20000_test2000_seed0'
+  cfg = data.data_config()
+  cfg.image_size, cfg.shapes.planted_strength = 64, 0.9
+  assert shapes_builder.builder_config_from(cfg).name == (
+      'r64_train20000_test2000_seed0_planted0.9_rc-gs-bt-yc')
+
+
+def test_unwritable_data_dir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('a file where a directory should be')
+  with pytest.raises(data.DataError, match='cannot prepare the shapes dataset.*writable'):
+    data.get_info(_shapes_cfg(blocker / 'tfds', 10, 0))

@@ -42,6 +42,14 @@ def _processes(process_index: int | None, process_count: int | None) -> tuple[in
   return int(process_index), int(process_count)
 
 
+def _ensure_flags_parsed() -> None:
+  """grain's worker processes read absl flags; outside an absl app (tests, notebooks) the
+  flags were never parsed, so take their defaults rather than failing in the workers."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def _preprocess(data_cfg, opened: sources.OpenedSplit) -> preprocess_lib.Preprocess:
   return preprocess_lib.Preprocess(
       dataset=opened.name, image_size=int(data_cfg.image_size), channels=int(data_cfg.channels),
@@ -113,6 +121,7 @@ def make_iterator(data_cfg, split: str, *, global_batch_size: int, seed: int,
   ds = ds.map(_preprocess(data_cfg, opened))
   it = ds.to_iter_dataset(_read_options(data_cfg))
   if data_cfg.num_workers > 0:
+    _ensure_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=int(data_cfg.num_workers),
         per_worker_buffer_size=int(data_cfg.worker_buffer_size)))

@@ -14,6 +14,7 @@ Preparation needs no network and takes a few seconds for a few thousand images.
 from __future__ import annotations
 
 import dataclasses
+import logging as logging_std
 
 from absl import logging
 from PIL import Image
@@ -24,6 +25,7 @@ from patronus_jax.data.tfds_compat import tfds
 VERSION = '1.0.0'
 _CHUNK = 512
 _RELEASE_NOTES = {VERSION: 'First release.'}
+_DEFAULT_MAPPING = 'red:circle,green:square,blue:triangle,yellow:circle'
 
 
 @dataclasses.dataclass(eq=False)
@@ -35,7 +37,7 @@ class PatronusShapesConfig(tfds.core.BuilderConfig):
   num_test: int = 2_000
   seed: int = 0
   planted_strength: float = -1.0
-  planted_mapping: str = 'red:circle,green:square,blue:triangle,yellow:circle'
+  planted_mapping: str = _DEFAULT_MAPPING
 
 
 def config_name(resolution: int, num_train: int, num_test: int, seed: int,
@@ -49,16 +51,34 @@ def config_name(resolution: int, num_train: int, num_test: int, seed: int,
   return name
 
 
-def builder_config_from(data_cfg) -> PatronusShapesConfig:
-  """The builder config for `config.data` (resolution 0 means data.image_size)."""
-  s = data_cfg.shapes
-  resolution = int(s.resolution or data_cfg.image_size)
-  values = dict(resolution=resolution, num_train=int(s.num_train), num_test=int(s.num_test),
-                seed=int(s.seed), planted_strength=float(s.planted_strength),
-                planted_mapping=str(s.planted_mapping))
+def make_config(resolution: int = 32, num_train: int = 20_000, num_test: int = 2_000,
+                seed: int = 0, planted_strength: float = -1.0,
+                planted_mapping: str = _DEFAULT_MAPPING) -> PatronusShapesConfig:
+  values = dict(resolution=int(resolution), num_train=int(num_train), num_test=int(num_test),
+                seed=int(seed), planted_strength=float(planted_strength),
+                planted_mapping=str(planted_mapping))
   return PatronusShapesConfig(
       name=config_name(**values), version=VERSION, release_notes=dict(_RELEASE_NOTES),
       description='Procedural shapes with known factors (patronus_jax).', **values)
+
+
+def builder_config_from(data_cfg) -> PatronusShapesConfig:
+  """The builder config for `config.data` (resolution 0 means data.image_size)."""
+  s = data_cfg.shapes
+  config = make_config(s.resolution or data_cfg.image_size, s.num_train, s.num_test, s.seed,
+                       s.planted_strength, s.planted_mapping)
+  # TFDS refuses a new instance named like a registered config: use the registered one.
+  return PatronusShapes.builder_configs.get(config.name, config)
+
+
+class _QuietCustomConfig(logging_std.Filter):
+  """Every shapes config is 'custom' to TFDS, which warns on each open; that is expected."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return 'Using custom data configuration: PatronusShapesConfig' not in record.getMessage()
+
+
+logging_std.getLogger('absl').addFilter(_QuietCustomConfig())
 
 
 class PatronusShapes(tfds.core.GeneratorBasedBuilder):
@@ -66,9 +86,7 @@ class PatronusShapes(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version(VERSION)
   RELEASE_NOTES = _RELEASE_NOTES
-  BUILDER_CONFIGS = [PatronusShapesConfig(
-      name=config_name(32, 20_000, 2_000, 0, -1.0, ''), version=VERSION,
-      release_notes=dict(_RELEASE_NOTES))]
+  BUILDER_CONFIGS = [make_config()]  # the quickstart's default
 
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
@@ -83,7 +101,6 @@ class PatronusShapes(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict(features),
         supervised_keys=None,
         disable_shuffling=True,  # record i = sample_factors row i
-        homepage='https://github.com/patronus-jax',
     )
 
   def _split_generators(self, dl_manager):

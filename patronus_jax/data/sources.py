@@ -251,9 +251,14 @@ def prepare_shapes(data_cfg) -> None:
           file_format='array_record',
           # Nothing to fetch: never ask GCS for a prepared copy (no network needed at all).
           download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except OSError as e:
-      raise DataError(f'cannot prepare the shapes dataset in {data_dir} ({e}). Set '
-                      'config.data.data_dir to a writable directory.') from e
+    except Exception as e:  # pylint: disable=broad-except
+      # Another process sharing data_dir (multi-host) may have finished it first; the data
+      # are deterministic, so its copy is as good as ours.
+      if shapes_builder.PatronusShapes(config=config, data_dir=data_dir).is_prepared():
+        return
+      raise DataError(f'cannot prepare the shapes dataset {config.name} in {data_dir} '
+                      f'({type(e).__name__}: {e}). Set config.data.data_dir to a writable '
+                      'directory.') from e
 
 
 def _missing_tfds_error(data_cfg, split: str, error: Exception) -> DataError:
