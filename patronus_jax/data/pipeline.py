@@ -63,8 +63,6 @@ def _read_options(data_cfg) -> grain.ReadOptions:
 
 def get_info(data_cfg) -> DatasetInfo:
   """Describes the configured dataset; prepares shapes if missing, DataError if real data is."""
-  from patronus_jax.data.config import validate_data_config  # pylint: disable=g-import-not-at-top
-  validate_data_config(data_cfg)
   splits = {}
   for split in dict.fromkeys((data_cfg.train_split, data_cfg.eval_split)):
     if (data_cfg.name == 'patronus_shapes' and split.split('[')[0] == 'test'

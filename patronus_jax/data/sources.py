@@ -646,6 +646,8 @@ def _cached_labels(data_cfg, split: str, spec: TfdsSpec) -> np.ndarray:
 
 def open_split(data_cfg, split: str) -> OpenedSplit:
   """Opens a split of `config.data` (preparing shapes, applying the bias)."""
+  from patronus_jax.data.config import validate_data_config  # pylint: disable=g-import-not-at-top
+  validate_data_config(data_cfg)  # cheap, and the config may not have gone through config.validate
   name = data_cfg.name
   if name in ('ffhq', 'chexpert', 'folder'):
     index = folder_index(data_cfg)

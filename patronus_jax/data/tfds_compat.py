@@ -8,7 +8,6 @@ register the standard module under its name. Installing `importlib_resources` ma
 no-op.
 """
 
-import importlib
 import sys
 
 try:
@@ -19,5 +18,3 @@ except ImportError:
   sys.modules.setdefault('importlib_resources', importlib.resources)
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,unused-import
-
-del importlib
