@@ -41,7 +41,8 @@ def batched_apply(fn: Callable[[Any, jax.Array], Any], params: Any, inputs: np.n
   n = inputs.shape[0]
   mesh = data_mesh() if mesh is None else mesh
   num_devices = mesh.devices.size
-  batch_size = max(1, min(batch_size, n))
+  # Fewer inputs than a batch: the next power of two, so that few shapes get compiled.
+  batch_size = max(1, min(batch_size, 1 << max(n - 1, 0).bit_length()))
   batch_size = -(-batch_size // num_devices) * num_devices
   data_sharding = NamedSharding(mesh, PartitionSpec('data'))
   params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))

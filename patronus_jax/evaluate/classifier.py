@@ -103,6 +103,36 @@ def _check_attributes(attributes: np.ndarray, cardinalities: Sequence[int], n: i
   return attributes
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_params(key, net, image_shape):
+  return net.init(key, jnp.zeros((1,) + image_shape, jnp.float32))['params']
+
+
+# AdamW whose learning rate and weight decay are inputs of the step (not constants baked into
+# the compiled step), so that other settings or step counts reuse the compiled step.
+_OPTIMIZER = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
+
+
+def _learning_rate(step: int, num_steps: int, peak: float) -> float:
+  # Cosine decay from `peak` to 1% of it over the run.
+  return peak * (0.01 + 0.99 * 0.5 * (1.0 + np.cos(np.pi * min(step / max(num_steps, 1), 1.0))))
+
+
+@functools.partial(jax.jit, static_argnames=('net',))
+def _train_step(params, opt_state, batch_images, batch_labels, learning_rate, weight_decay, net):
+  tx = _OPTIMIZER
+  opt_state.hyperparams['learning_rate'] = jnp.asarray(learning_rate, jnp.float32)
+  opt_state.hyperparams['weight_decay'] = jnp.asarray(weight_decay, jnp.float32)
+
+  def loss_fn(p):
+    _, logits = net.apply({'params': p}, _to_unit_range(batch_images))
+    return sum(optax.softmax_cross_entropy_with_integer_labels(l, batch_labels[:, a]).mean()
+               for a, l in enumerate(logits))
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss
+
+
 def train_attribute_classifier(
     images: np.ndarray, attributes: np.ndarray, cardinalities: Sequence[int], *,
     seed: int = 0, num_steps: int = 1500, batch_size: int = 128, learning_rate: float = 2e-3,
@@ -137,38 +167,27 @@ def train_attribute_classifier(
   if not 0 < num_holdout < n:
     raise ValueError(f'holdout_fraction={holdout_fraction} leaves no training or no held-out '
                      f'examples among {n}')
-  key = jax.random.key(seed)
-  key_split, key_init, key_batches = jax.random.split(key, 3)
-  order = np.asarray(jax.random.permutation(key_split, n))
-  hold_idx, train_idx = order[:num_holdout], order[num_holdout:]
-  num_train = train_idx.shape[0]
+  num_train = n - num_holdout
   batch_size = min(batch_size, num_train)
-
-  net = AttributeClassifierNet(cardinalities, tuple(widths), feature_dim)
-  params = net.init(key_init, jnp.zeros((1,) + images.shape[1:], jnp.float32))['params']
-  schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.01)
-  tx = optax.adamw(schedule, weight_decay=weight_decay)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def train_step(params, opt_state, batch_images, batch_labels):
-    def loss_fn(p):
-      _, logits = net.apply({'params': p}, _to_unit_range(batch_images))
-      return sum(optax.softmax_cross_entropy_with_integer_labels(l, batch_labels[:, a]).mean()
-                 for a, l in enumerate(logits))
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  # Batches: a fresh permutation of the training examples per epoch (drawn with jax.random).
   epochs = -(-num_steps * batch_size // num_train) if num_steps else 0
-  if epochs:
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_train))(jax.random.split(key_batches, epochs))
-    batch_idx = train_idx[np.asarray(perms).reshape(-1)[:num_steps * batch_size]].reshape(num_steps, batch_size)
-  loss = jnp.array(np.nan)
+  net = AttributeClassifierNet(cardinalities, tuple(widths), feature_dim)
+  # Parameters from jax.random.key(seed); the hold-out split and the batch order (a host-side
+  # data pipeline) from numpy's generator seeded alike: jax.random permutations of many
+  # elements take seconds to compile on CPU, more than this whole training.
+  params = _init_params(jax.random.key(seed), net, tuple(images.shape[1:]))
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(n)
+  hold_idx, train_idx = order[:num_holdout], order[num_holdout:]
+  # Batches: a fresh permutation of the training examples per epoch.
+  perms = [rng.permutation(num_train) for _ in range(epochs)]
+  batch_idx = train_idx[np.concatenate(perms or [np.zeros(0, int)])[:num_steps * batch_size]]
+  batch_idx = batch_idx.reshape(num_steps, batch_size)
+  opt_state = jax.jit(_OPTIMIZER.init)(params)
+  loss = np.nan
   for step in range(num_steps):
     idx = np.sort(batch_idx[step])
-    params, opt_state, loss = train_step(params, opt_state, images[idx], attributes[idx])
+    params, opt_state, loss = _train_step(params, opt_state, images[idx], attributes[idx],
+                                          _learning_rate(step, num_steps, learning_rate), weight_decay, net=net)
 
   classifier = AttributeClassifier(params=jax.tree.map(np.asarray, params), cardinalities=cardinalities,
                                    image_shape=tuple(images.shape[1:]), attribute_names=names,

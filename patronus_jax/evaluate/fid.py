@@ -117,7 +117,7 @@ def statistics_path(directory: str, key: dict[str, Any]) -> str:
   canonical = json.dumps(dict(key, version=STATS_VERSION), sort_keys=True, default=str)
   digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
   readable = '_'.join(str(key[k]) for k in ('network', 'dataset', 'image_size') if k in key)
-  readable = re.sub(r'[^A-Za-z0-9.-]+', '-', readable)[:80] or 'stats'
+  readable = re.sub(r'[^A-Za-z0-9._-]+', '-', readable)[:80] or 'stats'
   return os.path.join(directory, f'stats_{readable}_{digest}.npz')
 
 

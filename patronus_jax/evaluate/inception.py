@@ -71,6 +71,11 @@ def _avg_pool_3x3_same(x):
   return nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
 
 
+def _max_pool_3x3_same(x):
+  # Padding of a max pool is -inf (PyTorch's F.max_pool2d(x, 3, 1, 1) and flax agree).
+  return nn.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)))
+
+
 def _max_pool_3x3_stride2(x):
   return nn.max_pool(x, (3, 3), (2, 2), padding='VALID')
 
@@ -151,7 +156,7 @@ class FIDInceptionE(nn.Module):
                           BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], axis=-1)
     if self.pool == 'max':
       # FIDInceptionE_2: the TF graph max-pools here (the paper and torchvision average).
-      pooled = nn.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)))
+      pooled = _max_pool_3x3_same(x)
     else:
       pooled = _avg_pool_3x3_same(x)
     bp = BasicConv2d(192, 1, name='branch_pool')(pooled)
@@ -233,6 +238,7 @@ def inception_features(variables: Any, images: np.ndarray, batch_size: int = 100
 # Weights: PyTorch state_dict <-> Flax variables.
 
 
+@functools.lru_cache(maxsize=1)
 def variable_shapes() -> dict[str, Any]:
   """The Flax variables' structure and shapes (jax.ShapeDtypeStruct), without any compute."""
   dummy = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
