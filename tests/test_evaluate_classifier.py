@@ -54,6 +54,8 @@ def test_predict_and_features(trained):
   assert accuracy > 0.95
   feats = clf.features(model, images[:50], batch_size=16)
   assert feats.shape == (50, 64) and feats.dtype == np.float32
+  # Batching (padding of the last batch, sharding over devices) does not change any row.
+  np.testing.assert_allclose(clf.features(model, images[32:50], batch_size=16), feats[32:], rtol=1e-5, atol=1e-6)
   # uint8 input is mapped to [-1, 1] the same way.
   as_uint8 = np.round((images[:16] + 1) * 127.5).astype(np.uint8)
   np.testing.assert_allclose(clf.features(model, as_uint8, batch_size=16),
