@@ -259,3 +259,41 @@ def validate(config: ConfigDict) -> ConfigDict:
   validate_interpret_config(config.interpret)
   validate_bcos_config(config.bcos)
   return config
+
+
+def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDict:
+  """Shrinks any config to a model and run length that finish in about a minute on a CPU.
+
+  Same data, same code paths (both stages, sampling, interpretation, evaluation); only sizes
+  and step counts change. Used by every config's ':tiny' variant and by the tests.
+  """
+  if image_size is not None:
+    config.data.image_size = image_size
+  m = config.model
+  m.num_prototypes = min(m.num_prototypes, 8)
+  m.encoder_channels = (8, 16, 16, 16) if len(m.encoder_channels) == 4 else (8, 16, 16, 16, 16)
+  m.base_channels = 16
+  m.channel_mults = (1, 2)
+  m.num_res_blocks = 1
+  m.attention = (False, False)
+  config.train.batch_size = 8
+  config.train.num_steps = 20
+  config.train.learning_rate = 1e-3
+  config.train.log_every = 5
+  config.train.checkpoint_every = 10
+  config.train.sample_every = 0
+  config.train.ema_decay = 0.99
+  config.diffusion.sample_steps = 10
+  lt = config.latent
+  lt.base_channels = 16
+  lt.channel_mults = (1, 2)
+  lt.num_res_blocks = 1
+  lt.batch_size = 16
+  lt.num_steps = 20
+  lt.log_every = 5
+  lt.checkpoint_every = 10
+  lt.sample_steps = 10
+  config.sample.num_samples = 8
+  config.sample.num_reconstructions = 4
+  config.sample.batch_size = 8
+  return config

@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional
 
-import flax
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,17 +49,21 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> n
                    for i in range(timesteps)], dtype=np.float64)
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
 class Schedule:
-  """Per-timestep constants (float32 arrays of length T)."""
-  betas: jax.Array
-  alphas: jax.Array
-  alphas_cumprod: jax.Array
-  alphas_cumprod_prev: jax.Array
+  """Per-timestep constants: float32 NumPy arrays of length T (static, also under jit)."""
+  betas: np.ndarray
+  alphas: np.ndarray
+  alphas_cumprod: np.ndarray
+  alphas_cumprod_prev: np.ndarray
 
   @property
   def timesteps(self) -> int:
     return self.betas.shape[0]
+
+  def abar(self, t: jax.Array) -> jax.Array:
+    """alphas_cumprod[t] for (traced) integer timesteps."""
+    return jnp.asarray(self.alphas_cumprod)[t]
 
 
 def make_schedule(name: str = 'linear', timesteps: int = 1000) -> Schedule:
@@ -72,8 +77,7 @@ def make_schedule(name: str = 'linear', timesteps: int = 1000) -> Schedule:
   # float32 like the official torch code: it computes the cumulative product in float32.
   abar = np.cumprod(alphas.astype(np.float32), dtype=np.float32)
   abar_prev = np.concatenate([[1.0], abar[:-1]]).astype(np.float32)
-  return Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(alphas, jnp.float32),
-                  jnp.asarray(abar), jnp.asarray(abar_prev))
+  return Schedule(betas.astype(np.float32), alphas.astype(np.float32), abar, abar_prev)
 
 
 def _bcast(values: jax.Array, x: jax.Array) -> jax.Array:
@@ -82,7 +86,7 @@ def _bcast(values: jax.Array, x: jax.Array) -> jax.Array:
 
 def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
   """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
-  abar = _bcast(schedule.alphas_cumprod[t], x0)
+  abar = _bcast(schedule.abar(t), x0)
   return jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * noise
 
 
@@ -209,7 +213,7 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, ke
   def step(x, inputs):
     t, k = inputs
     t_vec = jnp.full((x.shape[0],), t, jnp.int32)
-    beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t]
+    beta, alpha, abar = jnp.asarray(schedule.betas)[t], jnp.asarray(schedule.alphas)[t], schedule.abar(t)
     eps, x0 = predict(denoise_fn, x, t_vec, jnp.full((x.shape[0],), abar), prediction)
     mean = (x - beta / jnp.sqrt(1 - abar) * eps) / jnp.sqrt(alpha)
     noise = jnp.where(t > 1, 1.0, 0.0) * jax.random.normal(k, x.shape, x.dtype)

@@ -93,7 +93,10 @@ class BcosDense(nn.Module):
     out = max_out(jnp.matmul(x, w, precision=HIGHEST), self.max_out)
     if self.b == 1:
       return out
-    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True))
+    # max(., 1e-30): a zero input (a padding token) gets norm ~1e-12 as officially, but a
+    # zero gradient instead of the NaN of sqrt'(0).
+    sumsq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
+    norm = jnp.sqrt(jnp.maximum(sumsq, 1e-30))
     return bcos_scale(out, (norm + DENSE_NORM_EPS).astype(out.dtype), self.b, explain)
 
 
@@ -168,14 +171,21 @@ class BiasFreeNorm(nn.Module):
     if c % groups:
       raise ValueError(f'BiasFreeNorm: {c} channels do not split into {groups} groups')
     xf = x.astype(jnp.float32)
-    g = xf.reshape(*x.shape[:-1], groups, c // groups)
-    axes = (-1,) if self.per_position else tuple(range(1, x.ndim - 1)) + (-1,)
-    mean = jnp.mean(g, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
+    # Per-channel statistics first (reductions over contiguous spatial axes), then averaged
+    # within each group: the same numbers as reducing over (positions, group channels) at
+    # once, several times faster on CPU.
+    stat_axes = () if self.per_position else tuple(range(1, x.ndim - 1))
+
+    def group_mean(v):
+      g = jnp.mean(v.reshape(*v.shape[:-1], groups, c // groups), axis=-1, keepdims=True)
+      return jnp.broadcast_to(g, (*v.shape[:-1], groups, c // groups)).reshape(v.shape)
+
+    mean = group_mean(jnp.mean(xf, axis=stat_axes, keepdims=True) if stat_axes else xf)
+    centred = xf - mean
+    sq = jnp.square(centred)
+    var = group_mean(jnp.mean(sq, axis=stat_axes, keepdims=True) if stat_axes else sq)
     var = _detach(var, explain)
-    if self.centered:
-      g = g - mean
-    y = (g * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    y = (centred if self.centered else xf) * jax.lax.rsqrt(var + self.epsilon)
     if self.use_scale:
       y = y * self.param('scale', nn.initializers.ones, (c,))
     return y.astype(self.dtype)

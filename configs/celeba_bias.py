@@ -1,0 +1,35 @@
+"""CelebA with a planted shortcut: blond/brown hair <-> smiling, black hair <-> not smiling.
+
+The paper's diagnosis experiment: Patronus is trained on a CelebA subset selected so that
+hair colour predicts smiling; `--mode=interpret` must then find that raising the black-hair
+prototype removes the smile. Examples are selected, never duplicated (see data/bias.py).
+
+  python -m patronus_jax.main --config=configs/celeba_bias.py --workdir=runs/celeba_bias
+  variants: ':tiny'
+"""
+
+from patronus_jax import config as config_lib
+
+import importlib.util
+import os
+
+
+def _celeba():
+  spec = importlib.util.spec_from_file_location('celeba_config', os.path.join(os.path.dirname(__file__), 'celeba.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg=None):
+  config = _celeba().get_config(arg)
+  config.name = 'celeba_bias'
+  bias = config.data.bias
+  bias.enabled = True
+  bias.attribute = 'Blond_Hair|Brown_Hair|Black_Hair'
+  bias.target = 'Smiling'
+  bias.mapping = 'Blond_Hair:yes,Brown_Hair:yes,Black_Hair:no'
+  bias.strength = 0.95
+  bias.out_of_scope = 'drop'
+  config.interpret.diagnosis_attributes = ('Smiling', 'Black_Hair', 'Blond_Hair', 'Brown_Hair')
+  return config

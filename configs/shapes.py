@@ -1,0 +1,63 @@
+"""The built-in shapes dataset (procedural, offline) at 32x32 with a model sized for it.
+
+Known factors (background colour, shape, object colour, size, position, stripes) make it the
+ground truth for probes, emergence order and shortcut diagnosis. Variants:
+  ''        unbiased
+  'bias'    object colour -> shape planted at generation (strength 0.95): diagnosis must find it
+  'tiny'    a minute on CPU (tests)
+  python -m patronus_jax.main --config=configs/shapes.py:bias --workdir=runs/shapes_bias
+"""
+
+from patronus_jax import config as config_lib
+
+
+def get_config(arg=None):
+  config = config_lib.base_config()
+  config.name = 'shapes'
+  config.data.name = 'patronus_shapes'
+  config.data.image_size = 32
+  config.data.shapes.num_train = 20_000
+  config.data.shapes.num_test = 2_000
+  m = config.model
+  m.num_prototypes = 16
+  m.encoder_channels = (32, 64, 64, 64)
+  m.base_channels = 32
+  m.channel_mults = (1, 2, 2)
+  m.num_res_blocks = 1
+  m.attention = (False, False, False)
+  m.dropout = 0.0
+  t = config.train
+  t.batch_size = 32
+  t.num_steps = 20_000
+  t.learning_rate = 5e-4
+  t.warmup_steps = 200
+  t.grad_clip = 1.0
+  t.ema_decay = 0.999
+  t.log_every = 100
+  t.checkpoint_every = 1000
+  t.sample_every = 2000
+  config.diffusion.sample_steps = 50
+  lt = config.latent
+  lt.base_channels = 32
+  lt.channel_mults = (1, 2)
+  lt.num_res_blocks = 2
+  lt.batch_size = 128
+  lt.num_steps = 5_000
+  lt.learning_rate = 5e-4
+  lt.sample_steps = 50
+  config.sample.num_samples = 64
+  config.sample.num_reconstructions = 16
+  config.evaluate.num_samples = 1_000
+  config.evaluate.inception_weights = ''
+  variants = set(arg.split(',')) if arg else set()
+  unknown = variants - {'bias', 'tiny'}
+  if unknown:
+    raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/shapes.py; expected 'bias' and/or 'tiny'")
+  if 'bias' in variants:
+    config.name = 'shapes_bias'
+    config.data.shapes.planted_strength = 0.95
+  if 'tiny' in variants:
+    config_lib.tiny_variant(config)
+    config.data.shapes.num_train = 512
+    config.data.shapes.num_test = 64
+  return config

@@ -1,0 +1,138 @@
+r"""Entry point: `python -m patronus_jax.main --config=configs/celeba.py --workdir=DIR [--mode=all]`.
+
+Modes (each reads and writes the one workdir; each resumes or skips what it already holds):
+  train         stage 1: prototype network + U-Net (or the B-cos U-Net when model_type='bcos')
+  train_latent  stage 2: the latent diffusion model over prototype activations s
+  sample        unconditional samples (s from the latent model) and reconstructions
+  interpret     prototype visualisation, consistency, emergence, manipulation, shortcut diagnosis
+  evaluate      FID (or a named classifier-feature distance), attribute probes, TAD, DCI
+  explain       B-cos explanations: exact pixel and token contributions
+  all           every mode that applies to the model, in order (the default)
+
+Override any field on the command line: --config.train.batch_size=32; unknown fields and
+wrong types fail before anything runs.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file: configs/<name>.py[:variant].', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples, figures, metrics.')
+flags.DEFINE_enum('mode', 'all', ['train', 'train_latent', 'sample', 'interpret', 'evaluate', 'explain', 'all'],
+                  'What to run.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+PATRONUS_MODES = ('train', 'train_latent', 'sample', 'interpret', 'evaluate')
+BCOS_MODES = ('train', 'explain', 'evaluate')
+
+
+def modes_for(config, mode: str) -> tuple[str, ...]:
+  if mode != 'all':
+    return (mode,)
+  return BCOS_MODES if config.model_type == 'bcos' else PATRONUS_MODES
+
+
+def run_mode(mode: str, config, workdir: str, mesh) -> None:
+  """Runs one mode (imports only what it needs)."""
+  if config.model_type == 'bcos':
+    from patronus_jax import bcos_task  # pylint: disable=g-import-not-at-top
+    if mode == 'train':
+      bcos_task.train_mode(config, workdir, mesh)
+    elif mode == 'explain':
+      bcos_task.explain_mode(config, workdir, mesh)
+    elif mode == 'evaluate':
+      bcos_task.evaluate_mode(config, workdir, mesh)
+    else:
+      raise app.UsageError(f"--mode={mode} does not apply to model_type='bcos' "
+                           f'(modes: {", ".join(BCOS_MODES)})')
+    return
+  if mode == 'train':
+    from patronus_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_stage1(config, workdir, mesh)
+  elif mode == 'train_latent':
+    from patronus_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_latent(config, workdir, mesh)
+  elif mode == 'sample':
+    from patronus_jax import sample  # pylint: disable=g-import-not-at-top
+    sample.sample_mode(config, workdir, mesh)
+  elif mode == 'interpret':
+    from patronus_jax import interpret  # pylint: disable=g-import-not-at-top
+    interpret.interpret_mode(config, workdir, mesh)
+  elif mode == 'evaluate':
+    from patronus_jax import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.evaluate_mode(config, workdir, mesh)
+  elif mode == 'explain':
+    raise app.UsageError("--mode=explain needs a B-cos model (config.model_type='bcos')")
+  else:
+    raise app.UsageError(f'unknown mode {mode!r}')
+
+
+class _LibraryInfoFilter(std_logging.Filter):
+  """Drops the INFO chatter of Orbax and grain (one line per file written); keeps warnings."""
+  NOISY = (f'{os.sep}orbax{os.sep}', f'{os.sep}grain{os.sep}', f'{os.sep}tensorflow_datasets{os.sep}')
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+
+
+def _log_to_file(workdir: str) -> None:
+  """Also append log lines to DIR/log.txt (absl logs to stderr)."""
+  handler = std_logging.FileHandler(os.path.join(workdir, 'log.txt'))
+  handler.setFormatter(std_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+  handler.addFilter(_LibraryInfoFilter())
+  logging.get_absl_logger().addHandler(handler)
+
+
+def run(config, workdir: str, mode: str = 'all') -> None:
+  """Programmatic entry (notebooks, tests): validate, set up devices, run the modes."""
+  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
+  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config)
+  sharding.initialize_distributed(config.mesh)
+  import jax  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(config.mesh)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    changed = workdir_lib.check_and_write_config(workdir, config)
+    for name, old, new in changed:
+      logging.info('config field %s changed since the last run: %r -> %r', name, old, new)
+  for m in modes_for(config, mode):
+    t0 = time.time()
+    logging.info('=== mode %s (%s) ===', m, config.name)
+    run_mode(m, config, workdir, mesh)
+    logging.info('=== mode %s done in %.1fs ===', m, time.time() - t0)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  workdir = os.path.abspath(FLAGS.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _log_to_file(workdir)
+  quiet_library_logs()
+  logging.set_verbosity(logging.INFO)
+  run(FLAGS.config, workdir, FLAGS.mode)
+
+
+def _console() -> None:
+  """Console-script entry point (`patronus-jax --config=... --workdir=...`)."""
+  app.run(main)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,127 @@
+"""One workdir per experiment: the resolved config, what each mode has done, where files go.
+
+  DIR/config.json          the resolved config of the run that created the workdir
+  DIR/checkpoints/<stage>  Orbax checkpoints (stage1, latent, bcos)
+  DIR/tensorboard/         clu metric writer events
+  DIR/samples/ DIR/interpret/ DIR/explain/ DIR/metrics.json   outputs of the later modes
+  DIR/status/<mode>.json   what a finished mode computed from (to skip it when nothing changed)
+
+A later run may change how long or how much it does (steps, sample counts, logging), but
+not what the trained model *is*: a different architecture, dataset or diffusion process in
+an existing workdir stops the run with the list of differing fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import ml_collections
+
+from patronus_jax import io
+
+# Fields that define the trained models; everything else may differ between runs.
+FROZEN_PREFIXES = (
+    'model_type', 'model.', 'diffusion.timesteps', 'diffusion.schedule', 'diffusion.prediction',
+    'data.name', 'data.image_size', 'data.channels', 'data.crop', 'data.bias.', 'data.shapes.',
+    'data.train_split', 'data.folder.path', 'bcos.',
+    'latent.base_channels', 'latent.channel_mults', 'latent.num_res_blocks', 'latent.timesteps',
+    'latent.schedule', 'latent.skip_connections', 'latent.normalize', 'seed',
+)
+# Inside frozen sections, fields that only change how a run executes.
+MUTABLE_EXCEPTIONS = ('model.remat', 'bcos.explain_', 'bcos.num_', 'data.num_workers')
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, 'config.json')
+
+
+def _flatten(d: Any, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def _frozen(name: str) -> bool:
+  if any(name.startswith(p) for p in MUTABLE_EXCEPTIONS):
+    return False
+  return any(name == p or (p.endswith('.') and name.startswith(p)) for p in FROZEN_PREFIXES)
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def differences(old: dict, new: dict, frozen_only: bool = True) -> list[tuple[str, Any, Any]]:
+  a, b = _flatten(old), _flatten(new)
+  keys = sorted(set(a) | set(b))
+  diffs = [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+  return [d for d in diffs if _frozen(d[0])] if frozen_only else diffs
+
+
+class ConfigConflict(ValueError):
+  """The workdir holds a model trained with a different architecture/data/diffusion."""
+
+
+def check_and_write_config(workdir: str, config: ml_collections.ConfigDict) -> list:
+  """Writes DIR/config.json; if one exists, fails on frozen differences and returns the others."""
+  os.makedirs(workdir, exist_ok=True)
+  path = config_path(workdir)
+  new = config_to_dict(config)
+  if os.path.exists(path):
+    old = io.read_json(path)
+    frozen = differences(old, new, frozen_only=True)
+    if frozen:
+      lines = '\n'.join(f'  {k}: workdir has {a!r}, this run has {b!r}' for k, a, b in frozen)
+      raise ConfigConflict(
+          f'{workdir} holds a run with a different model/data/diffusion config; the '
+          f'differing fields are:\n{lines}\nUse a new --workdir, or the same values.')
+    others = differences(old, new, frozen_only=False)
+    if others:
+      io.write_json(os.path.join(workdir, 'config_previous.json'), old)
+    io.write_json(path, new)
+    return others
+  io.write_json(path, new)
+  return []
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was created with (e.g. by convert), as a ConfigDict."""
+  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  path = config_path(workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a patronus_jax workdir?')
+  values = io.read_json(path)
+  config = config_lib.base_config()
+  _assign(config, values, '')
+  return config
+
+
+def _assign(config, values: dict, prefix: str) -> None:
+  for k, v in values.items():
+    if k not in config:
+      raise ValueError(f"unknown config field '{prefix}{k}' in the workdir's config.json")
+    if isinstance(v, dict):
+      _assign(config[k], v, f'{prefix}{k}.')
+    else:
+      default = config[k]
+      config[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else (
+          float(v) if isinstance(default, float) and isinstance(v, int) else v)
+
+
+def status_path(workdir: str, mode: str) -> str:
+  return os.path.join(workdir, 'status', f'{mode}.json')
+
+
+def read_status(workdir: str, mode: str) -> Optional[dict]:
+  path = status_path(workdir, mode)
+  return io.read_json(path) if os.path.exists(path) else None
+
+
+def write_status(workdir: str, mode: str, status: dict) -> None:
+  io.write_json(status_path(workdir, mode), status)
