@@ -14,6 +14,7 @@ scikit-learn.
                    classifier_features, save_classifier, load_classifier
   probes:          attribute_probe, auroc_matrix
   disentanglement: tad_score, tad_details, dci_score, dci_from_importance
+  workdir_classifier: classifier_for_workdir (the workdir's cached attribute classifier)
 """
 
 import importlib
@@ -27,6 +28,7 @@ _EXPORTS = {
     'classifier': ('AttributeClassifier', 'train_attribute_classifier', 'save_classifier', 'load_classifier'),
     'probes': ('attribute_probe', 'auroc_matrix'),
     'disentanglement': ('dci_from_importance', 'dci_score', 'tad_details', 'tad_score'),
+    'workdir_classifier': ('classifier_for_workdir',),
 }
 _RENAMED = {'classifier_predict': ('classifier', 'predict'), 'classifier_features': ('classifier', 'features')}
 _WHERE = {name: (module, name) for module, names in _EXPORTS.items() for name in names}

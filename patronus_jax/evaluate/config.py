@@ -47,7 +47,7 @@ def evaluate_config() -> ml_collections.ConfigDict:
       dci_max_depth=3,
       dci_learning_rate=0.1,
       # Attribute classifier (fd_classifier, shortcut diagnosis, prompt adherence).
-      classifier_dir='',  # '': <workdir>/attribute_classifier
+      classifier_dir='',  # '': <workdir>/classifier
       classifier_widths=(32, 64, 128),  # channels per stage; each stage halves the resolution
       classifier_feature_dim=256,  # penultimate width (the fd_classifier features)
       classifier_num_steps=1500,

@@ -1,0 +1,99 @@
+"""classifier_for_workdir: trains once per data config, caches in the workdir, safe when concurrent."""
+
+import os
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from patronus_jax import evaluate
+from patronus_jax.data import shapes as shapes_data
+from patronus_jax.evaluate import workdir_classifier as wc
+
+
+def _config(data_dir):
+  from configs import shapes  # pylint: disable=g-import-not-at-top
+  config = shapes.get_config('tiny')
+  config.data.data_dir = str(data_dir)
+  config.data.read_threads = 2
+  config.evaluate.classifier_num_steps = 30
+  config.evaluate.classifier_batch_size = 32
+  config.evaluate.classifier_widths = (8, 16)
+  config.evaluate.classifier_feature_dim = 32
+  config.evaluate.classifier_max_examples = 200
+  return config
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+def test_trains_caches_and_retrains_on_change(data_dir, tmp_path, monkeypatch):
+  config = _config(data_dir)
+  calls = []
+  train = wc.train_for_config
+  monkeypatch.setattr(wc, 'train_for_config', lambda c: calls.append(1) or train(c))
+
+  clf, metrics = evaluate.classifier_for_workdir(config, str(tmp_path))
+  assert len(calls) == 1
+  assert metrics['path'] == os.path.join(str(tmp_path), 'classifier', 'attribute_classifier.npz')
+  assert os.path.exists(metrics['path'])
+  assert clf.attribute_names == shapes_data.FACTOR_NAMES
+  assert set(metrics['accuracy']) == set(shapes_data.FACTOR_NAMES)
+  assert metrics['num_train'] + metrics['num_holdout'] == 200
+  assert all(0.0 <= a <= 1.0 for a in metrics['accuracy'].values())
+
+  # Same data and settings: loaded, identical parameters, same metrics.
+  clf2, metrics2 = evaluate.classifier_for_workdir(config, str(tmp_path))
+  assert len(calls) == 1
+  assert metrics2['accuracy'] == metrics['accuracy']
+  for a, b in zip(jax.tree.leaves(clf.params), jax.tree.leaves(clf2.params)):
+    np.testing.assert_array_equal(a, b)
+  # Fields that do not change the classifier do not retrain it.
+  config.data.read_threads = 1
+  config.evaluate.num_samples = 17
+  evaluate.classifier_for_workdir(config, str(tmp_path))
+  assert len(calls) == 1
+
+  # Another data config (or other classifier settings) retrains and replaces it.
+  config.evaluate.classifier_max_examples = 160
+  _, metrics3 = evaluate.classifier_for_workdir(config, str(tmp_path))
+  assert len(calls) == 2
+  assert metrics3['num_train'] + metrics3['num_holdout'] == 160
+  _, metrics4 = evaluate.classifier_for_workdir(config, str(tmp_path))
+  assert len(calls) == 2 and metrics4['trained_for'] == metrics3['trained_for']
+
+
+def test_concurrent_callers_train_once(data_dir, tmp_path, monkeypatch):
+  config = _config(data_dir)
+  calls = []
+  train = wc.train_for_config
+  monkeypatch.setattr(wc, 'train_for_config', lambda c: calls.append(1) or train(c))
+  results, errors = [], []
+
+  def call():
+    try:
+      results.append(evaluate.classifier_for_workdir(config, str(tmp_path))[1])
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=call) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors
+  assert len(calls) == 1
+  assert results[0]['accuracy'] == results[1]['accuracy']
+  leftovers = [f for f in os.listdir(os.path.join(str(tmp_path), 'classifier')) if f.startswith('.tmp')]
+  assert not leftovers
+
+
+def test_classifier_dir_override(data_dir, tmp_path):
+  config = _config(data_dir)
+  config.evaluate.classifier_num_steps = 2
+  config.evaluate.classifier_dir = str(tmp_path / 'elsewhere')
+  _, metrics = evaluate.classifier_for_workdir(config, str(tmp_path / 'wd'))
+  assert metrics['path'].startswith(str(tmp_path / 'elsewhere'))
