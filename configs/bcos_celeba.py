@@ -67,6 +67,7 @@ def get_config(arg=None):
     config.diffusion.sample_steps = 10
     config.train.batch_size = 8
     config.train.num_steps = 50
+    config.train.warmup_steps = 5
     config.train.ema_decay = 0.0
     config.train.log_every = 10
     config.train.checkpoint_every = 25

@@ -160,3 +160,161 @@ class BcosTask:
 
 def make_task(config, **kwargs) -> BcosTask:
   return BcosTask(config, **kwargs)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def generate(task: BcosTask, params, variables: dict, token_ids: np.ndarray, *, seed: int = 0,
+             num_steps: int = 0, batch_size: int = 64) -> np.ndarray:
+  """Images (N, H, W, C) in [-1, 1] for prompts given as token ids, deterministic DDIM."""
+  size, c = task.config.data.image_size, task.config.data.channels
+  fn = jax.jit(lambda p, v, ids, x: task.sample(p, v, {'token_ids': ids}, x, num_steps))
+  out = []
+  for start in range(0, len(token_ids), batch_size):
+    ids = np.asarray(token_ids[start:start + batch_size])
+    n = len(ids)
+    if n < batch_size and start > 0:  # keep one compiled shape: pad the last batch
+      ids = np.concatenate([ids, np.repeat(ids[-1:], batch_size - n, axis=0)])
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
+    x_T = jax.random.normal(key, (len(ids), size, size, c))
+    out.append(np.asarray(fn(params, variables, jnp.asarray(ids), x_T))[:n])
+  return np.concatenate(out)
+
+
+def prompt_adherence(predicted: dict, attributes: np.ndarray, attribute_names) -> dict:
+  """Accuracy of the classifier's attributes of generations against their prompts' labels.
+
+  `predicted`: {name: (N, K) probabilities or (N,) labels}; `attributes`: (N, A) prompt labels.
+  Returns {'accuracy': {name: acc}, 'mean_accuracy', and for shapes 'color_and_shape'}.
+  """
+  attributes = np.asarray(attributes)
+  labels = {n: np.asarray(v).argmax(-1) if np.asarray(v).ndim == 2 else np.asarray(v)
+            for n, v in predicted.items()}
+  acc = {n: float(np.mean(labels[n] == attributes[:, i])) for i, n in enumerate(attribute_names)
+         if n in labels}
+  out = dict(accuracy=acc, mean_accuracy=float(np.mean(list(acc.values()))) if acc else None,
+             num_prompts=int(len(attributes)))
+  names = list(attribute_names)
+  if 'color' in labels and 'shape' in labels and 'color' in names and 'shape' in names:
+    both = (labels['color'] == attributes[:, names.index('color')]) & (
+        labels['shape'] == attributes[:, names.index('shape')])
+    out['color_and_shape'] = float(np.mean(both))
+  return out
+
+
+# ----------------------------------------------------------------------------- modes
+
+def _check_image_shape(config, info) -> None:
+  expected = (config.data.image_size, config.data.image_size, config.data.channels)
+  if tuple(info.image_shape) != expected:
+    raise ValueError(f'dataset {info.name} yields images {tuple(info.image_shape)}, the config expects {expected}')
+
+
+def vocabulary_path(workdir: str) -> str:
+  import os  # pylint: disable=g-import-not-at-top
+  return os.path.join(workdir, 'bcos_vocabulary.json')
+
+
+def train_mode(config, workdir: str, mesh):
+  """`--mode=train` for model_type='bcos': the Task through the shared training loop."""
+  import os  # pylint: disable=g-import-not-at-top
+  from patronus_jax import data  # pylint: disable=g-import-not-at-top
+  from patronus_jax import train  # pylint: disable=g-import-not-at-top
+  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  info = data.get_info(config.data)
+  _check_image_shape(config, info)
+  task = BcosTask(config, info=info)
+  if task.tokenizer is not None and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    task.tokenizer.save(vocabulary_path(workdir))
+  sample_fn = None
+  if config.train.sample_every and task.conditioning == 'text':
+    arrays = data.load_arrays(config.data, config.data.eval_split,
+                              max_examples=config.train.num_sample_images)
+    ids = task.encode_prompts(task.captions(arrays))
+
+    def sample_fn(state):
+      params = jax.device_get(state.ema_params if config.train.ema_decay > 0 else state.params)
+      gen = generate(task, params, jax.device_get(state.variables), ids, seed=config.seed + 1,
+                     batch_size=len(ids))
+      return np.concatenate([arrays['image'], gen], axis=0)
+
+  return train.run_training(task, train.LoopSettings.from_section(config.train), workdir,
+                            train.image_iterator_factory(config, mesh), seed=config.seed, mesh=mesh,
+                            meta={'config': workdir_lib.config_to_dict(config)}, sample_fn=sample_fn)
+
+
+def load_trained(config, workdir: str, use_ema: bool = True):
+  """(task, params, other variables, step) of the trained B-cos model of a workdir."""
+  import os  # pylint: disable=g-import-not-at-top
+  from patronus_jax import train  # pylint: disable=g-import-not-at-top
+  tokenizer = None
+  if config.bcos.conditioning == 'text' and os.path.exists(vocabulary_path(workdir)):
+    tokenizer = text_lib.Tokenizer.load(vocabulary_path(workdir))
+  task = BcosTask(config, tokenizer=tokenizer)
+  state, step, _ = train.load_state(workdir, task.name)
+  variables = jax.device_get(train.inference_variables(state, use_ema and config.train.ema_decay > 0))
+  size, c = config.data.image_size, config.data.channels
+  example = {'image': np.zeros((1, size, size, c), np.float32)}
+  if task.conditioning == 'text':
+    example['token_ids'] = np.zeros((1, config.bcos.max_tokens), np.int32)
+  elif task.conditioning == 'external':
+    example['text_embedding'] = np.zeros((1, config.bcos.max_tokens, config.bcos.external_dim), np.float32)
+    example['text_mask'] = np.ones((1, config.bcos.max_tokens), bool)
+  cond = jax.tree_util.tree_map(jnp.asarray, task.condition(example))
+  train.check_variables(task.model, variables,
+                        (jnp.asarray(example['image']), jnp.zeros((1,), jnp.int32), cond), 'bcos')
+  params = variables.pop('params')
+  return task, params, variables, step
+
+
+def _classifier(config, workdir: str):
+  try:
+    from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return classifier_for_workdir(config, workdir)[0]
+
+
+def explain_mode(config, workdir: str, mesh):
+  """`--mode=explain`: exact explanations of generations -> workdir/explain/."""
+  del mesh
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from patronus_jax.interpret import bcos as explain_lib  # pylint: disable=g-import-not-at-top
+  _, params, variables, step = load_trained(config, workdir)
+  classifier = _classifier(config, workdir) if config.data.name == 'patronus_shapes' else None
+  report = explain_lib.explain_workdir(config, workdir, params, variables, classifier=classifier)
+  s = report['summary']
+  logging.info('explain (step %d): completeness error %.2e (%s), relevance content %.3f vs function %.3f',
+               step, s['completeness_error'], 'ok' if s['completeness_ok'] else 'ABOVE TOLERANCE',
+               s['content_word_relevance'] or float('nan'), s['function_word_relevance'] or float('nan'))
+  return report
+
+
+def evaluate_mode(config, workdir: str, mesh):
+  """`--mode=evaluate`: prompt adherence of generations (attribute classifier) -> metrics.json."""
+  del mesh
+  import os  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from patronus_jax import data  # pylint: disable=g-import-not-at-top
+  from patronus_jax import io as pio  # pylint: disable=g-import-not-at-top
+  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
+  task, params, variables, step = load_trained(config, workdir)
+  if task.conditioning != 'text':
+    raise ValueError("the B-cos evaluate mode measures prompt adherence: it needs bcos.conditioning='text'")
+  info = data.get_info(config.data)
+  task.info = info
+  t0 = time.time()
+  n = min(config.evaluate.num_samples, info.num_examples.get(config.data.eval_split, config.evaluate.num_samples))
+  arrays = data.load_arrays(config.data, config.data.eval_split, max_examples=n)
+  ids = task.encode_prompts(task.captions(arrays))
+  images = generate(task, params, variables, ids, seed=config.seed, batch_size=config.evaluate.batch_size)
+  classifier = _classifier(config, workdir)
+  metrics = dict(step=step, prompt_adherence=prompt_adherence(
+      clf_lib.predict(classifier, images), arrays['attributes'], info.attribute_names),
+      sample_steps=config.diffusion.sample_steps, seconds=time.time() - t0)
+  pio.save_image_grid(os.path.join(workdir, 'samples', 'bcos_eval.png'), images[:64])
+  pio.write_json(os.path.join(workdir, 'metrics.json'), metrics)
+  logging.info('B-cos prompt adherence: %s', metrics['prompt_adherence'])
+  return metrics

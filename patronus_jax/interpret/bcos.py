@@ -1,0 +1,411 @@
+"""Exact explanations of B-cos diffusion generations: contributions, relevance, completeness.
+
+In explanation mode the B-cos U-Net is y = W(x) x over its inputs x = (colour-encoded image,
+time vector, tokens) (models/bcos_unet.py). One `jax.linearize` at x gives both directions of
+the linear map W(x) with the dynamic factors frozen:
+
+  * the contributions to a scalar summary vᵀy (v = all ones: the sum of the output over
+    h, w, c, as in the poster) are x ⊙ (vᵀW(x)), one transposed (vjp) pass; per token i:
+    C_i = Σ_d (vᵀW(x))_{i,d} x_{i,d}, per pixel and encoded channel likewise;
+  * completeness: W(x) x (one jvp pass with the input itself as tangent) must reproduce y
+    element by element; `completeness_error` = ||W(x)x - y|| / ||y|| and `sum_error` =
+    |Σ_i C_i - vᵀy| / Σ|v ⊙ y| (both 0 up to float rounding when the network is truly W(x)x).
+
+The explained output is x̂0 (the model's prediction of the clean image at that step; for an
+eps-model x̂0 = (x_t - sqrt(1 - ᾱ) ε̂) / sqrt(ᾱ) with x_t = image[:C] - image[C:], linear in the
+encoded image, so it is W'(x) x over the same inputs) or the raw network output.
+
+Token relevance (poster): S_i = |C_i| / Σ_j |C_j| over the valid tokens of the prompt.
+Contribution maps (B-cos convention): R = max(W / max_c |W|, 0) per pixel; colour =
+R_rgb / (R_rgb + R_(1-rgb)); opacity = ||W|| over channels where the pixel's contribution is
+positive, scaled to its 99.5th percentile.
+
+`explain_workdir(config, workdir, params, variables)` generates from prompts, explains the
+chosen sampling steps and writes `workdir/explain/` (report.json, one PNG + JSON per prompt,
+samples.png).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from patronus_jax import io as pio
+from patronus_jax import text as text_lib
+from patronus_jax.models.bcos_config import parse_steps
+from patronus_jax.models.bcos_unet import ExplainedInputs, decode_colors
+
+Array = jax.Array
+
+
+class Explanation(NamedTuple):
+  """Explanation of one network evaluation (batch B), for the summary vᵀy."""
+  output: Array  # (B, H, W, C) the explained output y
+  image: Array  # (B, H, W, 2C) the colour-encoded input
+  image_weights: Array  # (B, H, W, 2C) vᵀW(x) restricted to the image
+  image_contributions: Array  # (B, H, W, 2C) image * image_weights
+  time_contribution: Array  # (B,)
+  token_contributions: Array  # (B, L) C_i
+  token_mask: Array  # (B, L)
+  total: Array  # (B,) vᵀy
+  completeness_error: Array  # (B,) ||W(x)x - y|| / ||y||
+  sum_error: Array  # (B,) |Σ C - vᵀy| / Σ|v ⊙ y|
+
+
+def explained_function(task, params, variables: dict, t: Array, token_mask: Array,
+                       target: str = 'x0'):
+  """f(image, time, tokens) -> y in explanation mode (the map that is W(x) x)."""
+  abar = task.schedule.abar(t)[:, None, None, None]
+  prediction = task.prediction
+
+  def f(image, time, tokens):
+    out = task.model.apply({'params': params, **variables}, image, time, tokens, token_mask,
+                           explain=True, method='network')
+    if target == 'output':
+      return out
+    if target != 'x0':
+      raise ValueError(f"unknown explanation target {target!r}; expected 'x0' or 'output'")
+    if prediction == 'x0':
+      return out
+    x_t = decode_colors(image)
+    return (x_t - jnp.sqrt(1.0 - abar) * out) / jnp.sqrt(abar)
+
+  return f
+
+
+def explain_inputs(task, params, variables: dict, inputs: ExplainedInputs, t: Array,
+                   target: str = 'x0', cotangent: Optional[Array] = None) -> Explanation:
+  """Explains the network at given inputs (one linearisation: a jvp and its transpose)."""
+  f = explained_function(task, params, variables, t, inputs.token_mask, target)
+  primals = (inputs.image, inputs.time, inputs.tokens)
+  y, f_jvp = jax.linearize(f, *primals)
+  v = jnp.ones_like(y) if cotangent is None else cotangent.astype(y.dtype)
+  g_image, g_time, g_tokens = jax.linear_transpose(f_jvp, *primals)(v)
+  reconstruction = f_jvp(*primals)  # W(x) x
+  axes = tuple(range(1, y.ndim))
+  image_c = inputs.image * g_image
+  time_c = jnp.sum(inputs.time * g_time, axis=-1)
+  token_c = jnp.sum(inputs.tokens * g_tokens, axis=-1) * inputs.token_mask
+  total = jnp.sum(v * y, axis=axes)
+  summed = jnp.sum(image_c, axis=tuple(range(1, image_c.ndim))) + time_c + jnp.sum(token_c, -1)
+  tiny = jnp.finfo(jnp.float32).tiny
+  completeness = (jnp.sqrt(jnp.sum(jnp.square(reconstruction - y), axis=axes))
+                  / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(y), axis=axes)), tiny))
+  sum_error = jnp.abs(summed - total) / jnp.maximum(jnp.sum(jnp.abs(v * y), axis=axes), tiny)
+  return Explanation(y, inputs.image, g_image, image_c, time_c, token_c, inputs.token_mask, total,
+                     completeness, sum_error)
+
+
+def explain_step(task, params, variables: dict, x_t: Array, t: Array, cond: dict,
+                 target: str = 'x0', cotangent: Optional[Array] = None) -> Explanation:
+  """Explains the model at (x_t, t) with conditioning `cond` (t: (B,) int32)."""
+  inputs = task.model.apply({'params': params, **variables}, x_t, t, cond, method='inputs')
+  return explain_inputs(task, params, variables, inputs, t, target, cotangent)
+
+
+def token_relevance(token_contributions: Array, token_mask: Array) -> Array:
+  """S_i = |C_i| / Σ_j |C_j| over valid tokens; 0 at padding. Sums to 1 per example."""
+  a = jnp.abs(token_contributions) * token_mask
+  return a / jnp.maximum(jnp.sum(a, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+
+
+def input_shares(e: Explanation) -> dict[str, Array]:
+  """|C_group| / Σ_groups |C_group| for the image, the time vector and all tokens together."""
+  groups = {'image': jnp.sum(e.image_contributions, axis=tuple(range(1, e.image.ndim))),
+            'time': e.time_contribution, 'tokens': jnp.sum(e.token_contributions, axis=-1)}
+  denom = sum(jnp.abs(g) for g in groups.values())
+  denom = jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)
+  return {k: jnp.abs(g) / denom for k, g in groups.items()}
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def contribution_map(image_weights: np.ndarray, image: np.ndarray,
+                     alpha_percentile: float = 99.5) -> np.ndarray:
+  """(H, W, 2C) weights and encoded input -> (H, W, C + 1) colour R_rgb/(R_rgb+R_(1-rgb)) and alpha."""
+  w = np.asarray(image_weights, np.float64)
+  c = w.shape[-1] // 2
+  r = np.maximum(w / (np.abs(w).max(axis=-1, keepdims=True) + 1e-12), 0.0)
+  colour = r[..., :c] / (r[..., :c] + r[..., c:] + 1e-12)
+  contrib = np.sum(w * np.asarray(image, np.float64), axis=-1)
+  alpha = np.where(contrib < 0, 0.0, np.linalg.norm(w, axis=-1))
+  scale = np.percentile(alpha, alpha_percentile)
+  alpha = np.clip(alpha / scale, 0.0, 1.0) if scale > 0 else np.zeros_like(alpha)
+  return np.concatenate([colour, alpha[..., None]], axis=-1).astype(np.float32)
+
+
+def render_contribution_map(image_weights: np.ndarray, image: np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3): the contribution map composited on black."""
+  m = contribution_map(image_weights, image)
+  rgb = m[..., :-1] * m[..., -1:]
+  if rgb.shape[-1] == 1:
+    rgb = np.repeat(rgb, 3, axis=-1)
+  return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
+
+
+def render_signed_map(contributions: np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3): Σ_c contributions per pixel, red positive, blue negative, white zero."""
+  c = np.sum(np.asarray(contributions, np.float64), axis=-1)
+  c = c / (np.abs(c).max() + 1e-12)
+  pos, neg = np.clip(c, 0, 1), np.clip(-c, 0, 1)
+  rgb = np.stack([1 - neg, 1 - pos - neg, 1 - pos], axis=-1)
+  return np.clip(np.round(np.clip(rgb, 0, 1) * 255), 0, 255).astype(np.uint8)
+
+
+def _upscale(img: np.ndarray, size: int) -> np.ndarray:
+  k = max(1, size // img.shape[0])
+  img = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
+  return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
+
+
+def render_report(image: np.ndarray, maps: Sequence[np.ndarray], map_titles: Sequence[str],
+                  words: Sequence[str], relevance: Sequence[float], title: str,
+                  followed: Optional[Sequence[Optional[bool]]] = None, size: int = 128) -> np.ndarray:
+  """One prompt's PNG: the generation, contribution maps, and a relevance bar per word."""
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+  font = ImageFont.load_default()
+  tiles = [_upscale(pio.to_uint8(image), size)] + [_upscale(m, size) for m in maps]
+  titles = ['generated'] + list(map_titles)
+  pad, line = 8, 14
+  width = max(pad + len(tiles) * (size + pad), 420)
+  bar_w = width - 160
+  height = pad + line * 2 + size + line + pad + line * (len(words) + 1) + pad
+  canvas = Image.new('RGB', (width, height), 'white')
+  draw = ImageDraw.Draw(canvas)
+  draw.text((pad, pad), title[:110], fill='black', font=font)
+  y0 = pad + 2 * line
+  for i, (tile, name) in enumerate(zip(tiles, titles)):
+    x0 = pad + i * (size + pad)
+    canvas.paste(Image.fromarray(tile), (x0, y0))
+    draw.text((x0, y0 + size + 2), name, fill='black', font=font)
+  y = y0 + size + line + pad
+  draw.text((pad, y), 'word      relevance S_i (mean over explained steps)', fill='black', font=font)
+  top = max(max(relevance, default=0.0), 1e-12)
+  for i, (word, rel) in enumerate(zip(words, relevance)):
+    y += line
+    mark = ''
+    if followed is not None and followed[i] is not None:
+      mark = ' +' if followed[i] else ' x'
+    draw.text((pad, y), f'{word}{mark}', fill='black', font=font)
+    draw.rectangle((110, y + 2, 110 + int(bar_w * rel / top), y + line - 3), fill=(70, 110, 200))
+    draw.text((110 + int(bar_w * rel / top) + 4, y), f'{100 * rel:.1f}%', fill='black', font=font)
+  return np.asarray(canvas)
+
+
+# ----------------------------------------------------------------------------- generations
+
+def explain_generation(task, params, variables: dict, cond: dict, x_T: Array, *,
+                       num_steps: int = 0, steps: Any = 'all', target: str = 'x0') -> dict:
+  """Generates with deterministic DDIM and explains the chosen sampling steps.
+
+  `steps`: 'all', 'last', a comma-separated string or a list of step indices (0 = the
+  noisiest step, num_steps - 1 = the last). Returns numpy arrays:
+    samples (B, H, W, C); steps (S,); timesteps (S,);
+    token_relevance (S, B, L); token_contributions (S, B, L); token_mask (B, L);
+    shares {image, time, tokens} (S, B); completeness_error, sum_error (S, B);
+    image_weights, image_inputs, image_contributions (S, B, H, W, 2C); x0_hat (S, B, H, W, C).
+  """
+  num_steps = num_steps or task.config.diffusion.sample_steps
+  idx = parse_steps(steps, num_steps) if isinstance(steps, str) else sorted(
+      {int(s) % num_steps for s in steps})
+  samples, xs, ts = _sample_with_trajectory(task, params, variables, cond, x_T, num_steps)
+  idx_arr = jnp.asarray(idx, jnp.int32)
+  out = _explain_steps(task, params, variables, cond, xs[idx_arr], ts[idx_arr], target)
+  out = jax.device_get(out)
+  out.update(samples=np.asarray(samples), steps=np.asarray(idx), timesteps=np.asarray(ts)[idx])
+  return out
+
+
+def _sample_with_trajectory(task, params, variables, cond, x_T, num_steps):
+  return _jit_sample(task, num_steps)(params, variables, cond, x_T)
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_sample(task, num_steps):
+  return jax.jit(lambda p, v, c, x: task.sample(p, v, c, x, num_steps, trajectory=True))
+
+
+def _explain_steps(task, params, variables, cond, xs, ts, target):
+  return _jit_explain(task, target)(params, variables, cond, xs, ts)
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_explain(task, target):
+
+  def one(params, variables, cond, x_t, t):
+    tvec = jnp.full((x_t.shape[0],), t, jnp.int32)
+    e = explain_step(task, params, variables, x_t, tvec, cond, target)
+    return dict(token_relevance=token_relevance(e.token_contributions, e.token_mask),
+                token_contributions=e.token_contributions, token_mask=e.token_mask,
+                shares=input_shares(e), completeness_error=e.completeness_error,
+                sum_error=e.sum_error, image_weights=e.image_weights, image_inputs=e.image,
+                image_contributions=e.image_contributions, x0_hat=e.output, total=e.total)
+
+  def run(params, variables, cond, xs, ts):
+    res = jax.lax.map(lambda a: one(params, variables, cond, a[0], a[1]), (xs, ts))
+    res['token_mask'] = res['token_mask'][0]
+    return res
+
+  return jax.jit(run)
+
+
+# ----------------------------------------------------------------------------- reports
+
+def followed_words(prompt: str, predicted: dict[str, int], attribute_names: Sequence[str],
+                   attribute_values: Sequence[Sequence[str]]) -> dict[str, Optional[bool]]:
+  """For each attribute whose value the prompt names: word -> whether the image shows it.
+
+  `predicted`: attribute name -> predicted value index (e.g. from the attribute classifier).
+  """
+  words = text_lib.words(prompt)
+  joined = ' ' + ' '.join(words) + ' '
+  out: dict[str, Optional[bool]] = {}
+  for name, values in zip(attribute_names, attribute_values):
+    named = [i for i, v in enumerate(values) if ' ' + ' '.join(text_lib.words(v)) + ' ' in joined]
+    if len(named) != 1 or name not in predicted:
+      continue
+    ok = int(predicted[name]) == named[0]
+    for w in text_lib.words(values[named[0]]):
+      out[w] = ok
+  return out
+
+
+def prompt_report(words: Sequence[str], relevance: np.ndarray, shares: dict,
+                  completeness: np.ndarray, sum_error: np.ndarray, steps: np.ndarray,
+                  timesteps: np.ndarray) -> dict:
+  """JSON-ready report of one prompt. relevance: (S, L) over its valid tokens."""
+  mean_rel = relevance.mean(axis=0)
+  by_word: dict[str, float] = {}
+  for w, r in zip(words, mean_rel):
+    by_word[w] = by_word.get(w, 0.0) + float(r)
+  content = [float(r) for w, r in zip(words, mean_rel) if w not in text_lib.FUNCTION_WORDS]
+  function = [float(r) for w, r in zip(words, mean_rel) if w in text_lib.FUNCTION_WORDS]
+  return dict(
+      tokens=list(words), relevance=[float(r) for r in mean_rel], relevance_by_word=by_word,
+      relevance_per_step=relevance.tolist(), steps=steps.tolist(), timesteps=timesteps.tolist(),
+      content_word_relevance=float(np.mean(content)) if content else None,
+      function_word_relevance=float(np.mean(function)) if function else None,
+      input_shares={k: float(np.mean(v)) for k, v in shares.items()},
+      completeness_error=float(np.max(completeness)), sum_error=float(np.max(sum_error)))
+
+
+def default_prompts(config, num: int) -> list[str]:
+  """`bcos.explain_prompts` (';'-separated) or captions of the eval split."""
+  if config.bcos.explain_prompts.strip():
+    return [p.strip() for p in config.bcos.explain_prompts.split(';') if p.strip()][:num]
+  from patronus_jax.data import load_arrays  # pylint: disable=g-import-not-at-top
+  arrays = load_arrays(config.data, config.data.eval_split, max_examples=num)
+  if 'caption' in arrays:
+    return [c.decode() if isinstance(c, bytes) else str(c) for c in arrays['caption']]
+  from patronus_jax.data import get_info  # pylint: disable=g-import-not-at-top
+  info = get_info(config.data)
+  return text_lib.captions_for(config.data.name, arrays['attributes'], info.attribute_names,
+                               getattr(info, 'attribute_values', None))
+
+
+def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, seed: int = 0,
+                    num_steps: int = 0, steps: Any = 'all', target: str = 'x0',
+                    classifier=None, attribute_names=None, attribute_values=None,
+                    num_maps: int = 4) -> tuple[dict, list[np.ndarray], dict]:
+  """Generates one image per prompt, explains it and builds the reports.
+
+  Returns (report, per-prompt PNG arrays, raw explanation arrays).
+  """
+  if task.conditioning != 'text':
+    raise ValueError("explain_prompts needs bcos.conditioning='text'")
+  ids = task.encode_prompts(prompts)
+  c = task.config.data.channels
+  s = task.config.data.image_size
+  x_T = jax.random.normal(jax.random.PRNGKey(seed), (len(prompts), s, s, c))
+  raw = explain_generation(task, params, variables, {'token_ids': jnp.asarray(ids)}, x_T,
+                           num_steps=num_steps, steps=steps, target=target)
+  predicted = None
+  if classifier is not None:
+    from patronus_jax.evaluate import classifier as clf  # pylint: disable=g-import-not-at-top
+    probs = clf.predict(classifier, raw['samples'])
+    predicted = {k: np.argmax(v, axis=-1) for k, v in probs.items()}
+  reports, pngs = [], []
+  n_steps = len(raw['steps'])
+  shown = sorted({int(round(i)) for i in np.linspace(0, n_steps - 1, min(num_maps, n_steps))})
+  for b, prompt in enumerate(prompts):
+    valid = np.asarray(raw['token_mask'][b], bool)
+    words = task.tokenizer.tokens(ids[b][valid])
+    rel = raw['token_relevance'][:, b][:, valid]
+    rep = prompt_report(words, rel, {k: v[:, b] for k, v in raw['shares'].items()},
+                        raw['completeness_error'][:, b], raw['sum_error'][:, b], raw['steps'],
+                        raw['timesteps'])
+    rep = dict(prompt=prompt, **rep)
+    followed = None
+    if predicted is not None and attribute_names is not None and attribute_values is not None:
+      pred = {k: int(v[b]) for k, v in predicted.items()}
+      fw = followed_words(prompt, pred, attribute_names, attribute_values)
+      rep['followed_words'] = fw
+      rep['predicted_attributes'] = {k: attribute_values[list(attribute_names).index(k)][v]
+                                     for k, v in pred.items() if k in attribute_names}
+      followed = [fw.get(w) for w in words]
+    maps = [render_contribution_map(raw['image_weights'][i, b], raw['image_inputs'][i, b])
+            for i in shown]
+    titles = [f'step {int(raw["steps"][i])} t={int(raw["timesteps"][i])}' for i in shown]
+    pngs.append(render_report(raw['samples'][b], maps, titles, words, rep['relevance'],
+                              f'"{prompt}"  completeness error {rep["completeness_error"]:.1e}',
+                              followed))
+    reports.append(rep)
+  content = [r['content_word_relevance'] for r in reports if r['content_word_relevance'] is not None]
+  function = [r['function_word_relevance'] for r in reports if r['function_word_relevance'] is not None]
+  by_word: dict[str, list[float]] = {}
+  for r in reports:
+    for w, v in zip(r['tokens'], r['relevance']):
+      by_word.setdefault(w, []).append(v)
+  summary = dict(
+      num_prompts=len(prompts), target=target, num_sampling_steps=int(num_steps or task.config.diffusion.sample_steps),
+      explained_steps=raw['steps'].tolist(),
+      completeness_error=float(np.max(raw['completeness_error'])),
+      sum_error=float(np.max(raw['sum_error'])),
+      content_word_relevance=float(np.mean(content)) if content else None,
+      function_word_relevance=float(np.mean(function)) if function else None,
+      mean_relevance_by_word={w: float(np.mean(v)) for w, v in sorted(by_word.items(), key=lambda kv: -np.mean(kv[1]))},
+      input_shares={k: float(np.mean(v)) for k, v in raw['shares'].items()},
+  )
+  return dict(summary=summary, prompts=reports), pngs, raw
+
+
+def explain_workdir(config, workdir: str, params, variables: dict, classifier=None) -> dict:
+  """Explains generations for the configured prompts; writes workdir/explain/; returns the report.
+
+  Files: report.json (summary + every prompt), prompt_<i>.png and prompt_<i>.json, samples.png.
+  `classifier` (optional, patronus_jax.evaluate.classifier.AttributeClassifier) marks which
+  prompt words the generated image follows.
+  """
+  from patronus_jax.bcos_task import BcosTask  # pylint: disable=g-import-not-at-top
+  task = BcosTask(config)
+  bc = config.bcos
+  prompts = default_prompts(config, bc.num_explain)
+  names = values = None
+  if classifier is not None:
+    try:
+      from patronus_jax.data import get_info  # pylint: disable=g-import-not-at-top
+      info = get_info(config.data)
+      names, values = info.attribute_names, info.attribute_values
+    except Exception:  # pylint: disable=broad-except
+      names = values = None
+  report, pngs, raw = explain_prompts(
+      task, params, variables, prompts, seed=config.seed, num_steps=bc.explain_sample_steps,
+      steps=bc.explain_steps, target=bc.explain_target, classifier=classifier,
+      attribute_names=names, attribute_values=values)
+  report['summary']['completeness_ok'] = report['summary']['completeness_error'] <= bc.completeness_tolerance
+  out = os.path.join(workdir, 'explain')
+  os.makedirs(out, exist_ok=True)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for i, (rep, png) in enumerate(zip(report['prompts'], pngs)):
+    pio.write_json(os.path.join(out, f'prompt_{i}.json'), rep)
+    with pio.atomic_path(os.path.join(out, f'prompt_{i}.png')) as tmp:
+      Image.fromarray(png).save(tmp, format='PNG')
+  with pio.atomic_path(os.path.join(out, 'samples.png')) as tmp:
+    Image.fromarray(pio.image_grid(raw['samples'], nrow=8)).save(tmp, format='PNG')
+  pio.write_json(os.path.join(out, 'report.json'), report)
+  return report
