@@ -31,6 +31,8 @@ setup(
         'pillow>=10.0',
         'absl-py>=2.1',
         'tqdm>=4.66',
+        'tensorboard>=2.16',  # clu's metric writers write TensorBoard event files
+        'importlib_resources>=6.0',  # TFDS 4.9 imports it on every Python version
     ],
     extras_require={
         'test': ['pytest>=8.0', 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'],
@@ -38,5 +40,5 @@ setup(
         'tpu': ['jax[tpu]>=0.10.2'],
         'cuda': ['jax[cuda12]>=0.10.2'],
     },
-    entry_points={'console_scripts': ['patronus-jax=patronus_jax.main:run']},
+    entry_points={'console_scripts': ['patronus-jax=patronus_jax.main:_console']},
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
 import time
 
@@ -129,10 +130,25 @@ def main(argv) -> None:
   run(FLAGS.config, workdir, FLAGS.mode)
 
 
+def _parse_flags(argv):
+  """absl flag parsing, with config override mistakes turned into one clear line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL flags error: {e}\nPass --helpshort to see the flags.')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e).replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+    match = re.search(r"(\w+)'?\s*Did you mean \"(\w+)\"", text)
+    if match:
+      sys.exit(f"FATAL config error: unknown config field '{match[1]}' in a --config override; "
+               f"did you mean '{match[2]}'?")
+    sys.exit(f'FATAL config error: invalid --config override: {text.strip(chr(39) + chr(34))}')
+
+
 def _console() -> None:
   """Console-script entry point (`patronus-jax --config=... --workdir=...`)."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,11 +1,16 @@
-"""Test set-up: 8 simulated CPU devices (mesh tests), quiet TensorFlow, fixture paths."""
+"""Test set-up: 8 simulated CPU devices (mesh tests), a shared compilation cache, fixtures."""
 
 import os
+import tempfile
 
 # Must happen before JAX is imported anywhere.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One persistent compilation cache for the whole session, subprocesses included: tests that
+# build the same tiny models compile them once (XLA compiles are the slow part on a CPU).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='patronus_jax_xla_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 import pytest  # pylint: disable=g-import-not-at-top
 

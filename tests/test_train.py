@@ -1,0 +1,309 @@
+"""The training system: loss goes down, 1 vs 8 devices, bit-identical resume, SIGTERM, NaN,
+half-written checkpoints, config errors, and a 2-process jax.distributed run."""
+
+import dataclasses
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from patronus_jax import checkpoint as ckpt_lib
+from patronus_jax import config as config_lib
+from patronus_jax import sharding
+from patronus_jax import train
+from patronus_jax import workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope='module')
+def shapes_config(tmp_path_factory):
+  config = load_config('shapes.py', 'tiny')
+  config.data.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.data.shapes.num_train = 256
+  config.data.shapes.num_test = 32
+  config.train.log_every = 2
+  return config
+
+
+def mesh_of(n):
+  return sharding.make_mesh(config_lib.mesh_config(), devices=jax.devices()[:n])
+
+
+# ----------------------------------------------------------------------------- a toy task
+
+class ToyTask:
+  """Linear regression: fast to compile, for the generic loop's mechanics."""
+  name = 'toy'
+
+  def prepare_batch(self, batch):
+    return {'x': np.asarray(batch['x'], np.float32), 'y': np.asarray(batch['y'], np.float32)}
+
+  def init_variables(self, key, batch):
+    return {'params': {'w': jax.random.normal(key, (batch['x'].shape[1],))}}
+
+  def loss_fn(self, params, variables, batch, key, train):
+    del variables, key, train
+    return jnp.mean((batch['x'] @ params['w'] - batch['y']) ** 2), {}
+
+
+class CountingIterator:
+  """Deterministic batches k = 0, 1, ...; `poison` yields NaN inputs at batch k; `on_batch` hooks."""
+
+  def __init__(self, batch=8, dim=4, poison=None, on_batch=None):
+    self.k, self.batch, self.dim, self.poison, self.on_batch = 0, batch, dim, poison, on_batch
+
+  def __next__(self):
+    rng = np.random.default_rng(self.k)
+    x = rng.normal(size=(self.batch, self.dim)).astype(np.float32)
+    y = x @ np.arange(1, self.dim + 1, dtype=np.float32)
+    if self.poison is not None and self.k == self.poison:
+      x[:] = np.nan
+    if self.on_batch is not None:
+      self.on_batch(self.k)
+    self.k += 1
+    return {'x': x, 'y': y}
+
+  def get_state(self):
+    return {'k': self.k}
+
+  def set_state(self, state):
+    self.k = state['k']
+
+
+def toy_settings(**kw):
+  args = dict(batch_size=8, num_steps=10, learning_rate=0.05, log_every=2, checkpoint_every=5,
+              keep_checkpoints=5)
+  args.update(kw)
+  return train.LoopSettings(**args)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(train.NonFiniteLossError) as e:
+    train.run_training(ToyTask(), toy_settings(), str(tmp_path), lambda: CountingIterator(poison=6),
+                       seed=0, mesh=mesh_of(1))
+  assert 'step 7' in str(e.value) and 'step 5' in str(e.value)
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(str(tmp_path), 'toy'))
+  assert ckpt.valid_steps() == [5]
+  ckpt.close()
+
+
+def test_sigterm_writes_checkpoint_and_resumes(tmp_path):
+  def on_batch(k):
+    if k == 3:  # the 4th batch: SIGTERM arrives during step 4
+      os.kill(os.getpid(), signal.SIGTERM)
+  with pytest.raises(train.Preempted):
+    train.run_training(ToyTask(), toy_settings(), str(tmp_path), lambda: CountingIterator(on_batch=on_batch),
+                       seed=0, mesh=mesh_of(1))
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(str(tmp_path), 'toy'))
+  assert ckpt.valid_steps() == [4]
+  ckpt.close()
+  # Resuming finishes the run with exactly the parameters of an uninterrupted one.
+  resumed = train.run_training(ToyTask(), toy_settings(), str(tmp_path), CountingIterator, seed=0, mesh=mesh_of(1))
+  straight = train.run_training(ToyTask(), toy_settings(), str(tmp_path / 'b'), CountingIterator, seed=0,
+                                mesh=mesh_of(1))
+  np.testing.assert_array_equal(np.asarray(resumed.params['w']), np.asarray(straight.params['w']))
+  assert int(resumed.step) == 10
+
+
+def test_half_written_and_corrupt_checkpoints_are_ignored(tmp_path):
+  train.run_training(ToyTask(), toy_settings(), str(tmp_path), CountingIterator, seed=0, mesh=mesh_of(1))
+  directory = ckpt_lib.stage_dir(str(tmp_path), 'toy')
+  # A killed writer's leftovers: a step directory without commit markers, and a temp directory.
+  os.makedirs(os.path.join(directory, '15', 'state'))
+  open(os.path.join(directory, '15', 'state', 'partial'), 'w').write('x')
+  os.makedirs(os.path.join(directory, '20.orbax-checkpoint-tmp-1234', 'state'))
+  ckpt = ckpt_lib.Checkpointer(directory)
+  assert ckpt.valid_steps() == [5, 10]
+  # The newest complete checkpoint unreadable (e.g. a truncated array file): fall back to 5.
+  for root, _, files in os.walk(os.path.join(directory, '10', 'state')):
+    for f in files:
+      if root.endswith('d') and len(f) > 20:
+        open(os.path.join(root, f), 'wb').write(b'garbage')
+  abstract = jax.eval_shape(lambda: train.create_train_state(
+      ToyTask(), train.make_optimizer(toy_settings()), jax.random.PRNGKey(0),
+      {'x': jnp.zeros((8, 4)), 'y': jnp.zeros((8,))}))
+  abstract = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(
+      lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract))
+  step, state, data_state, _ = ckpt.restore(abstract)
+  assert step == 5 and int(state.step) == 5 and data_state == {'k': 5}
+  ckpt.close()
+
+
+# ----------------------------------------------------------------------------- Patronus stages
+
+def _fixed_loss(task, params, variables, batch, n_keys=6):
+  losses = [task.loss_fn(params, variables, batch, jax.random.PRNGKey(100 + i), False)[0] for i in range(n_keys)]
+  return float(np.mean(losses))
+
+
+def test_stage1_reduces_loss_and_resume_is_bit_identical(shapes_config, tmp_path):
+  from patronus_jax import data
+  config = shapes_config.copy_and_resolve_references()
+  config.train.num_steps = 30
+  config.train.checkpoint_every = 15
+  config.train.learning_rate = 2e-3
+  task = train.PatronusTask(config)
+  mesh = mesh_of(1)
+  batch = task.prepare_batch(data.load_arrays(config.data, 'test', max_examples=16))
+  init = train.create_train_state(task, train.make_optimizer(train.LoopSettings.from_section(config.train)),
+                                  jax.random.PRNGKey(config.seed), batch)
+  straight = train.train_stage1(config, str(tmp_path / 'a'), mesh)
+  loss_fn = jax.jit(lambda p, v: _fixed_loss(task, p, v, batch))
+  before = _fixed_loss(task, init.params, init.variables, batch)
+  after = _fixed_loss(task, straight.params, straight.variables, batch)
+  assert after < 0.7 * before, (before, after)
+  del loss_fn
+  # Interrupted at step 15 (a finished shorter run), then resumed to 30: bit-identical.
+  config_b = config.copy_and_resolve_references()
+  config_b.train.num_steps = 15
+  train.train_stage1(config_b, str(tmp_path / 'b'), mesh)
+  resumed = train.train_stage1(config, str(tmp_path / 'b'), mesh)
+  for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.ema_params, straight.opt_state)),
+                  jax.tree_util.tree_leaves((resumed.params, resumed.ema_params, resumed.opt_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_eight_devices_match_one(shapes_config, tmp_path):
+  config = shapes_config.copy_and_resolve_references()
+  config.train.num_steps = 2
+  config.train.checkpoint_every = 2
+  one = train.train_stage1(config, str(tmp_path / 'one'), mesh_of(1))
+  eight = train.train_stage1(config, str(tmp_path / 'eight'), mesh_of(8))
+  assert eight.params['unet']['first']['kernel'].sharding.mesh.size == 8
+  for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(eight.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
+
+
+def test_parameters_sharded_along_model_axis(shapes_config, tmp_path):
+  config = shapes_config.copy_and_resolve_references()
+  config.train.num_steps = 1
+  config.mesh.model = 2
+  state = train.train_stage1(config, str(tmp_path), sharding.make_mesh(config.mesh))
+  kernel = state.params['unet']['up_0']['conv_1']['kernel']
+  assert kernel.sharding.spec.count(sharding.MODEL) == 1
+  assert len({s.data.shape for s in kernel.addressable_shards}) == 1
+  assert kernel.addressable_shards[0].data.size * 2 == kernel.size
+
+
+def test_latent_stage_reduces_loss(shapes_config, tmp_path):
+  config = shapes_config.copy_and_resolve_references()
+  config.train.num_steps = 2
+  config.latent.num_steps = 40
+  config.latent.learning_rate = 2e-3
+  workdir = str(tmp_path)
+  mesh = mesh_of(1)
+  train.train_stage1(config, workdir, mesh)
+  state = train.train_latent(config, workdir, mesh)
+  task = train.LatentTask(config)
+  cached = np.load(os.path.join(workdir, 'latent', 'activations.npz'))['s']
+  assert cached.shape == (256, config.model.num_prototypes)
+  stats = train.latent_statistics(cached, True)
+  np.testing.assert_allclose(np.asarray(state.extras['s_mean']), stats['s_mean'], rtol=1e-5)
+  z = (cached[:64] - stats['s_mean']) / stats['s_std']
+  init = train.create_train_state(task, train.make_optimizer(train.LoopSettings.from_section(config.latent)),
+                                  jax.random.PRNGKey(config.seed + 1), {'s': z})
+  before = _fixed_loss(task, init.params, init.variables, {'s': z})
+  after = _fixed_loss(task, state.params, state.variables, {'s': z})
+  assert after < 0.8 * before, (before, after)
+
+
+# ----------------------------------------------------------------------------- configs
+
+def test_config_errors_name_the_field():
+  config = config_lib.base_config()
+  config.train.batchsize = 3
+  with pytest.raises(config_lib.ConfigError, match="unknown config field 'train.batchsize'; did you mean 'train.batch_size'"):
+    config_lib.validate(config)
+  with pytest.raises(config_lib.ConfigError, match="'train.learning_rate' must be float"):
+    config_lib.check_fields(config_lib.ConfigDict({'train': {'learning_rate': 'fast'}}))
+  for field, value, message in [
+      ('model.encoder_kernels', (3, 3), "'model.encoder_kernels' has 2 entries"),
+      ('diffusion.sample_steps', 2000, "'diffusion.sample_steps' must be in 1..1000"),
+      ('model.base_channels', 12, 'multiple of 8'),
+      ('train.dtype', 'float16', "'train.dtype' must be one of"),
+  ]:
+    config = config_lib.base_config()
+    section, name = field.split('.')
+    config[section][name] = value
+    with pytest.raises(config_lib.ConfigError, match=message):
+      config_lib.validate(config)
+
+
+def test_every_config_file_loads_and_validates():
+  import glob
+  names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+  assert {'celeba.py', 'cifar10.py', 'fmnist.py', 'mnist.py', 'ffhq.py', 'chexpert.py', 'celeba_bias.py',
+          'shapes.py', 'quickstart.py'} <= set(names)
+  for name in names:
+    for arg in (None, 'tiny'):
+      config_lib.validate(load_config(name, arg))
+  with pytest.raises(ValueError, match='unknown variant'):
+    load_config('celeba.py', 'huge')
+
+
+def test_command_line_rejects_unknown_field_before_running(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'patronus_jax.main', '--config=configs/shapes.py:tiny',
+                        f'--workdir={tmp_path}', '--config.train.batchsize=3'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "unknown config field 'batchsize' in a --config override; did you mean 'batch_size'?" in out.stderr, out.stderr
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+def test_workdir_conflicts_name_the_fields(tmp_path):
+  config = config_lib.base_config()
+  workdir_lib.check_and_write_config(str(tmp_path), config)
+  longer = config.copy_and_resolve_references()
+  longer.train.num_steps = 5
+  changed = workdir_lib.check_and_write_config(str(tmp_path), longer)
+  assert [c[0] for c in changed] == ['train.num_steps']
+  other = config.copy_and_resolve_references()
+  other.model.num_prototypes = 7
+  other.data.image_size = 48
+  with pytest.raises(workdir_lib.ConfigConflict) as e:
+    workdir_lib.check_and_write_config(str(tmp_path), other)
+  assert 'model.num_prototypes: workdir has 100, this run has 7' in str(e.value)
+  assert 'data.image_size' in str(e.value)
+  restored = workdir_lib.load_config(str(tmp_path))
+  assert restored.train.num_steps == 5 and isinstance(restored.model.channel_mults, tuple)
+
+
+# ----------------------------------------------------------------------------- multi-process
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_process_distributed_run(tmp_path):
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'distributed_worker.py'),
+                             f'localhost:{port}', str(i), str(tmp_path)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  if any('UNSUPPORTED' in o for o in outs):
+    pytest.skip('this JAX build has no CPU collectives: ' + outs[0][-300:])
+  for p, o in zip(procs, outs):
+    assert p.returncode == 0, o[-3000:]
+  assert all('DONE step=4 processes=2 devices=4' in o for o in outs), outs
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(str(tmp_path), 'toy'))
+  assert ckpt.valid_steps() == [4]
+  ckpt.close()
