@@ -15,6 +15,7 @@ scikit-learn.
   probes:          attribute_probe, auroc_matrix
   disentanglement: tad_score, tad_details, dci_score, dci_from_importance
   workdir_classifier: classifier_for_workdir (the workdir's cached attribute classifier)
+  run:             evaluate_mode (--mode=evaluate), check_checkpoints, MissingCheckpointError
 """
 
 import importlib
@@ -29,6 +30,7 @@ _EXPORTS = {
     'probes': ('attribute_probe', 'auroc_matrix'),
     'disentanglement': ('dci_from_importance', 'dci_score', 'tad_details', 'tad_score'),
     'workdir_classifier': ('classifier_for_workdir',),
+    'run': ('MissingCheckpointError', 'check_checkpoints', 'evaluate_mode'),
 }
 _RENAMED = {'classifier_predict': ('classifier', 'predict'), 'classifier_features': ('classifier', 'features')}
 _WHERE = {name: (module, name) for module, names in _EXPORTS.items() for name in names}

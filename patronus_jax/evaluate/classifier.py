@@ -234,6 +234,14 @@ def features(classifier: AttributeClassifier, images: np.ndarray, batch_size: in
   return np.asarray(feats, np.float32)
 
 
+def features_and_predict(classifier: AttributeClassifier, images: np.ndarray,
+                         batch_size: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """`features` and `predict` from one pass over the images."""
+  feats, probs = _run(classifier, images, batch_size)
+  return (np.asarray(feats, np.float32),
+          {name: np.asarray(p, np.float32) for name, p in zip(classifier.attribute_names, probs)})
+
+
 def save_classifier(classifier: AttributeClassifier, directory: str,
                     metrics: dict[str, Any] | None = None) -> str:
   """Writes `<directory>/attribute_classifier.npz` (parameters + JSON metadata); returns its path."""

@@ -30,7 +30,7 @@ ensembles on held-out data (R^2 for continuous factors, regressors).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.stats import entropy
@@ -163,7 +163,8 @@ def dci_from_importance(importance: np.ndarray) -> dict[str, float]:
 def dci_score(codes: np.ndarray, factors: np.ndarray, *, test_fraction: float = 0.2, seed: int = 0,
               max_examples: int = -1, num_estimators: int = 100, max_depth: int = 3,
               learning_rate: float = 0.1, continuous: Sequence[bool] | None = None,
-              factor_names: Sequence[str] | None = None) -> dict[str, Any]:
+              factor_names: Sequence[str] | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
   """DCI (Eastwood & Williams) with gradient-boosted trees, as disentanglement_lib computes it.
 
   Args:
@@ -172,6 +173,7 @@ def dci_score(codes: np.ndarray, factors: np.ndarray, *, test_fraction: float = 
       CelebA's binary attributes) or, where `continuous[k]`, real values (regressors).
     test_fraction: share of the (seeded) shuffled examples held out for informativeness.
     num_estimators, max_depth, learning_rate: of sklearn's GradientBoosting* (its defaults).
+    progress: called with a line after each factor's ensemble is fitted (long runs).
 
   Returns (JSON-ready): disentanglement, completeness, informativeness (mean held-out accuracy,
   R^2 for continuous factors), informativeness_train, per-factor informativeness, the
@@ -209,6 +211,8 @@ def dci_score(codes: np.ndarray, factors: np.ndarray, *, test_fraction: float = 
     # score(): accuracy for classifiers, R^2 for regressors.
     info_train[name] = float(model.score(codes[train], y[train]))
     info_test[name] = float(model.score(codes[test], y[test]))
+    if progress is not None:
+      progress(f'DCI: factor {k + 1}/{len(names)} ({name}) fitted, held-out score {info_test[name]:.3f}')
   kept = [k for k, name in enumerate(names) if name not in skipped]
   if not kept:
     raise ValueError('DCI needs at least one factor that varies in the training split')

@@ -12,7 +12,7 @@ macro one-vs-rest AUROC.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -109,7 +109,8 @@ def _nanstd(values) -> float:
 
 def attribute_probe(codes: np.ndarray, attributes: np.ndarray, *, folds: int = 5, seed: int = 0,
                     max_examples: int = -1, C: float = 1.0, max_iter: int = 1000,  # pylint: disable=invalid-name
-                    attribute_names: Sequence[str] | None = None) -> dict[str, Any]:
+                    attribute_names: Sequence[str] | None = None,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Cross-validated logistic-regression probes of each attribute from standardised codes.
 
   Args:
@@ -118,6 +119,7 @@ def attribute_probe(codes: np.ndarray, attributes: np.ndarray, *, folds: int = 5
     folds: k of the shuffled KFold (seeded by `seed`).
     max_examples: use the first N examples (-1: all), as InfoDiffusion uses the first 10000.
     C, max_iter: of sklearn's LogisticRegression (L2, lbfgs; multinomial for K > 2).
+    progress: called with a line after each fold (long runs).
 
   Returns (JSON-ready): auroc {name: mean over folds} for binary attributes and macro OvR AUROC
   for categorical ones, accuracy {name: mean over folds} for every attribute, mean_auroc (over
@@ -152,6 +154,8 @@ def attribute_probe(codes: np.ndarray, attributes: np.ndarray, *, folds: int = 5
         auroc[f, a] = auroc_matrix(probs[:, 1], y_test == model.classes_[1])[0, 0]
       else:
         auroc[f, a] = _ovr_macro_auroc(y_test, probs, model.classes_)
+    if progress is not None:
+      progress(f'probes: fold {f + 1}/{folds} done ({len(names)} attributes)')
   binary = [a for a, k in enumerate(cards) if k == 2]
   categorical = [a for a, k in enumerate(cards) if k > 2]
   per_attr_auroc = [_nanmean(auroc[:, a]) for a in range(len(names))]
