@@ -1,0 +1,214 @@
+r"""Stage-1 training throughput and denoiser forward latency of the Patronus U-Net.
+
+  python benchmarks/throughput.py --config=configs/celeba.py --batch_sizes=16,64 \
+      --dtypes=float32,bfloat16 [--remat=both] [--json=OUT.json]
+
+For each (batch size, dtype[, remat]) it compiles the real jitted training step of
+`patronus_jax.train` (prototype encoder + U-Net, diffusion loss, AdamW, EMA) and the U-Net
+forward, warms up, excludes compilation, repeats, and prints the median and spread of
+  - training images/s and ms per step,
+  - denoiser forward ms per batch,
+  - memory: XLA's buffer estimate (arguments + temporaries) and, on accelerators, the device's
+    peak bytes in use; on CPU the process's peak RSS,
+  - FLOPs per step from XLA's cost analysis, achieved TFLOP/s, and MFU on known accelerators.
+Synthetic inputs: no data loading is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+# Dense peak FLOP/s per chip (bf16 tensor cores; fp32 without TF32) for MFU.
+PEAK_TFLOPS = {
+    'H100': {'bfloat16': 989.0, 'float32': 67.0},
+    'H200': {'bfloat16': 989.0, 'float32': 67.0},
+    'A100': {'bfloat16': 312.0, 'float32': 19.5},
+    'TPU v4': {'bfloat16': 275.0, 'float32': 275.0},
+    'TPU v5 lite': {'bfloat16': 197.0, 'float32': 197.0},
+    'TPU v5p': {'bfloat16': 459.0, 'float32': 459.0},
+}
+
+
+def load_config(spec: str):
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  module_spec = importlib.util.spec_from_file_location('bench_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  del config_flags
+  return module.get_config(arg or None)
+
+
+def device_peak(dtype: str):
+  kind = jax.devices()[0].device_kind
+  for name, peaks in PEAK_TFLOPS.items():
+    if name.lower() in kind.lower():
+      return peaks[dtype] * 1e12
+  return None
+
+
+def timed(fn, *args, repeats: int, warmup: int):
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return times
+
+
+def flops_of(compiled) -> float:
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get('flops', float('nan')))
+  except Exception:  # pylint: disable=broad-except
+    return float('nan')
+
+
+def memory_of(compiled) -> float:
+  try:
+    m = compiled.memory_analysis()
+    return float(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
+                 - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return float('nan')
+
+
+def device_peak_bytes() -> float:
+  try:
+    stats = jax.devices()[0].memory_stats()
+    return float(stats['peak_bytes_in_use']) if stats else float('nan')
+  except Exception:  # pylint: disable=broad-except
+    return float('nan')
+
+
+def bench_one(config, batch_size: int, dtype: str, remat: bool, repeats: int, warmup: int) -> dict:
+  from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
+  from patronus_jax import train  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.train.dtype = dtype
+  config.train.batch_size = batch_size
+  config.model.remat = remat
+  task = train.PatronusTask(config)
+  settings = train.LoopSettings.from_section(config.train)
+  tx = train.make_optimizer(settings)
+  size, channels = config.data.image_size, config.data.channels
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)}
+  mesh = sharding.make_mesh(config.mesh)
+  gbatch = sharding.global_batch(batch, mesh)
+  state = jax.jit(functools.partial(train.create_train_state, task, tx))(jax.random.PRNGKey(0), gbatch)
+  donate = (0,) if jax.default_backend() != 'cpu' else ()
+  step = jax.jit(functools.partial(train.train_step, task=task, tx=tx, ema_decay=settings.ema_decay),
+                 donate_argnums=donate)
+  t0 = time.perf_counter()
+  step_compiled = step.lower(state, gbatch).compile()
+  compile_s = time.perf_counter() - t0
+  holder = {'state': state}
+
+  def run_step():
+    holder['state'], metrics = step_compiled(holder['state'], gbatch)
+    return metrics['loss']
+
+  step_times = timed(lambda: run_step(), repeats=repeats, warmup=warmup)
+  model = task.model
+  variables = holder['state'].inference_variables()
+  t = jnp.full((batch_size,), 500, jnp.int32)
+  s = jnp.zeros((batch_size, config.model.num_prototypes))
+  fwd = jax.jit(lambda v, x, t, s: model.apply(v, x, t, s, method=model.denoise))
+  fwd_compiled = fwd.lower(variables, gbatch['image'], t, s).compile()
+  fwd_times = timed(fwd_compiled, variables, gbatch['image'], t, s, repeats=repeats, warmup=warmup)
+  flops = flops_of(step_compiled)
+  med = statistics.median(step_times)
+  peak = device_peak(dtype)
+  achieved = flops / med if flops == flops else float('nan')
+  return {
+      'batch_size': batch_size, 'dtype': dtype, 'remat': remat,
+      'train_images_per_s': batch_size / med,
+      'train_images_per_s_spread': [batch_size / max(step_times), batch_size / min(step_times)],
+      'step_ms': 1e3 * med,
+      'forward_ms': 1e3 * statistics.median(fwd_times),
+      'forward_ms_spread': [1e3 * min(fwd_times), 1e3 * max(fwd_times)],
+      'compile_s': compile_s,
+      'step_flops': flops,
+      'tflops_per_s': achieved / 1e12 if achieved == achieved else None,
+      'mfu': achieved / peak if peak and achieved == achieved else None,
+      'xla_memory_bytes': memory_of(step_compiled),
+      'device_peak_bytes': device_peak_bytes(),
+      'process_peak_rss_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      'repeats': repeats,
+  }
+
+
+def fmt_bytes(b) -> str:
+  return 'n/a' if b is None or b != b else f'{b / 2**30:.2f} GiB'
+
+
+def print_table(rows: list[dict]) -> None:
+  head = (f'{"batch":>5} {"dtype":>9} {"remat":>5} {"train img/s":>16} {"step ms":>9} {"fwd ms":>16} '
+          f'{"TFLOP/s":>8} {"MFU":>6} {"XLA mem":>10} {"dev peak":>10} {"RSS peak":>10} {"compile s":>9}')
+  print(head)
+  print('-' * len(head))
+  for r in rows:
+    lo, hi = r['train_images_per_s_spread']
+    flo, fhi = r['forward_ms_spread']
+    mfu = f'{100 * r["mfu"]:.1f}%' if r['mfu'] else 'n/a'
+    print(f'{r["batch_size"]:>5} {r["dtype"]:>9} {str(r["remat"]):>5} '
+          f'{r["train_images_per_s"]:>7.2f} [{lo:.2f}-{hi:.2f}] {r["step_ms"]:>9.1f} '
+          f'{r["forward_ms"]:>7.1f} [{flo:.0f}-{fhi:.0f}] '
+          f'{(r["tflops_per_s"] or float("nan")):>8.2f} '
+          f'{mfu:>6} {fmt_bytes(r["xla_memory_bytes"]):>10} '
+          f'{fmt_bytes(r["device_peak_bytes"]):>10} {fmt_bytes(r["process_peak_rss_bytes"]):>10} '
+          f'{r["compile_s"]:>9.1f}')
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', default='configs/celeba.py')
+  parser.add_argument('--batch_sizes', default='16')
+  parser.add_argument('--dtypes', default='float32')
+  parser.add_argument('--remat', default='off', choices=['off', 'on', 'both'])
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--json', default='')
+  args = parser.parse_args(argv)
+  config = load_config(args.config)
+  remats = {'off': [False], 'on': [True], 'both': [False, True]}[args.remat]
+  dev = jax.devices()[0]
+  print(f'# {args.config}: {config.data.image_size}x{config.data.image_size}x{config.data.channels}, '
+        f'base {config.model.base_channels}, mults {tuple(config.model.channel_mults)}, '
+        f'{config.model.num_prototypes} prototypes')
+  print(f'# device: {dev.device_kind} x{jax.device_count()} ({jax.default_backend()}), host {platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} CPUs, jax {jax.__version__}, {time.strftime("%Y-%m-%d")}')
+  rows = []
+  for bs in [int(b) for b in args.batch_sizes.split(',')]:
+    for dtype in args.dtypes.split(','):
+      for remat in remats:
+        rows.append(bench_one(config, bs, dtype, remat, args.repeats, args.warmup))
+        print(f'# done batch {bs} {dtype} remat={remat}', flush=True)
+  print_table(rows)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rows, f, indent=2)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
