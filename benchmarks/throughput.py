@@ -43,17 +43,6 @@ PEAK_TFLOPS = {
 }
 
 
-def load_config(spec: str):
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  path, _, arg = spec.partition(':')
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  module_spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  del config_flags
-  return module.get_config(arg or None)
-
-
 def device_peak(dtype: str):
   kind = jax.devices()[0].device_kind
   for name, peaks in PEAK_TFLOPS.items():
@@ -189,7 +178,8 @@ def main(argv=None):
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--json', default='')
   args = parser.parse_args(argv)
-  config = load_config(args.config)
+  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(args.config)
   remats = {'off': [False], 'on': [True], 'both': [False, True]}[args.remat]
   dev = jax.devices()[0]
   print(f'# {args.config}: {config.data.image_size}x{config.data.image_size}x{config.data.channels}, '

@@ -297,3 +297,34 @@ def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDic
   config.sample.num_reconstructions = 4
   config.sample.batch_size = 8
   return config
+
+
+def load(spec: str, overrides: dict | None = None) -> ConfigDict:
+  """Loads 'configs/<name>.py[:variant]' like --config does, applies dotted overrides, validates.
+
+  For notebooks, scripts and benchmarks:
+    config = load('configs/quickstart.py', {'train.num_steps': 100})
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'config file {path} not found (from {os.getcwd()})')
+  module_spec = importlib.util.spec_from_file_location(
+      f'patronus_config_{os.path.splitext(os.path.basename(path))[0]}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for dotted, value in (overrides or {}).items():
+    *parents, leaf = dotted.split('.')
+    node = config
+    for p in parents:
+      if p not in node:
+        raise ConfigError(f"unknown config field '{dotted}'")
+      node = node[p]
+    if leaf not in node:
+      close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
+      hint = f"; did you mean '{'.'.join(parents + [close[0]])}'?" if close else ''
+      raise ConfigError(f"unknown config field '{dotted}'{hint}")
+    node[leaf] = value
+  return validate(config)

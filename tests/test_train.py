@@ -2,7 +2,6 @@
 half-written checkpoints, config errors, and a 2-process jax.distributed run."""
 
 import dataclasses
-import importlib.util
 import os
 import signal
 import socket
@@ -24,10 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load(os.path.join(ROOT, 'configs', name) + (f':{arg}' if arg else ''))
 
 
 @pytest.fixture(scope='module')
@@ -224,6 +220,15 @@ def test_latent_stage_reduces_loss(shapes_config, tmp_path):
 
 # ----------------------------------------------------------------------------- configs
 
+def test_config_load_with_overrides():
+  config = load_config('shapes.py', 'tiny')
+  assert config.train.num_steps == 20
+  path = os.path.join(ROOT, 'configs', 'shapes.py:tiny')
+  assert config_lib.load(path, {'train.num_steps': 3}).train.num_steps == 3
+  with pytest.raises(config_lib.ConfigError, match="did you mean 'train.num_steps'"):
+    config_lib.load(path, {'train.numsteps': 3})
+
+
 def test_config_errors_name_the_field():
   config = config_lib.base_config()
   config.train.batchsize = 3
@@ -251,7 +256,7 @@ def test_every_config_file_loads_and_validates():
           'shapes.py', 'quickstart.py'} <= set(names)
   for name in names:
     for arg in (None, 'tiny'):
-      config_lib.validate(load_config(name, arg))
+      load_config(name, arg)  # loads and validates
   with pytest.raises(ValueError, match='unknown variant'):
     load_config('celeba.py', 'huge')
 
