@@ -14,6 +14,7 @@ from patronus_jax.evaluate import run as run_lib
 
 
 def _config(data_dir):
+  """configs/shapes.py:tiny with a few steps everywhere (CPU seconds)."""
   from configs import shapes  # pylint: disable=g-import-not-at-top
   config = shapes.get_config('tiny')
   config.data.data_dir = str(data_dir)
@@ -136,3 +137,62 @@ def test_missing_checkpoints(trained, tmp_path):
     evaluate.evaluate_mode(config, str(partial), None)
   assert 'latent' in str(e.value) and '--mode=train_latent' in str(e.value)
   assert 'stage-1' not in str(e.value)
+
+
+def test_fid_branch_with_weights(trained, tmp_path, monkeypatch):
+  """With inception_weights set: FID per sample kind, its network named, real stats cached.
+
+  The Inception network itself is replaced by a cheap stand-in (its own tests are in
+  test_evaluate_inception.py); what is tested here is the orchestration.
+  """
+  from patronus_jax.evaluate import inception  # pylint: disable=g-import-not-at-top
+  config, workdir = trained
+  copy = tmp_path / 'wd'
+  shutil.copytree(os.path.join(workdir, 'checkpoints'), copy / 'checkpoints')
+  weights = tmp_path / 'pt_inception.npz'
+  np.savez(weights, w=np.arange(3.0))
+  calls = []
+
+  def fake_features(variables, images, batch_size=100, quantize=True):
+    calls.append(len(images))
+    x = np.asarray(images, np.float32)
+    x = x / 127.5 - 1.0 if np.asarray(images).dtype == np.uint8 else x
+    return np.concatenate([x.mean((1, 2)), x.std((1, 2)), x[:, ::8, ::8, 0].reshape(len(x), -1)], 1)
+
+  monkeypatch.setattr(inception, 'load_inception_variables', lambda path: {'w': np.load(path)['w']})
+  monkeypatch.setattr(inception, 'inception_features', fake_features)
+  config = _config(config.data.data_dir)
+  config.evaluate.inception_weights = str(weights)
+  config.evaluate.metrics = ('fid', 'fd_classifier')
+  config.evaluate.samples = ('conditional',)
+  metrics = evaluate.evaluate_mode(config, str(copy), None)
+  assert 'fid_not_computed' not in metrics
+  fid = metrics['fid']
+  assert np.isfinite(fid['conditional']) and 'unconditional' not in fid
+  assert fid['network'].startswith('inception_pool3-')
+  assert metrics['feature_networks']['fid']['path'] == str(weights)
+  assert np.isfinite(metrics['fd_classifier']['conditional'])
+  assert 'probe' not in metrics and 'tad' not in metrics
+  assert metrics['checkpoints']['latent_step'] is None  # conditional samples only: no latent model read
+  assert len(os.listdir(copy / 'fid_stats')) == 2  # Inception and classifier statistics
+  assert sum(calls) == 100 + 12 + 12  # real train reference, real eval baseline, samples
+  # The real statistics are read back from the cache by a new evaluation.
+  calls.clear()
+  config.evaluate.num_samples = 10
+  evaluate.evaluate_mode(config, str(copy), None)
+  assert sum(calls) == 10 + 10
+
+
+def test_tables_script(evaluated, capsys):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  _, workdir, metrics = evaluated
+  path = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'tables.py')
+  spec = importlib.util.spec_from_file_location('tables', path)
+  tables = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tables)
+  assert tables.main([f'tiny={workdir}', '--format=json']) == 0
+  rows = json.loads(capsys.readouterr().out)
+  assert rows[0]['run'] == 'tiny' and rows[0]['tad'] == metrics['tad']['tad']
+  assert rows[0]['fid_unconditional'] is None
+  assert rows[0]['fd_classifier_unconditional'] == metrics['fd_classifier']['unconditional']
+  assert tables.main([str(workdir) + '_missing']) == 1

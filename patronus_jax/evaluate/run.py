@@ -2,8 +2,8 @@
 
   1. s of the eval images (the trained prototype network), with their attributes.
   2. Generated images, `evaluate.num_samples` of each kind in `evaluate.samples`:
-       conditional    s of real eval images, new noise  (the paper's reconstruction FID)
-       unconditional  s from the latent diffusion model (the paper's sampling FID)
+       conditional    s of real eval images, new noise
+       unconditional  s from the latent diffusion model
   3. Image metrics against real statistics of `evaluate.fid_split` (cached in the workdir):
        FID            pytorch-fid's InceptionV3 pool3, when `evaluate.inception_weights` is set
        fd_classifier  the same Fréchet distance on the attribute classifier's features,
