@@ -191,7 +191,9 @@ def run(regenerate_and_classify: Callable, s: np.ndarray, x_T: np.ndarray, proto
 
   regenerate_and_classify(s_rows, x_T_rows) -> (tuple of per-attribute (n, V_a) probabilities,
   images (n, ...) or None). Returns (report, examples) where examples holds the images of the
-  first `num_examples` samples: 'base' (E, ...) and 'edited' (J, 2, E, ...).
+  first `num_examples` samples: 'base' (E, ...) and 'edited' (J, 2, E, ...), and their
+  classifier probabilities 'base_probs' (per attribute (E, V_a)) and 'edited_probs'
+  (per attribute (J, 2, E, V_a)).
   """
   s = np.asarray(s, np.float32)
   n, p = s.shape
@@ -211,5 +213,6 @@ def run(regenerate_and_classify: Callable, s: np.ndarray, x_T: np.ndarray, proto
     images = np.asarray(images)
     e = min(num_examples, n)
     examples = {'base': images[:e],
-                'edited': images[n:].reshape((len(prototypes), 2, n) + images.shape[1:])[:, :, :e]}
+                'edited': images[n:].reshape((len(prototypes), 2, n) + images.shape[1:])[:, :, :e],
+                'base_probs': [q[:e] for q in base], 'edited_probs': [q[:, :, :e] for q in edited]}
   return report, examples

@@ -63,7 +63,7 @@ class _Context:
     self.engine = core.Engine(self.model, self.variables, self.spec, ic.batch_size, mesh=mesh)
     self.rf = proto_lib.receptive_field(config.data.image_size, config.model.encoder_kernels,
                                         config.model.encoder_strides, config.model.encoder_paddings)
-    self.rng = np.random.default_rng(config.seed + 7919)
+    self.rng = np.random.default_rng([config.seed, 7919])
     self._classifier = None
     self._inversions: dict[int, np.ndarray] = {}
     self._data_lib = data_lib
@@ -90,6 +90,10 @@ class _Context:
                                                   [len(v) for v in self.values])
     logging.info('interpret: %d held-out images of %s/%s encoded in %.1fs', len(self.images),
                  self.config.data.name, self.split, time.time() - t0)
+
+  def start_part(self, part: str) -> None:
+    """Each part draws its images from its own stream: the same whichever parts run with it."""
+    self.rng = np.random.default_rng([self.config.seed, 7919, icfg.PARTS.index(part)])
 
   def pick(self, k: int) -> np.ndarray:
     """k distinct random held-out indices (with replacement only if there are fewer)."""
@@ -360,22 +364,35 @@ def part_diagnosis(ctx: _Context) -> dict:
                                                                   for f in report['findings'])),
                                                        -report['prototypes'][a]['controls_effect']))[:6]
     e = examples['base'].shape[0]
+
+    def label(a, probs, i, d=None):
+      entry = report['prototypes'][a]
+      direction = entry['directions']['raise' if d is None else ('lower', 'raise')[d]]
+      shown = [n for n in [entry['controls']] + direction['co_moved'] if n][:2] or names[:1]
+      out = []
+      for n in shown:
+        k = names.index(n)
+        p = probs[k] if d is None else probs[k][a, d]
+        out.append(values[k][int(np.argmax(p[i]))])
+      return ' '.join(out)
+
     table, titles = [], []
     for a in ranked:
       row, trow = [], []
       for i in range(e):
-        for img, t in ((examples['edited'][a, 0, i], '↓'), (examples['base'][i], 'base'),
-                       (examples['edited'][a, 1, i], '↑')):
+        for d, img in ((0, examples['edited'][a, 0, i]), (None, examples['base'][i]), (1, examples['edited'][a, 1, i])):
           row.append(img.astype(np.float32) / 127.5 - 1.0)
-          trow.append(t)
+          trow.append(label(a, examples['base_probs'] if d is None else examples['edited_probs'], i, d))
       table.append(row)
       titles.append(trow)
     ctx.save('diagnosis_examples.png', figures.image_table(
         table, [f"p{protos[a]}: {report['prototypes'][a]['controls'] or '—'}" for a in ranked],
         [f'sample {i} {t}' for i in range(e) for t in ('↓', 'base', '↑')],
-        'Diagnosis examples: s_j lowered / unchanged / raised from the same x_T', cell_titles=titles), figs,
+        'Diagnosis examples: s_j lowered / unchanged / raised from the same x_T '
+        '(cell: classifier prediction of the controlled and co-moved attributes)', cell_titles=titles), figs,
         'rows: the prototypes with findings (then the strongest ones); columns: per sample the image with '
-        's_j lowered, unedited, raised (same x_T)')
+        's_j lowered, unedited, raised (same x_T); cell titles: the classifier\'s prediction of the attributes '
+        'the prototype controls and co-moves')
   report['figures'] = figs
   return report
 
@@ -386,14 +403,34 @@ PART_FUNCTIONS = {'visualize': part_visualize, 'semantics': part_semantics, 'eme
 
 # ---------------------------------------------------------------------- the mode
 
-def _key(ctx: _Context) -> dict:
+# The config.interpret fields each part's results depend on (besides COMMON_FIELDS).
+COMMON_FIELDS = ('ddim_steps', 'eval_split', 'num_eval_images', 'low_quantile', 'high_quantile',
+                 'association_threshold')
+PART_FIELDS = {
+    'visualize': ('visualize_prototypes', 'visualize_scope', 'visualize_quantile', 'num_visualize_images',
+                  'num_consistency_images'),
+    'semantics': ('num_semantic_images', 'num_variations', 'manipulate_prototypes', 'extrapolation_alphas',
+                  'manipulate_amounts', 'num_interpolation_pairs', 'interpolation_steps'),
+    'emergence': ('num_emergence_samples', 'emergence_steps', 'emergence_source', 'emergence_tolerance'),
+    'diagnosis': ('diagnosis_attributes', 'diagnosis_prototypes', 'num_diagnosis_samples', 'diagnosis_noise',
+                  'diagnosis_ci_level', 'diagnosis_correction', 'diagnosis_bootstrap', 'diagnosis_min_effect',
+                  'diagnosis_relative_threshold'),
+}
+
+
+def _key(ctx: _Context, part: str) -> dict:
+  """What a part's results were computed from: checkpoints, data, sampling and its settings."""
   from patronus_jax.evaluate.workdir_classifier import trained_for  # pylint: disable=g-import-not-at-top
   cfg = ctx.config
-  return json.loads(json.dumps({
-      'stage1_step': ctx.stage1_step, 'latent_step': ctx.latent_step,
-      'interpret': workdir_lib.config_to_dict(cfg.interpret), 'classifier': trained_for(cfg),
-      'diffusion': workdir_lib.config_to_dict(cfg.diffusion), 'latent_sampling': [cfg.latent.eta, cfg.latent.sample_steps],
-  }, default=str))
+  ic = workdir_lib.config_to_dict(cfg.interpret)
+  key = {'stage1_step': ctx.stage1_step, 'seed': cfg.seed,
+         'data': workdir_lib.config_to_dict(cfg.data), 'diffusion': workdir_lib.config_to_dict(cfg.diffusion),
+         'interpret': {f: ic[f] for f in COMMON_FIELDS + PART_FIELDS[part]}}
+  if part in ('emergence', 'diagnosis'):
+    key['classifier'] = trained_for(cfg)
+  if part == 'emergence':
+    key['latent'] = [ctx.latent_step, cfg.latent.eta, cfg.latent.sample_steps]
+  return json.loads(json.dumps(key, default=str))
 
 
 def _summary(parts: dict[str, Any]) -> dict:
@@ -420,62 +457,73 @@ def _summary(parts: dict[str, Any]) -> dict:
   return out
 
 
+def _valid_part(ctx: _Context, done: dict, part: str):
+  """The stored result of `part` if it was computed for this checkpoint and config, else None."""
+  path = os.path.join(ctx.out_dir, f'{part}.json')
+  if done.get(part, {}).get('key') != _key(ctx, part) or not os.path.exists(path):
+    return None
+  result = io.read_json(path)
+  if not all(os.path.exists(os.path.join(ctx.out_dir, f)) for f in result.get('figures', {})):
+    return None
+  return result
+
+
 def interpret_mode(config, workdir: str, mesh=None) -> dict:
-  """Runs the configured parts, skipping those already done for this checkpoint and config."""
+  """Runs the configured parts, skipping those already done for this checkpoint and config.
+
+  report.json gathers every part that is up to date for this checkpoint and config, also
+  those computed by earlier runs with other `interpret.parts`.
+  """
   t_start = time.time()
   ctx = _Context(config, workdir, mesh)
-  key = _key(ctx)
   status = workdir_lib.read_status(workdir, 'interpret') or {}
-  done = dict(status.get('parts', {})) if status.get('key') == key else {}
-  parts_json = {}
-  todo = [p for p in config.interpret.parts]
-  for p in todo:
-    path = os.path.join(ctx.out_dir, f'{p}.json')
-    if p in done and os.path.exists(path):
-      part = io.read_json(path)
-      if all(os.path.exists(os.path.join(ctx.out_dir, f)) for f in part.get('figures', {})):
-        parts_json[p] = part
-  if parts_json:
-    logging.info('interpret: %s already done for stage-1 step %d and this config; skipping them',
-                 ', '.join(parts_json), ctx.stage1_step)
+  done = {p: v for p, v in status.get('parts', {}).items() if p in PART_FIELDS}
+  parts_json = {p: r for p in icfg.PARTS if (r := _valid_part(ctx, done, p)) is not None}
+  todo = list(config.interpret.parts)
+  skipped = [p for p in todo if p in parts_json]
+  if skipped:
+    logging.info('interpret: %s already done for stage-1 step %d and this config; skipping',
+                 ', '.join(skipped), ctx.stage1_step)
   remaining = [p for p in todo if p not in parts_json]
   if remaining:
     ctx.load_held_out()
   for i, p in enumerate(remaining):
     t0 = time.time()
     logging.info('interpret: part %d/%d: %s', i + 1, len(remaining), p)
+    ctx.start_part(p)
     calls_before = sum(ctx.engine.calls.values())
     result = PART_FUNCTIONS[p](ctx)
     result['seconds'] = round(time.time() - t0, 2)
     result['model_calls'] = int(sum(ctx.engine.calls.values()) - calls_before)
     if jax.process_index() == 0:
       io.write_json(os.path.join(ctx.out_dir, f'{p}.json'), result)
-      done[p] = {'seconds': result['seconds']}
-      workdir_lib.write_status(workdir, 'interpret', {'key': key, 'parts': done})
+      done[p] = {'key': _key(ctx, p), 'seconds': result['seconds']}
+      workdir_lib.write_status(workdir, 'interpret', {'parts': done})
     parts_json[p] = result
     logging.info('interpret: %s done in %.1fs (%d model calls, %d figures)', p, result['seconds'],
                  result['model_calls'], len(result.get('figures', {})))
-  figures = {name: desc for p in todo for name, desc in parts_json[p].get('figures', {}).items()}
+  present = [p for p in icfg.PARTS if p in parts_json]
+  figures = {name: desc for p in present for name, desc in parts_json[p].get('figures', {}).items()}
   report = {
       'workdir': workdir, 'config_name': config.name, 'stage1_step': ctx.stage1_step,
       'latent_step': ctx.latent_step, 'ddim_steps': config.interpret.ddim_steps,
       'attributes': dict(zip(ctx.names, ctx.values)),
-      'summary': _summary(parts_json), 'seconds': round(time.time() - t_start, 2),
-      'part_seconds': {p: parts_json[p].get('seconds') for p in todo},
-      'figures': figures, **{p: parts_json[p] for p in todo},
+      'summary': _summary(parts_json), 'seconds_this_run': round(time.time() - t_start, 2),
+      'part_seconds': {p: parts_json[p].get('seconds') for p in present},
+      'part_model_calls': {p: parts_json[p].get('model_calls') for p in present},
+      'figures': figures, **{p: parts_json[p] for p in present},
   }
+  stats_path = os.path.join(ctx.out_dir, 'statistics.json')
   if remaining:
-    report['observed_range'] = {k: v.tolist() for k, v in ctx.range.items()}
-    report['quantiles'] = [config.interpret.low_quantile, config.interpret.high_quantile]
+    statistics = {'observed_range': {k: v.tolist() for k, v in ctx.range.items()},
+                  'quantiles': [config.interpret.low_quantile, config.interpret.high_quantile]}
     if ctx.association is not None:
-      report['association'] = {'attributes': list(ctx.names), 'eta2': ctx.association.tolist()}
+      statistics['association'] = {'attributes': list(ctx.names), 'eta2': ctx.association.tolist()}
     if jax.process_index() == 0:
-      io.write_json(os.path.join(ctx.out_dir, 'statistics.json'),
-                    {k: report[k] for k in ('observed_range', 'quantiles', 'association') if k in report})
-  else:
-    path = os.path.join(ctx.out_dir, 'statistics.json')
-    if os.path.exists(path):
-      report.update(io.read_json(path))
+      io.write_json(stats_path, statistics)
+    report.update(statistics)
+  elif os.path.exists(stats_path):
+    report.update(io.read_json(stats_path))
   if jax.process_index() == 0:
     io.write_json(os.path.join(ctx.out_dir, 'report.json'), report)
   logging.info('interpret: report %s (%d figures) in %.1fs; summary %s', os.path.join(ctx.out_dir, 'report.json'),
