@@ -28,13 +28,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from patronus_jax.models.layers import GroupNormSiLU
 from patronus_jax.models.unet import GROUPS, NORM_EPS, sinusoidal_table
 
 Dtype = Any
 
 
-def _gn(dtype, name):
-  return nn.GroupNorm(num_groups=GROUPS, epsilon=NORM_EPS, dtype=dtype, name=name)
+def _norm_silu(dtype, name):
+  return GroupNormSiLU(GROUPS, NORM_EPS, dtype, name=name)
 
 
 class ResBlock1D(nn.Module):
@@ -45,9 +46,9 @@ class ResBlock1D(nn.Module):
   @nn.compact
   def __call__(self, x, t_emb, train: bool = False):
     h = nn.Conv(self.out_channels, (3,), padding=((1, 1),), dtype=self.dtype, name='conv_1')(
-        nn.silu(_gn(self.dtype, 'norm_1')(x)))
+        _norm_silu(self.dtype, 'norm_1')(x))
     h = h + nn.Dense(self.out_channels, dtype=self.dtype, name='time_proj')(t_emb)[:, None, :]
-    h = nn.silu(_gn(self.dtype, 'norm_2')(h))
+    h = _norm_silu(self.dtype, 'norm_2')(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = nn.Conv(self.out_channels, (3,), padding=((1, 1),), dtype=self.dtype, name='conv_2')(h)
     if x.shape[-1] != self.out_channels:

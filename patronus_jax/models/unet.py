@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from patronus_jax.models.layers import GroupNormSiLU
 from patronus_jax.models.prototypes import PrototypeNetwork, PrototypeOutput
 
 Dtype = Any
@@ -50,6 +51,10 @@ def _conv3(features: int, dtype: Dtype, name: str, strides: int = 1) -> nn.Conv:
 
 def _group_norm(dtype: Dtype, name: str) -> nn.GroupNorm:
   return nn.GroupNorm(num_groups=GROUPS, epsilon=NORM_EPS, dtype=dtype, name=name)
+
+
+def _norm_silu(dtype: Dtype, name: str) -> GroupNormSiLU:
+  return GroupNormSiLU(GROUPS, NORM_EPS, dtype, name=name)
 
 
 class TimestepEmbedding(nn.Module):
@@ -109,11 +114,11 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x, t_act, s_act, train: bool = False):
     """t_act, s_act: SiLU of the time / prototype embeddings, shared by all blocks."""
-    h = _conv3(self.out_channels, self.dtype, 'conv_1')(nn.silu(_group_norm(self.dtype, 'norm_1')(x)))
+    h = _conv3(self.out_channels, self.dtype, 'conv_1')(_norm_silu(self.dtype, 'norm_1')(x))
     cond = (nn.Dense(self.out_channels, dtype=self.dtype, name='time_proj')(t_act)
             + nn.Dense(self.out_channels, dtype=self.dtype, name='proto_proj')(s_act))
     h = h + cond[:, None, None, :]
-    h = nn.silu(_group_norm(self.dtype, 'norm_2')(h))
+    h = _norm_silu(self.dtype, 'norm_2')(h)
     # Dropout2d: whole channels per example.
     h = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
     h = _conv3(self.out_channels, self.dtype, 'conv_2')(h)
@@ -202,7 +207,7 @@ class ConditionalUNet(nn.Module):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = block(f'up_{i}', self.base_channels * self.channel_mults[level],
                   self.attention[level], h)
-    h = nn.silu(_group_norm(self.dtype, 'final_norm')(h))
+    h = _norm_silu(self.dtype, 'final_norm')(h)
     return _conv3(self.out_channels, self.dtype, 'final_conv')(h).astype(jnp.float32)
 
 
