@@ -57,16 +57,28 @@ class BcosTask:
     self.conditioning = config.bcos.conditioning
     self.prediction = config.diffusion.prediction
     self.schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
-    self.info = info
+    self._info = info
     if self.conditioning == 'text':
       if tokenizer is None:
-        self.info = info if info is not None else _dataset_info(config.data)
-        tokenizer = build_tokenizer(config, info=self.info)
+        # Shapes and CelebA have fixed vocabularies: no need to open the dataset.
+        needs_info = config.data.name not in ('patronus_shapes', 'celeb_a')
+        tokenizer = build_tokenizer(config, info=self.info if needs_info else None)
       self.tokenizer = tokenizer
     else:
       self.tokenizer = None
     vocab = self.tokenizer.vocab_size if self.tokenizer is not None else 0
     self.model: BcosDiffusion = bcos_model_from_config(config, vocab)
+
+  @property
+  def info(self):
+    """The dataset's DatasetInfo (opened on first use; None when it cannot be opened)."""
+    if self._info is None:
+      self._info = _dataset_info(self.config.data)
+    return self._info
+
+  @info.setter
+  def info(self, value):
+    self._info = value
 
   # ------------------------------------------------------------------ host side
 
@@ -281,9 +293,10 @@ def explain_mode(config, workdir: str, mesh):
   del mesh
   from absl import logging  # pylint: disable=g-import-not-at-top
   from patronus_jax.interpret import bcos as explain_lib  # pylint: disable=g-import-not-at-top
-  _, params, variables, step = load_trained(config, workdir)
+  task, params, variables, step = load_trained(config, workdir)
   classifier = _classifier(config, workdir) if config.data.name == 'patronus_shapes' else None
-  report = explain_lib.explain_workdir(config, workdir, params, variables, classifier=classifier)
+  report = explain_lib.explain_workdir(config, workdir, params, variables, classifier=classifier,
+                                       task=task)
   s = report['summary']
   logging.info('explain (step %d): completeness error %.2e (%s), relevance content %.3f vs function %.3f',
                step, s['completeness_error'], 'ok' if s['completeness_ok'] else 'ABOVE TOLERANCE',

@@ -73,7 +73,8 @@ def test_dense_gradient_in_explanation_mode_is_the_dynamic_weight(b, m):
   x = jax.random.normal(jax.random.PRNGKey(3), (6,))
   layer = bcos.BcosDense(4, b=b, max_out=m)
   v = {'params': {'kernel': k}}
-  jac = jax.jacrev(lambda x: layer.apply(v, x, explain=True))(x)
+  jac, jac_train = jax.jit(lambda x: (jax.jacrev(lambda x: layer.apply(v, x, explain=True))(x),
+                                      jax.jacrev(lambda x: layer.apply(v, x))(x)))(x)
   w_hat = k / jnp.linalg.norm(k, axis=0)
   lin = (x @ w_hat).reshape(4, m)
   sel = jnp.argmax(lin, axis=-1)
@@ -85,21 +86,11 @@ def test_dense_gradient_in_explanation_mode_is_the_dynamic_weight(b, m):
   np.testing.assert_allclose(jac, w_dyn, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(w_dyn @ x, layer.apply(v, x), rtol=1e-5, atol=1e-6)
   # Outside explanation mode the gradient also moves the scale: not W(x).
-  jac_train = jax.jacrev(lambda x: layer.apply(v, x))(x)
   assert float(jnp.max(jnp.abs(jac_train - w_dyn))) > 1e-3
 
 
-def _linearity_checks(fn, inputs, key):
-  """fn in explanation mode is W(x) x: jvp(x) == fn(x); jvp rows == vjp rows; linear."""
-  y, f_jvp = jax.linearize(fn, *inputs)
-  rec = f_jvp(*inputs)
-  rel = jax.tree_util.tree_map(lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)), rec, y)
-  return y, f_jvp, rel
-
-
 def test_conv_norm_and_attention_are_dynamic_linear_in_explanation_mode():
-  key = jax.random.PRNGKey(4)
-  x = jax.random.normal(key, (2, 6, 6, 8))
+  x = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 6, 8))
   ctx = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 5))
   mask = jnp.array([[True, True, False], [True, True, True]])
 
@@ -113,29 +104,37 @@ def test_conv_norm_and_attention_are_dynamic_linear_in_explanation_mode():
       b, hh, ww, c = h.shape
       seq = h.reshape(b, hh * ww, c)
       seq = seq + bcos.BcosAttention(8, 2)(seq, explain=explain)
-      seq = seq + bcos.BcosAttention(8, 2)(seq, ctx, mask, explain=explain)
+      seq = seq + bcos.BcosAttention(8, 2, null_slot=True)(seq, ctx, mask, explain=explain)
       return bcos.BcosDense(3, b=1.5)(seq, explain)
 
   net = Net()
   v = net.init(jax.random.PRNGKey(6), x, ctx)
-  fn = lambda x, ctx: net.apply(v, x, ctx, explain=True)
-  y, f_jvp = jax.linearize(fn, x, ctx)
-  np.testing.assert_allclose(f_jvp(x, ctx), y, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(y))))
+  out_index = (0, 2, 1)
+  probes = [(0, 1, 2, 3), (0, 4, 0, 7), (1, 5, 5, 0)]
+  h = 0.5
+
+  @jax.jit
+  def check(x, ctx):
+    fn = lambda x, ctx: net.apply(v, x, ctx, explain=True)
+    y, f_jvp = jax.linearize(fn, x, ctx)
+    # W(x) rows from the transpose (vjp) against finite differences of the linearised map
+    # (exact for a linear map): (f_lin(x + h e) - f_lin(x)) / h.
+    g_x, g_ctx = jax.linear_transpose(f_jvp, x, ctx)(jnp.zeros_like(y).at[out_index].set(1.0))
+    fds = [(f_jvp(x + h * jnp.zeros_like(x).at[i].set(1.0), ctx) - f_jvp(x, ctx))[out_index] / h
+           for i in probes]
+    _, f_train = jax.linearize(lambda x, ctx: net.apply(v, x, ctx), x, ctx)
+    return (y, f_jvp(x, ctx), net.apply(v, x, ctx), jnp.stack(fds),
+            jnp.stack([g_x[i] for i in probes]), g_ctx, f_train(x, ctx))
+
+  y, rec, plain, fds, rows, g_ctx, rec_train = check(x, ctx)
+  np.testing.assert_allclose(rec, y, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(y))))
   # Explanation mode changes gradients, never values.
-  np.testing.assert_allclose(net.apply(v, x, ctx), y, rtol=1e-6, atol=1e-7)
-  # W(x) rows from the transpose (vjp) equal those from finite differences of the
-  # linearised map (exact for a linear map): (f_lin(x + h e) - f_lin(x)) / h.
-  g_x, g_ctx = jax.linear_transpose(f_jvp, x, ctx)(jnp.zeros_like(y).at[0, 2, 1].set(1.0))
-  for idx in [(0, 1, 2, 3), (0, 4, 0, 7), (1, 5, 5, 0)]:
-    e = jnp.zeros_like(x).at[idx].set(1.0)
-    h = 0.5
-    fd = (f_jvp(x + h * e, ctx) - f_jvp(x, ctx)) / h
-    np.testing.assert_allclose(fd[0, 2, 1], g_x[idx], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(plain, y, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(fds, rows, rtol=1e-4, atol=1e-6)
   # Masked context tokens get no contribution.
   np.testing.assert_allclose(g_ctx[0, 2], 0.0, atol=0)
-  # Outside explanation mode, W(x)x != f(x) in general (the scale has its own gradient).
-  _, f_train = jax.linearize(lambda x, ctx: net.apply(v, x, ctx), x, ctx)
-  assert float(jnp.linalg.norm(f_train(x, ctx) - y) / jnp.linalg.norm(y)) > 1e-2
+  # Outside explanation mode, the linearisation does not reproduce f(x) (the scale moves too).
+  assert float(jnp.linalg.norm(rec_train - y) / jnp.linalg.norm(y)) > 1e-2
 
 
 def test_zero_inputs_have_finite_gradients():
@@ -146,8 +145,19 @@ def test_zero_inputs_have_finite_gradients():
 
 
 def test_masked_softmax_rows_without_keys_are_zero():
-  w = bcos._masked_softmax(jnp.ones((1, 2, 3)), jnp.zeros((1, 1, 3), bool))
-  np.testing.assert_array_equal(w, 0.0)
+  for null in (False, True):
+    w = bcos._masked_softmax(jnp.ones((1, 2, 3)), jnp.zeros((1, 1, 3), bool), null)
+    np.testing.assert_array_equal(w, 0.0)
+
+
+def test_null_slot_softmax_is_off_by_one():
+  logits = jnp.array([[0.5, -1.0, 2.0, 40.0]])
+  mask = jnp.array([[True, True, True, False]])
+  w = bcos._masked_softmax(logits, mask, null_slot=True)
+  e = jnp.exp(logits[:, :3])
+  np.testing.assert_allclose(w[:, :3], e / (1.0 + e.sum()), rtol=1e-6)
+  assert float(w[0, 3]) == 0.0 and float(w.sum()) < 1.0
+  np.testing.assert_allclose(bcos._masked_softmax(logits, mask)[:, :3], e / e.sum(), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- tokenizer

@@ -50,6 +50,7 @@ class Explanation(NamedTuple):
   image_weights: Array  # (B, H, W, 2C) vᵀW(x) restricted to the image
   image_contributions: Array  # (B, H, W, 2C) image * image_weights
   time_contribution: Array  # (B,)
+  token_weights: Array  # (B, L, D) vᵀW(x) restricted to the tokens
   token_contributions: Array  # (B, L) C_i
   token_mask: Array  # (B, L)
   total: Array  # (B,) vᵀy
@@ -57,23 +58,22 @@ class Explanation(NamedTuple):
   sum_error: Array  # (B,) |Σ C - vᵀy| / Σ|v ⊙ y|
 
 
-def explained_function(task, params, variables: dict, t: Array, token_mask: Array,
+def explained_function(task, params, variables: dict, token_mask: Array, abar: Array,
                        target: str = 'x0'):
-  """f(image, time, tokens) -> y in explanation mode (the map that is W(x) x)."""
-  abar = task.schedule.abar(t)[:, None, None, None]
-  prediction = task.prediction
+  """f(image, time, tokens) -> y in explanation mode (the map that is W(x) x).
+
+  `token_mask` and `abar` (ᾱ_t per example) are held fixed: they are not explained inputs.
+  """
+  if target not in ('x0', 'output'):
+    raise ValueError(f"unknown explanation target {target!r}; expected 'x0' or 'output'")
+  abar4 = abar[:, None, None, None]
 
   def f(image, time, tokens):
-    out = task.model.apply({'params': params, **variables}, image, time, tokens, token_mask,
+    out = task.model.apply({'params': params, **variables}, image, time, tokens, token_mask, abar,
                            explain=True, method='network')
-    if target == 'output':
+    if target == 'output' or task.prediction == 'x0':
       return out
-    if target != 'x0':
-      raise ValueError(f"unknown explanation target {target!r}; expected 'x0' or 'output'")
-    if prediction == 'x0':
-      return out
-    x_t = decode_colors(image)
-    return (x_t - jnp.sqrt(1.0 - abar) * out) / jnp.sqrt(abar)
+    return (decode_colors(image) - jnp.sqrt(1.0 - abar4) * out) / jnp.sqrt(abar4)
 
   return f
 
@@ -81,7 +81,8 @@ def explained_function(task, params, variables: dict, t: Array, token_mask: Arra
 def explain_inputs(task, params, variables: dict, inputs: ExplainedInputs, t: Array,
                    target: str = 'x0', cotangent: Optional[Array] = None) -> Explanation:
   """Explains the network at given inputs (one linearisation: a jvp and its transpose)."""
-  f = explained_function(task, params, variables, t, inputs.token_mask, target)
+  del t  # ᾱ_t is in the inputs
+  f = explained_function(task, params, variables, inputs.token_mask, inputs.abar, target)
   primals = (inputs.image, inputs.time, inputs.tokens)
   y, f_jvp = jax.linearize(f, *primals)
   v = jnp.ones_like(y) if cotangent is None else cotangent.astype(y.dtype)
@@ -97,8 +98,8 @@ def explain_inputs(task, params, variables: dict, inputs: ExplainedInputs, t: Ar
   completeness = (jnp.sqrt(jnp.sum(jnp.square(reconstruction - y), axis=axes))
                   / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(y), axis=axes)), tiny))
   sum_error = jnp.abs(summed - total) / jnp.maximum(jnp.sum(jnp.abs(v * y), axis=axes), tiny)
-  return Explanation(y, inputs.image, g_image, image_c, time_c, token_c, inputs.token_mask, total,
-                     completeness, sum_error)
+  return Explanation(y, inputs.image, g_image, image_c, time_c, g_tokens, token_c, inputs.token_mask,
+                     total, completeness, sum_error)
 
 
 def explain_step(task, params, variables: dict, x_t: Array, t: Array, cond: dict,
@@ -106,6 +107,12 @@ def explain_step(task, params, variables: dict, x_t: Array, t: Array, cond: dict
   """Explains the model at (x_t, t) with conditioning `cond` (t: (B,) int32)."""
   inputs = task.model.apply({'params': params, **variables}, x_t, t, cond, method='inputs')
   return explain_inputs(task, params, variables, inputs, t, target, cotangent)
+
+
+@functools.lru_cache(maxsize=16)
+def explain_step_fn(task, target: str = 'x0'):
+  """`explain_step` jitted: (params, variables, x_t, t, cond) -> Explanation (cached per task)."""
+  return jax.jit(lambda p, v, x_t, t, cond: explain_step(task, p, v, x_t, t, cond, target))
 
 
 def token_relevance(token_contributions: Array, token_mask: Array) -> Array:
@@ -165,25 +172,34 @@ def _upscale(img: np.ndarray, size: int) -> np.ndarray:
 
 def render_report(image: np.ndarray, maps: Sequence[np.ndarray], map_titles: Sequence[str],
                   words: Sequence[str], relevance: Sequence[float], title: str,
-                  followed: Optional[Sequence[Optional[bool]]] = None, size: int = 128) -> np.ndarray:
-  """One prompt's PNG: the generation, contribution maps, and a relevance bar per word."""
+                  followed: Optional[Sequence[Optional[bool]]] = None, size: int = 112,
+                  signed_maps: Sequence[np.ndarray] = ()) -> np.ndarray:
+  """One prompt's PNG: the generation, contribution maps (and a row of signed maps under
+  them), and a relevance bar per word ('+' / 'x' after a word: the image shows / misses it)."""
   from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
   font = ImageFont.load_default()
   tiles = [_upscale(pio.to_uint8(image), size)] + [_upscale(m, size) for m in maps]
   titles = ['generated'] + list(map_titles)
   pad, line = 8, 14
-  width = max(pad + len(tiles) * (size + pad), 420)
-  bar_w = width - 160
-  height = pad + line * 2 + size + line + pad + line * (len(words) + 1) + pad
+  rows = 2 if signed_maps else 1
+  width = max(pad + len(tiles) * (size + pad), 460)
+  bar_w = width - 180
+  top_h = pad + line * 2 + rows * (size + line + pad)
+  height = top_h + line * (len(words) + 1) + pad
   canvas = Image.new('RGB', (width, height), 'white')
   draw = ImageDraw.Draw(canvas)
-  draw.text((pad, pad), title[:110], fill='black', font=font)
+  draw.text((pad, pad), title[:120], fill='black', font=font)
   y0 = pad + 2 * line
   for i, (tile, name) in enumerate(zip(tiles, titles)):
     x0 = pad + i * (size + pad)
     canvas.paste(Image.fromarray(tile), (x0, y0))
     draw.text((x0, y0 + size + 2), name, fill='black', font=font)
-  y = y0 + size + line + pad
+  if signed_maps:
+    y1 = y0 + size + line + pad
+    draw.text((pad, y1 + size // 2), 'signed sum\nover channels\n(red +, blue -)', fill='black', font=font)
+    for i, m in enumerate(signed_maps):
+      canvas.paste(Image.fromarray(_upscale(m, size)), (pad + (i + 1) * (size + pad), y1))
+  y = top_h
   draw.text((pad, y), 'word      relevance S_i (mean over explained steps)', fill='black', font=font)
   top = max(max(relevance, default=0.0), 1e-12)
   for i, (word, rel) in enumerate(zip(words, relevance)):
@@ -351,9 +367,10 @@ def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, se
     maps = [render_contribution_map(raw['image_weights'][i, b], raw['image_inputs'][i, b])
             for i in shown]
     titles = [f'step {int(raw["steps"][i])} t={int(raw["timesteps"][i])}' for i in shown]
+    signed = [render_signed_map(raw['image_contributions'][i, b]) for i in shown]
     pngs.append(render_report(raw['samples'][b], maps, titles, words, rep['relevance'],
                               f'"{prompt}"  completeness error {rep["completeness_error"]:.1e}',
-                              followed))
+                              followed, signed_maps=signed))
     reports.append(rep)
   content = [r['content_word_relevance'] for r in reports if r['content_word_relevance'] is not None]
   function = [r['function_word_relevance'] for r in reports if r['function_word_relevance'] is not None]
@@ -374,15 +391,18 @@ def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, se
   return dict(summary=summary, prompts=reports), pngs, raw
 
 
-def explain_workdir(config, workdir: str, params, variables: dict, classifier=None) -> dict:
+def explain_workdir(config, workdir: str, params, variables: dict, classifier=None,
+                    task=None) -> dict:
   """Explains generations for the configured prompts; writes workdir/explain/; returns the report.
 
   Files: report.json (summary + every prompt), prompt_<i>.png and prompt_<i>.json, samples.png.
   `classifier` (optional, patronus_jax.evaluate.classifier.AttributeClassifier) marks which
-  prompt words the generated image follows.
+  prompt words the generated image follows. `task` (optional) reuses a BcosTask of the same
+  model (and its compiled functions).
   """
-  from patronus_jax.bcos_task import BcosTask  # pylint: disable=g-import-not-at-top
-  task = BcosTask(config)
+  if task is None:
+    from patronus_jax.bcos_task import BcosTask  # pylint: disable=g-import-not-at-top
+    task = BcosTask(config)
   bc = config.bcos
   prompts = default_prompts(config, bc.num_explain)
   names = values = None

@@ -191,14 +191,28 @@ class BiasFreeNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def _masked_softmax(logits: Array, mask: Optional[Array]) -> Array:
-  """Softmax over the last axis; rows whose keys are all masked give all-zero weights."""
+def _masked_softmax(logits: Array, mask: Optional[Array], null_slot: bool = False) -> Array:
+  """Softmax over the last axis; masked keys get zero weight.
+
+  With `null_slot`, one extra implicit key of logit 0 and value 0 takes part in the
+  normalisation ("off-by-one" softmax): a query may attend to nothing instead of being
+  forced to spread its weight over the keys (which otherwise makes uninformative tokens,
+  present in every caption, attention sinks). Rows whose keys are all masked give zeros.
+  """
   logits = logits.astype(jnp.float32)
-  if mask is None:
-    return jax.nn.softmax(logits, axis=-1)
-  logits = jnp.where(mask, logits, -1e30)
-  weights = jax.nn.softmax(logits, axis=-1)
-  return jnp.where(mask, weights, 0.0)
+  if mask is not None:
+    logits = jnp.where(mask, logits, -1e30)
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  if null_slot:
+    top = jnp.maximum(top, 0.0)
+  top = jax.lax.stop_gradient(top)
+  e = jnp.exp(logits - top)
+  if mask is not None:
+    e = jnp.where(mask, e, 0.0)
+  denom = jnp.sum(e, axis=-1, keepdims=True)
+  if null_slot:
+    denom = denom + jnp.exp(-top)
+  return e / jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)
 
 
 class BcosAttention(nn.Module):
@@ -210,9 +224,11 @@ class BcosAttention(nn.Module):
   (explanation mode) the output is linear in Y (through V) and, for self-attention, in X:
   cross-attention to conditioning tokens is a dynamic linear map of the tokens.
   `context_mask` (B, L) marks valid context tokens; masked tokens get zero weight.
+  `null_slot`: the softmax also normalises over an implicit zero-value key (see `_masked_softmax`).
   """
   features: int
   num_heads: int = 4
+  null_slot: bool = False
   b: float = 2.0
   max_out: int = 1
   explain: bool = False
@@ -234,7 +250,7 @@ class BcosAttention(nn.Module):
     v = split(dense('value')(ctx, explain))
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=HIGHEST) / math.sqrt(head_dim)
     mask = None if context_mask is None else context_mask[:, None, None, :].astype(bool)
-    weights = _detach(_masked_softmax(logits, mask), explain)
+    weights = _detach(_masked_softmax(logits, mask, self.null_slot), explain)
     y = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v, precision=HIGHEST)
     y = BcosDense(x.shape[-1], self.b, self.max_out, dtype=self.dtype, name='out')(
         y.reshape(*y.shape[:-2], self.features), explain)

@@ -30,13 +30,20 @@ def bcos_config() -> ml_collections.ConfigDict:
       self_attention=(False, False, True),  # per level (the bottleneck always has it)
       cross_attention=(False, True, True),  # per level (the bottleneck always has it)
       num_heads=4,
+      # Cross-attention softmax also normalises over an implicit zero-value key, so a query
+      # can attend to nothing rather than to whichever token is always there ("a", "on").
+      attention_null_slot=True,
       time_dim=64,  # width of the sinusoidal timestep input
+      # output = c_skip(ᾱ_t) x_t + c_out(ᾱ_t) U-Net(x): the U-Net predicts a unit-variance residual
+      # (Karras et al. 2022); still W(x) x (models/bcos_unet.py `preconditioning`).
+      precondition=True,
+      sigma_data=0.5,  # the data standard deviation assumed by the preconditioning
       # Conditioning tokens.
       conditioning='text',  # 'text' (word tokens), 'prototypes' (s_j e_j), 'external' (precomputed), 'none'
       token_dim=64,  # width of the learned token / prototype embeddings
       max_tokens=16,  # caption length in words (longer captions are truncated)
       token_positions=False,  # add a learned position vector to every word's embedding
-      token_dropout=0.0,  # training: drop each word with this probability
+      token_dropout=0.1,  # training: drop each word with this probability
       vocab_max_size=0,  # datasets without a fixed vocabulary: keep the most frequent words (0: all)
       external_dim=0,  # 'external': width of the precomputed text embeddings (batch['text_embedding'])
       # Explanations (interpret/bcos.py, --mode=explain).
@@ -99,6 +106,8 @@ def validate_bcos_config(bcos) -> None:
     _fail(f"config field 'bcos.num_groups'={bcos.num_groups} must divide every level's channel count {widths}")
   if bcos.time_dim % 2 or bcos.time_dim < 4:
     _fail(f"config field 'bcos.time_dim' must be even and >= 4, got {bcos.time_dim}")
+  if bcos.sigma_data <= 0:
+    _fail(f"config field 'bcos.sigma_data' must be positive, got {bcos.sigma_data}")
   if not 0.0 <= bcos.token_dropout < 1.0:
     _fail(f"config field 'bcos.token_dropout' must be in [0, 1), got {bcos.token_dropout}")
   if bcos.vocab_max_size < 0:

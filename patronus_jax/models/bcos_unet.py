@@ -24,7 +24,8 @@ output for the skips; stride-2 BcosConv3x3 between levels; bottleneck: block, se
 cross-attention, block; the decoder mirrors the encoder (num_res_blocks + 1 blocks per level,
 each concatenating the next skip), with nearest x2 + BcosConv3x3 between levels; head: norm,
 BcosConv3x3 to the image channels, times a learned per-channel gain (a constant scale, no
-bias).
+bias). The model's output is preconditioned (`preconditioning`): c_skip(ᾱ_t) x_t + c_out(ᾱ_t) U-Net,
+where x_t = image[:C] - image[C:] is itself linear in the encoded image.
 """
 
 from __future__ import annotations
@@ -65,11 +66,31 @@ def timestep_features(t: Array, dim: int, max_period: float = 10_000.0) -> Array
 
 
 class ExplainedInputs(NamedTuple):
-  """The inputs x of W(x) x, and the (non-explained) mask of valid tokens."""
+  """The inputs x of W(x) x, and what is held fixed: the token mask and ᾱ_t."""
   image: Array  # (B, H, W, 2C) colour-encoded
   time: Array  # (B, time_dim)
   tokens: Array  # (B, L, D)
   token_mask: Array  # (B, L) bool
+  abar: Array  # (B,) ᾱ_t of the schedule (the preconditioning constants)
+
+
+def preconditioning(abar: Array, prediction: str, sigma_data: float) -> tuple[Array, Array]:
+  """(c_skip, c_out) of output = c_skip x_t + c_out F (Karras et al. 2022, in VP form).
+
+  With x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε and Var x0 = σ², c_skip x_t is the best linear
+  estimate of the target from x_t and c_out the standard deviation of what remains, so the
+  network F always predicts a unit-variance residual. Without it, a B-cos network would have
+  to reproduce x_t almost exactly at high noise (ε ≈ x_t), which |cos|-scaled layers do badly,
+  and DDIM amplifies that error by 1/sqrt(ᾱ). Both factors are constants of the schedule, and
+  x_t = image[:C] - image[C:] is linear in the encoded input: the model stays W(x) x.
+  """
+  abar = abar.astype(jnp.float32)
+  var = abar * sigma_data**2 + (1.0 - abar)
+  if prediction == 'eps':
+    return jnp.sqrt(1.0 - abar) / var, jnp.sqrt(abar * sigma_data**2 / var)
+  if prediction == 'x0':
+    return jnp.sqrt(abar) * sigma_data**2 / var, jnp.sqrt((1.0 - abar) * sigma_data**2 / var)
+  raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'x0'")
 
 
 class _Norm(nn.Module):
@@ -113,6 +134,7 @@ class BcosAttentionBlock(nn.Module):
   self_attention: bool = True
   cross_attention: bool = True
   num_heads: int = 4
+  null_slot: bool = True  # cross-attention may attend to nothing
   b: float = 2.0
   max_out: int = 1
   norm: str = 'centered'
@@ -122,14 +144,15 @@ class BcosAttentionBlock(nn.Module):
   @nn.compact
   def __call__(self, x, tokens, token_mask, explain: bool = False):
     bsz, h, w, c = x.shape
-    attn = lambda name: BcosAttention(c, self.num_heads, self.b, self.max_out, dtype=self.dtype,
-                                      name=name)
+    attn = lambda name, null=False: BcosAttention(c, self.num_heads, null, self.b, self.max_out,
+                                                  dtype=self.dtype, name=name)
     if self.self_attention:
       y = _Norm(self.norm, self.num_groups, self.dtype, name='self_norm')(x, explain)
       x = x + attn('self_attention')(y.reshape(bsz, h * w, c), explain=explain).reshape(x.shape)
     if self.cross_attention and tokens is not None and tokens.shape[1] > 0:
       y = _Norm(self.norm, self.num_groups, self.dtype, name='cross_norm')(x, explain)
-      y = attn('cross_attention')(y.reshape(bsz, h * w, c), tokens, token_mask, explain=explain)
+      y = attn('cross_attention', self.null_slot)(y.reshape(bsz, h * w, c), tokens, token_mask,
+                                                  explain=explain)
       x = x + y.reshape(x.shape)
     return x
 
@@ -143,6 +166,7 @@ class BcosUNet(nn.Module):
   self_attention: Sequence[bool] = (False, False, True)
   cross_attention: Sequence[bool] = (False, True, True)
   num_heads: int = 4
+  null_slot: bool = True
   b: float = 2.0
   max_out: int = 1
   norm: str = 'centered'
@@ -168,7 +192,8 @@ class BcosUNet(nn.Module):
       ca = force or bool(self.cross_attention[level])
       if not (sa or ca):
         return h
-      return BcosAttentionBlock(sa, ca, self.num_heads, name=name, **blk)(h, tokens, token_mask, explain)
+      return BcosAttentionBlock(sa, ca, self.num_heads, self.null_slot, name=name, **blk)(
+          h, tokens, token_mask, explain)
 
     h = BcosConv(self.base_channels, 3, 1, 1, name='first', **kw)(image, explain)
     skips = [h]
@@ -209,7 +234,7 @@ class BcosDiffusion(nn.Module):
     'prototypes': 's' (B, P) prototype activations, or 'x0' (B, H, W, C) to compute them;
     'none':       nothing.
   Methods: `inputs(x_t, t, cond)` -> ExplainedInputs; `network(image, time, tokens,
-  token_mask, explain)` -> output; `__call__(x_t, t, cond, explain)` = both.
+  token_mask, abar, explain)` -> output (eps or x0); `__call__(x_t, t, cond, explain)` = both.
   """
   image_channels: int
   conditioning: str = 'text'
@@ -218,6 +243,10 @@ class BcosDiffusion(nn.Module):
   max_tokens: int = 16
   token_positions: bool = False
   time_dim: int = 64
+  prediction: str = 'eps'  # what the output is: 'eps' or 'x0'
+  precondition: bool = True  # output = c_skip(ᾱ) x_t + c_out(ᾱ) U-Net (see `preconditioning`)
+  sigma_data: float = 0.5
+  abar_table: tuple = ()  # ᾱ_t for t = 0..T-1 (the diffusion schedule)
   unet: dict = None  # BcosUNet fields except out_channels and dtype
   prototypes: dict = None  # PrototypeNetwork fields (conditioning='prototypes')
   dtype: Dtype = jnp.float32
@@ -261,12 +290,23 @@ class BcosDiffusion(nn.Module):
 
   def inputs(self, x_t: Array, t: Array, cond: dict) -> ExplainedInputs:
     tokens, mask = self.tokens(cond, x_t.shape[0])
+    if self.abar_table:
+      abar = jnp.asarray(np.asarray(self.abar_table, np.float32))[t.astype(jnp.int32)]
+    else:
+      abar = jnp.ones(t.shape, jnp.float32)
     return ExplainedInputs(encode_colors(x_t.astype(jnp.float32)),
-                           timestep_features(t, self.time_dim), tokens, mask)
+                           timestep_features(t, self.time_dim), tokens, mask, abar)
 
   def network(self, image: Array, time: Array, tokens: Array, token_mask: Array,
-              explain: bool = False) -> Array:
-    return self.denoiser(image, time, tokens, token_mask, explain)
+              abar: Optional[Array] = None, explain: bool = False) -> Array:
+    out = self.denoiser(image, time, tokens, token_mask, explain)
+    if not self.precondition:
+      return out
+    if abar is None:
+      raise ValueError('BcosDiffusion.network: a preconditioned model needs abar')
+    c_skip, c_out = preconditioning(abar, self.prediction, self.sigma_data)
+    bcast = lambda c: c[:, None, None, None]
+    return bcast(c_skip) * decode_colors(image) + bcast(c_out) * out
 
   def __call__(self, x_t: Array, t: Array, cond: dict, explain: bool = False) -> Array:
     return self.network(*self.inputs(x_t, t, cond), explain=explain)
@@ -279,16 +319,22 @@ def bcos_model_from_config(config, vocab_size: int = 0, dtype: Optional[str] = N
   unet = dict(base_channels=bc.base_channels, channel_mults=tuple(bc.channel_mults),
               num_res_blocks=bc.num_res_blocks, self_attention=tuple(bool(a) for a in bc.self_attention),
               cross_attention=tuple(bool(a) for a in bc.cross_attention), num_heads=bc.num_heads,
+              null_slot=bc.attention_null_slot,
               b=float(bc.b), max_out=bc.max_out, norm=bc.norm, num_groups=bc.num_groups)
   prototypes = None
   if bc.conditioning == 'prototypes':
     prototypes = dict(num_prototypes=m.num_prototypes, channels=tuple(m.encoder_channels),
                       kernels=tuple(m.encoder_kernels), strides=tuple(m.encoder_strides),
                       paddings=tuple(m.encoder_paddings), activation=m.activation)
+  from patronus_jax import diffusion  # pylint: disable=g-import-not-at-top
+  schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
   return BcosDiffusion(image_channels=config.data.channels, conditioning=bc.conditioning,
                        vocab_size=vocab_size, token_dim=bc.token_dim, max_tokens=bc.max_tokens,
-                       token_positions=bc.token_positions, time_dim=bc.time_dim, unet=unet,
-                       prototypes=prototypes, dtype=compute)
+                       token_positions=bc.token_positions, time_dim=bc.time_dim,
+                       prediction=config.diffusion.prediction, precondition=bc.precondition,
+                       sigma_data=float(bc.sigma_data),
+                       abar_table=tuple(float(a) for a in np.asarray(schedule.alphas_cumprod)),
+                       unet=unet, prototypes=prototypes, dtype=compute)
 
 
 def count_params(params) -> int:
