@@ -46,9 +46,10 @@ def main(argv):
   report = experiment.run_parts(_CONFIG.value, _WORKDIR.value, ('emergence',), train_missing=_TRAIN.value)
   em = report['emergence']
   if 'attributes' in em:
-    experiment.print_json('attribute settling (fraction of the trajectory; mean [95% CI])', {
-        name: f"{em['attributes'][name]['fraction']['mean']:.3f} "
-              f"[{em['attributes'][name]['fraction']['ci_low']:.3f}, {em['attributes'][name]['fraction']['ci_high']:.3f}]"
+    experiment.print_json('attribute settling, chance-corrected (mean over steps of 1 - kappa) [95% CI]', {
+        name: f"{em['attributes'][name]['settling']:.3f} "
+              f"[{em['attributes'][name]['settling_ci'][0]:.3f}, {em['attributes'][name]['settling_ci'][1]:.3f}]"
+        f" (raw per-trajectory settling {em['attributes'][name]['fraction']['mean']:.3f})"
         for name in em['attribute_ranking']})
     experiment.print_json('paired differences (first - second; negative: first settles earlier)',
                           em['pairwise_settling_difference'])

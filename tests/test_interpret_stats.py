@@ -66,13 +66,39 @@ def test_emergence_report_ranks_early_attribute_first():
   np.testing.assert_allclose(report['attributes']['global']['step']['mean'], settle_a.mean())
   np.testing.assert_allclose(report['attributes']['local']['step']['mean'], settle_b.mean())
   pair = report['pairwise_settling_difference']['global - local']
-  assert pair['ci'][1] < 0 and pair['fraction_first_earlier'] == 1.0
+  assert pair['ci'][1] < 0 and pair['raw_fraction_first_earlier'] == 1.0
+  assert report['attributes']['global']['settling'] < report['attributes']['local']['settling']
+  assert report['attributes']['local']['kappa_step'] >= 7
   assert report['by_prototype_association']['global']['carriers'] == [0, 2]
   assert report['by_prototype_association']['local']['carriers'] == [1]
   for e in report['prototypes']:
     assert 0 <= e['step']['mean'] <= k - 1 and 0 <= e['fraction']['mean'] <= 1
   assert np.asarray(report['curves']['normalized_mean']).shape == (3, k)
   np.testing.assert_allclose(np.asarray(report['curves']['normalized_mean'])[:, -1], 0)
+
+
+def test_kappa_gives_a_default_prediction_no_credit():
+  # 'plain' (0) is the final class of 80% of trajectories; the blurry first steps are all
+  # called 'plain'; the striped ones become visible at step 3.
+  n, k = 50, 5
+  final = np.array([0] * 40 + [1] * 10)
+  pred = np.zeros((n, k), int)
+  pred[40:, 3:] = 1
+  kappa = stats.kappa_curve(pred, final, 2)
+  np.testing.assert_allclose(kappa, [0, 0, 0, 1, 1], atol=1e-12)
+  assert stats.unsettled_fraction(kappa) == pytest.approx(3 / 4)
+  # The raw per-trajectory settling step says 80% settled at step 0.
+  probs = np.eye(2)[pred]
+  assert np.mean(stats.settling_steps(probs) == 0) == 0.8
+  # Half the trajectories right by chance at every step: kappa stays near 0 until the end.
+  rng = np.random.default_rng(0)
+  final = rng.integers(0, 3, 400)
+  pred = rng.integers(0, 3, (400, 6))
+  pred[:, -1] = final
+  kappa = stats.kappa_curve(pred, final, 3)
+  assert np.all(np.abs(kappa[:-1]) < 0.1) and kappa[-1] == 1.0
+  # Every trajectory fixed from the start: kappa 1 throughout, settling 0.
+  np.testing.assert_allclose(stats.kappa_curve(np.repeat(final[:, None], 6, 1), final, 3), 1.0)
 
 
 def test_bootstrap_and_normal_intervals_cover_the_mean():

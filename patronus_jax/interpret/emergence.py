@@ -4,10 +4,17 @@ At every DDIM step k (k = 0 the noisiest, K-1 the last) the predicted clean imag
 encoded into s(k) and, when an attribute classifier is given, classified. A prototype has
 *emerged* at the first step from which |s_j(k) - s_j(final)| stays within
 `tolerance * spread_j` (its observed held-out range) until the end; an attribute has
-*settled* at the first step from which the predicted class of x0_hat stays the final one.
-Both are aggregated over many trajectories with their spread and bootstrap CIs, and the
-attributes are ranked by mean settling step (the paper: low-frequency attributes such as a
-colour emerge before high-frequency ones such as a texture).
+*settled* in a trajectory at the first step from which the predicted class of x0_hat stays
+the final one. Both are aggregated over many trajectories with their spread and bootstrap CIs.
+
+Attributes are ranked by a chance-corrected version of the settling step: per step, Cohen's
+kappa between the class predicted for x0_hat and the final image's class over all
+trajectories, and the attribute's *settling fraction* = mean over steps of (1 - kappa). A raw
+per-trajectory settling step is biased by the classifier's default answer on the blurry,
+noisy x0_hat of the first steps: trajectories whose final class happens to be that default
+(e.g. 'plain' for the stripes) count as settled from step 0; kappa gives such a constant
+prediction no credit. (The paper: low-frequency attributes such as a colour emerge before
+high-frequency ones such as a texture.)
 
 Attributes are also linked to prototypes without a classifier: eta^2 of s_j with each
 attribute on held-out data (`stats.association_matrix`) says which prototypes carry which
@@ -27,7 +34,7 @@ def analyse(s_traj: np.ndarray, spread: np.ndarray, tolerance: float, timesteps:
             probs_traj: Optional[Sequence[np.ndarray]] = None, names: Sequence[str] = (),
             values: Sequence[Sequence[str]] = (), association: Optional[np.ndarray] = None,
             association_threshold: float = 0.1, level: float = 0.95, num_bootstrap: int = 1000,
-            seed: int = 0) -> dict:
+            seed: int = 0, kappa_threshold: float = 0.8) -> dict:
   """The emergence report.
 
   Args:
@@ -38,6 +45,8 @@ def analyse(s_traj: np.ndarray, spread: np.ndarray, tolerance: float, timesteps:
     probs_traj: optional, per attribute (N, K, V_a) class probabilities of x0_hat.
     names, values: attribute names and value names.
     association: optional (A, P) eta^2 of prototypes with attributes on held-out data.
+    kappa_threshold: an attribute's `kappa_step` is the first step from which kappa stays at
+      or above it.
   """
   s_traj = np.asarray(s_traj, np.float64)
   n, k, p = s_traj.shape
@@ -96,17 +105,42 @@ def analyse(s_traj: np.ndarray, spread: np.ndarray, tolerance: float, timesteps:
                      'step': stats.summarize(settle[:, a], level, num_bootstrap, seed + 300 + a),
                      'by_final_value': per_value,
                      'agreement_curve': agree.tolist(), 'final_class_probability_curve': p_final.mean(0).tolist()}
+    # Chance-corrected settling: kappa curves and their bootstrap over trajectories (the same
+    # resamples for every attribute, so that differences are paired).
+    preds = [np.asarray(pt).argmax(-1) for pt in probs_traj]
+    cards = [np.asarray(pt).shape[-1] for pt in probs_traj]
+    kappas = [stats.kappa_curve(p, p[:, -1], v) for p, v in zip(preds, cards)]
+    point = np.array([stats.unsettled_fraction(kc) for kc in kappas])
+    rng = np.random.default_rng(seed + 500)
+    boot = np.empty((num_bootstrap, len(names)))
+    for b in range(num_bootstrap):
+      idx = rng.integers(0, n, n)
+      for a in range(len(names)):
+        p = preds[a][idx]
+        boot[b, a] = stats.unsettled_fraction(stats.kappa_curve(p, p[:, -1], cards[a]))
+    alpha = (1.0 - level) / 2.0
+    for a, name in enumerate(names):
+      kc = kappas[a]
+      above = stats.first_stable_index(kc >= kappa_threshold)
+      attrs[name].update(
+          kappa_curve=kc.tolist(), settling=float(point[a]),
+          settling_ci=[float(np.quantile(boot[:, a], alpha)), float(np.quantile(boot[:, a], 1 - alpha))],
+          kappa_step=int(above), kappa_step_timestep=ts[min(int(above), k - 1)])
     report['attributes'] = attrs
-    ranking = sorted(names, key=lambda nm: (attrs[nm]['fraction']['mean'], nm))
+    report['kappa_threshold'] = kappa_threshold
+    ranking = sorted(names, key=lambda nm: (attrs[nm]['settling'], nm))
     report['attribute_ranking'] = ranking
+    report['attribute_ranking_raw'] = sorted(names, key=lambda nm: (attrs[nm]['fraction']['mean'], nm))
     pairwise = {}
     for ia, a in enumerate(names):
       for ib, b in enumerate(names):
         if ia < ib:
-          diff = settle_frac[:, ia] - settle_frac[:, ib]
-          lo, hi = stats.bootstrap_ci(diff[:, None], level, num_bootstrap, seed + 400 + ia * 31 + ib)[0]
-          pairwise[f'{a} - {b}'] = {'mean_difference': float(diff.mean()), 'ci': [float(lo), float(hi)],
-                                    'fraction_first_earlier': float(np.mean(diff < 0)),
-                                    'fraction_tied': float(np.mean(diff == 0))}
+          diff = boot[:, ia] - boot[:, ib]
+          raw = settle_frac[:, ia] - settle_frac[:, ib]
+          pairwise[f'{a} - {b}'] = {
+              'difference': float(point[ia] - point[ib]),
+              'ci': [float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha))],
+              'raw_mean_difference': float(raw.mean()),
+              'raw_fraction_first_earlier': float(np.mean(raw < 0)), 'raw_fraction_tied': float(np.mean(raw == 0))}
     report['pairwise_settling_difference'] = pairwise
   return report

@@ -143,30 +143,31 @@ def emergence_steps_plot(report: dict, labels: Sequence[str], title: str, steps_
 
 
 def emergence_attributes(report: dict, title: str):
-  """Per attribute: share of trajectories whose x̂0 is already classified as at the end."""
+  """Per attribute: chance-corrected agreement (kappa) of x̂0's predicted class with the final one."""
   attrs = report['attributes']
   ranking = report['attribute_ranking']
   k = report['num_steps']
   fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'width_ratios': [3, 2]})
   x = np.arange(k)
   for name in ranking:
-    f = attrs[name]['fraction']
-    ax0.plot(x, attrs[name]['agreement_curve'], lw=1.5,
-             label=f"{name}: settles at {f['mean']:.2f} [{f['ci_low']:.2f}, {f['ci_high']:.2f}]")
+    a = attrs[name]
+    ax0.plot(x, a['kappa_curve'], lw=1.5,
+             label=f"{name}: {a['settling']:.2f} [{a['settling_ci'][0]:.2f}, {a['settling_ci'][1]:.2f}]")
+  ax0.axhline(report['kappa_threshold'], color='gray', ls=':', lw=0.8)
   _step_axis(ax0, report['timesteps'])
-  ax0.set_ylim(0, 1.02)
+  ax0.set_ylim(-0.05, 1.02)
   ax0.set_xlabel('diffusion timestep t of the DDIM step', fontsize=8)
-  ax0.set_ylabel('share of x̂0 classified as the final image', fontsize=8)
-  ax0.legend(fontsize=7, loc='lower right', title='mean settling step / (K−1), 95% CI', title_fontsize=7)
-  means = [attrs[n]['fraction']['mean'] for n in ranking]
-  err = np.array([[attrs[n]['fraction']['mean'] - attrs[n]['fraction']['ci_low'],
-                   attrs[n]['fraction']['ci_high'] - attrs[n]['fraction']['mean']] for n in ranking]).T
-  ax1.barh(np.arange(len(ranking)), means, xerr=err, color='tab:blue', alpha=0.8)
+  ax0.set_ylabel("Cohen's κ: class of x̂0 vs class of the final image", fontsize=8)
+  ax0.legend(fontsize=7, loc='lower right', title='settling = mean(1 − κ), 95% CI', title_fontsize=7)
+  means = [attrs[n]['settling'] for n in ranking]
+  err = np.array([[attrs[n]['settling'] - attrs[n]['settling_ci'][0],
+                   attrs[n]['settling_ci'][1] - attrs[n]['settling']] for n in ranking]).T
+  ax1.barh(np.arange(len(ranking)), means, xerr=np.maximum(err, 0), color='tab:blue', alpha=0.8)
   ax1.set_yticks(np.arange(len(ranking)))
   ax1.set_yticklabels(ranking, fontsize=8)
   ax1.invert_yaxis()
   ax1.set_xlim(0, 1)
-  ax1.set_xlabel('mean settling step / (K − 1)  (earliest first)', fontsize=8)
+  ax1.set_xlabel('settling: fraction of the trajectory before the attribute is fixed (earliest first)', fontsize=7)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   return fig

@@ -291,7 +291,7 @@ def part_emergence(ctx: _Context) -> dict:
       out['s_traj'], ctx.range['spread'], ic.emergence_tolerance, timesteps,
       probs_traj=out.get('probs_traj'), names=ctx.names if clf is not None else (),
       values=ctx.values, association=ctx.association, association_threshold=ic.association_threshold,
-      seed=config.seed)
+      seed=config.seed, kappa_threshold=0.8)
   report['source'] = source
   figs: dict = {}
   labels = ctx.prototype_labels()
@@ -308,8 +308,10 @@ def part_emergence(ctx: _Context) -> dict:
     ctx.save('emergence_attributes.png', figures.emergence_attributes(
         report, f'When each attribute settles in x̂0 (attribute classifier, {n} trajectories): '
         + ' < '.join(report['attribute_ranking'])), figs,
-        'left: share of trajectories whose x̂0 is already classified as the final image, per attribute and '
-        'step; right: mean settling step with 95% bootstrap CI, earliest first')
+        "left: per attribute and step, Cohen's kappa between the class the attribute classifier gives x̂0 "
+        'and the class of the final image (chance-corrected agreement); right: settling = mean over steps of '
+        '1 − kappa (the fraction of the trajectory before the attribute is fixed) with 95% bootstrap CIs, '
+        'earliest first')
   shown = min(4, n)
   ctx.save('emergence_snapshots.png', figures.emergence_snapshots(
       out['x0_traj'][:shown], report['timesteps'], 'Predicted x̂0 along sampling trajectories'), figs,
@@ -403,6 +405,8 @@ PART_FUNCTIONS = {'visualize': part_visualize, 'semantics': part_semantics, 'eme
 
 # ---------------------------------------------------------------------- the mode
 
+# Bumped whenever what a part computes or writes changes, so that older results are redone.
+RESULTS_VERSION = {'visualize': 1, 'semantics': 1, 'emergence': 2, 'diagnosis': 1}
 # The config.interpret fields each part's results depend on (besides COMMON_FIELDS).
 COMMON_FIELDS = ('ddim_steps', 'eval_split', 'num_eval_images', 'low_quantile', 'high_quantile',
                  'association_threshold')
@@ -423,7 +427,7 @@ def _key(ctx: _Context, part: str) -> dict:
   from patronus_jax.evaluate.workdir_classifier import trained_for  # pylint: disable=g-import-not-at-top
   cfg = ctx.config
   ic = workdir_lib.config_to_dict(cfg.interpret)
-  key = {'stage1_step': ctx.stage1_step, 'seed': cfg.seed,
+  key = {'version': RESULTS_VERSION[part], 'stage1_step': ctx.stage1_step, 'seed': cfg.seed,
          'data': workdir_lib.config_to_dict(cfg.data), 'diffusion': workdir_lib.config_to_dict(cfg.diffusion),
          'interpret': {f: ic[f] for f in COMMON_FIELDS + PART_FIELDS[part]}}
   if part in ('emergence', 'diagnosis'):
@@ -446,7 +450,8 @@ def _summary(parts: dict[str, Any]) -> dict:
     out['prototype_emergence_order'] = e.get('prototype_order')
     if 'attribute_ranking' in e:
       out['attribute_emergence_ranking'] = e['attribute_ranking']
-      out['attribute_mean_settling_fraction'] = {k: v['fraction']['mean'] for k, v in e['attributes'].items()}
+      out['attribute_settling'] = {k: [v.get('settling')] + v.get('settling_ci', [])
+                                   for k, v in e['attributes'].items()}
     if 'association_ranking' in e:
       out['association_emergence_ranking'] = e['association_ranking']
   if 'diagnosis' in parts and 'suspected_pairs' in parts['diagnosis']:

@@ -56,6 +56,30 @@ def settling_steps(probs_trajectory: np.ndarray) -> np.ndarray:
   return first_stable_index(pred == pred[..., -1:], axis=-1)
 
 
+def kappa_curve(pred: np.ndarray, final: np.ndarray, num_classes: int) -> np.ndarray:
+  """Cohen's kappa between the class predicted at each step and the final class: (N, K) -> (K,).
+
+  Chance-corrected agreement: a step whose predictions are all one default class has kappa 0
+  even when most final images happen to be of that class. The final step has kappa 1.
+  """
+  pred = np.asarray(pred, np.int64)
+  final = np.asarray(final, np.int64)
+  agree = (pred == final[:, None]).mean(0)
+  p_pred = np.stack([(pred == v).mean(0) for v in range(num_classes)], -1)  # (K, V)
+  p_final = np.bincount(final, minlength=num_classes) / len(final)  # (V,)
+  expected = p_pred @ p_final
+  denom = 1.0 - expected
+  return np.where(denom > 1e-12, (agree - expected) / np.where(denom > 1e-12, denom, 1.0),
+                  np.where(agree >= 1.0, 1.0, 0.0))
+
+
+def unsettled_fraction(kappa: np.ndarray) -> float:
+  """Mean of 1 - kappa over all steps but the last: a step function that jumps from 0 to 1 at
+  step m gives m / (K - 1), the same as a per-sample settling fraction."""
+  kappa = np.asarray(kappa, np.float64)
+  return float(np.mean(1.0 - np.clip(kappa[:-1], 0.0, 1.0))) if len(kappa) > 1 else 0.0
+
+
 def summarize(values: np.ndarray, level: float = 0.95, num_bootstrap: int = 1000,
               seed: int = 0) -> dict:
   """Mean, std, median, quartiles and a bootstrap CI of the mean of a 1-D sample."""
