@@ -54,7 +54,7 @@ def test_ddim_timesteps():
 def _gaussian_denoiser(schedule, mu, var):
   """The exact eps-prediction for data ~ N(mu, var I)."""
   def fn(x, t):
-    abar = schedule.alphas_cumprod[t].reshape(-1, *([1] * (x.ndim - 1)))
+    abar = schedule.abar(t).reshape(-1, *([1] * (x.ndim - 1)))
     x0 = mu + jnp.sqrt(abar) * var / (abar * var + 1 - abar) * (x - jnp.sqrt(abar) * mu)
     return (x - jnp.sqrt(abar) * x0) / jnp.sqrt(1 - abar)
   return fn
@@ -66,7 +66,7 @@ def test_ddim_inversion_regenerates(prediction):
   mu, var = 0.3, 0.25
   eps_fn = _gaussian_denoiser(s, mu, var)
   if prediction == 'x0':
-    fn = lambda x, t: diffusion.x0_from_eps(x, eps_fn(x, t), s.alphas_cumprod[t])
+    fn = lambda x, t: diffusion.x0_from_eps(x, eps_fn(x, t), s.abar(t))
   else:
     fn = eps_fn
   x0 = mu + math.sqrt(var) * jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
@@ -124,7 +124,7 @@ def test_ddpm_and_stochastic_ddim_match_data_moments():
 def test_loss_is_zero_for_the_exact_denoiser_of_a_point_mass():
   s = diffusion.make_schedule('linear', 1000)
   x_star = jnp.linspace(-1, 1, 12).reshape(1, 2, 2, 3)
-  fn = lambda x, t: diffusion.eps_from_x0(x, jnp.broadcast_to(x_star, x.shape), s.alphas_cumprod[t])
+  fn = lambda x, t: diffusion.eps_from_x0(x, jnp.broadcast_to(x_star, x.shape), s.abar(t))
   x0 = jnp.broadcast_to(x_star, (8, 2, 2, 3))
   assert float(diffusion.diffusion_loss(fn, s, x0, jax.random.PRNGKey(0))) < 1e-6
   assert float(diffusion.diffusion_loss(lambda x, t: jnp.zeros_like(x), s, x0, jax.random.PRNGKey(0))) > 0.5

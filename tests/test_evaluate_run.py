@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -196,3 +197,24 @@ def test_tables_script(evaluated, capsys):
   assert rows[0]['fid_unconditional'] is None
   assert rows[0]['fd_classifier_unconditional'] == metrics['fd_classifier']['unconditional']
   assert tables.main([str(workdir) + '_missing']) == 1
+
+
+def test_generation_in_quantised_blocks(monkeypatch):
+  """Samples are generated block by block (bounded float memory) and kept as 8-bit images."""
+  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
+  from configs import shapes  # pylint: disable=g-import-not-at-top
+  config = shapes.get_config('tiny')
+  config.evaluate.batch_size = 4
+  calls = []
+
+  def fake_generate_batched(model, variables, s, key, spec, shape, batch_size, label=''):
+    calls.append((len(s), batch_size, label))
+    return np.broadcast_to(np.tanh(s[:, :1, None, None]), (len(s),) + tuple(shape)).astype(np.float32)
+
+  monkeypatch.setattr(sample_lib, 'generate_batched', fake_generate_batched)
+  monkeypatch.setattr(run_lib, 'GENERATE_BLOCK', 10)  # -> blocks of 8 (a multiple of the batch)
+  s = np.linspace(-2, 2, 21, dtype=np.float32)[:, None].repeat(3, 1)
+  images = run_lib._generate(config, None, None, s, jax.random.PRNGKey(0), 'test')  # pylint: disable=protected-access
+  assert [c[0] for c in calls] == [8, 8, 5] and 'block 3/3' in calls[-1][2]
+  assert images.dtype == np.uint8 and images.shape == (21, 32, 32, 3)
+  np.testing.assert_array_equal(images[:, 0, 0, 0], np.clip(np.round((np.tanh(s[:, 0]) + 1) * 127.5), 0, 255))

@@ -35,6 +35,7 @@ import numpy as np
 METRICS_FILENAME = 'metrics.json'
 OUTPUT_DIR = 'evaluate'  # sample grids
 PROGRESS_SECONDS = 10.0
+GENERATE_BLOCK = 2048  # generated images per block (rounded to a multiple of evaluate.batch_size)
 # How categorical attributes enter TAD, which is defined for binary attributes only.
 TAD_BINARISATION = 'one-vs-rest indicator per value of each attribute with more than 2 values'
 
@@ -237,14 +238,29 @@ def _in_blocks(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, block
 # ----------------------------------------------------------------------------- sampling
 
 
-def _conditional_samples(config, model, variables, s_source: np.ndarray, num: int, key):
+def _generate(config, model, variables, s: np.ndarray, key, label: str) -> np.ndarray:
+  """Images from s with `sample.generate_batched`, in blocks kept as 8-bit when `fid_quantize`.
+
+  Blocks bound the float copies in memory (10k samples of 256x256 would be 8 GB as float32).
+  """
   from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
   ev = config.evaluate
-  index = np.arange(num) % s_source.shape[0]  # fewer eval images than samples: reuse s, new noise
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  images = sample_lib.generate_batched(model, variables, s_source[index], key,
-                                       sample_lib.SamplerSpec.images(config.diffusion), shape,
-                                       ev.batch_size, label='evaluate: conditional samples')
+  spec = sample_lib.SamplerSpec.images(config.diffusion)
+  block = ev.batch_size * max(1, GENERATE_BLOCK // ev.batch_size)
+  num_blocks = -(-s.shape[0] // block)
+  out = []
+  for j, a in enumerate(range(0, s.shape[0], block)):
+    images = sample_lib.generate_batched(
+        model, variables, s[a:a + block], jax.random.fold_in(key, j), spec, shape, ev.batch_size,
+        label=label if num_blocks == 1 else f'{label} (block {j + 1}/{num_blocks})')
+    out.append(_quantized(images, ev))
+  return np.concatenate(out)
+
+
+def _conditional_samples(config, model, variables, s_source: np.ndarray, num: int, key):
+  index = np.arange(num) % s_source.shape[0]  # fewer eval images than samples: reuse s, new noise
+  images = _generate(config, model, variables, s_source[index], key, 'evaluate: conditional samples')
   return images, index
 
 
@@ -261,10 +277,7 @@ def _unconditional_samples(config, model, variables, latent, num: int, key):
         latent_model, latent_vars, stats, jax.random.fold_in(key, 10_000 + i), ev.batch_size, spec))[:b - a])
     progress(b)
   s = np.concatenate(parts)
-  shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  images = sample_lib.generate_batched(model, variables, s, jax.random.fold_in(key, 1),
-                                       sample_lib.SamplerSpec.images(config.diffusion), shape,
-                                       ev.batch_size, label='evaluate: unconditional samples')
+  images = _generate(config, model, variables, s, jax.random.fold_in(key, 1), 'evaluate: unconditional samples')
   return images, s
 
 
@@ -491,7 +504,7 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
       if jax.process_index() == 0:
         pio.save_image_grid(os.path.join(workdir, OUTPUT_DIR, f'{kind}.png'), images[:64], nrow=8)
       t0 = time.time()
-      images_q = _quantized(images, ev)
+      images_q = images  # 8-bit when fid_quantize
       del images
       kind_metrics: dict[str, Any] = dict(num_samples=int(images_q.shape[0]))
       for m, fn in networks.items():
@@ -519,8 +532,8 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
               n: float(0.5 * np.abs(freq[n] - real_freq[n]).sum()) for n in names}
           kind_metrics['attribute_total_variation_mean'] = float(
               np.mean(list(kind_metrics['attribute_total_variation'].values())))
-      s_got = _in_blocks(encode, images_q.astype(np.float32) / 127.5 - 1.0 if images_q.dtype == np.uint8
-                         else images_q, 10 * ev.batch_size, f'evaluate: s of {kind} samples')
+      s_got = _in_blocks(lambda x: encode(_to_unit_range(x)), images_q, 10 * ev.batch_size,
+                         f'evaluate: s of {kind} samples')
       if kind == 'conditional':
         kind_metrics['s_consistency'] = _s_consistency(ref['s'][:n_eval][index], s_got)
       else:
@@ -590,6 +603,10 @@ def _predicted_labels(classifier, images: np.ndarray, batch_size: int) -> np.nda
   from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
   probs = clf_lib.predict(classifier, images, batch_size)
   return np.stack([np.argmax(p, -1) for p in probs.values()], 1).astype(np.int32)
+
+
+def _to_unit_range(images: np.ndarray) -> np.ndarray:
+  return images.astype(np.float32) / 127.5 - 1.0 if images.dtype == np.uint8 else images
 
 
 def _quantized(images: np.ndarray, ev) -> np.ndarray:
