@@ -8,7 +8,7 @@ prototype removes the smile. Examples are selected, never duplicated (see data/b
   variants: ':tiny'
 """
 
-from patronus_jax import config as config_lib
+from patronus_jax.data import bias as bias_lib
 
 import importlib.util
 import os
@@ -24,12 +24,5 @@ def _celeba():
 def get_config(arg=None):
   config = _celeba().get_config(arg)
   config.name = 'celeba_bias'
-  bias = config.data.bias
-  bias.enabled = True
-  bias.attribute = 'Blond_Hair|Brown_Hair|Black_Hair'
-  bias.target = 'Smiling'
-  bias.mapping = 'Blond_Hair:yes,Brown_Hair:yes,Black_Hair:no'
-  bias.strength = 0.95
-  bias.out_of_scope = 'drop'
-  config.interpret.diagnosis_attributes = ('Smiling', 'Black_Hair', 'Blond_Hair', 'Brown_Hair')
+  bias_lib.set_celeba_hair_smile(config)
   return config

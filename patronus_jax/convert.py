@@ -412,8 +412,11 @@ def config_from_official(official: Mapping[str, Any], latent_state_dict: Mapping
   c, h, w = tuple(train['IMG_SHAPE'])
   if h != w:
     raise ConversionError(f'non-square official images {train["IMG_SHAPE"]} are not supported')
-  name, _ = _DATASETS.get(ds, (ds, ''))
+  name, variant = _DATASETS.get(ds, (ds, ''))
   cfg.data.name = name or cfg.data.name
+  if variant == 'hair_smile':
+    from patronus_jax.data import bias as bias_lib  # pylint: disable=g-import-not-at-top
+    bias_lib.set_celeba_hair_smile(cfg)
   cfg.data.image_size = int(h)
   cfg.data.channels = int(c)
   cfg.model.num_prototypes = int(train['NUM_PROTOS'])
@@ -460,8 +463,13 @@ def latent_config_from_state_dict(sd: Mapping[str, Array]) -> dict:
 
 
 def import_official(checkpoint: str, official_config: str, workdir: str,
-                    latent_checkpoint: str = '') -> str:
-  """Writes an official Patronus (and optionally latent) checkpoint into a workdir of ours."""
+                    latent_checkpoint: str = '', overrides: Mapping[str, str] | None = None) -> str:
+  """Writes an official Patronus (and optionally latent) checkpoint into a workdir of ours.
+
+  `overrides`: dotted config fields the official config does not carry, e.g.
+  {'data.folder.path': '/data/ffhq256'} (FFHQ and CheXpert are read from image folders);
+  values are parsed as Python literals when possible, else kept as strings.
+  """
   from patronus_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from patronus_jax.models.latent import latent_from_config  # pylint: disable=g-import-not-at-top
@@ -470,6 +478,8 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
     official = pickle.load(f)
   latent_sd = state_dict_from_file(latent_checkpoint) if latent_checkpoint else None
   cfg = config_from_official(official, latent_sd)
+  for dotted, value in (overrides or {}).items():
+    _set_field(cfg, dotted, value)
   config_lib.validate(cfg)
   model = patronus_from_config(cfg, dtype='float32')
   variables = import_patronus(state_dict_from_file(checkpoint), model)
@@ -479,6 +489,28 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
     latent_vars = import_latent(latent_sd, latent_model, cfg.model.num_prototypes)
     ckpt_lib.write_imported_latent(workdir, cfg, latent_vars, source=os.path.abspath(latent_checkpoint))
   return workdir
+
+
+def _set_field(cfg, dotted: str, value: str) -> None:
+  import ast  # pylint: disable=g-import-not-at-top
+  *parents, leaf = dotted.split('.')
+  node = cfg
+  for p in parents:
+    if p not in node:
+      raise ConversionError(f"--set {dotted}: unknown config field '{dotted}'")
+    node = node[p]
+  if leaf not in node:
+    raise ConversionError(f"--set {dotted}: unknown config field '{dotted}'")
+  try:
+    parsed = ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    parsed = value
+  if isinstance(node[leaf], str) and not isinstance(parsed, str):
+    parsed = value
+  try:
+    node[leaf] = parsed
+  except TypeError as e:
+    raise ConversionError(f'--set {dotted}={value}: {e}') from e
 
 
 def main(argv=None) -> int:
@@ -492,6 +524,9 @@ def main(argv=None) -> int:
   parser.add_argument('--official_config', default='', help='official config.pickle')
   parser.add_argument('--latent_checkpoint', default='', help='official latent best_model.pt')
   parser.add_argument('--workdir', default='')
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='a config field the official config lacks, e.g. data.folder.path=/data/ffhq256 '
+                           '(FFHQ, CheXpert); may be given several times')
   args = parser.parse_args(argv)
   if args.verify_fixture:
     ok = True
@@ -500,7 +535,14 @@ def main(argv=None) -> int:
     return 0 if ok else 1
   if not (args.checkpoint and args.official_config and args.workdir):
     parser.error('give --verify_fixture, or --checkpoint, --official_config and --workdir')
-  import_official(args.checkpoint, args.official_config, args.workdir, args.latent_checkpoint)
+  overrides = {}
+  for item in args.set:
+    field, sep, value = item.partition('=')
+    if not sep:
+      parser.error(f'--set {item!r}: expected FIELD=VALUE')
+    overrides[field.strip()] = value.strip()
+  import_official(args.checkpoint, args.official_config, args.workdir, args.latent_checkpoint,
+                  overrides)
   print(f'wrote {args.workdir}')
   return 0
 

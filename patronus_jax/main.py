@@ -10,7 +10,8 @@ Modes (each reads and writes the one workdir; each resumes or skips what it alre
   all           every mode that applies to the model, in order (the default)
 
 Override any field on the command line: --config.train.batch_size=32; unknown fields and
-wrong types fail before anything runs.
+wrong types fail before anything runs. Without --config, the workdir's config.json is used
+(`python -m patronus_jax.main --workdir=IMPORTED --mode=sample` after `patronus_jax.convert`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file: configs/<name>.py[:variant].', lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'Config file: configs/<name>.py[:variant]. Optional for a '
+                                'workdir that already holds config.json (e.g. an imported checkpoint).',
+                                lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples, figures, metrics.')
 flags.DEFINE_enum('mode', 'all', ['train', 'train_latent', 'sample', 'interpret', 'evaluate', 'explain', 'all'],
                   'What to run.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 PATRONUS_MODES = ('train', 'train_latent', 'sample', 'interpret', 'evaluate')
 BCOS_MODES = ('train', 'explain', 'evaluate')
@@ -122,12 +125,27 @@ def run(config, workdir: str, mode: str = 'all') -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax.train import Preempted  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(FLAGS.workdir)
+  config = FLAGS.config
+  if config is None and not os.path.exists(workdir_lib.config_path(workdir)):
+    raise app.UsageError(f'--config is required: {workdir} holds no config.json yet '
+                         '(give --config=configs/<name>.py for a new workdir)')
   os.makedirs(workdir, exist_ok=True)
   _log_to_file(workdir)
   quiet_library_logs()
   logging.set_verbosity(logging.INFO)
-  run(FLAGS.config, workdir, FLAGS.mode)
+  if config is None:
+    config = workdir_lib.load_config(workdir)
+    logging.info('using the config of %s (config.json)', workdir)
+  try:
+    run(config, workdir, FLAGS.mode)
+  except Preempted as e:
+    # Not a crash: the checkpoint is written and the same command resumes. 143 = 128 + SIGTERM,
+    # the status schedulers expect from a terminated job (so they restart it).
+    logging.warning('%s Re-run the same command to resume.', e)
+    sys.exit(143)
 
 
 def _parse_flags(argv):

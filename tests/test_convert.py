@@ -73,3 +73,28 @@ def test_latent_architecture_inferred_from_state_dict():
     assert list(got['channel_mults']) == cfg['channel_mults']
     assert got['num_res_blocks'] == cfg['num_res_blocks']
     assert got['timesteps'] == cfg['timesteps']
+
+
+def _official_config(ds_name):
+  """A minimal official config.pickle dict (the fields config_from_official reads)."""
+  return {'BaseConfig': {'ds_name': ds_name},
+          'ModelConfig': {'BASE_CH': 64, 'BASE_CH_MULT': (1, 2, 4, 4), 'APPLY_ATTENTION': (False, True, True, False),
+                          'DROPOUT_RATE': 0.1, 'TIME_EMB_MULT': 4},
+          'TrainingConfig': {'IMG_SHAPE': (3, 64, 64), 'NUM_PROTOS': 100,
+                             'plb_channel_inputs': (3, 64, 128, 256, 256), 'plb_layer_filter_sizes': (3, 3, 3, 3),
+                             'plb_layer_strides': (2, 2, 1, 1), 'plb_layer_paddings': (1, 1, 0, 0)}}
+
+
+def test_official_config_mapping_and_overrides():
+  from patronus_jax import config as config_lib
+  cfg = convert.config_from_official(_official_config('celeba_hair_smile'))
+  assert cfg.data.name == 'celeb_a' and cfg.data.bias.enabled and cfg.data.bias.target == 'Smiling'
+  assert cfg.model.num_prototypes == 100 and tuple(cfg.model.channel_mults) == (1, 2, 4, 4)
+  ffhq = convert.config_from_official(_official_config('ffhq256'))
+  with pytest.raises(config_lib.ConfigError, match='data.folder.path'):
+    config_lib.validate(ffhq)  # the official config does not say where the images are
+  convert._set_field(ffhq, 'data.folder.path', '/data/ffhq256')  # pylint: disable=protected-access
+  convert._set_field(ffhq, 'train.batch_size', '16')  # pylint: disable=protected-access
+  assert ffhq.data.folder.path == '/data/ffhq256' and ffhq.train.batch_size == 16
+  with pytest.raises(convert.ConversionError, match="unknown config field 'data.folders.path'"):
+    convert._set_field(ffhq, 'data.folders.path', 'x')  # pylint: disable=protected-access

@@ -250,3 +250,18 @@ def report(labels: np.ndarray, spec: BiasSpec, keep: np.ndarray, split: str = ''
                result['achieved_strength'], spec.strength, result['natural_strength'],
                result['cramers_v'], result['natural_cramers_v'])
   return result
+
+
+def set_celeba_hair_smile(config) -> None:
+  """The paper's CelebA shortcut (blond/brown hair <-> smiling, black hair <-> not smiling).
+
+  Used by configs/celeba_bias.py and by the import of official 'celeba_hair_smile' checkpoints.
+  """
+  bias = config.data.bias
+  bias.enabled = True
+  bias.attribute = 'Blond_Hair|Brown_Hair|Black_Hair'
+  bias.target = 'Smiling'
+  bias.mapping = 'Blond_Hair:yes,Brown_Hair:yes,Black_Hair:no'
+  bias.strength = 0.95
+  bias.out_of_scope = 'drop'
+  config.interpret.diagnosis_attributes = ('Smiling', 'Black_Hair', 'Blond_Hair', 'Brown_Hair')
