@@ -296,6 +296,38 @@ def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDic
   config.sample.num_samples = 8
   config.sample.num_reconstructions = 4
   config.sample.batch_size = 8
+  # Interpretation and evaluation at sizes that exercise every figure and metric in seconds
+  # (their statistics are then noisy: the tiny variant is for smoke runs, not for results).
+  ic = config.interpret
+  ic.ddim_steps = 5
+  ic.batch_size = 16
+  ic.num_eval_images = 64
+  ic.num_visualize_images = 4
+  ic.num_consistency_images = 3
+  ic.num_semantic_images = 2
+  ic.num_variations = 2
+  ic.extrapolation_alphas = (0.0, 1.0, 2.0)
+  ic.manipulate_amounts = (-1.0, 1.0)
+  ic.num_interpolation_pairs = 1
+  ic.interpolation_steps = 4
+  ic.num_emergence_samples = 16
+  ic.num_diagnosis_samples = 16
+  ic.diagnosis_bootstrap = 200
+  ev = config.evaluate
+  ev.num_samples = 32
+  ev.batch_size = 16
+  ev.fid_num_real = 128
+  ev.probe_folds = 3
+  ev.probe_max_examples = 256
+  ev.tad_folds = 3
+  ev.tad_max_examples = 256
+  ev.dci_max_examples = 256
+  ev.dci_num_estimators = 10
+  ev.classifier_num_steps = 60
+  ev.classifier_batch_size = 32
+  ev.classifier_widths = (8, 16)
+  ev.classifier_feature_dim = 32
+  ev.classifier_max_examples = 512
   return config
 
 

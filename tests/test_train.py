@@ -1,10 +1,8 @@
-"""The training system: loss goes down, 1 vs 8 devices, bit-identical resume, SIGTERM, NaN,
-half-written checkpoints, config errors, and a 2-process jax.distributed run."""
+"""The training system: loss goes down, bit-identical resume, SIGTERM, NaN, half-written
+checkpoints, config errors (devices and processes: test_train_mesh.py)."""
 
-import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -174,28 +172,6 @@ def test_stage1_reduces_loss_and_resume_is_bit_identical(shapes_config, tmp_path
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_eight_devices_match_one(shapes_config, tmp_path):
-  config = shapes_config.copy_and_resolve_references()
-  config.train.num_steps = 2
-  config.train.checkpoint_every = 2
-  one = train.train_stage1(config, str(tmp_path / 'one'), mesh_of(1))
-  eight = train.train_stage1(config, str(tmp_path / 'eight'), mesh_of(8))
-  assert eight.params['unet']['first']['kernel'].sharding.mesh.size == 8
-  for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(eight.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
-
-
-def test_parameters_sharded_along_model_axis(shapes_config, tmp_path):
-  config = shapes_config.copy_and_resolve_references()
-  config.train.num_steps = 1
-  config.mesh.model = 2
-  state = train.train_stage1(config, str(tmp_path), sharding.make_mesh(config.mesh))
-  kernel = state.params['unet']['up_0']['conv_1']['kernel']
-  assert kernel.sharding.spec.count(sharding.MODEL) == 1
-  assert len({s.data.shape for s in kernel.addressable_shards}) == 1
-  assert kernel.addressable_shards[0].data.size * 2 == kernel.size
-
-
 def test_latent_stage_reduces_loss(shapes_config, tmp_path):
   config = shapes_config.copy_and_resolve_references()
   config.train.num_steps = 2
@@ -254,9 +230,16 @@ def test_every_config_file_loads_and_validates():
   names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
   assert {'celeba.py', 'cifar10.py', 'fmnist.py', 'mnist.py', 'ffhq.py', 'chexpert.py', 'celeba_bias.py',
           'shapes.py', 'quickstart.py'} <= set(names)
+  folder_configs = {'ffhq.py', 'chexpert.py'}  # read image folders: the user names the path
   for name in names:
     for arg in (None, 'tiny'):
-      load_config(name, arg)  # loads and validates
+      if name in folder_configs:
+        with pytest.raises(config_lib.ConfigError, match='data.folder.path'):
+          load_config(name, arg)
+        spec = os.path.join(ROOT, 'configs', name) + (f':{arg}' if arg else '')
+        config_lib.load(spec, {'data.folder.path': '/data/images'})
+      else:
+        load_config(name, arg)  # loads and validates
   with pytest.raises(ValueError, match='unknown variant'):
     load_config('celeba.py', 'huge')
 
@@ -268,6 +251,14 @@ def test_command_line_rejects_unknown_field_before_running(tmp_path):
   assert out.returncode != 0
   assert "unknown config field 'batchsize' in a --config override; did you mean 'batch_size'?" in out.stderr, out.stderr
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+def test_command_line_without_config_needs_a_workdir_config(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'patronus_jax.main', f'--workdir={tmp_path / "new"}', '--mode=sample'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert '--config is required' in out.stderr and 'holds no config.json' in out.stderr, out.stderr
+  assert not os.path.exists(tmp_path / 'new')
 
 
 def test_workdir_conflicts_name_the_fields(tmp_path):
@@ -289,26 +280,3 @@ def test_workdir_conflicts_name_the_fields(tmp_path):
 
 
 # ----------------------------------------------------------------------------- multi-process
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def test_two_process_distributed_run(tmp_path):
-  port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
-  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'distributed_worker.py'),
-                             f'localhost:{port}', str(i), str(tmp_path)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  if any('UNSUPPORTED' in o for o in outs):
-    pytest.skip('this JAX build has no CPU collectives: ' + outs[0][-300:])
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-3000:]
-  assert all('DONE step=4 processes=2 devices=4' in o for o in outs), outs
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(str(tmp_path), 'toy'))
-  assert ckpt.valid_steps() == [4]
-  ckpt.close()
