@@ -1,7 +1,7 @@
 r"""Sampling speed vs faithfulness to the conditioning: the table for choosing a step count.
 
   python benchmarks/sampling.py --workdir=runs/quickstart [--num=64] [--ddim_steps=25,50,100,250,1000]
-      [--ddpm] [--json=OUT.json]
+      [--ddpm=1|0] [--json=OUT.json]
 
 For a trained workdir: takes the prototype activations s of held-out images, generates one image
 per s with DDPM (all T-1 steps) and with DDIM at each step count (eta=0), and reports

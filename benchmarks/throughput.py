@@ -196,7 +196,9 @@ def main(argv=None):
   print_table(rows)
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump(rows, f, indent=2)
+      # Strict JSON: NaN (not measured here, e.g. device peak on CPU) becomes null.
+      json.dump([{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows],
+                f, indent=2)
   return rows
 
 
