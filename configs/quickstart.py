@@ -3,8 +3,11 @@
   python -m patronus_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
 runs stage 1, stage 2, sampling, interpretation and evaluation, writing samples, prototype
-figures and metrics into the workdir. Same architecture family as the paper's model, scaled
-down (see configs/shapes.py for the full-length shapes run).
+figures and metrics into the workdir (about 10 minutes on 2 CPU cores, see README). Same
+architecture family as the paper's model, scaled down and trained briefly: the samples show
+the colours, layout and coarse shapes; statistics (emergence, diagnosis, metrics) are computed
+on small sample counts and are a demonstration, not results (configs/shapes.py is the
+full-length shapes run). Variant ':tiny' is the test-sized smoke run.
 """
 
 import importlib.util
@@ -21,13 +24,56 @@ def _shapes():
 def get_config(arg=None):
   config = _shapes().get_config(arg)
   config.name = 'quickstart'
-  config.data.shapes.num_train = 6_000
+  if arg and 'tiny' in arg.split(','):
+    return config
+  config.data.shapes.num_train = 4_000
   config.data.shapes.num_test = 500
-  config.train.num_steps = 3_000
-  config.train.checkpoint_every = 500
-  config.train.sample_every = 1_000
-  config.latent.num_steps = 1_500
-  config.latent.checkpoint_every = 500
+  m = config.model
+  m.base_channels = 16
+  t = config.train
+  t.batch_size = 16
+  t.num_steps = 900
+  t.learning_rate = 1e-3
+  t.warmup_steps = 50
+  t.ema_decay = 0.99
+  t.log_every = 50
+  t.checkpoint_every = 300
+  t.sample_every = 0
+  config.diffusion.sample_steps = 25
+  lt = config.latent
+  lt.base_channels = 16
+  lt.num_res_blocks = 1
+  lt.num_steps = 400
+  lt.learning_rate = 1e-3
+  lt.log_every = 100
+  lt.checkpoint_every = 300
+  lt.sample_steps = 25
   config.sample.num_samples = 64
-  config.evaluate.num_samples = 256
+  config.sample.num_reconstructions = 16
+  ic = config.interpret
+  ic.ddim_steps = 10
+  ic.num_eval_images = 256
+  ic.num_visualize_images = 6
+  ic.num_consistency_images = 4
+  ic.num_semantic_images = 3
+  ic.num_variations = 2
+  ic.manipulate_prototypes = (0, 1, 2, 3)
+  ic.num_interpolation_pairs = 2
+  ic.interpolation_steps = 5
+  ic.num_emergence_samples = 32
+  ic.num_diagnosis_samples = 16
+  ic.diagnosis_bootstrap = 300
+  ev = config.evaluate
+  ev.num_samples = 128
+  ev.batch_size = 64
+  ev.fid_num_real = 500
+  ev.probe_max_examples = 500
+  ev.tad_max_examples = 500
+  ev.dci_max_examples = 500
+  ev.dci_num_estimators = 30
+  ev.classifier_num_steps = 300
+  ev.classifier_batch_size = 64
+  ev.classifier_widths = (16, 32, 64)
+  ev.classifier_feature_dim = 64
+  ev.classifier_max_examples = 4_000
   return config

@@ -37,6 +37,7 @@ def get_config(arg=None):
   t.checkpoint_every = 1000
   t.sample_every = 2000
   config.diffusion.sample_steps = 50
+  config.diffusion.clip_x0 = 1.0  # pixels live in [-1, 1]: keeps x0_hat there at the noisy steps
   lt = config.latent
   lt.base_channels = 32
   lt.channel_mults = (1, 2)

@@ -53,6 +53,7 @@ def diffusion_config() -> ConfigDict:
       sampler='ddim',  # 'ddim' or 'ddpm'
       sample_steps=100,  # strided DDIM steps (ddpm always uses every step)
       eta=0.0,  # DDIM stochasticity for image sampling
+      clip_x0=0.0,  # > 0: clip x0_hat to [-clip_x0, clip_x0] at every sampling step (0: official, unclipped)
   ))
 
 
@@ -243,6 +244,7 @@ def validate(config: ConfigDict) -> ConfigDict:
            f"'diffusion.timesteps' ({d.timesteps})")
   _require(0 < d.sample_steps <= d.timesteps,
            f"config field 'diffusion.sample_steps' must be in 1..{d.timesteps}, got {d.sample_steps}")
+  _require(d.clip_x0 >= 0.0, f"config field 'diffusion.clip_x0' must be >= 0 (0: no clipping), got {d.clip_x0}")
   _require(0 < lt.sample_steps <= lt.timesteps,
            f"config field 'latent.sample_steps' must be in 1..{lt.timesteps}, got {lt.sample_steps}")
   _require(0.0 <= t.ema_decay < 1.0, f"config field 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")

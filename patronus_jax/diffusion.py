@@ -149,8 +149,14 @@ def _steps(schedule: Schedule, num_steps: int):
 
 def ddim_sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, num_steps: int,
                 eta: float = 0.0, key: Optional[jax.Array] = None, prediction: str = 'eps',
-                trajectory_fn: Optional[TrajectoryFn] = None):
+                trajectory_fn: Optional[TrajectoryFn] = None, clip_x0: float = 0.0):
   """DDIM from x_T down to x_0 over `num_steps` strided steps.
+
+  `clip_x0` > 0 clips x0_hat to [-clip_x0, clip_x0] at every step and re-derives eps_hat from
+  it (as guided-diffusion's `clip_denoised`): at the first, noisiest steps x0_hat =
+  (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar) multiplies the denoiser's error by up to
+  1/sqrt(abar_{T-1}) ~ 150 (linear schedule), which a briefly trained model does not survive.
+  0 (the default) is the unclipped update of the official code.
 
   Returns x_0, or (x_0, trajectory) when `trajectory_fn` is given: its outputs at every step
   (for example the prototype activations of x0_hat, for the emergence analysis), stacked
@@ -165,6 +171,9 @@ def ddim_sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, nu
     t, abar, abar_prev, k = inputs
     t_vec = jnp.full((x.shape[0],), t, jnp.int32)
     eps, x0 = predict(denoise_fn, x, t_vec, jnp.full((x.shape[0],), abar), prediction)
+    if clip_x0 > 0:
+      x0 = jnp.clip(x0, -clip_x0, clip_x0)
+      eps = eps_from_x0(x, x0, jnp.full((x.shape[0],), abar))
     sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar)) * jnp.sqrt(1 - abar / abar_prev)
     x_prev = (jnp.sqrt(abar_prev) * x0 + jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0)) * eps)
     if eta > 0:
@@ -205,8 +214,13 @@ def ddim_invert(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, *, num
 
 
 def ddpm_sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, key: jax.Array,
-                prediction: str = 'eps', trajectory_fn: Optional[TrajectoryFn] = None):
-  """Ancestral DDPM sampling t = T-1..1 with sigma_t^2 = beta_t (official `reverse_diffusion`)."""
+                prediction: str = 'eps', trajectory_fn: Optional[TrajectoryFn] = None,
+                clip_x0: float = 0.0):
+  """Ancestral DDPM sampling t = T-1..1 with sigma_t^2 = beta_t (official `reverse_diffusion`).
+
+  `clip_x0` as in `ddim_sample`; with the re-derived eps the mean is the posterior mean of
+  q(x_{t-1} | x_t, clipped x0_hat).
+  """
   ts = jnp.arange(schedule.timesteps - 1, 0, -1, dtype=jnp.int32)
   keys = jax.random.split(key, ts.shape[0])
 
@@ -215,6 +229,9 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, ke
     t_vec = jnp.full((x.shape[0],), t, jnp.int32)
     beta, alpha, abar = jnp.asarray(schedule.betas)[t], jnp.asarray(schedule.alphas)[t], schedule.abar(t)
     eps, x0 = predict(denoise_fn, x, t_vec, jnp.full((x.shape[0],), abar), prediction)
+    if clip_x0 > 0:
+      x0 = jnp.clip(x0, -clip_x0, clip_x0)
+      eps = eps_from_x0(x, x0, jnp.full((x.shape[0],), abar))
     mean = (x - beta / jnp.sqrt(1 - abar) * eps) / jnp.sqrt(alpha)
     noise = jnp.where(t > 1, 1.0, 0.0) * jax.random.normal(k, x.shape, x.dtype)
     extra = trajectory_fn(x, x0, t_vec) if trajectory_fn is not None else None
@@ -226,16 +243,17 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, ke
 
 def sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, sampler: str = 'ddim',
            num_steps: int = 100, eta: float = 0.0, key: Optional[jax.Array] = None,
-           prediction: str = 'eps', trajectory_fn: Optional[TrajectoryFn] = None):
+           prediction: str = 'eps', trajectory_fn: Optional[TrajectoryFn] = None,
+           clip_x0: float = 0.0):
   """Dispatches to `ddim_sample` or `ddpm_sample` (DDPM uses every timestep)."""
   if sampler == 'ddim':
     return ddim_sample(denoise_fn, schedule, x_T, num_steps=num_steps, eta=eta, key=key,
-                       prediction=prediction, trajectory_fn=trajectory_fn)
+                       prediction=prediction, trajectory_fn=trajectory_fn, clip_x0=clip_x0)
   if sampler == 'ddpm':
     if key is None:
       raise ValueError('ddpm sampling needs a PRNG key')
     return ddpm_sample(denoise_fn, schedule, x_T, key=key, prediction=prediction,
-                       trajectory_fn=trajectory_fn)
+                       trajectory_fn=trajectory_fn, clip_x0=clip_x0)
   raise ValueError(f"unknown sampler {sampler!r}; expected 'ddim' or 'ddpm'")
 
 

@@ -32,11 +32,13 @@ class SamplerSpec:
   num_steps: int = 100
   eta: float = 0.0
   prediction: str = 'eps'
+  clip_x0: float = 0.0
 
   @classmethod
   def images(cls, diffusion_cfg, **overrides) -> 'SamplerSpec':
     spec = cls(diffusion_cfg.schedule, diffusion_cfg.timesteps, diffusion_cfg.sampler,
-               diffusion_cfg.sample_steps, float(diffusion_cfg.eta), diffusion_cfg.prediction)
+               diffusion_cfg.sample_steps, float(diffusion_cfg.eta), diffusion_cfg.prediction,
+               float(diffusion_cfg.clip_x0))
     return dataclasses.replace(spec, **overrides)
 
   @classmethod
@@ -49,7 +51,8 @@ class SamplerSpec:
 def _run(spec: SamplerSpec, denoise_fn, x_T, key, trajectory_fn=None):
   schedule = diffusion.make_schedule(spec.schedule, spec.timesteps)
   return diffusion.sample(denoise_fn, schedule, x_T, sampler=spec.sampler, num_steps=spec.num_steps,
-                          eta=spec.eta, key=key, prediction=spec.prediction, trajectory_fn=trajectory_fn)
+                          eta=spec.eta, key=key, prediction=spec.prediction, trajectory_fn=trajectory_fn,
+                          clip_x0=spec.clip_x0)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
@@ -132,7 +135,10 @@ def sample_mode(config, workdir: str, mesh=None) -> dict:
   latent_model, latent_vars, stats, latent_step = train.load_latent(config, workdir)
   status = {'stage1_step': stage1_step, 'latent_step': latent_step,
             'num_samples': config.sample.num_samples, 'num_reconstructions': config.sample.num_reconstructions,
-            'sampler': config.diffusion.sampler, 'sample_steps': config.diffusion.sample_steps}
+            'sampler': config.diffusion.sampler, 'sample_steps': config.diffusion.sample_steps,
+            'eta': float(config.diffusion.eta), 'clip_x0': float(config.diffusion.clip_x0),
+            'latent_sample_steps': config.latent.sample_steps, 'seed': config.seed}
+  key_fields = tuple(status)
   if workdir_lib.read_status(workdir, 'sample') == status:
     logging.info('sample: outputs for these checkpoints exist already; skipping.')
     return status
@@ -168,7 +174,6 @@ def sample_mode(config, workdir: str, mesh=None) -> dict:
     faithfulness = float(np.corrcoef(s_real.ravel(), s_recon.ravel())[0, 1])
     status.update(seconds=elapsed, s_faithfulness=faithfulness)
     io.write_json(os.path.join(out_dir, 'summary.json'), status)
-    workdir_lib.write_status(workdir, 'sample', {k: status[k] for k in (
-        'stage1_step', 'latent_step', 'num_samples', 'num_reconstructions', 'sampler', 'sample_steps')})
+    workdir_lib.write_status(workdir, 'sample', {k: status[k] for k in key_fields})
   logging.info('sample: %d unconditional + %d reconstructions in %.1fs -> %s', n, m, elapsed, out_dir)
   return status

@@ -128,3 +128,20 @@ def test_loss_is_zero_for_the_exact_denoiser_of_a_point_mass():
   x0 = jnp.broadcast_to(x_star, (8, 2, 2, 3))
   assert float(diffusion.diffusion_loss(fn, s, x0, jax.random.PRNGKey(0))) < 1e-6
   assert float(diffusion.diffusion_loss(lambda x, t: jnp.zeros_like(x), s, x0, jax.random.PRNGKey(0))) > 0.5
+
+
+@pytest.mark.parametrize('sampler', ['ddim', 'ddpm'])
+def test_clip_x0_bounds_samples_and_is_inactive_inside_the_range(sampler):
+  s = diffusion.make_schedule('linear', 100)
+  x_T = jax.random.normal(jax.random.PRNGKey(4), (64, 3))
+  key = jax.random.PRNGKey(5)
+  wide = _gaussian_denoiser(s, 0.0, 9.0)  # data std 3: most of it outside [-1, 1]
+  plain = diffusion.sample(wide, s, x_T, sampler=sampler, num_steps=20, key=key)
+  clipped = diffusion.sample(wide, s, x_T, sampler=sampler, num_steps=20, key=key, clip_x0=1.0)
+  assert float(jnp.max(jnp.abs(plain))) > 2.0
+  # DDIM ends on x0_hat itself; DDPM on the posterior mean, which mixes in a little of x_1.
+  assert float(jnp.max(jnp.abs(clipped))) <= (1.0 if sampler == "ddim" else 1.1)
+  # An x0_hat that never leaves the range is not changed by clipping.
+  zero = lambda x, t: diffusion.eps_from_x0(x, jnp.zeros_like(x), s.abar(t))
+  np.testing.assert_allclose(diffusion.sample(zero, s, x_T, sampler=sampler, num_steps=20, key=key, clip_x0=1.0),
+                             diffusion.sample(zero, s, x_T, sampler=sampler, num_steps=20, key=key), atol=1e-6)
