@@ -28,13 +28,21 @@ from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file: configs/<name>.py[:variant]. Optional for a '
-                                'workdir that already holds config.json (e.g. an imported checkpoint).',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples, figures, metrics.')
-flags.DEFINE_enum('mode', 'all', ['train', 'train_latent', 'sample', 'interpret', 'evaluate', 'explain', 'all'],
-                  'What to run.')
-flags.mark_flags_as_required(['workdir'])
+MODES = ('train', 'train_latent', 'sample', 'interpret', 'evaluate', 'explain', 'all')
+
+
+def define_flags() -> None:
+  """The command-line flags; only for the command line, so that scripts (experiments/) can
+  import this module and define their own --config / --workdir."""
+  if 'workdir' in FLAGS:
+    return
+  config_flags.DEFINE_config_file('config', None, 'Config file: configs/<name>.py[:variant]. Optional for a '
+                                  'workdir that already holds config.json (e.g. an imported checkpoint).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples, figures, metrics.')
+  flags.DEFINE_enum('mode', 'all', list(MODES), 'What to run.')
+  flags.mark_flags_as_required(['workdir'])
+
 
 PATRONUS_MODES = ('train', 'train_latent', 'sample', 'interpret', 'evaluate')
 BCOS_MODES = ('train', 'explain', 'evaluate')
@@ -165,8 +173,9 @@ def _parse_flags(argv):
 
 def _console() -> None:
   """Console-script entry point (`patronus-jax --config=... --workdir=...`)."""
+  define_flags()
   app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse_flags)
+  _console()

@@ -253,6 +253,15 @@ def test_command_line_rejects_unknown_field_before_running(tmp_path):
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
 
 
+def test_scripts_with_their_own_flags_can_import_main():
+  """experiments/ scripts define --config/--workdir and then call patronus_jax.main.run."""
+  code = ("from absl import flags; flags.DEFINE_string('config', None, ''); "
+          "flags.DEFINE_string('workdir', None, ''); from patronus_jax import main; main.define_flags(); "
+          "print('ok', main.run.__name__)")
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and 'ok run' in out.stdout, out.stderr[-2000:]
+
+
 def test_command_line_without_config_needs_a_workdir_config(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'patronus_jax.main', f'--workdir={tmp_path / "new"}', '--mode=sample'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
