@@ -333,6 +333,22 @@ def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDic
   return config
 
 
+def set_field(config: ConfigDict, dotted: str, value) -> None:
+  """config['a.b.c'] = value; ConfigError naming the field (and a close match) when it does not
+  exist, TypeError (from ConfigDict) when the type does not fit."""
+  *parents, leaf = dotted.split('.')
+  node = config
+  for p in parents:
+    if p not in node:
+      raise ConfigError(f"unknown config field '{dotted}'")
+    node = node[p]
+  if leaf not in node:
+    close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
+    hint = f"; did you mean '{'.'.join(parents + [close[0]])}'?" if close else ''
+    raise ConfigError(f"unknown config field '{dotted}'{hint}")
+  node[leaf] = value
+
+
 def load(spec: str, overrides: dict | None = None) -> ConfigDict:
   """Loads 'configs/<name>.py[:variant]' like --config does, applies dotted overrides, validates.
 
@@ -350,15 +366,5 @@ def load(spec: str, overrides: dict | None = None) -> ConfigDict:
   module_spec.loader.exec_module(module)
   config = module.get_config(arg or None)
   for dotted, value in (overrides or {}).items():
-    *parents, leaf = dotted.split('.')
-    node = config
-    for p in parents:
-      if p not in node:
-        raise ConfigError(f"unknown config field '{dotted}'")
-      node = node[p]
-    if leaf not in node:
-      close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
-      hint = f"; did you mean '{'.'.join(parents + [close[0]])}'?" if close else ''
-      raise ConfigError(f"unknown config field '{dotted}'{hint}")
-    node[leaf] = value
+    set_field(config, dotted, value)
   return validate(config)

@@ -170,7 +170,7 @@ def variables_from_state_dict(state_dict: Mapping[str, Array], template: Mapping
   state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
   used, missing, mismatched, items = set(), [], [], []
   for path, leaf in _flatten(template):
-    collection, rest = path[0], path[1:]
+    rest = path[1:]  # path[0] is the collection
     key, layout = key_fn(rest, len(leaf.shape))
     if key not in state_dict:
       missing.append(f'{key} (for {"/".join(path)}, expected shape {tuple(leaf.shape)})')
@@ -492,24 +492,21 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
 
 
 def _set_field(cfg, dotted: str, value: str) -> None:
+  """`config.set_field` for a --set string: a Python literal where the field takes one, else the text."""
   import ast  # pylint: disable=g-import-not-at-top
-  *parents, leaf = dotted.split('.')
-  node = cfg
-  for p in parents:
-    if p not in node:
-      raise ConversionError(f"--set {dotted}: unknown config field '{dotted}'")
-    node = node[p]
-  if leaf not in node:
-    raise ConversionError(f"--set {dotted}: unknown config field '{dotted}'")
+  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
     parsed = ast.literal_eval(value)
   except (ValueError, SyntaxError):
     parsed = value
-  if isinstance(node[leaf], str) and not isinstance(parsed, str):
-    parsed = value
   try:
-    node[leaf] = parsed
-  except TypeError as e:
+    try:
+      config_lib.set_field(cfg, dotted, parsed)
+    except TypeError:
+      if parsed is value:
+        raise
+      config_lib.set_field(cfg, dotted, value)  # e.g. a path field given '2024'
+  except (config_lib.ConfigError, TypeError) as e:
     raise ConversionError(f'--set {dotted}={value}: {e}') from e
 
 

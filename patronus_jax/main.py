@@ -28,7 +28,9 @@ from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ('train', 'train_latent', 'sample', 'interpret', 'evaluate', 'explain', 'all')
+PATRONUS_MODES = ('train', 'train_latent', 'sample', 'interpret', 'evaluate')
+BCOS_MODES = ('train', 'explain', 'evaluate')
+MODES = tuple(dict.fromkeys(PATRONUS_MODES + BCOS_MODES)) + ('all',)
 
 
 def define_flags() -> None:
@@ -43,9 +45,6 @@ def define_flags() -> None:
   flags.DEFINE_enum('mode', 'all', list(MODES), 'What to run.')
   flags.mark_flags_as_required(['workdir'])
 
-
-PATRONUS_MODES = ('train', 'train_latent', 'sample', 'interpret', 'evaluate')
-BCOS_MODES = ('train', 'explain', 'evaluate')
 
 
 def modes_for(config, mode: str) -> tuple[str, ...]:

@@ -20,3 +20,15 @@ FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 @pytest.fixture(scope='session')
 def fixtures_dir():
   return FIXTURES
+
+
+@pytest.fixture(scope='module')
+def shapes_config(tmp_path_factory):
+  """The tiny shapes config on 256 training images prepared in a data dir of the test module."""
+  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(os.path.join(os.path.dirname(FIXTURES), '..', 'configs', 'shapes.py') + ':tiny')
+  config.data.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.data.shapes.num_train = 256
+  config.data.shapes.num_test = 32
+  config.train.log_every = 2
+  return config

@@ -24,16 +24,6 @@ def load_config(name, arg=None):
   return config_lib.load(os.path.join(ROOT, 'configs', name) + (f':{arg}' if arg else ''))
 
 
-@pytest.fixture(scope='module')
-def shapes_config(tmp_path_factory):
-  config = load_config('shapes.py', 'tiny')
-  config.data.data_dir = str(tmp_path_factory.mktemp('tfds'))
-  config.data.shapes.num_train = 256
-  config.data.shapes.num_test = 32
-  config.train.log_every = 2
-  return config
-
-
 def mesh_of(n):
   return sharding.make_mesh(config_lib.mesh_config(), devices=jax.devices()[:n])
 
