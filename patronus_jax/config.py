@@ -49,7 +49,7 @@ def diffusion_config() -> ConfigDict:
   return ConfigDict(dict(
       timesteps=1000,
       schedule='linear',  # 'linear' (paper, 1e-4 -> 0.02 scaled by 1000/T) or 'cosine'
-      prediction='eps',  # what the network predicts: 'eps' or 'x0'
+      prediction='eps',  # what the network predicts: 'eps' (paper), 'x0' or 'v' (sqrt(abar) eps - sqrt(1-abar) x0)
       sampler='ddim',  # 'ddim' or 'ddpm'
       sample_steps=100,  # strided DDIM steps (ddpm always uses every step)
       eta=0.0,  # DDIM stochasticity for image sampling
@@ -214,7 +214,10 @@ def validate(config: ConfigDict) -> ConfigDict:
   _one_of(config, 'model.activation', ('log', 'linear'))
   _one_of(config, 'diffusion.schedule', ('linear', 'cosine'))
   _one_of(config, 'latent.schedule', ('linear', 'cosine'))
-  _one_of(config, 'diffusion.prediction', ('eps', 'x0'))
+  _one_of(config, 'diffusion.prediction', ('eps', 'x0', 'v'))
+  _require(config.model_type != 'bcos' or d.prediction in ('eps', 'x0'),
+           "config field 'diffusion.prediction' must be 'eps' or 'x0' for model_type='bcos' "
+           f"(its output preconditioning is defined for those), got {d.prediction!r}")
   _one_of(config, 'diffusion.sampler', ('ddim', 'ddpm'))
   _one_of(config, 'train.dtype', ('float32', 'bfloat16'))
   n_enc = len(m.encoder_channels)

@@ -18,7 +18,7 @@ Notation of Ho et al. (2020) and Song et al. (2021); t indexes 0..T-1 as in the 
 
 Every sampling loop is one `jax.lax.scan`, so a 1000-step loop compiles once. Denoisers are
 functions `denoise_fn(x_t, t) -> model output` with t an int32 vector of shape (B,);
-`prediction` says whether that output is eps or x0.
+`prediction` says whether that output is eps, x0 or v.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
+PREDICTIONS = ('eps', 'x0', 'v')  # what the denoiser outputs; 'eps' is the official Patronus/DDPM choice
 TrajectoryFn = Callable[[jax.Array, jax.Array, jax.Array], Any]  # (x_t, x0_hat, t) -> pytree
 
 
@@ -108,7 +109,24 @@ def predict(denoise_fn: DenoiseFn, x_t: jax.Array, t: jax.Array, abar: jax.Array
     return out, x0_from_eps(x_t, out, abar)
   if prediction == 'x0':
     return eps_from_x0(x_t, out, abar), out
-  raise ValueError(f"unknown prediction {prediction!r}; expected 'eps' or 'x0'")
+  if prediction == 'v':
+    # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022): both recoveries are
+    # well conditioned at every t, unlike eps -> x0, which divides by sqrt(abar) at high noise.
+    a = _bcast(abar, x_t)
+    return jnp.sqrt(a) * out + jnp.sqrt(1.0 - a) * x_t, jnp.sqrt(a) * x_t - jnp.sqrt(1.0 - a) * out
+  raise ValueError(f"unknown prediction {prediction!r}; expected {PREDICTIONS}")
+
+
+def target(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array, prediction: str) -> jax.Array:
+  """What a denoiser parameterised by `prediction` is trained to output at (x0, t, noise)."""
+  if prediction == 'eps':
+    return noise
+  if prediction == 'x0':
+    return x0
+  if prediction == 'v':
+    abar = _bcast(schedule.abar(t), x0)
+    return jnp.sqrt(abar) * noise - jnp.sqrt(1.0 - abar) * x0
+  raise ValueError(f"unknown prediction {prediction!r}; expected {PREDICTIONS}")
 
 
 def sample_timesteps(key: jax.Array, batch: int, timesteps: int) -> jax.Array:
@@ -123,8 +141,8 @@ def diffusion_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key
   t = sample_timesteps(t_key, x0.shape[0], schedule.timesteps)
   noise = jax.random.normal(n_key, x0.shape, x0.dtype)
   out = denoise_fn(q_sample(schedule, x0, t, noise), t).astype(jnp.float32)
-  target = noise if prediction == 'eps' else x0
-  return jnp.mean(jnp.square(out - target.astype(jnp.float32)))
+  goal = target(schedule, x0, t, noise, prediction)
+  return jnp.mean(jnp.square(out - goal.astype(jnp.float32)))
 
 
 def ddim_timesteps(timesteps: int, num_steps: int) -> np.ndarray:
@@ -201,9 +219,9 @@ def ddim_invert(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, *, num
   def step(x, inputs):
     t, a_cur, a_next = inputs
     t_vec = jnp.full((x.shape[0],), t, jnp.int32)
-    # At the clean start an eps-model's x0_hat is x itself (abar = 1); an x0-model's eps is
+    # At the clean start an eps- or v-model's x0_hat is x itself (abar = 1); an x0-model's eps is
     # undefined there, so it is read at the level of t_0 (which makes the first step the identity).
-    a_model = a_cur if prediction == 'eps' else jnp.where(a_cur >= 1.0, abar_all[seq[0]], a_cur)
+    a_model = a_cur if prediction != 'x0' else jnp.where(a_cur >= 1.0, abar_all[seq[0]], a_cur)
     eps, x0_hat = predict(denoise_fn, x, t_vec, jnp.full((x.shape[0],), a_model), prediction)
     x_next = jnp.sqrt(a_next) * x0_hat + jnp.sqrt(1 - a_next) * eps
     extra = trajectory_fn(x, x0_hat, t_vec) if trajectory_fn is not None else None

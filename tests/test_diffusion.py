@@ -60,15 +60,21 @@ def _gaussian_denoiser(schedule, mu, var):
   return fn
 
 
-@pytest.mark.parametrize('prediction', ['eps', 'x0'])
+def _as_prediction(s, eps_fn, prediction):
+  """The same exact denoiser, outputting eps, x0 or v."""
+  def fn(x, t):
+    eps = eps_fn(x, t)
+    x0 = diffusion.x0_from_eps(x, eps, s.abar(t))
+    abar = s.abar(t).reshape((-1,) + (1,) * (x.ndim - 1))
+    return {'eps': eps, 'x0': x0, 'v': jnp.sqrt(abar) * eps - jnp.sqrt(1 - abar) * x0}[prediction]
+  return fn
+
+
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
 def test_ddim_inversion_regenerates(prediction):
   s = diffusion.make_schedule('linear', 1000)
   mu, var = 0.3, 0.25
-  eps_fn = _gaussian_denoiser(s, mu, var)
-  if prediction == 'x0':
-    fn = lambda x, t: diffusion.x0_from_eps(x, eps_fn(x, t), s.abar(t))
-  else:
-    fn = eps_fn
+  fn = _as_prediction(s, _gaussian_denoiser(s, mu, var), prediction)
   x0 = mu + math.sqrt(var) * jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
   errors = []
   for steps in (100, 200):
@@ -128,6 +134,33 @@ def test_loss_is_zero_for_the_exact_denoiser_of_a_point_mass():
   x0 = jnp.broadcast_to(x_star, (8, 2, 2, 3))
   assert float(diffusion.diffusion_loss(fn, s, x0, jax.random.PRNGKey(0))) < 1e-6
   assert float(diffusion.diffusion_loss(lambda x, t: jnp.zeros_like(x), s, x0, jax.random.PRNGKey(0))) > 0.5
+
+
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+def test_every_parameterisation_recovers_eps_and_x0_and_trains_to_zero_loss(prediction):
+  s = diffusion.make_schedule('linear', 1000)
+  x_star = jnp.linspace(-1, 1, 12).reshape(1, 2, 2, 3)
+  exact_eps = lambda x, t: diffusion.eps_from_x0(x, jnp.broadcast_to(x_star, x.shape), s.abar(t))
+  fn = _as_prediction(s, exact_eps, prediction)
+  x0 = jnp.broadcast_to(x_star, (8, 2, 2, 3))
+  assert float(diffusion.diffusion_loss(fn, s, x0, jax.random.PRNGKey(0), prediction)) < 1e-6
+  t = jnp.array([1, 10, 300, 600, 900, 990, 999, 500])
+  noise = jax.random.normal(jax.random.PRNGKey(1), x0.shape)
+  x_t = diffusion.q_sample(s, x0, t, noise)
+  eps, x0_hat = diffusion.predict(fn, x_t, t, s.abar(t), prediction)
+  assert float(jnp.max(jnp.abs(eps - noise))) < 2e-3
+  # eps-models recover x0 only up to a 1/sqrt(abar) blow-up of float error at t ~ T; x0 and v don't.
+  tol = 1e-4 if prediction != 'eps' else 0.5
+  assert float(jnp.max(jnp.abs(x0_hat - x0))) < tol
+  wrong = jnp.roll(x0, 1, axis=0)
+  assert float(diffusion.diffusion_loss(lambda x, t: fn(x, t) * 0 + 0.5, s, wrong, jax.random.PRNGKey(0),
+                                        prediction)) > 0.05
+
+
+def test_unknown_prediction_is_rejected():
+  s = diffusion.make_schedule('linear', 10)
+  with pytest.raises(ValueError, match="expected \\('eps', 'x0', 'v'\\)"):
+    diffusion.predict(lambda x, t: x, jnp.ones((1, 2)), jnp.ones((1,), jnp.int32), s.abar(jnp.ones((1,), jnp.int32)), 'score')
 
 
 @pytest.mark.parametrize('sampler', ['ddim', 'ddpm'])
