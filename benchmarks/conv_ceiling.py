@@ -13,16 +13,16 @@ dimension numbers, and prints
   - the measured time of the whole compiled program,
 
 with the achieved GFLOP/s of each. Both are the fastest of --repeats runs: on a shared machine
-noise only ever adds time, and the question is how fast each piece can run. The difference is what the rest of the graph costs (norms,
-concatenations, layout copies, the optimizer). If the convolution sum alone exceeds a target,
-no change outside the convolution kernels can meet it on this backend.
+noise only ever adds time, and the question is how fast each piece can run. The difference is
+what the rest of the graph costs (norms, concatenations, layout copies, the optimizer). If the
+convolution sum alone exceeds a target, no change outside the convolution kernels can meet it on
+this backend.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import os
 import sys
 import time
@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
+
+from benchmarks import throughput  # pylint: disable=g-import-not-at-top
 
 
 def _subjaxprs(eqn):
@@ -80,25 +82,12 @@ def time_alone(eqn, repeats: int) -> float:
   rng = np.random.default_rng(0)
   lhs = jnp.asarray(rng.standard_normal(lhs_aval.shape).astype(lhs_aval.dtype))
   rhs = jnp.asarray(rng.standard_normal(rhs_aval.shape).astype(rhs_aval.dtype))
-  fn = jax.jit(lambda a, b: jax.lax.conv_general_dilated_p.bind(a, b, **p))
-  jax.block_until_ready(fn(lhs, rhs))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(lhs, rhs))
-    times.append(time.perf_counter() - t)
-  return min(times)
+  return time_program(lambda a, b: jax.lax.conv_general_dilated_p.bind(a, b, **p), (lhs, rhs), repeats)
 
 
 def time_program(fn, args, repeats: int) -> float:
   compiled = jax.jit(fn).lower(*args).compile()
-  jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t)
-  return min(times)
+  return min(throughput.timed(compiled, *args, repeats=repeats, warmup=1))
 
 
 def analyse(name: str, fn, args, repeats: int) -> dict:
@@ -136,21 +125,13 @@ def main(argv=None):
   parser.add_argument('--top', type=int, default=8, help='also list the N costliest kinds of convolution')
   args = parser.parse_args(argv)
   from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
   config = config_lib.load(args.config)
-  config.train.batch_size = args.batch_size
-  task = train.PatronusTask(config)
-  settings = train.LoopSettings.from_section(config.train)
-  tx = train.make_optimizer(settings)
-  size, channels = config.data.image_size, config.data.channels
-  rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.uniform(-1, 1, (args.batch_size, size, size, channels)).astype(np.float32))}
-  state = jax.jit(functools.partial(train.create_train_state, task, tx))(jax.random.PRNGKey(0), batch)
+  task, state, batch, step = throughput.training_setup(config, args.batch_size)
   model = task.model
+  size = config.data.image_size
   t = jnp.full((args.batch_size,), 500, jnp.int32)
   s = jnp.zeros((args.batch_size, config.model.num_prototypes))
   forward = lambda v, x, t, s: model.apply(v, x, t, s, method=model.denoise)
-  step = functools.partial(train.train_step, task=task, tx=tx, ema_decay=settings.ema_decay)
   print(f'# {args.config}: batch {args.batch_size}, {size}x{size}, base {config.model.base_channels}, '
         f'mults {tuple(config.model.channel_mults)}; {jax.devices()[0].device_kind} ({jax.default_backend()}), '
         f'{os.cpu_count()} CPUs, jax {jax.__version__}, {time.strftime("%Y-%m-%d")}; fastest of {args.repeats}')

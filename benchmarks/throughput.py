@@ -88,7 +88,8 @@ def device_peak_bytes() -> float:
     return float('nan')
 
 
-def bench_one(config, batch_size: int, dtype: str, remat: bool, repeats: int, warmup: int) -> dict:
+def training_setup(config, batch_size: int, dtype: str = 'float32', remat: bool = False):
+  """(task, state, global batch of synthetic images, pure training-step function) for a config."""
   from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
   from patronus_jax import train  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
@@ -101,12 +102,16 @@ def bench_one(config, batch_size: int, dtype: str, remat: bool, repeats: int, wa
   size, channels = config.data.image_size, config.data.channels
   rng = np.random.default_rng(0)
   batch = {'image': rng.uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)}
-  mesh = sharding.make_mesh(config.mesh)
-  gbatch = sharding.global_batch(batch, mesh)
+  gbatch = sharding.global_batch(batch, sharding.make_mesh(config.mesh))
   state = jax.jit(functools.partial(train.create_train_state, task, tx))(jax.random.PRNGKey(0), gbatch)
+  step_fn = functools.partial(train.train_step, task=task, tx=tx, ema_decay=settings.ema_decay)
+  return task, state, gbatch, step_fn
+
+
+def bench_one(config, batch_size: int, dtype: str, remat: bool, repeats: int, warmup: int) -> dict:
+  task, state, gbatch, step_fn = training_setup(config, batch_size, dtype, remat)
   donate = (0,) if jax.default_backend() != 'cpu' else ()
-  step = jax.jit(functools.partial(train.train_step, task=task, tx=tx, ema_decay=settings.ema_decay),
-                 donate_argnums=donate)
+  step = jax.jit(step_fn, donate_argnums=donate)
   t0 = time.perf_counter()
   step_compiled = step.lower(state, gbatch).compile()
   compile_s = time.perf_counter() - t0

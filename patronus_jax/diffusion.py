@@ -102,9 +102,19 @@ def eps_from_x0(x_t: jax.Array, x0: jax.Array, abar: jax.Array) -> jax.Array:
 
 
 def predict(denoise_fn: DenoiseFn, x_t: jax.Array, t: jax.Array, abar: jax.Array,
-            prediction: str = 'eps') -> tuple[jax.Array, jax.Array]:
-  """Runs the denoiser and returns (eps_hat, x0_hat) whatever it parameterises."""
-  out = denoise_fn(x_t, t).astype(x_t.dtype)
+            prediction: str = 'eps', clip_x0: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """Runs the denoiser and returns (eps_hat, x0_hat) whatever it parameterises.
+
+  `clip_x0` > 0 clips x0_hat to [-clip_x0, clip_x0] and re-derives eps_hat from it (see
+  `ddim_sample`)."""
+  eps, x0 = _predict(denoise_fn(x_t, t).astype(x_t.dtype), x_t, abar, prediction)
+  if clip_x0 > 0:
+    x0 = jnp.clip(x0, -clip_x0, clip_x0)
+    eps = eps_from_x0(x_t, x0, abar)
+  return eps, x0
+
+
+def _predict(out: jax.Array, x_t: jax.Array, abar: jax.Array, prediction: str) -> tuple[jax.Array, jax.Array]:
   if prediction == 'eps':
     return out, x0_from_eps(x_t, out, abar)
   if prediction == 'x0':
@@ -188,10 +198,7 @@ def ddim_sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, nu
   def step(x, inputs):
     t, abar, abar_prev, k = inputs
     t_vec = jnp.full((x.shape[0],), t, jnp.int32)
-    eps, x0 = predict(denoise_fn, x, t_vec, jnp.full((x.shape[0],), abar), prediction)
-    if clip_x0 > 0:
-      x0 = jnp.clip(x0, -clip_x0, clip_x0)
-      eps = eps_from_x0(x, x0, jnp.full((x.shape[0],), abar))
+    eps, x0 = predict(denoise_fn, x, t_vec, jnp.full((x.shape[0],), abar), prediction, clip_x0)
     sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar)) * jnp.sqrt(1 - abar / abar_prev)
     x_prev = (jnp.sqrt(abar_prev) * x0 + jnp.sqrt(jnp.maximum(1 - abar_prev - sigma**2, 0.0)) * eps)
     if eta > 0:
@@ -246,10 +253,7 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, ke
     t, k = inputs
     t_vec = jnp.full((x.shape[0],), t, jnp.int32)
     beta, alpha, abar = jnp.asarray(schedule.betas)[t], jnp.asarray(schedule.alphas)[t], schedule.abar(t)
-    eps, x0 = predict(denoise_fn, x, t_vec, jnp.full((x.shape[0],), abar), prediction)
-    if clip_x0 > 0:
-      x0 = jnp.clip(x0, -clip_x0, clip_x0)
-      eps = eps_from_x0(x, x0, jnp.full((x.shape[0],), abar))
+    eps, x0 = predict(denoise_fn, x, t_vec, jnp.full((x.shape[0],), abar), prediction, clip_x0)
     mean = (x - beta / jnp.sqrt(1 - abar) * eps) / jnp.sqrt(alpha)
     noise = jnp.where(t > 1, 1.0, 0.0) * jax.random.normal(k, x.shape, x.dtype)
     extra = trajectory_fn(x, x0, t_vec) if trajectory_fn is not None else None
