@@ -6,6 +6,10 @@ ground truth for probes, emergence order and shortcut diagnosis. Variants:
   'bias'    object colour -> shape planted at generation (strength 0.95): diagnosis must find it
   'tiny'    a minute on CPU (tests)
   python -m patronus_jax.main --config=configs/shapes.py:bias --workdir=runs/shapes_bias
+
+Measured on one core of the 2-core CPU: stage 1 about 50 minutes, stage 2 about 4, interpret
+(emergence + diagnosis) about 5; the diagnosis then names colour <-> shape on 'bias' and no
+pair on the unbiased data (README, "Shortcut diagnosis and emergence on shapes, measured").
 """
 
 from patronus_jax import config as config_lib
