@@ -6,7 +6,8 @@ Notation of Ho et al. (2020) and Song et al. (2021); t indexes 0..T-1 as in the 
                noise range) or cosine alphas_cumprod (Nichol & Dhariwal 2021, eq. 17).
   q_sample:    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                          (Ho eq. 4)
   loss:        E_{t ~ U{1..T-1}, eps} ||eps - eps_theta(x_t, t)||^2   (Ho eq. 14; the official
-               code draws t from 1..T-1), or ||x_0 - x0_theta||^2 for x0-prediction.
+               code draws t from 1..T-1), or ||x_0 - x0_theta||^2 for x0-prediction;
+               optionally min-SNR-gamma weighted (Hang et al. 2023).
   DDPM:        x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z
                (Ho eq. 11, sigma_t^2 = beta_t), t = T-1..1, no noise at the last step
                (the official `reverse_diffusion`).
@@ -144,15 +145,39 @@ def sample_timesteps(key: jax.Array, batch: int, timesteps: int) -> jax.Array:
   return jax.random.randint(key, (batch,), 1, timesteps)
 
 
+def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, min_snr_gamma: float) -> jax.Array:
+  """Per-sample weight of the squared error; all ones unless min_snr_gamma > 0.
+
+  Min-SNR-gamma (Hang et al. 2023): weight every t as min(SNR_t, gamma) times the x0-error,
+  which caps the weight of the nearly clean steps so that the coarse, high-noise structure
+  is learned sooner. A prediction's squared error is the x0-error times SNR (eps), 1 (x0) or
+  SNR + 1 (v), hence the divisions.
+  """
+  if min_snr_gamma <= 0:
+    return jnp.ones(t.shape, jnp.float32)
+  abar = schedule.abar(t).astype(jnp.float32)
+  snr = abar / (1.0 - abar)
+  capped = jnp.minimum(snr, min_snr_gamma)
+  if prediction == 'eps':
+    return capped / snr
+  if prediction == 'x0':
+    return capped
+  if prediction == 'v':
+    return capped / (snr + 1.0)
+  raise ValueError(f"unknown prediction {prediction!r}; expected {PREDICTIONS}")
+
+
 def diffusion_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key: jax.Array,
-                   prediction: str = 'eps') -> jax.Array:
-  """Mean squared error of the denoiser at a random t (Ho et al. eq. 14, 'simple' loss)."""
+                   prediction: str = 'eps', min_snr_gamma: float = 0.0) -> jax.Array:
+  """Mean squared error of the denoiser at a random t (Ho et al. eq. 14, 'simple' loss),
+  optionally min-SNR-gamma weighted per sample (`loss_weight`)."""
   t_key, n_key = jax.random.split(key)
   t = sample_timesteps(t_key, x0.shape[0], schedule.timesteps)
   noise = jax.random.normal(n_key, x0.shape, x0.dtype)
   out = denoise_fn(q_sample(schedule, x0, t, noise), t).astype(jnp.float32)
   goal = target(schedule, x0, t, noise, prediction)
-  return jnp.mean(jnp.square(out - goal.astype(jnp.float32)))
+  per_sample = jnp.mean(jnp.square(out - goal.astype(jnp.float32)).reshape(x0.shape[0], -1), axis=1)
+  return jnp.mean(loss_weight(schedule, t, prediction, min_snr_gamma) * per_sample)
 
 
 def ddim_timesteps(timesteps: int, num_steps: int) -> np.ndarray:

@@ -157,6 +157,35 @@ def test_every_parameterisation_recovers_eps_and_x0_and_trains_to_zero_loss(pred
                                         prediction)) > 0.05
 
 
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+@pytest.mark.parametrize('gamma', [0.0, 5.0])
+def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(prediction, gamma):
+  # A denoiser whose x0_hat is off by a constant delta, written as each parameterisation:
+  # the weighted loss must be mean_t(min(SNR_t, gamma)) * delta^2 whatever it outputs
+  # (gamma = 0: the unweighted loss, SNR * delta^2 for eps, delta^2 for x0, (SNR + 1) * delta^2 for v).
+  s = diffusion.make_schedule('cosine', 1000)
+  x_star = jnp.linspace(-1, 1, 12).reshape(1, 2, 2, 3)
+  delta = 0.1
+
+  def fn(x, t):
+    x0_hat = jnp.broadcast_to(x_star, x.shape) + delta
+    eps = diffusion.eps_from_x0(x, x0_hat, s.abar(t))
+    a = s.abar(t).reshape((-1, 1, 1, 1))
+    return {'eps': eps, 'x0': x0_hat, 'v': jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x0_hat}[prediction]
+
+  x0 = jnp.broadcast_to(x_star, (64, 2, 2, 3))
+  key = jax.random.PRNGKey(3)
+  loss = float(diffusion.diffusion_loss(fn, s, x0, key, prediction, min_snr_gamma=gamma))
+  t = diffusion.sample_timesteps(jax.random.split(key)[0], 64, 1000)  # the loss's own t draw
+  abar = np.asarray(s.abar(t), np.float64)
+  snr = abar / (1 - abar)
+  per_t = {'eps': snr, 'x0': np.ones_like(snr), 'v': snr + 1}[prediction] if gamma == 0 else np.minimum(snr, gamma)
+  np.testing.assert_allclose(loss, np.mean(per_t) * delta ** 2, rtol=2e-3)
+  if gamma:
+    w = np.asarray(diffusion.loss_weight(s, t, prediction, gamma))
+    assert np.all(w > 0) and np.all(w <= max(1.0, gamma) + 1e-6)
+
+
 def test_unknown_prediction_is_rejected():
   s = diffusion.make_schedule('linear', 10)
   with pytest.raises(ValueError, match="expected \\('eps', 'x0', 'v'\\)"):

@@ -207,6 +207,7 @@ def test_config_errors_name_the_field():
       ('diffusion.sample_steps', 2000, "'diffusion.sample_steps' must be in 1..1000"),
       ('model.base_channels', 12, 'multiple of 8'),
       ('train.dtype', 'float16', "'train.dtype' must be one of"),
+      ('diffusion.min_snr_gamma', -1.0, "'diffusion.min_snr_gamma' must be >= 0"),
   ]:
     config = config_lib.base_config()
     section, name = field.split('.')
