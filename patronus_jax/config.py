@@ -65,6 +65,7 @@ def train_config() -> ConfigDict:
       num_steps=100_000,
       learning_rate=1e-5,
       warmup_steps=0,
+      lr_schedule='constant',  # after warm-up: 'constant' (paper) or 'cosine' (decays to 0 at num_steps)
       weight_decay=0.01,  # torch.optim.AdamW default, as the official training
       grad_clip=0.0,  # global-norm clipping; 0 disables
       ema_decay=0.9999,  # 0 disables the EMA (sampling then uses the raw parameters)
@@ -94,6 +95,7 @@ def latent_config() -> ConfigDict:
       num_steps=20_000,
       learning_rate=1e-4,
       warmup_steps=0,
+      lr_schedule='constant',  # after warm-up: 'constant' (official) or 'cosine'
       grad_clip=0.0,
       ema_decay=0.0,
       eta=0.1,
@@ -221,6 +223,8 @@ def validate(config: ConfigDict) -> ConfigDict:
            f"(its output preconditioning is defined for those), got {d.prediction!r}")
   _one_of(config, 'diffusion.sampler', ('ddim', 'ddpm'))
   _one_of(config, 'train.dtype', ('float32', 'bfloat16'))
+  _one_of(config, 'train.lr_schedule', ('constant', 'cosine'))
+  _one_of(config, 'latent.lr_schedule', ('constant', 'cosine'))
   n_enc = len(m.encoder_channels)
   _require(n_enc > 0, "config field 'model.encoder_channels' must name at least one layer")
   for field in ('encoder_kernels', 'encoder_strides', 'encoder_paddings'):

@@ -83,6 +83,7 @@ class LoopSettings:
   num_steps: int
   learning_rate: float
   warmup_steps: int = 0
+  lr_schedule: str = 'constant'
   weight_decay: float = 0.0
   grad_clip: float = 0.0
   ema_decay: float = 0.0
@@ -100,12 +101,16 @@ class LoopSettings:
 # ----------------------------------------------------------------------------- pure parts
 
 def learning_rate_schedule(s: LoopSettings) -> optax.Schedule:
-  """Linear warm-up from 0 to the learning rate, then constant (the paper uses a constant rate)."""
+  """Linear warm-up from 0 to the learning rate, then constant (the paper uses a constant rate)
+  or, with lr_schedule='cosine', a cosine decay to 0 at num_steps (short runs end sharper)."""
+  if s.lr_schedule == 'cosine':
+    after = optax.cosine_decay_schedule(s.learning_rate, max(1, s.num_steps - s.warmup_steps))
+  else:
+    after = optax.constant_schedule(s.learning_rate)
   if s.warmup_steps > 0:
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, s.learning_rate, s.warmup_steps), optax.constant_schedule(s.learning_rate)],
-        [s.warmup_steps])
-  return optax.constant_schedule(s.learning_rate)
+    return optax.join_schedules([optax.linear_schedule(0.0, s.learning_rate, s.warmup_steps), after],
+                                [s.warmup_steps])
+  return after
 
 
 def make_optimizer(s: LoopSettings) -> optax.GradientTransformation:

@@ -186,6 +186,16 @@ def test_latent_stage_reduces_loss(shapes_config, tmp_path):
 
 # ----------------------------------------------------------------------------- configs
 
+@pytest.mark.parametrize('kind', ['constant', 'cosine'])
+def test_learning_rate_schedule_warms_up_then_holds_or_decays(kind):
+  s = train.LoopSettings(batch_size=1, num_steps=1100, learning_rate=2e-3, warmup_steps=100, lr_schedule=kind)
+  lr = np.array([float(train.learning_rate_schedule(s)(i)) for i in (0, 50, 100, 600, 1100)])
+  np.testing.assert_allclose(lr[:3], [0.0, 1e-3, 2e-3], rtol=1e-6)
+  # cosine: half-way through the decay the rate is half, at num_steps it is 0
+  expected = [2e-3, 2e-3] if kind == 'constant' else [1e-3, 0.0]
+  np.testing.assert_allclose(lr[3:], expected, rtol=1e-6, atol=1e-12)
+
+
 def test_config_load_with_overrides():
   config = load_config('shapes.py', 'tiny')
   assert config.train.num_steps == 20
@@ -208,6 +218,7 @@ def test_config_errors_name_the_field():
       ('model.base_channels', 12, 'multiple of 8'),
       ('train.dtype', 'float16', "'train.dtype' must be one of"),
       ('diffusion.min_snr_gamma', -1.0, "'diffusion.min_snr_gamma' must be >= 0"),
+      ('train.lr_schedule', 'linear', "'train.lr_schedule' must be one of"),
   ]:
     config = config_lib.base_config()
     section, name = field.split('.')
