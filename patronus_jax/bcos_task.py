@@ -147,7 +147,8 @@ class BcosTask:
     cond = self.condition(batch, drop_key, train)
     denoise = lambda x_t, t: self.apply(params, variables, x_t, t, cond)
     loss = diffusion.diffusion_loss(denoise, self.schedule, batch['image'].astype(jnp.float32),
-                                    loss_key, self.prediction, self.config.diffusion.min_snr_gamma)
+                                    loss_key, self.prediction, self.config.diffusion.min_snr_gamma,
+                                    self.config.diffusion.min_snr_floor)
     return loss, {'loss': loss}
 
   # ------------------------------------------------------------------ sampling

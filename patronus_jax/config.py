@@ -55,6 +55,7 @@ def diffusion_config() -> ConfigDict:
       eta=0.0,  # DDIM stochasticity for image sampling
       clip_x0=0.0,  # > 0: clip x0_hat to [-clip_x0, clip_x0] at every sampling step (0: official, unclipped)
       min_snr_gamma=0.0,  # > 0: min-SNR-gamma loss weighting of the image denoiser (Hang et al. 2023); 0: the paper's unweighted loss
+      min_snr_floor=0.0,  # with min_snr_gamma: weight clip(SNR, floor, gamma) x x0-error; 1 keeps the noisiest steps at weight 1
   ))
 
 
@@ -254,6 +255,9 @@ def validate(config: ConfigDict) -> ConfigDict:
            f"config field 'diffusion.sample_steps' must be in 1..{d.timesteps}, got {d.sample_steps}")
   _require(d.min_snr_gamma >= 0.0,
            f"config field 'diffusion.min_snr_gamma' must be >= 0 (0: unweighted loss), got {d.min_snr_gamma}")
+  _require(d.min_snr_floor == 0.0 or 0.0 < d.min_snr_floor <= d.min_snr_gamma,
+           "config field 'diffusion.min_snr_floor' must be 0 or in (0, diffusion.min_snr_gamma] "
+           f"(it needs min_snr_gamma > 0), got floor {d.min_snr_floor} with gamma {d.min_snr_gamma}")
   _require(d.clip_x0 >= 0.0, f"config field 'diffusion.clip_x0' must be >= 0 (0: no clipping), got {d.clip_x0}")
   _require(0 < lt.sample_steps <= lt.timesteps,
            f"config field 'latent.sample_steps' must be in 1..{lt.timesteps}, got {lt.sample_steps}")

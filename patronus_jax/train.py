@@ -368,8 +368,9 @@ class PatronusTask:
       return self.model.apply(variables, x_t, t, s, train, rngs={'dropout': drop_key},
                               method=self.model.denoise)
 
-    loss = diffusion.diffusion_loss(denoise, self.schedule, x0, diff_key, self.config.diffusion.prediction,
-                                    self.config.diffusion.min_snr_gamma)
+    d = self.config.diffusion
+    loss = diffusion.diffusion_loss(denoise, self.schedule, x0, diff_key, d.prediction, d.min_snr_gamma,
+                                    d.min_snr_floor)
     metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
     weight = self.config.train.distinct_loss_weight
     if weight > 0:

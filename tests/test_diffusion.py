@@ -158,10 +158,10 @@ def test_every_parameterisation_recovers_eps_and_x0_and_trains_to_zero_loss(pred
 
 
 @pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
-@pytest.mark.parametrize('gamma', [0.0, 5.0])
-def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(prediction, gamma):
+@pytest.mark.parametrize('gamma,floor', [(0.0, 0.0), (5.0, 0.0), (5.0, 1.0)])
+def test_min_snr_weighting_is_clipped_snr_times_the_x0_error(prediction, gamma, floor):
   # A denoiser whose x0_hat is off by a constant delta, written as each parameterisation:
-  # the weighted loss must be mean_t(min(SNR_t, gamma)) * delta^2 whatever it outputs
+  # the weighted loss must be mean_t(clip(SNR_t, floor, gamma)) * delta^2 whatever it outputs
   # (gamma = 0: the unweighted loss, SNR * delta^2 for eps, delta^2 for x0, (SNR + 1) * delta^2 for v).
   s = diffusion.make_schedule('cosine', 1000)
   x_star = jnp.linspace(-1, 1, 12).reshape(1, 2, 2, 3)
@@ -175,15 +175,20 @@ def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(prediction, gamma
 
   x0 = jnp.broadcast_to(x_star, (64, 2, 2, 3))
   key = jax.random.PRNGKey(3)
-  loss = float(diffusion.diffusion_loss(fn, s, x0, key, prediction, min_snr_gamma=gamma))
+  loss = float(diffusion.diffusion_loss(fn, s, x0, key, prediction, min_snr_gamma=gamma, snr_floor=floor))
   t = diffusion.sample_timesteps(jax.random.split(key)[0], 64, 1000)  # the loss's own t draw
   abar = np.asarray(s.abar(t), np.float64)
   snr = abar / (1 - abar)
-  per_t = {'eps': snr, 'x0': np.ones_like(snr), 'v': snr + 1}[prediction] if gamma == 0 else np.minimum(snr, gamma)
+  per_t = {'eps': snr, 'x0': np.ones_like(snr), 'v': snr + 1}[prediction] if gamma == 0 else np.clip(snr, floor, gamma)
   np.testing.assert_allclose(loss, np.mean(per_t) * delta ** 2, rtol=2e-3)
   if gamma:
-    w = np.asarray(diffusion.loss_weight(s, t, prediction, gamma))
-    assert np.all(w > 0) and np.all(w <= max(1.0, gamma) + 1e-6)
+    w = np.asarray(diffusion.loss_weight(s, t, prediction, gamma, floor))
+    assert np.all(w > 0)
+    if not floor:  # bounded: at most 1 (eps, v) or gamma (x0)
+      assert np.all(w <= max(1.0, gamma) + 1e-6)
+    if floor and prediction == 'v':  # the noisiest steps keep (almost) the unweighted v-loss
+      noisy = snr < 0.1
+      assert noisy.any() and np.all(w[noisy] > 0.9)
 
 
 def test_unknown_prediction_is_rejected():

@@ -219,6 +219,7 @@ def test_config_errors_name_the_field():
       ('train.dtype', 'float16', "'train.dtype' must be one of"),
       ('diffusion.min_snr_gamma', -1.0, "'diffusion.min_snr_gamma' must be >= 0"),
       ('train.lr_schedule', 'linear', "'train.lr_schedule' must be one of"),
+      ('diffusion.min_snr_floor', 1.0, "'diffusion.min_snr_floor' must be 0 or in"),
   ]:
     config = config_lib.base_config()
     section, name = field.split('.')
