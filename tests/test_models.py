@@ -146,3 +146,31 @@ def test_latent_official_length_without_padding():
   s = jnp.zeros((2, 6))
   variables = model.init(KEY, s, jnp.array([1, 2]))
   assert model.apply(variables, s, jnp.array([1, 2])).shape == (2, 4)  # 6 -> 3 -> 1 -> 2 -> 4
+
+
+def test_prototype_layer_is_exact_under_jit():
+  # XLA:CPU's YNNPACK reduce fusions (jaxlib 0.10) returned s = log(1e4) = 9.21 for every
+  # prototype once ||z||^2 was large, in any jitted graph that consumed only s (the training
+  # step included); patronus_jax/__init__.py turns those fusions off. Large features as in a
+  # trained encoder: the encoder kernels scaled up.
+  from patronus_jax import config as config_lib
+  from patronus_jax import train
+  config = config_lib.load('configs/quickstart.py')  # (':tiny' is too small to trigger it)
+  model = train.patronus_from_config(config)
+  x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32))
+  t = jnp.full((16,), 500, jnp.int32)
+  v = model.init(jax.random.PRNGKey(0), x[:2], t[:2])
+  v = jax.tree_util.tree_map_with_path(
+      lambda p, a: a * 6.0 if 'encoder' in jax.tree_util.keystr(p) and 'kernel' in jax.tree_util.keystr(p) else a, v)
+  full = model.apply(v, x, method=model.encode)
+  assert float(jnp.mean(full.min_distances)) > 1e4
+  expected = np.asarray(proto_lib.distance_to_activation(full.min_distances))
+  s_only = jax.jit(lambda x: model.apply(v, x, method=model.encode).activations)(x)
+  np.testing.assert_allclose(np.asarray(s_only), expected, rtol=1e-5, atol=1e-7)
+  assert float(np.max(expected)) < 1.0  # far from the saturated 9.21
+
+  def denoise_from_image(x):
+    return model.apply(v, x, t, model.apply(v, x, method=model.encode).activations, method=model.denoise)
+
+  reference = model.apply(v, x, t, jnp.asarray(expected), method=model.denoise)
+  np.testing.assert_allclose(np.asarray(jax.jit(denoise_from_image)(x)), np.asarray(reference), atol=1e-4)
