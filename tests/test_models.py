@@ -150,8 +150,8 @@ def test_latent_official_length_without_padding():
 
 def test_prototype_layer_is_exact_under_jit():
   # XLA:CPU's YNNPACK reduce fusions (jaxlib 0.10) returned s = log(1e4) = 9.21 for every
-  # prototype once ||z||^2 was large, in any jitted graph that consumed only s (the training
-  # step included); patronus_jax/__init__.py turns those fusions off. Large features as in a
+  # prototype once ||z||^2 was large, in jitted forward graphs that consumed only s;
+  # patronus_jax/__init__.py turns those fusions off. Large features as in a
   # trained encoder: the encoder kernels scaled up.
   from patronus_jax import config as config_lib
   from patronus_jax import train
