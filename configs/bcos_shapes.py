@@ -1,6 +1,7 @@
 """B-cos diffusion on the built-in shapes dataset (32x32, captions as word tokens).
 
-  --config=configs/bcos_shapes.py           quickstart: trains on 2 CPU cores in minutes
+  --config=configs/bcos_shapes.py           quickstart: 6,000 steps, about 2 hours on one CPU core
+                                            (colour / shape follow the prompt at 0.996 / 0.938, README)
   --config=configs/bcos_shapes.py:tiny      smoke-test size (tests, CI)
   --config=configs/bcos_shapes.py:full      wider, longer; for a GPU / TPU
   --config=configs/bcos_shapes.py:x0        the quickstart predicting x0 instead of eps
@@ -40,7 +41,7 @@ def get_config(arg=None):
   config.bcos.num_explain = 8
 
   config.train.batch_size = 32
-  config.train.num_steps = 3000
+  config.train.num_steps = 6000  # at 3,000 shapes followed the prompt only 57% of the time
   config.train.learning_rate = 1e-3
   config.train.warmup_steps = 100
   config.train.weight_decay = 0.0
