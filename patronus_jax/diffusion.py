@@ -146,12 +146,12 @@ def sample_timesteps(key: jax.Array, batch: int, timesteps: int) -> jax.Array:
 
 
 def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, min_snr_gamma: float,
-                snr_floor: float = 0.0) -> jax.Array:
+                min_snr_floor: float = 0.0) -> jax.Array:
   """Per-sample weight of the squared error; all ones unless min_snr_gamma > 0.
 
   Min-SNR-gamma (Hang et al. 2023): weight every t as min(SNR_t, gamma) times the x0-error,
   which caps the weight of the nearly clean steps so that the coarse, high-noise structure
-  is learned sooner. `snr_floor` = 1 also keeps the noisiest steps at weight 1 instead of
+  is learned sooner. `min_snr_floor` = 1 also keeps the noisiest steps at weight 1 instead of
   SNR -> 0 (the "truncated SNR" max(SNR, 1) of Salimans & Ho 2022): those are the steps where
   a conditional model learns what its condition decides globally (the background). A
   prediction's squared error is the x0-error times SNR (eps), 1 (x0) or SNR + 1 (v), hence the
@@ -161,7 +161,7 @@ def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, min_snr_gamma
     return jnp.ones(t.shape, jnp.float32)
   abar = schedule.abar(t).astype(jnp.float32)
   snr = abar / (1.0 - abar)
-  capped = jnp.clip(snr, snr_floor, min_snr_gamma)
+  capped = jnp.clip(snr, min_snr_floor, min_snr_gamma)
   if prediction == 'eps':
     return capped / snr
   if prediction == 'x0':
@@ -172,7 +172,7 @@ def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, min_snr_gamma
 
 
 def diffusion_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key: jax.Array,
-                   prediction: str = 'eps', min_snr_gamma: float = 0.0, snr_floor: float = 0.0) -> jax.Array:
+                   prediction: str = 'eps', min_snr_gamma: float = 0.0, min_snr_floor: float = 0.0) -> jax.Array:
   """Mean squared error of the denoiser at a random t (Ho et al. eq. 14, 'simple' loss),
   optionally min-SNR-gamma weighted per sample (`loss_weight`)."""
   t_key, n_key = jax.random.split(key)
@@ -181,7 +181,7 @@ def diffusion_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key
   out = denoise_fn(q_sample(schedule, x0, t, noise), t).astype(jnp.float32)
   goal = target(schedule, x0, t, noise, prediction)
   per_sample = jnp.mean(jnp.square(out - goal.astype(jnp.float32)).reshape(x0.shape[0], -1), axis=1)
-  return jnp.mean(loss_weight(schedule, t, prediction, min_snr_gamma, snr_floor) * per_sample)
+  return jnp.mean(loss_weight(schedule, t, prediction, min_snr_gamma, min_snr_floor) * per_sample)
 
 
 def ddim_timesteps(timesteps: int, num_steps: int) -> np.ndarray:

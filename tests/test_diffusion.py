@@ -175,7 +175,7 @@ def test_min_snr_weighting_is_clipped_snr_times_the_x0_error(prediction, gamma, 
 
   x0 = jnp.broadcast_to(x_star, (64, 2, 2, 3))
   key = jax.random.PRNGKey(3)
-  loss = float(diffusion.diffusion_loss(fn, s, x0, key, prediction, min_snr_gamma=gamma, snr_floor=floor))
+  loss = float(diffusion.diffusion_loss(fn, s, x0, key, prediction, min_snr_gamma=gamma, min_snr_floor=floor))
   t = diffusion.sample_timesteps(jax.random.split(key)[0], 64, 1000)  # the loss's own t draw
   abar = np.asarray(s.abar(t), np.float64)
   snr = abar / (1 - abar)
