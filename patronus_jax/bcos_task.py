@@ -44,7 +44,8 @@ def build_tokenizer(config, captions=None, info=None) -> text_lib.Tokenizer:
       raise ValueError(f"dataset {config.data.name!r} has no captions: text conditioning needs "
                        "them (or use bcos.conditioning='prototypes'/'external'/'none')")
     captions = [str(c) for c in arrays['caption']]
-  return text_lib.tokenizer_for(config.data.name, captions, names, config.bcos.vocab_max_size)
+  return text_lib.tokenizer_for(config.data.name, captions, names, config.bcos.vocab_max_size,
+                               config.bcos.start_token)
 
 
 class BcosTask:
@@ -124,7 +125,10 @@ class BcosTask:
       ids = batch['token_ids']
       p = self.config.bcos.token_dropout
       if train and p > 0 and key is not None:
-        ids = jnp.where(jax.random.bernoulli(key, p, ids.shape), 0, ids)
+        drop = jax.random.bernoulli(key, p, ids.shape)
+        if self.tokenizer.start_id is not None:
+          drop &= ids != self.tokenizer.start_id  # the start token is always there
+        ids = jnp.where(drop, 0, ids)
       return {'token_ids': ids}
     if self.conditioning == 'external':
       return {'text_embedding': batch['text_embedding'], 'text_mask': batch['text_mask']}

@@ -194,6 +194,24 @@ def test_tokenizer_vocabularies_are_deterministic_and_saved(tmp_path):
     text.Tokenizer(['a', 'a'])
 
 
+def test_start_token_leads_every_text_and_survives_save_and_old_files(tmp_path):
+  tok = text.tokenizer_for('patronus_shapes', start_token=True)
+  plain = text.tokenizer_for('patronus_shapes')
+  assert tok.vocab_size == plain.vocab_size + 1 and tok.start_id == text.START_ID and plain.start_id is None
+  ids = tok.encode('a red circle')
+  assert ids[0] == text.START_ID and tok.tokens(ids) == ['<s>', 'a', 'red', 'circle']
+  batch, mask = tok.encode_batch(['a red circle', ''], 6)
+  assert mask.sum(1).tolist() == [4, 1]
+  path = str(tmp_path / 'vocab.json')
+  tok.save(path)
+  assert text.Tokenizer.load(path) == tok and text.Tokenizer.load(path).start_token
+  # A vocabulary file written before the start token existed loads without one.
+  with open(path, 'w') as f:
+    f.write('{"vocabulary": ["a", "red", "circle"]}')
+  old = text.Tokenizer.load(path)
+  assert not old.start_token and old.encode('a red circle') == [2, 3, 4]
+
+
 def test_celeba_captions_use_only_vocabulary_words():
   names = ['Male', 'Smiling', 'Young', 'Blond_Hair', 'Wavy_Hair', 'Eyeglasses', 'No_Beard',
            'Wearing_Lipstick', 'Bangs', 'Wearing_Hat']

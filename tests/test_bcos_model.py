@@ -286,3 +286,12 @@ def test_word_dropout_only_when_training(text_task):
   assert 0 < int(jnp.sum(kept != 0)) < int(jnp.sum(ids != 0))
   same = task.condition({'token_ids': ids}, jax.random.PRNGKey(0), train=False)['token_ids']
   np.testing.assert_array_equal(same, ids)
+
+
+def test_start_token_is_never_dropped():
+  task = BcosTask(tiny_config(token_dropout=0.5, start_token=True))
+  ids = jnp.asarray(task.prepare_batch(shapes_batch(8))['token_ids'])
+  assert bool(jnp.all(ids[:, 0] == task.tokenizer.start_id))
+  kept = task.condition({'token_ids': ids}, jax.random.PRNGKey(0), train=True)['token_ids']
+  assert bool(jnp.all(kept[:, 0] == task.tokenizer.start_id))
+  assert 0 < int(jnp.sum(kept[:, 1:] != 0)) < int(jnp.sum(ids[:, 1:] != 0))

@@ -299,7 +299,9 @@ def prompt_report(words: Sequence[str], relevance: np.ndarray, shares: dict,
   by_word: dict[str, float] = {}
   for w, r in zip(words, mean_rel):
     by_word[w] = by_word.get(w, 0.0) + float(r)
-  content = [float(r) for w, r in zip(words, mean_rel) if w not in text_lib.FUNCTION_WORDS]
+  # <s> (text.START) is neither: it is reported in `relevance` and `relevance_by_word` only.
+  content = [float(r) for w, r in zip(words, mean_rel)
+             if w not in text_lib.FUNCTION_WORDS and w != text_lib.START]
   function = [float(r) for w, r in zip(words, mean_rel) if w in text_lib.FUNCTION_WORDS]
   return dict(
       tokens=list(words), relevance=[float(r) for r in mean_rel], relevance_by_word=by_word,

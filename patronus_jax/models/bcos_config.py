@@ -44,6 +44,7 @@ def bcos_config() -> ml_collections.ConfigDict:
       max_tokens=16,  # caption length in words (longer captions are truncated)
       token_positions=False,  # add a learned position vector to every word's embedding
       token_dropout=0.1,  # training: drop each word with this probability
+      start_token=False,  # prepend <s> (always present, never dropped) to every caption (text.py)
       vocab_max_size=0,  # datasets without a fixed vocabulary: keep the most frequent words (0: all)
       external_dim=0,  # 'external': width of the precomputed text embeddings (batch['text_embedding'])
       # Explanations (interpret/bcos.py, --mode=explain).
@@ -110,6 +111,8 @@ def validate_bcos_config(bcos) -> None:
     _fail(f"config field 'bcos.sigma_data' must be positive, got {bcos.sigma_data}")
   if not 0.0 <= bcos.token_dropout < 1.0:
     _fail(f"config field 'bcos.token_dropout' must be in [0, 1), got {bcos.token_dropout}")
+  if not isinstance(bcos.start_token, bool):
+    _fail(f"config field 'bcos.start_token' must be True or False, got {bcos.start_token!r}")
   if bcos.vocab_max_size < 0:
     _fail(f"config field 'bcos.vocab_max_size' must be >= 0, got {bcos.vocab_max_size}")
   if bcos.conditioning == 'external' and bcos.external_dim < 1:
