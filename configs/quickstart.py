@@ -39,7 +39,12 @@ def get_config(arg=None):
   m = config.model
   m.base_channels = 16
   t = config.train
-  t.num_steps = 1500
+  # Batch 8 for 3,000 steps sees the same 24,000 images as batch 16 for 1,500 at the same cost
+  # per image on CPU, but makes twice the updates; with min-SNR-5 weighting the classifier-feature
+  # distance of the samples fell from 678 / 596 (conditional / unconditional; batch 16, 1,500
+  # steps, no weighting) to 324 / 208 (README, "What the quickstart writes").
+  t.batch_size = 8
+  t.num_steps = 3000
   t.learning_rate = 2e-3
   t.warmup_steps = 50
   t.ema_decay = 0.995
@@ -47,6 +52,7 @@ def get_config(arg=None):
   t.checkpoint_every = 500
   t.sample_every = 0
   config.diffusion.sample_steps = 25
+  config.diffusion.min_snr_gamma = 5.0
   lt = config.latent
   lt.num_steps = 400
   lt.log_every = 100
