@@ -3,7 +3,7 @@
   python -m patronus_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
 runs stage 1, stage 2, sampling, interpretation and evaluation, writing samples, prototype
-figures and metrics into the workdir (about 12 minutes on 2 CPU cores, see README). Same
+figures and metrics into the workdir (about 13 minutes on 2 CPU cores, install included, see README). Same
 architecture family as the paper's model, scaled down and trained briefly; statistics
 (emergence, diagnosis, metrics) are computed on small sample counts and are a demonstration,
 not results (configs/shapes.py is the full-length shapes run). Variant ':tiny' is the
