@@ -11,9 +11,10 @@ or an apostrophe ("top-left" -> "top", "left"). Id 0 is padding, id 1 stands for
 outside the vocabulary. Optionally every text starts with a start token <s> (id 2), as CLIP's
 does: one input present in every prompt and never dropped, which the bias-free B-cos network
 can use for what would otherwise be a bias, instead of leaning on words that every prompt
-happens to contain ("a", "on"); its relevance is reported like any token's. Vocabularies are built deterministically: for the shapes dataset
-and CelebA from every word their caption builders can emit (so no pass over the data is
-needed and the ids never change), otherwise from a list of training captions.
+happens to contain ("a", "on"); its relevance is reported like any token's (on shapes it did
+not lower the function words' share, README). Vocabularies are built deterministically: for
+the shapes dataset and CelebA from every word their caption builders can emit (so no pass over
+the data is needed and the ids never change), otherwise from a list of training captions.
 """
 
 from __future__ import annotations
