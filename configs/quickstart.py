@@ -7,8 +7,7 @@ figures and metrics into the workdir (about 17 minutes on 2 CPU cores, install i
 1 and 2 and sampling take about 13 of them, see README). Same architecture family as the
 paper's model, scaled down and trained briefly; statistics (emergence, diagnosis, metrics) are
 computed on small sample counts and are a demonstration, not results (configs/shapes.py is the
-full-length shapes run). Variant ':tiny' is the
-test-sized smoke run.
+full-length shapes run). Variant ':tiny' is the test-sized smoke run.
 
 Two departures from the paper's DDPM settings buy sample quality in a short CPU run; both come
 from configs/shapes.py (config fields; the paper's configs keep 'eps' and 'linear'):
