@@ -42,8 +42,8 @@ def get_config(arg=None):
   # Batch 8 makes twice the updates of batch 16 for the same images at the same cost per image
   # on CPU; with min-SNR-5 weighting the classifier-feature distance of the samples (conditional /
   # unconditional) fell from 678 / 596 (batch 16, 1,500 steps, no weighting) to 324 / 208 at
-  # 3,000 steps and 211 / 175 at 4,500. 4,000 steps keeps stages 1, 2 and sampling under 15
-  # minutes on 2 cores with room for slow runs (4,500 took 950 s in one fresh-clone run).
+  # 3,000 steps, 213 / 167 at 4,000 and 211 / 175 at 4,500. Stages 1, 2 and sampling took 771 s
+  # and 874 s at 4,000 steps in two fresh-clone runs on 2 cores, 950 s at 4,500 (budget: 900 s).
   t.batch_size = 8
   t.num_steps = 4000
   t.learning_rate = 2e-3
