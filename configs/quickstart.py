@@ -40,10 +40,9 @@ def get_config(arg=None):
   m.base_channels = 16
   t = config.train
   # Batch 8 makes twice the updates of batch 16 for the same images at the same cost per image
-  # on CPU; with min-SNR-5 weighting the classifier-feature distance of the samples (conditional /
-  # unconditional) fell from 678 / 596 (batch 16, 1,500 steps, no weighting) to 324 / 208 at
-  # 3,000 steps, 213 / 167 at 4,000 and 211 / 175 at 4,500. Stages 1, 2 and sampling took 771 s
-  # and 874 s at 4,000 steps in two fresh-clone runs on 2 cores, 950 s at 4,500 (budget: 900 s).
+  # on CPU, and with min-SNR-5 weighting gave the closest samples; 4,000 steps is the most that
+  # keeps stages 1, 2 and sampling under 15 minutes on 2 cores (measurements: README, "What the
+  # quickstart writes").
   t.batch_size = 8
   t.num_steps = 4000
   t.learning_rate = 2e-3
@@ -62,11 +61,9 @@ def get_config(arg=None):
   config.sample.num_samples = 64
   config.sample.num_reconstructions = 16
   ic = config.interpret
-  # DDIM inversion needs more steps than generation on this short-trained model: round trip
-  # x0 -> x_T -> x0 of held-out images had MSE 0.78 at 10 steps (shapes.py's value) and 0.03 at
-  # 50, and the s of the reconstruction correlated with the original's at -0.08 vs 0.999. The
-  # prototype, reconstruction and manipulation figures start from inverted noise; emergence and
-  # diagnosis sample with the same step count.
+  # DDIM inversion needs more steps than generation on this short-trained model: at shapes.py's
+  # 10 the inverted noise did not regenerate the held-out image, at 50 it did (README). The
+  # prototype, reconstruction and manipulation figures start from inverted noise.
   ic.ddim_steps = 50
   ic.num_eval_images = 256
   ic.num_visualize_images = 6
