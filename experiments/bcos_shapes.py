@@ -10,9 +10,9 @@ r"""B-cos diffusion on the shapes dataset: train, then measure the issue's three
    images if missing); reports the accuracy of every attribute against the prompt's labels,
    in particular colour and shape.
 3. Explanations: for `num_explain` test prompts, explains every DDIM step of the generation
-   (x̂0 as the output, one linearisation per step) and reports the largest completeness
-   error and the mean token relevance S_i of content words (colour, shape) against the
-   function words ("a", "on").
+   (x̂0 as the output, one linearisation per step) and the final image over the whole DDIM
+   chain, and reports for both the largest completeness error and the mean token relevance
+   S_i of content words (colour, shape) against the function words ("a", "on").
 
 Writes <workdir>/bcos_shapes_results.json (and the usual explain/ reports) and prints it.
 """
@@ -46,12 +46,13 @@ CONTENT = {'colour': ('red', 'green', 'blue', 'yellow'), 'shape': ('circle', 'sq
 FUNCTION = ('a', 'on')
 
 
-def word_relevance(reports: list[dict]) -> dict:
-  """Mean relevance per token of colour words, shape words, 'a' and 'on' over prompts."""
+def word_relevance(reports: list[dict], whole: bool = False) -> dict:
+  """Mean relevance per token of colour words, shape words, 'a' and 'on' over prompts
+  (per-step explanations averaged over steps, or with `whole` the whole-generation one)."""
   groups = {'colour': [], 'shape': [], 'a': [], 'on': [], 'all_content': [], 'all_function': []}
   from patronus_jax import text  # pylint: disable=g-import-not-at-top
   for r in reports:
-    for w, s in zip(r['tokens'], r['relevance']):
+    for w, s in zip(r['tokens'], r['generation']['relevance'] if whole else r['relevance']):
       if w in CONTENT['colour']:
         groups['colour'].append(s)
       if w in CONTENT['shape']:
@@ -107,7 +108,7 @@ def main(argv):
   report, pngs, _ = explain_lib.explain_prompts(
       task, params, variables, prompts, seed=config.seed + 1, steps='all', target='x0',
       classifier=classifier, attribute_names=info.attribute_names,
-      attribute_values=info.attribute_values)
+      attribute_values=info.attribute_values, whole=True)
   timings['explain_s'] = time.time() - t0
   out_dir = os.path.join(workdir, 'explain')
   os.makedirs(out_dir, exist_ok=True)
@@ -115,6 +116,23 @@ def main(argv):
     pio.save_png(os.path.join(out_dir, f'prompt_{i}.png'), png)
   pio.write_json(os.path.join(out_dir, 'report.json'), report)
   relevance = word_relevance(report['prompts'])
+  whole = report['summary']['generation']
+  whole_relevance = word_relevance(report['prompts'], whole=True)
+  # Is a word's small S_i a cancellation inside the signed sum over pixels? Its share of the
+  # pixel-wise contribution mass Σ_hwc |contribution| answers that (same generations).
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  ids = task.encode_prompts(prompts)
+  w = explain_lib.explain_whole_generation(
+      task, params, variables, {'token_ids': jnp.asarray(ids)},
+      explain_lib.prompt_noise(config, len(prompts), seed=config.seed + 1), token_maps=True)
+  mass = np.abs(w['token_maps']).sum(axis=(2, 3, 4))
+  mass_reports = []
+  for b, r in enumerate(report['prompts']):
+    m = mass[b][np.asarray(w['token_mask'][b], bool)]
+    mass_reports.append(dict(tokens=r['tokens'], generation=dict(relevance=(m / m.sum()).tolist())))
+  mass_relevance = word_relevance(mass_reports, whole=True)
+  beats = lambda r: bool(r['colour'] is not None and r['shape'] is not None and
+                         min(r['colour'], r['shape']) > max(r['a'] or 0.0, r['on'] or 0.0))
 
   results = dict(
       step=step,
@@ -130,11 +148,15 @@ def main(argv):
           sum_error_max=report['summary']['sum_error'],
           num_prompts=len(prompts), steps_per_generation=len(report['summary']['explained_steps']),
           relevance=relevance,
-          content_beats_function=bool(relevance['colour'] is not None and relevance['shape'] is not None
-                                      and min(relevance['colour'], relevance['shape'])
-                                      > max(relevance['a'] or 0.0, relevance['on'] or 0.0)),
+          content_beats_function=beats(relevance),
           mean_relevance_by_word=report['summary']['mean_relevance_by_word'],
-          input_shares=report['summary']['input_shares']),
+          input_shares=report['summary']['input_shares'],
+          whole_generation=dict(
+              completeness_error_max=whole['completeness_error'], sum_error_max=whole['sum_error'],
+              relevance=whole_relevance, content_beats_function=beats(whole_relevance),
+              pixel_mass_share=mass_relevance,
+              mean_relevance_by_word=whole['mean_relevance_by_word'],
+              input_shares=whole['input_shares'])),
       config=dict(name=config.name, prediction=config.diffusion.prediction,
                   sample_steps=config.diffusion.sample_steps, num_steps=config.train.num_steps,
                   batch_size=config.train.batch_size, base_channels=config.bcos.base_channels,

@@ -306,6 +306,11 @@ def explain_mode(config, workdir: str, mesh):
   logging.info('explain (step %d): completeness error %.2e (%s), relevance content %.3f vs function %.3f',
                step, s['completeness_error'], 'ok' if s['completeness_ok'] else 'ABOVE TOLERANCE',
                s['content_word_relevance'] or float('nan'), s['function_word_relevance'] or float('nan'))
+  if 'generation' in s:
+    g = s['generation']
+    logging.info('explain, whole generation: completeness error %.2e, relevance content %.3f vs '
+                 'function %.3f', g['completeness_error'], g['content_word_relevance'] or float('nan'),
+                 g['function_word_relevance'] or float('nan'))
   return report
 
 

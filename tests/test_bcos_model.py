@@ -200,6 +200,41 @@ def test_relevance_and_generation_explanations(text_task, trained):
                                              raw['image_inputs'][-1, 0]).dtype == np.uint8
 
 
+def test_whole_generation_explanation_is_exact_and_matches_one_step(text_task, trained):
+  """The DDIM chain x_T -> x_0 explained as one W x: exact, the sampler's image, and for a
+  one-step chain (x_0 = x̂0 of that step) the per-step explanation's numbers."""
+  task, params, variables = text_task, trained['params'], trained['variables']
+  ids = jnp.asarray(trained['data']['token_ids'][:2])
+  cond = {'token_ids': ids}
+  x_T = jax.random.normal(jax.random.PRNGKey(6), (2, SIZE, SIZE, 3))
+  w = explain_lib.explain_whole_generation(task, params, variables, cond, x_T, num_steps=4,
+                                           token_maps=True)
+  assert w['token_maps'].shape == (2, task.config.bcos.max_tokens, SIZE, SIZE, 3)
+  np.testing.assert_allclose(w['token_maps'].sum((2, 3, 4)), w['token_contributions'],
+                             rtol=1e-4, atol=1e-5)
+  assert np.all(w['token_maps'][~(np.asarray(ids) != 0)] == 0)
+  np.testing.assert_allclose(w['samples'], task.sample(params, variables, cond, x_T, 4),
+                             rtol=1e-5, atol=1e-5)
+  assert np.all(w['completeness_error'] < 1e-4) and np.all(w['sum_error'] < 1e-4)
+  summed = (w['noise_contributions'].sum((1, 2, 3)) + w['constant_contribution']
+            + w['time_contribution'] + w['token_contributions'].sum(-1))
+  np.testing.assert_allclose(summed, w['samples'].sum((1, 2, 3)), rtol=1e-4, atol=1e-4)
+  mask = np.asarray(ids) != 0
+  assert np.all(w['token_relevance'] >= 0) and np.all(w['token_relevance'][~mask] == 0)
+  np.testing.assert_allclose(w['token_relevance'].sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(sum(w['shares'].values()), 1.0, rtol=1e-5)
+  assert np.all(np.abs(w['token_contributions'][mask]) > 0)
+
+  one = explain_lib.explain_whole_generation(task, params, variables, cond, x_T, num_steps=1)
+  step = explain_lib.explain_generation(task, params, variables, cond, x_T, num_steps=1, steps='all')
+  np.testing.assert_allclose(one['samples'], step['x0_hat'][0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(one['token_contributions'], step['token_contributions'][0],
+                             rtol=1e-4, atol=1e-6)
+  image_c = step['image_contributions'][0].sum((1, 2, 3))
+  np.testing.assert_allclose(one['noise_contributions'].sum((1, 2, 3)) + one['constant_contribution'],
+                             image_c, rtol=1e-4, atol=1e-5)
+
+
 def test_explain_workdir_writes_reports(tmp_path, text_task, trained):
   config = tiny_config(explain_prompts='a large red circle in the top left on a dark background; '
                        'a small blue square in the bottom right on a light background',
@@ -216,6 +251,12 @@ def test_explain_workdir_writes_reports(tmp_path, text_task, trained):
   assert p['tokens'][:4] == ['a', 'large', 'red', 'circle']
   np.testing.assert_allclose(sum(p['relevance']), 1.0, rtol=1e-5)
   assert s['content_word_relevance'] is not None and s['function_word_relevance'] is not None
+  # The whole-generation explanation (bcos.explain_whole, on by default) is in every report.
+  g = s['generation']
+  assert g['completeness_error'] < 1e-4
+  assert set(g['input_shares']) == {'noise', 'constant', 'time', 'tokens'}
+  np.testing.assert_allclose(sum(p['generation']['relevance']), 1.0, rtol=1e-5)
+  assert len(p['generation']['relevance']) == len(p['tokens'])
 
 
 def test_followed_words_and_adherence():

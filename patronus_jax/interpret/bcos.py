@@ -15,14 +15,19 @@ The explained output is x̂0 (the model's prediction of the clean image at that 
 eps-model x̂0 = (x_t - sqrt(1 - ᾱ) ε̂) / sqrt(ᾱ) with x_t = image[:C] - image[C:], linear in the
 encoded image, so it is W'(x) x over the same inputs) or the raw network output.
 
+The whole generation (`explain_whole_generation`): with deterministic DDIM the final image x_0
+is itself W_chain x over (x_T, the colour encoding's constant, the time vectors, the tokens),
+every step's factors frozen; one linearisation of the sampling loop explains it exactly
+(optionally with every token's contribution map over the pixels of x_0).
+
 Token relevance (poster): S_i = |C_i| / Σ_j |C_j| over the valid tokens of the prompt.
 Contribution maps (B-cos convention): R = max(W / max_c |W|, 0) per pixel; colour =
 R_rgb / (R_rgb + R_(1-rgb)); opacity = ||W|| over channels where the pixel's contribution is
 positive, scaled to its 99.5th percentile.
 
 `explain_workdir(config, workdir, params, variables)` generates from prompts, explains the
-chosen sampling steps and writes `workdir/explain/` (report.json, one PNG + JSON per prompt,
-samples.png).
+chosen sampling steps (and, with `bcos.explain_whole`, the whole generation: the 'generation'
+entries) and writes `workdir/explain/` (report.json, one PNG + JSON per prompt, samples.png).
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from patronus_jax import diffusion
 from patronus_jax import io as pio
 from patronus_jax import text as text_lib
 from patronus_jax.models.bcos_config import parse_steps
-from patronus_jax.models.bcos_unet import ExplainedInputs, decode_colors
+from patronus_jax.models.bcos_unet import ExplainedInputs, decode_colors, encode_colors
 
 Array = jax.Array
 
@@ -270,6 +276,80 @@ def _jit_explain(task, target):
   return jax.jit(run)
 
 
+def explain_whole_generation(task, params, variables: dict, cond: dict, x_T: Array, *,
+                             num_steps: int = 0, token_maps: bool = False) -> dict:
+  """Explains the final image of a deterministic DDIM generation as one W x.
+
+  With eta = 0 every DDIM step is linear in (x_t, ε̂) and, in explanation mode, ε̂ is W(x) x over
+  the step's inputs; the colour encoding [(x + 1)/2, (1 - x)/2] is linear in (x, 1). So the
+  whole chain x_T -> x_0 is linear in (x_T, the encoding's constant 1, a scale of the time
+  vectors, the tokens) with every step's dynamic factors frozen at the generation's values:
+  x_0 = W_chain (x_T, 1, 1, tokens), and a token's contribution sums what it adds at every step
+  and everything that carries it forward (the poster's summary of the complete diffusion
+  process). Each step is rematerialised in the linearisation (memory: the trajectory, not every
+  step's activations).
+
+  Returns numpy arrays: samples (B, H, W, C); noise_contributions (B, H, W, C) of x_T;
+  constant_contribution, time_contribution (B,); token_contributions, token_relevance (B, L);
+  token_mask (B, L); shares {noise, constant, time, tokens} (B,); total (B,) = Σ x_0;
+  completeness_error (B,) = ||W x - x_0|| / ||x_0||; sum_error (B,).
+  With `token_maps`, also token_maps (B, L, H, W, C): each token's contribution to every pixel
+  and channel of x_0 (one more jvp per token slot; Σ over h, w, c gives token_contributions).
+  """
+  num_steps = num_steps or task.config.diffusion.sample_steps
+  return jax.device_get(_jit_whole(task, num_steps, token_maps)(params, variables, cond, x_T))
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_whole(task, num_steps, token_maps=False):
+
+  def run(params, variables, cond, x_T):
+    apply = lambda *a, **k: task.model.apply({'params': params, **variables}, *a, **k)
+    b = x_T.shape[0]
+    first = apply(x_T, jnp.zeros((b,), jnp.int32), cond, method='inputs')
+    mask = first.token_mask
+
+    def chain(x_T, one, tau, tokens):
+      @jax.checkpoint
+      def denoise(x_t, t):
+        inp = apply(x_t, t, cond, method='inputs')
+        image = encode_colors(x_t.astype(jnp.float32), one[:, None, None, None])
+        return apply(image, tau[:, None] * inp.time, tokens, mask, inp.abar, explain=True,
+                     method='network')
+      return diffusion.ddim_sample(denoise, task.schedule, x_T, num_steps=num_steps, eta=0.0,
+                                   prediction=task.prediction)
+
+    primals = (x_T.astype(jnp.float32), jnp.ones((b,)), jnp.ones((b,)), first.tokens)
+    y, f_jvp = jax.linearize(chain, *primals)
+    g_x, g_one, g_tau, g_tok = jax.linear_transpose(f_jvp, *primals)(jnp.ones_like(y))
+    reconstruction = f_jvp(*primals)
+    axes = tuple(range(1, y.ndim))
+    noise_c = primals[0] * g_x
+    const_c, time_c = primals[1] * g_one, primals[2] * g_tau
+    token_c = jnp.sum(primals[3] * g_tok, axis=-1) * mask
+    groups = dict(noise=jnp.sum(noise_c, axis=axes), constant=const_c, time=time_c,
+                  tokens=jnp.sum(token_c, axis=-1))
+    tiny = jnp.finfo(jnp.float32).tiny
+    denom = jnp.maximum(sum(jnp.abs(v) for v in groups.values()), tiny)
+    total = jnp.sum(y, axis=axes)
+    extra = {}
+    if token_maps:
+      zeros = [jnp.zeros_like(p) for p in primals[:3]]
+      slots = jnp.arange(primals[3].shape[1])
+      one_token = lambda i: f_jvp(*zeros, primals[3] * (slots == i)[None, :, None])
+      extra['token_maps'] = jnp.moveaxis(jax.lax.map(one_token, slots), 0, 1)
+    return dict(**extra,
+        samples=y, noise_contributions=noise_c, constant_contribution=const_c,
+        time_contribution=time_c, token_contributions=token_c,
+        token_relevance=token_relevance(token_c, mask), token_mask=mask,
+        shares={k: jnp.abs(v) / denom for k, v in groups.items()}, total=total,
+        completeness_error=(jnp.sqrt(jnp.sum(jnp.square(reconstruction - y), axis=axes))
+                            / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(y), axis=axes)), tiny)),
+        sum_error=jnp.abs(sum(groups.values()) - total) / jnp.maximum(jnp.sum(jnp.abs(y), axis=axes), tiny))
+
+  return jax.jit(run)
+
+
 # ----------------------------------------------------------------------------- reports
 
 def followed_words(prompt: str, predicted: dict[str, int], attribute_names: Sequence[str],
@@ -296,20 +376,40 @@ def prompt_report(words: Sequence[str], relevance: np.ndarray, shares: dict,
                   timesteps: np.ndarray) -> dict:
   """JSON-ready report of one prompt. relevance: (S, L) over its valid tokens."""
   mean_rel = relevance.mean(axis=0)
-  by_word: dict[str, float] = {}
-  for w, r in zip(words, mean_rel):
-    by_word[w] = by_word.get(w, 0.0) + float(r)
-  # <s> (text.START) is neither: it is reported in `relevance` and `relevance_by_word` only.
-  content = [float(r) for w, r in zip(words, mean_rel)
-             if w not in text_lib.FUNCTION_WORDS and w != text_lib.START]
-  function = [float(r) for w, r in zip(words, mean_rel) if w in text_lib.FUNCTION_WORDS]
   return dict(
-      tokens=list(words), relevance=[float(r) for r in mean_rel], relevance_by_word=by_word,
+      tokens=list(words), **_word_relevance(words, mean_rel),
       relevance_per_step=relevance.tolist(), steps=steps.tolist(), timesteps=timesteps.tolist(),
-      content_word_relevance=float(np.mean(content)) if content else None,
-      function_word_relevance=float(np.mean(function)) if function else None,
       input_shares={k: float(np.mean(v)) for k, v in shares.items()},
       completeness_error=float(np.max(completeness)), sum_error=float(np.max(sum_error)))
+
+
+def _word_relevance(words: Sequence[str], relevance: np.ndarray) -> dict:
+  """relevance per token, summed per word, and the mean over content / function words."""
+  by_word: dict[str, float] = {}
+  for w, r in zip(words, relevance):
+    by_word[w] = by_word.get(w, 0.0) + float(r)
+  # <s> (text.START) is neither: it is reported in `relevance` and `relevance_by_word` only.
+  content = [float(r) for w, r in zip(words, relevance)
+             if w not in text_lib.FUNCTION_WORDS and w != text_lib.START]
+  function = [float(r) for w, r in zip(words, relevance) if w in text_lib.FUNCTION_WORDS]
+  return dict(relevance=[float(r) for r in relevance], relevance_by_word=by_word,
+              content_word_relevance=float(np.mean(content)) if content else None,
+              function_word_relevance=float(np.mean(function)) if function else None)
+
+
+def _relevance_summary(reports: Sequence[dict]) -> dict:
+  """Means over prompts of the content / function word relevance and of every word's."""
+  content = [r['content_word_relevance'] for r in reports if r['content_word_relevance'] is not None]
+  function = [r['function_word_relevance'] for r in reports if r['function_word_relevance'] is not None]
+  by_word: dict[str, list[float]] = {}
+  for r in reports:
+    for w, v in zip(r['tokens'], r['relevance']):
+      by_word.setdefault(w, []).append(v)
+  return dict(
+      content_word_relevance=float(np.mean(content)) if content else None,
+      function_word_relevance=float(np.mean(function)) if function else None,
+      mean_relevance_by_word={w: float(np.mean(v)) for w, v in
+                              sorted(by_word.items(), key=lambda kv: -np.mean(kv[1]))})
 
 
 def default_prompts(config, num: int) -> list[str]:
@@ -326,20 +426,26 @@ def default_prompts(config, num: int) -> list[str]:
                                getattr(info, 'attribute_values', None))
 
 
+def prompt_noise(config, num: int, seed: int) -> Array:
+  """x_T of the generations `explain_prompts` explains (one per prompt, from `seed`)."""
+  size, channels = config.data.image_size, config.data.channels
+  return jax.random.normal(jax.random.PRNGKey(seed), (num, size, size, channels))
+
+
 def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, seed: int = 0,
                     num_steps: int = 0, steps: Any = 'all', target: str = 'x0',
                     classifier=None, attribute_names=None, attribute_values=None,
-                    num_maps: int = 4) -> tuple[dict, list[np.ndarray], dict]:
+                    num_maps: int = 4, whole: bool = False) -> tuple[dict, list[np.ndarray], dict]:
   """Generates one image per prompt, explains it and builds the reports.
 
+  `whole`: also explain each final image as a whole (`explain_whole_generation`); every prompt
+  report and the summary then get a 'generation' entry with its relevance and completeness.
   Returns (report, per-prompt PNG arrays, raw explanation arrays).
   """
   if task.conditioning != 'text':
     raise ValueError("explain_prompts needs bcos.conditioning='text'")
   ids = task.encode_prompts(prompts)
-  c = task.config.data.channels
-  s = task.config.data.image_size
-  x_T = jax.random.normal(jax.random.PRNGKey(seed), (len(prompts), s, s, c))
+  x_T = prompt_noise(task.config, len(prompts), seed)
   raw = explain_generation(task, params, variables, {'token_ids': jnp.asarray(ids)}, x_T,
                            num_steps=num_steps, steps=steps, target=target)
   predicted = None
@@ -374,23 +480,37 @@ def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, se
                               f'"{prompt}"  completeness error {rep["completeness_error"]:.1e}',
                               followed, signed_maps=signed))
     reports.append(rep)
-  content = [r['content_word_relevance'] for r in reports if r['content_word_relevance'] is not None]
-  function = [r['function_word_relevance'] for r in reports if r['function_word_relevance'] is not None]
-  by_word: dict[str, list[float]] = {}
-  for r in reports:
-    for w, v in zip(r['tokens'], r['relevance']):
-      by_word.setdefault(w, []).append(v)
   summary = dict(
       num_prompts=len(prompts), target=target, num_sampling_steps=int(num_steps or task.config.diffusion.sample_steps),
       explained_steps=raw['steps'].tolist(),
       completeness_error=float(np.max(raw['completeness_error'])),
       sum_error=float(np.max(raw['sum_error'])),
-      content_word_relevance=float(np.mean(content)) if content else None,
-      function_word_relevance=float(np.mean(function)) if function else None,
-      mean_relevance_by_word={w: float(np.mean(v)) for w, v in sorted(by_word.items(), key=lambda kv: -np.mean(kv[1]))},
+      **_relevance_summary(reports),
       input_shares={k: float(np.mean(v)) for k, v in raw['shares'].items()},
   )
+  if whole:
+    summary['generation'] = _explain_prompts_whole(task, params, variables, ids, x_T, num_steps,
+                                                   reports, raw)
   return dict(summary=summary, prompts=reports), pngs, raw
+
+
+def _explain_prompts_whole(task, params, variables, ids, x_T, num_steps, reports, raw) -> dict:
+  """Adds the whole-generation explanation to every prompt report; returns its summary."""
+  w = explain_whole_generation(task, params, variables, {'token_ids': jnp.asarray(ids)}, x_T,
+                               num_steps=num_steps)
+  raw['generation'] = w
+  per_prompt = []
+  for b, rep in enumerate(reports):
+    valid = np.asarray(w['token_mask'][b], bool)
+    g = dict(tokens=rep['tokens'], **_word_relevance(rep['tokens'], w['token_relevance'][b][valid]),
+             input_shares={k: float(v[b]) for k, v in w['shares'].items()},
+             completeness_error=float(w['completeness_error'][b]),
+             sum_error=float(w['sum_error'][b]))
+    rep['generation'] = {k: v for k, v in g.items() if k != 'tokens'}
+    per_prompt.append(g)
+  return dict(completeness_error=float(np.max(w['completeness_error'])),
+              sum_error=float(np.max(w['sum_error'])), **_relevance_summary(per_prompt),
+              input_shares={k: float(np.mean(v)) for k, v in w['shares'].items()})
 
 
 def explain_workdir(config, workdir: str, params, variables: dict, classifier=None,
@@ -418,8 +538,11 @@ def explain_workdir(config, workdir: str, params, variables: dict, classifier=No
   report, pngs, raw = explain_prompts(
       task, params, variables, prompts, seed=config.seed, num_steps=bc.explain_sample_steps,
       steps=bc.explain_steps, target=bc.explain_target, classifier=classifier,
-      attribute_names=names, attribute_values=values)
-  report['summary']['completeness_ok'] = report['summary']['completeness_error'] <= bc.completeness_tolerance
+      attribute_names=names, attribute_values=values, whole=bc.explain_whole)
+  errors = [report['summary']['completeness_error']]
+  if 'generation' in report['summary']:
+    errors.append(report['summary']['generation']['completeness_error'])
+  report['summary']['completeness_ok'] = max(errors) <= bc.completeness_tolerance
   out = os.path.join(workdir, 'explain')
   os.makedirs(out, exist_ok=True)
   from PIL import Image  # pylint: disable=g-import-not-at-top

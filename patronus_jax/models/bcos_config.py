@@ -51,6 +51,7 @@ def bcos_config() -> ml_collections.ConfigDict:
       explain_target='x0',  # what is explained: 'x0' (the predicted clean image) or 'output' (eps / x0 head)
       explain_steps='all',  # sampling steps to explain: 'all', 'last', or comma-separated step indices
       explain_sample_steps=0,  # DDIM steps of the explained generations; 0 = diffusion.sample_steps
+      explain_whole=True,  # also explain each final image over the whole DDIM chain (report 'generation')
       explain_prompts='',  # ';'-separated prompts; '' = captions of the eval split
       num_explain=8,  # generations explained (prompts taken in order)
       completeness_tolerance=1e-3,  # relative completeness error above which the report warns
@@ -111,8 +112,9 @@ def validate_bcos_config(bcos) -> None:
     _fail(f"config field 'bcos.sigma_data' must be positive, got {bcos.sigma_data}")
   if not 0.0 <= bcos.token_dropout < 1.0:
     _fail(f"config field 'bcos.token_dropout' must be in [0, 1), got {bcos.token_dropout}")
-  if not isinstance(bcos.start_token, bool):
-    _fail(f"config field 'bcos.start_token' must be True or False, got {bcos.start_token!r}")
+  for name in ('start_token', 'explain_whole'):
+    if not isinstance(bcos[name], bool):
+      _fail(f"config field 'bcos.{name}' must be True or False, got {bcos[name]!r}")
   if bcos.vocab_max_size < 0:
     _fail(f"config field 'bcos.vocab_max_size' must be >= 0, got {bcos.vocab_max_size}")
   if bcos.conditioning == 'external' and bcos.external_dim < 1:

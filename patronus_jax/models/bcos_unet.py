@@ -45,10 +45,14 @@ Dtype = Any
 Array = jax.Array
 
 
-def encode_colors(x: Array) -> Array:
-  """[-1, 1] images (..., C) -> [(1 + x) / 2, (1 - x) / 2]: (..., 2C)."""
-  u = (x + 1.0) / 2.0
-  return jnp.concatenate([u, 1.0 - u], axis=-1)
+def encode_colors(x: Array, one: Any = 1.0) -> Array:
+  """[-1, 1] images (..., C) -> [(1 + x) / 2, (1 - x) / 2]: (..., 2C).
+
+  `one` is the encoding's constant; an explanation of a whole generation passes it as an
+  explained input (broadcastable to x), so that the affine encoding is linear in (x, one).
+  """
+  u = (x + one) / 2.0
+  return jnp.concatenate([u, one - u], axis=-1)
 
 
 def decode_colors(encoded: Array) -> Array:
