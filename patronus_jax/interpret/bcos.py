@@ -332,20 +332,21 @@ def _jit_whole(task, num_steps, token_maps=False):
     tiny = jnp.finfo(jnp.float32).tiny
     denom = jnp.maximum(sum(jnp.abs(v) for v in groups.values()), tiny)
     total = jnp.sum(y, axis=axes)
-    extra = {}
-    if token_maps:
-      zeros = [jnp.zeros_like(p) for p in primals[:3]]
-      slots = jnp.arange(primals[3].shape[1])
-      one_token = lambda i: f_jvp(*zeros, primals[3] * (slots == i)[None, :, None])
-      extra['token_maps'] = jnp.moveaxis(jax.lax.map(one_token, slots), 0, 1)
-    return dict(**extra,
+    out = dict(
         samples=y, noise_contributions=noise_c, constant_contribution=const_c,
         time_contribution=time_c, token_contributions=token_c,
         token_relevance=token_relevance(token_c, mask), token_mask=mask,
         shares={k: jnp.abs(v) / denom for k, v in groups.items()}, total=total,
         completeness_error=(jnp.sqrt(jnp.sum(jnp.square(reconstruction - y), axis=axes))
                             / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(y), axis=axes)), tiny)),
-        sum_error=jnp.abs(sum(groups.values()) - total) / jnp.maximum(jnp.sum(jnp.abs(y), axis=axes), tiny))
+        sum_error=(jnp.abs(sum(groups.values()) - total)
+                   / jnp.maximum(jnp.sum(jnp.abs(y), axis=axes), tiny)))
+    if token_maps:  # one jvp per token slot, everything else zero
+      zeros = [jnp.zeros_like(p) for p in primals[:3]]
+      slots = jnp.arange(primals[3].shape[1])
+      one_token = lambda i: f_jvp(*zeros, primals[3] * (slots == i)[None, :, None])
+      out['token_maps'] = jnp.moveaxis(jax.lax.map(one_token, slots), 0, 1)
+    return out
 
   return jax.jit(run)
 
