@@ -139,10 +139,7 @@ def train_step(state: TrainState, batch: dict, *, task: Task, tx: optax.Gradient
                ema_decay: float):
   """One optimizer step: (state, batch) -> (state, metrics). Pure; jit it."""
   key = jax.random.fold_in(state.rng, state.step)
-
-  def loss(params):
-    return task.loss_fn(params, {**state.variables, **_extras_collection(state)}, batch, key, True)
-
+  loss = functools.partial(training_loss, task=task, state=state, batch=batch, key=key)
   (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -153,6 +150,11 @@ def train_step(state: TrainState, batch: dict, *, task: Task, tx: optax.Gradient
     ema = params
   metrics = {**metrics, 'loss': value, 'grad_norm': optax.global_norm(grads)}
   return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+
+
+def training_loss(params, *, task: Task, state: TrainState, batch: dict, key: jax.Array):
+  """(loss, metrics) of `params` on `batch` in training mode: what `train_step` differentiates."""
+  return task.loss_fn(params, {**state.variables, **_extras_collection(state)}, batch, key, True)
 
 
 def _extras_collection(state: TrainState) -> dict:
