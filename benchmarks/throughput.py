@@ -19,7 +19,6 @@ only XLA's estimates (memory, FLOPs), e.g. for CheXpert 224x224 with and without
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import json
 import os
@@ -210,16 +209,11 @@ def main(argv=None):
                            'too large to run here, with and without --remat)')
   args = parser.parse_args(argv)
   from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  overrides = {}
-  for item in args.set:
-    field, sep, value = item.partition('=')
-    if not sep:
-      parser.error(f'--set expects FIELD=VALUE, got {item!r}')
-    try:
-      overrides[field] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      overrides[field] = value  # a path or other text
-  config = config_lib.load(args.config, overrides)
+  try:
+    overrides = config_lib.parse_set_flags(args.set)
+  except config_lib.ConfigError as e:
+    parser.error(str(e))
+  config = config_lib.load(args.config, text_overrides=overrides)
   remats = {'off': [False], 'on': [True], 'both': [False, True]}[args.remat]
   dev = jax.devices()[0]
   print(f'# {args.config}: {config.data.image_size}x{config.data.image_size}x{config.data.channels}, '

@@ -138,10 +138,10 @@ def main(argv):
 
   t0 = time.time()
   prompts = captions[:_NUM_EXPLAIN.value]
-  report, pngs, _ = explain_lib.explain_prompts(
+  report, pngs, raw = explain_lib.explain_prompts(
       task, params, variables, prompts, seed=config.seed + 1, steps='all', target='x0',
       classifier=classifier, attribute_names=info.attribute_names,
-      attribute_values=info.attribute_values, whole=True)
+      attribute_values=info.attribute_values, whole=True, token_maps=True)
   timings['explain_s'] = time.time() - t0
   out_dir = os.path.join(workdir, 'explain')
   os.makedirs(out_dir, exist_ok=True)
@@ -153,11 +153,8 @@ def main(argv):
   whole_relevance = word_relevance(report['prompts'], whole=True)
   # Is a word's small S_i a cancellation inside the signed sum over pixels? Its share of the
   # pixel-wise contribution mass Σ_hwc |contribution| answers that (same generations).
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  w = raw['generation']
   ids = task.encode_prompts(prompts)
-  w = explain_lib.explain_whole_generation(
-      task, params, variables, {'token_ids': jnp.asarray(ids)},
-      explain_lib.prompt_noise(config, len(prompts), seed=config.seed + 1), token_maps=True)
   mass = np.abs(w['token_maps']).sum(axis=(2, 3, 4))
   mass_reports = []
   for b, r in enumerate(report['prompts']):

@@ -363,11 +363,39 @@ def set_field(config: ConfigDict, dotted: str, value) -> None:
   node[leaf] = value
 
 
-def load(spec: str, overrides: dict | None = None) -> ConfigDict:
+def set_field_from_text(config: ConfigDict, dotted: str, text: str) -> None:
+  """`set_field` for a command-line string: a Python literal where the field takes one, else
+  the text itself (e.g. a path field given '2024')."""
+  import ast  # pylint: disable=g-import-not-at-top
+  try:
+    parsed = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    parsed = text
+  try:
+    set_field(config, dotted, parsed)
+  except TypeError:
+    if parsed is text:
+      raise
+    set_field(config, dotted, text)
+
+
+def parse_set_flags(items) -> dict[str, str]:
+  """['FIELD=VALUE', ...] (repeated --set flags) -> {FIELD: VALUE}; ConfigError on a bad item."""
+  out = {}
+  for item in items:
+    field, sep, value = item.partition('=')
+    if not sep:
+      raise ConfigError(f'--set {item!r}: expected FIELD=VALUE')
+    out[field.strip()] = value.strip()
+  return out
+
+
+def load(spec: str, overrides: dict | None = None, text_overrides: dict | None = None) -> ConfigDict:
   """Loads 'configs/<name>.py[:variant]' like --config does, applies dotted overrides, validates.
 
   For notebooks, scripts and benchmarks:
     config = load('configs/quickstart.py', {'train.num_steps': 100})
+  `text_overrides` take command-line strings (`set_field_from_text`).
   """
   import importlib.util  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
@@ -381,4 +409,6 @@ def load(spec: str, overrides: dict | None = None) -> ConfigDict:
   config = module.get_config(arg or None)
   for dotted, value in (overrides or {}).items():
     set_field(config, dotted, value)
+  for dotted, text in (text_overrides or {}).items():
+    set_field_from_text(config, dotted, text)
   return validate(config)

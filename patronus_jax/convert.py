@@ -492,20 +492,10 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
 
 
 def _set_field(cfg, dotted: str, value: str) -> None:
-  """`config.set_field` for a --set string: a Python literal where the field takes one, else the text."""
-  import ast  # pylint: disable=g-import-not-at-top
+  """`config.set_field_from_text`, its errors as ConversionError naming the --set flag."""
   from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
-    parsed = ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    parsed = value
-  try:
-    try:
-      config_lib.set_field(cfg, dotted, parsed)
-    except TypeError:
-      if parsed is value:
-        raise
-      config_lib.set_field(cfg, dotted, value)  # e.g. a path field given '2024'
+    config_lib.set_field_from_text(cfg, dotted, value)
   except (config_lib.ConfigError, TypeError) as e:
     raise ConversionError(f'--set {dotted}={value}: {e}') from e
 
@@ -532,12 +522,11 @@ def main(argv=None) -> int:
     return 0 if ok else 1
   if not (args.checkpoint and args.official_config and args.workdir):
     parser.error('give --verify_fixture, or --checkpoint, --official_config and --workdir')
-  overrides = {}
-  for item in args.set:
-    field, sep, value = item.partition('=')
-    if not sep:
-      parser.error(f'--set {item!r}: expected FIELD=VALUE')
-    overrides[field.strip()] = value.strip()
+  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    overrides = config_lib.parse_set_flags(args.set)
+  except config_lib.ConfigError as e:
+    parser.error(str(e))
   import_official(args.checkpoint, args.official_config, args.workdir, args.latent_checkpoint,
                   overrides)
   print(f'wrote {args.workdir}')

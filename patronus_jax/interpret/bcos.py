@@ -436,11 +436,13 @@ def prompt_noise(config, num: int, seed: int) -> Array:
 def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, seed: int = 0,
                     num_steps: int = 0, steps: Any = 'all', target: str = 'x0',
                     classifier=None, attribute_names=None, attribute_values=None,
-                    num_maps: int = 4, whole: bool = False) -> tuple[dict, list[np.ndarray], dict]:
+                    num_maps: int = 4, whole: bool = False,
+                    token_maps: bool = False) -> tuple[dict, list[np.ndarray], dict]:
   """Generates one image per prompt, explains it and builds the reports.
 
-  `whole`: also explain each final image as a whole (`explain_whole_generation`); every prompt
-  report and the summary then get a 'generation' entry with its relevance and completeness.
+  `whole`: also explain each final image as a whole (`explain_whole_generation`, its arrays in
+  raw['generation'], with `token_maps` also the per-token maps); every prompt report and the
+  summary then get a 'generation' entry with its relevance and completeness.
   Returns (report, per-prompt PNG arrays, raw explanation arrays).
   """
   if task.conditioning != 'text':
@@ -491,14 +493,15 @@ def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, se
   )
   if whole:
     summary['generation'] = _explain_prompts_whole(task, params, variables, ids, x_T, num_steps,
-                                                   reports, raw)
+                                                   reports, raw, token_maps)
   return dict(summary=summary, prompts=reports), pngs, raw
 
 
-def _explain_prompts_whole(task, params, variables, ids, x_T, num_steps, reports, raw) -> dict:
+def _explain_prompts_whole(task, params, variables, ids, x_T, num_steps, reports, raw,
+                           token_maps) -> dict:
   """Adds the whole-generation explanation to every prompt report; returns its summary."""
   w = explain_whole_generation(task, params, variables, {'token_ids': jnp.asarray(ids)}, x_T,
-                               num_steps=num_steps)
+                               num_steps=num_steps, token_maps=token_maps)
   raw['generation'] = w
   per_prompt = []
   for b, rep in enumerate(reports):
