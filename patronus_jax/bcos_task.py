@@ -124,8 +124,8 @@ class BcosTask:
     if self.conditioning == 'text':
       ids = batch['token_ids']
       p = self.config.bcos.token_dropout
-      if train and p > 0 and key is not None:
-        drop = jax.random.bernoulli(key, p, ids.shape)
+      if train and (p > 0 or self.config.bcos.token_subsample > 0) and key is not None:
+        drop = jax.random.uniform(key, ids.shape) < self.drop_probability(ids)
         if self.tokenizer.start_id is not None:
           drop &= ids != self.tokenizer.start_id  # the start token is always there
         ids = jnp.where(drop, 0, ids)
@@ -135,6 +135,21 @@ class BcosTask:
     if self.conditioning == 'prototypes':
       return {'s': batch['s']} if 's' in batch else {'x0': batch['image']}
     return {}
+
+  def drop_probability(self, ids: jax.Array) -> jax.Array:
+    """Training word-dropout probability of every token of `ids` (B, L): `token_dropout`, raised
+    for words frequent in this batch's captions when `token_subsample` = t > 0 (word2vec's
+    subsampling, 1 - sqrt(t / f) for a word in a fraction f of the captions). The batch's own
+    frequencies need no pass over the data; under a data-parallel mesh f is the global batch's."""
+    p = jnp.float32(self.config.bcos.token_dropout)
+    t = self.config.bcos.token_subsample
+    if t <= 0:
+      return jnp.full(ids.shape, p)
+    vocab = self.tokenizer.vocab_size
+    present = jnp.zeros((ids.shape[0], vocab), jnp.float32).at[
+        jnp.arange(ids.shape[0])[:, None], ids].max(1.0)  # captions containing each word
+    freq = jnp.mean(present, axis=0)[ids]  # (B, L); > 0 for every word present
+    return jnp.maximum(p, 1.0 - jnp.sqrt(t / jnp.maximum(freq, 1e-6)))
 
   def init_variables(self, key: jax.Array, batch: dict) -> dict:
     x = jnp.asarray(batch['image'])

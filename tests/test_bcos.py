@@ -244,6 +244,7 @@ def test_default_bcos_config_validates_and_has_no_none():
     ('num_groups', 5, 'bcos.num_groups'),
     ('time_dim', 7, 'bcos.time_dim'),
     ('token_dropout', 1.0, 'bcos.token_dropout'),
+    ('token_subsample', 1.5, 'bcos.token_subsample'),
     ('explain_steps', 'some', 'bcos.explain_steps'),
     ('explain_target', 'eps', 'bcos.explain_target'),
     ('completeness_tolerance', 0.0, 'bcos.completeness_tolerance'),

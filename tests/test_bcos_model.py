@@ -329,6 +329,30 @@ def test_word_dropout_only_when_training(text_task):
   np.testing.assert_array_equal(same, ids)
 
 
+def test_frequent_words_are_subsampled():
+  # word2vec's rule on the batch's own frequencies: a word in every caption is dropped with
+  # probability 1 - sqrt(t), one in a fraction f with max(token_dropout, 1 - sqrt(t / f)).
+  task = BcosTask(tiny_config(token_dropout=0.1, token_subsample=0.25, max_tokens=16))
+  ids = np.asarray(task.prepare_batch(shapes_batch(64))['token_ids'])
+  p = np.asarray(task.drop_probability(jnp.asarray(ids)))
+  for word in ('a', 'on', 'background', 'circle', 'red'):
+    i = task.tokenizer.word_id(word)
+    f = np.mean(np.any(ids == i, axis=1))
+    np.testing.assert_allclose(p[ids == i], max(0.1, 1 - np.sqrt(0.25 / f)), rtol=1e-6)
+  np.testing.assert_allclose(p[ids == task.tokenizer.word_id('on')], 0.5, rtol=1e-6)
+  # Over many draws the kept fraction of "on" is 1 - 0.5 and of a colour word about 0.9.
+  on, red = task.tokenizer.word_id('on'), task.tokenizer.word_id('red')
+  kept = {on: [], red: []}
+  for k in range(20):
+    out = np.asarray(task.condition({'token_ids': jnp.asarray(ids)}, jax.random.PRNGKey(k),
+                                    train=True)['token_ids'])
+    for w in kept:
+      kept[w].append(np.sum(out == w) / np.sum(ids == w))
+  assert abs(np.mean(kept[on]) - 0.5) < 0.05 and abs(np.mean(kept[red]) - 0.9) < 0.05
+  off = BcosTask(tiny_config(token_dropout=0.1))
+  np.testing.assert_allclose(np.asarray(off.drop_probability(jnp.asarray(ids))), 0.1)
+
+
 def test_start_token_is_never_dropped():
   task = BcosTask(tiny_config(token_dropout=0.5, start_token=True))
   ids = jnp.asarray(task.prepare_batch(shapes_batch(8))['token_ids'])

@@ -44,6 +44,10 @@ def bcos_config() -> ml_collections.ConfigDict:
       max_tokens=16,  # caption length in words (longer captions are truncated)
       token_positions=False,  # add a learned position vector to every word's embedding
       token_dropout=0.1,  # training: drop each word with this probability
+      # Training: also subsample frequent words (word2vec's rule): a word found in a fraction f
+      # of the batch's captions is dropped with probability max(token_dropout, 1 - sqrt(t / f)).
+      # Words in every caption ("a", "on") then cannot stand in for the biases the network lacks.
+      token_subsample=0.0,  # t; 0 = off
       start_token=False,  # prepend <s> (always present, never dropped) to every caption (text.py)
       vocab_max_size=0,  # datasets without a fixed vocabulary: keep the most frequent words (0: all)
       external_dim=0,  # 'external': width of the precomputed text embeddings (batch['text_embedding'])
@@ -112,6 +116,8 @@ def validate_bcos_config(bcos) -> None:
     _fail(f"config field 'bcos.sigma_data' must be positive, got {bcos.sigma_data}")
   if not 0.0 <= bcos.token_dropout < 1.0:
     _fail(f"config field 'bcos.token_dropout' must be in [0, 1), got {bcos.token_dropout}")
+  if not 0.0 <= bcos.token_subsample <= 1.0:
+    _fail(f"config field 'bcos.token_subsample' must be in [0, 1] (0 = off), got {bcos.token_subsample}")
   for name in ('start_token', 'explain_whole'):
     if not isinstance(bcos[name], bool):
       _fail(f"config field 'bcos.{name}' must be True or False, got {bcos[name]!r}")
