@@ -48,11 +48,11 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
-  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  config = workdir_lib.load_config(args.workdir)
-  model, variables, step = train.load_stage1_variables(config, args.workdir)
+  from patronus_jax.tasks.patronus import sample as sample_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax.tasks.patronus import loading  # pylint: disable=g-import-not-at-top
+  from patronus_jax.core import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_workdir_config(args.workdir)
+  model, variables, step = loading.load_stage1_variables(config, args.workdir)
   real = data.load_arrays(config.data, config.data.eval_split, max_examples=args.num)['image']
   s = sample_lib.encode(model, variables, jnp.asarray(real))
   x_T = jax.random.normal(jax.random.PRNGKey(0), real.shape)

@@ -85,8 +85,9 @@ def memory_of(compiled) -> float:
 def residual_bytes(task, state, gbatch) -> float:
   """Bytes autodiff keeps from the forward pass for the backward pass of one training step
   (shapes only, from tracing: the same on every backend; what rematerialisation reduces)."""
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
-  loss = functools.partial(train.training_loss, task=task, state=state, batch=gbatch,
+  from patronus_jax.core import training as training_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax.tasks.patronus import training as patronus_training  # pylint: disable=g-import-not-at-top
+  loss = functools.partial(training_lib.training_loss, task=task, state=state, batch=gbatch,
                            key=jax.random.PRNGKey(0))
   leaves = jax.eval_shape(lambda p: jax.tree_util.tree_leaves(jax.vjp(loss, p, has_aux=True)[1]),
                           state.params)
@@ -103,21 +104,22 @@ def device_peak_bytes() -> float:
 
 def training_setup(config, batch_size: int, dtype: str = 'float32', remat: bool = False):
   """(task, state, global batch of synthetic images, pure training-step function) for a config."""
-  from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
+  from patronus_jax.core import sharding  # pylint: disable=g-import-not-at-top
+  from patronus_jax.core import training as training_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax.tasks.patronus import training as patronus_training  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   config.train.dtype = dtype
   config.train.batch_size = batch_size
   config.model.remat = remat
-  task = train.PatronusTask(config)
-  settings = train.LoopSettings.from_section(config.train)
-  tx = train.make_optimizer(settings)
+  task = patronus_training.PatronusTask(config)
+  settings = training_lib.LoopSettings.from_section(config.train)
+  tx = training_lib.make_optimizer(settings)
   size, channels = config.data.image_size, config.data.channels
   rng = np.random.default_rng(0)
   batch = {'image': rng.uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)}
   gbatch = sharding.global_batch(batch, sharding.make_mesh(config.mesh))
-  state = jax.jit(functools.partial(train.create_train_state, task, tx))(jax.random.PRNGKey(0), gbatch)
-  step_fn = functools.partial(train.train_step, task=task, tx=tx, ema_decay=settings.ema_decay)
+  state = jax.jit(functools.partial(training_lib.create_train_state, task, tx))(jax.random.PRNGKey(0), gbatch)
+  step_fn = functools.partial(training_lib.train_step, task=task, tx=tx, ema_decay=settings.ema_decay)
   return task, state, gbatch, step_fn
 
 

@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-from patronus_jax import io as pio  # pylint: disable=g-import-not-at-top
+from patronus_jax.core import files as pio  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'bcos_shapes.py'),
@@ -50,7 +50,7 @@ def word_relevance(reports: list[dict], whole: bool = False) -> dict:
   """Mean relevance per token of colour words, shape words, 'a' and 'on' over prompts
   (per-step explanations averaged over steps, or with `whole` the whole-generation one)."""
   groups = {'colour': [], 'shape': [], 'a': [], 'on': [], 'all_content': [], 'all_function': []}
-  from patronus_jax import text  # pylint: disable=g-import-not-at-top
+  from patronus_jax.tasks.bcos import tokenizer as text  # pylint: disable=g-import-not-at-top
   for r in reports:
     for w, s in zip(r['tokens'], r['generation']['relevance'] if whole else r['relevance']):
       if w in CONTENT['colour']:
@@ -103,12 +103,12 @@ def main(argv):
   config = config_lib.validate(_CONFIG.value)
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  from patronus_jax import bcos_task  # pylint: disable=g-import-not-at-top
+  from patronus_jax.tasks.bcos import task as bcos_task  # pylint: disable=g-import-not-at-top
   from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
+  from patronus_jax.core import sharding  # pylint: disable=g-import-not-at-top
   from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
   from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir  # pylint: disable=g-import-not-at-top
-  from patronus_jax.interpret import bcos as explain_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax.tasks.bcos import explain as explain_lib  # pylint: disable=g-import-not-at-top
   timings = {}
 
   t0 = time.time()

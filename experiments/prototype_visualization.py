@@ -39,7 +39,7 @@ _TRAIN = flags.DEFINE_bool('train', True, 'Train the model first if the workdir 
 
 def main(argv):
   del argv
-  from patronus_jax.interpret import experiment  # pylint: disable=g-import-not-at-top
+  from patronus_jax import experiment  # pylint: disable=g-import-not-at-top
   report = experiment.run_parts(_CONFIG.value, _WORKDIR.value, ('visualize',), train_missing=_TRAIN.value)
   vis = report['visualize']
   rows = [{k: p[k] for k in ('prototype', 'target', 'mean_s_reconstruction', 'mean_s_raised', 'mean_gain',

@@ -37,7 +37,7 @@ _TRAIN = flags.DEFINE_bool('train', True, 'Train the model first if the workdir 
 
 def main(argv):
   del argv
-  from patronus_jax.interpret import experiment  # pylint: disable=g-import-not-at-top
+  from patronus_jax import experiment  # pylint: disable=g-import-not-at-top
   report = experiment.run_parts(_CONFIG.value, _WORKDIR.value, ('semantics',), train_missing=_TRAIN.value)
   sem = report['semantics']
   experiment.print_json('reconstruction and variation', sem['reconstruction'])

@@ -45,7 +45,7 @@ _TRAIN = flags.DEFINE_bool('train', True, 'Train the model first if the workdir 
 
 def main(argv):
   del argv
-  from patronus_jax.interpret import experiment  # pylint: disable=g-import-not-at-top
+  from patronus_jax import experiment  # pylint: disable=g-import-not-at-top
   report = experiment.run_parts(_CONFIG.value, _WORKDIR.value, ('diagnosis',), train_missing=_TRAIN.value)
   d = report['diagnosis']
   if 'skipped' in d:

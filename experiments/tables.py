@@ -118,8 +118,8 @@ def render(rows: list[dict], fmt: str) -> str:
 def evaluate_workdir(workdir: str, overrides: list[str]) -> None:
   """Runs --mode=evaluate with the workdir's own config (it skips itself when up to date)."""
   from patronus_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  config = workdir_lib.load_config(workdir)
+  from patronus_jax.core import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_workdir_config(workdir)
   for item in overrides:
     name, _, text = item.partition('=')
     section = config

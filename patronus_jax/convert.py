@@ -23,6 +23,18 @@ import sys
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import jax
+import jax.numpy as jnp
+from patronus_jax.models.prototypes import receptive_field
+from patronus_jax.models.unet import Patronus
+from patronus_jax.models.latent import LatentUNet1D
+from patronus_jax.models import bcos
+from patronus_jax import config as config_lib
+from patronus_jax.data import bias as bias_lib
+from patronus_jax.core import checkpoint as ckpt_lib
+from patronus_jax.models.latent import latent_from_config
+from patronus_jax.models.unet import patronus_from_config
+import argparse
 
 Array = np.ndarray
 
@@ -195,7 +207,6 @@ def variables_from_state_dict(state_dict: Mapping[str, Array], template: Mapping
 
 
 def _template(model, *args):
-  import jax  # pylint: disable=g-import-not-at-top
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args))
   return jax.tree_util.tree_map(lambda x: x, dict(shapes))
 
@@ -208,7 +219,6 @@ def _as_dict(tree):
 
 def import_patronus(state_dict: Mapping[str, Array], model) -> dict:
   """Official `Patronus_Unet` state_dict -> variables {'params', 'buffers'} of `model`."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   size = _image_size_hint(state_dict, model)
   x = jnp.zeros((1, size, size, model.image_channels))
   template = _as_dict(_template(model, x, jnp.zeros((1,), jnp.int32)))
@@ -217,7 +227,6 @@ def import_patronus(state_dict: Mapping[str, Array], model) -> dict:
 
 def _image_size_hint(state_dict, model) -> int:
   """Smallest image the encoder and the U-Net's downsamplings accept (shapes do not depend on it)."""
-  from patronus_jax.models.prototypes import receptive_field  # pylint: disable=g-import-not-at-top
   del state_dict
   size = 2 ** (len(model.channel_mults) - 1)
   while True:
@@ -230,7 +239,6 @@ def _image_size_hint(state_dict, model) -> int:
 
 def import_latent(state_dict: Mapping[str, Array], model, num_prototypes: int) -> dict:
   """Official `UNet1D` state_dict -> variables {'params', 'buffers'} of `model`."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   template = _as_dict(_template(model, jnp.zeros((1, num_prototypes)), jnp.zeros((1,), jnp.int32)))
   return variables_from_state_dict(state_dict, template, latent_key, 'latent UNet1D')
 
@@ -253,7 +261,6 @@ def _state_dict(data) -> dict:
 
 
 def patronus_model_from_fixture_config(cfg: Mapping[str, Any], num_res_blocks: int = 2):
-  from patronus_jax.models.unet import Patronus  # pylint: disable=g-import-not-at-top
   c, _, _ = cfg['img_shape']
   if cfg['enc_channels'][0] != c:
     raise ConversionError(f"fixture enc_channels[0]={cfg['enc_channels'][0]} != image channels {c}")
@@ -267,7 +274,6 @@ def patronus_model_from_fixture_config(cfg: Mapping[str, Any], num_res_blocks: i
 
 
 def latent_model_from_fixture_config(cfg: Mapping[str, Any], pad_to_fit: bool = False):
-  from patronus_jax.models.latent import LatentUNet1D  # pylint: disable=g-import-not-at-top
   return LatentUNet1D(base_channels=cfg['base_channels'], channel_mults=tuple(cfg['channel_mults']),
                       num_res_blocks=cfg['num_res_blocks'], num_timesteps=cfg['timesteps'],
                       pad_to_fit=pad_to_fit)
@@ -283,9 +289,6 @@ def _errors(ours, theirs) -> tuple[float, float]:
 
 
 def _patronus_outputs(data) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from patronus_jax.models.prototypes import receptive_field  # pylint: disable=g-import-not-at-top
   cfg = json.loads(str(data['config']))
   model = patronus_model_from_fixture_config(cfg)
   variables = import_patronus(_state_dict(data), model)
@@ -313,8 +316,6 @@ def _patronus_outputs(data) -> dict:
 
 
 def _latent_outputs(data) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   cfg = json.loads(str(data['config']))
   z = np.asarray(data['in/z'])  # (B, 1, P)
   model = latent_model_from_fixture_config(cfg, pad_to_fit=False)
@@ -330,7 +331,6 @@ def fixture_outputs(data) -> dict:
     return _patronus_outputs(data)
   if kind == 'latent':
     return _latent_outputs(data)
-  from patronus_jax.models import bcos  # pylint: disable=g-import-not-at-top
   return bcos.fixture_outputs(data)
 
 
@@ -400,7 +400,6 @@ _DATASETS = {
 
 def config_from_official(official: Mapping[str, Any], latent_state_dict: Mapping[str, Array] | None = None):
   """Our ConfigDict from an official `config.pickle` ({'BaseConfig', 'ModelConfig', 'TrainingConfig'})."""
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
     base, model, train = official['BaseConfig'], official['ModelConfig'], official['TrainingConfig']
   except (KeyError, TypeError) as e:
@@ -415,7 +414,6 @@ def config_from_official(official: Mapping[str, Any], latent_state_dict: Mapping
   name, variant = _DATASETS.get(ds, (ds, ''))
   cfg.data.name = name or cfg.data.name
   if variant == 'hair_smile':
-    from patronus_jax.data import bias as bias_lib  # pylint: disable=g-import-not-at-top
     bias_lib.set_celeba_hair_smile(cfg)
   cfg.data.image_size = int(h)
   cfg.data.channels = int(c)
@@ -470,10 +468,6 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
   {'data.folder.path': '/data/ffhq256'} (FFHQ and CheXpert are read from image folders);
   values are parsed as Python literals when possible, else kept as strings.
   """
-  from patronus_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.models.latent import latent_from_config  # pylint: disable=g-import-not-at-top
-  from patronus_jax.models.unet import patronus_from_config  # pylint: disable=g-import-not-at-top
   with open(official_config, 'rb') as f:
     official = pickle.load(f)
   latent_sd = state_dict_from_file(latent_checkpoint) if latent_checkpoint else None
@@ -493,7 +487,6 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
 
 def _set_field(cfg, dotted: str, value: str) -> None:
   """`config.set_field_from_text`, its errors as ConversionError naming the --set flag."""
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
     config_lib.set_field_from_text(cfg, dotted, value)
   except (config_lib.ConfigError, TypeError) as e:
@@ -501,7 +494,6 @@ def _set_field(cfg, dotted: str, value: str) -> None:
 
 
 def main(argv=None) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='python -m patronus_jax.convert', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--verify_fixture', action='append', default=[],
@@ -522,7 +514,6 @@ def main(argv=None) -> int:
     return 0 if ok else 1
   if not (args.checkpoint and args.official_config and args.workdir):
     parser.error('give --verify_fixture, or --checkpoint, --official_config and --workdir')
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
     overrides = config_lib.parse_set_flags(args.set)
   except config_lib.ConfigError as e:

@@ -25,12 +25,38 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
+from patronus_jax import config as config_lib
+from patronus_jax.core import sharding
+from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.core.training import Preempted
+from patronus_jax.tasks.bcos import modes as bcos_modes
+from patronus_jax.tasks.patronus import evaluate_mode
+from patronus_jax.tasks.patronus import interpret_mode
+from patronus_jax.tasks.patronus import sample as sample_lib
+from patronus_jax.tasks.patronus import training as patronus_training
+
 FLAGS = flags.FLAGS
-PATRONUS_MODES = ('train', 'train_latent', 'sample', 'interpret', 'evaluate')
-BCOS_MODES = ('train', 'explain', 'evaluate')
-MODES = tuple(dict.fromkeys(PATRONUS_MODES + BCOS_MODES)) + ('all',)
+# What each mode runs, per model type, in the order of --mode=all.
+MODES = {
+    'patronus': {
+        'train': patronus_training.train_stage1,
+        'train_latent': patronus_training.train_latent,
+        'sample': sample_lib.sample_mode,
+        'interpret': interpret_mode.interpret_mode,
+        'evaluate': evaluate_mode.evaluate_mode,
+    },
+    'bcos': {
+        'train': bcos_modes.train_mode,
+        'explain': bcos_modes.explain_mode,
+        'evaluate': bcos_modes.evaluate_mode,
+    },
+}
+PATRONUS_MODES = tuple(MODES['patronus'])
+BCOS_MODES = tuple(MODES['bcos'])
+MODE_NAMES = tuple(dict.fromkeys(PATRONUS_MODES + BCOS_MODES)) + ('all',)
 
 
 def define_flags() -> None:
@@ -42,7 +68,7 @@ def define_flags() -> None:
                                   'workdir that already holds config.json (e.g. an imported checkpoint).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples, figures, metrics.')
-  flags.DEFINE_enum('mode', 'all', list(MODES), 'What to run.')
+  flags.DEFINE_enum('mode', 'all', list(MODE_NAMES), 'What to run.')
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -54,38 +80,14 @@ def modes_for(config, mode: str) -> tuple[str, ...]:
 
 
 def run_mode(mode: str, config, workdir: str, mesh) -> None:
-  """Runs one mode (imports only what it needs)."""
-  if config.model_type == 'bcos':
-    from patronus_jax import bcos_task  # pylint: disable=g-import-not-at-top
-    if mode == 'train':
-      bcos_task.train_mode(config, workdir, mesh)
-    elif mode == 'explain':
-      bcos_task.explain_mode(config, workdir, mesh)
-    elif mode == 'evaluate':
-      bcos_task.evaluate_mode(config, workdir, mesh)
-    else:
-      raise app.UsageError(f"--mode={mode} does not apply to model_type='bcos' "
-                           f'(modes: {", ".join(BCOS_MODES)})')
-    return
-  if mode == 'train':
-    from patronus_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_stage1(config, workdir, mesh)
-  elif mode == 'train_latent':
-    from patronus_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_latent(config, workdir, mesh)
-  elif mode == 'sample':
-    from patronus_jax import sample  # pylint: disable=g-import-not-at-top
-    sample.sample_mode(config, workdir, mesh)
-  elif mode == 'interpret':
-    from patronus_jax import interpret  # pylint: disable=g-import-not-at-top
-    interpret.interpret_mode(config, workdir, mesh)
-  elif mode == 'evaluate':
-    from patronus_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.evaluate_mode(config, workdir, mesh)
-  elif mode == 'explain':
-    raise app.UsageError("--mode=explain needs a B-cos model (config.model_type='bcos')")
-  else:
-    raise app.UsageError(f'unknown mode {mode!r}')
+  """Runs one mode: MODES[config.model_type][mode](config, workdir, mesh)."""
+  modes = MODES[config.model_type]
+  if mode not in modes:
+    other = 'patronus' if config.model_type == 'bcos' else 'bcos'
+    needs = f' (it needs model_type={other!r})' if mode in MODES[other] else ''
+    raise app.UsageError(f"--mode={mode} does not apply to model_type={config.model_type!r}{needs}; "
+                         f'modes: {", ".join(modes)}')
+  modes[mode](config, workdir, mesh)
 
 
 class _LibraryInfoFilter(std_logging.Filter):
@@ -110,12 +112,8 @@ def _log_to_file(workdir: str) -> None:
 
 def run(config, workdir: str, mode: str = 'all') -> None:
   """Programmatic entry (notebooks, tests): validate, set up devices, run the modes."""
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
-  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config_lib.validate(config)
   sharding.initialize_distributed(config.mesh)
-  import jax  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config.mesh)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -132,8 +130,6 @@ def run(config, workdir: str, mode: str = 'all') -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.train import Preempted  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(FLAGS.workdir)
   config = FLAGS.config
   if config is None and not os.path.exists(workdir_lib.config_path(workdir)):
@@ -144,7 +140,7 @@ def main(argv) -> None:
   quiet_library_logs()
   logging.set_verbosity(logging.INFO)
   if config is None:
-    config = workdir_lib.load_config(workdir)
+    config = config_lib.load_workdir_config(workdir)
     logging.info('using the config of %s (config.json)', workdir)
   try:
     run(config, workdir, FLAGS.mode)

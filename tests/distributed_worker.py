@@ -20,8 +20,8 @@ def main():
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from test_train import CountingIterator, ToyTask, toy_settings  # pylint: disable=g-import-not-at-top
   from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
+  from patronus_jax.core import sharding  # pylint: disable=g-import-not-at-top
+  from patronus_jax.core import training as training_lib  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh(config_lib.mesh_config())
   settings = toy_settings(num_steps=4, checkpoint_every=4)
@@ -33,7 +33,7 @@ def main():
       batch = super().__next__()
       return {k: v[process_id * 4:(process_id + 1) * 4] for k, v in batch.items()}
 
-  state = train.run_training(ToyTask(), settings, workdir, lambda: LocalRows(batch=8), seed=0, mesh=mesh)
+  state = training_lib.run_training(ToyTask(), settings, workdir, lambda: LocalRows(batch=8), seed=0, mesh=mesh)
   step = int(state.step.addressable_data(0))
   print(f'DONE step={step} processes={jax.process_count()} devices={jax.device_count()}', flush=True)
 

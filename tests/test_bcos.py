@@ -10,7 +10,7 @@ import pytest
 
 from patronus_jax import config as config_lib
 from patronus_jax import convert
-from patronus_jax import text
+from patronus_jax.tasks.bcos import tokenizer as text
 from patronus_jax.models import bcos
 
 
@@ -273,7 +273,7 @@ def test_unknown_bcos_field_is_rejected():
 
 
 def test_parse_steps():
-  from patronus_jax.models.bcos_config import parse_steps
+  from patronus_jax.tasks.bcos.config import parse_steps
   assert parse_steps('all', 4) == [0, 1, 2, 3]
   assert parse_steps('last', 4) == [3]
   assert parse_steps('0, -1, 2', 10) == [0, 2, 9]

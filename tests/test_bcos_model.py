@@ -14,9 +14,9 @@ import optax
 import pytest
 
 from patronus_jax import config as config_lib
-from patronus_jax.bcos_task import BcosTask, prompt_adherence
+from patronus_jax.tasks.bcos.task import BcosTask, prompt_adherence
 from patronus_jax.data import shapes
-from patronus_jax.interpret import bcos as explain_lib
+from patronus_jax.tasks.bcos import explain as explain_lib
 from patronus_jax.models.bcos_unet import decode_colors, encode_colors
 
 SIZE = 16

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from patronus_jax import diffusion
+from patronus_jax.core import diffusion
 
 
 def test_linear_schedule_closed_form():

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from patronus_jax import evaluate
+from patronus_jax.tasks.patronus import evaluate_mode as evaluate
 from patronus_jax import main as main_lib
 from patronus_jax.data import shapes as shapes_data
-from patronus_jax.evaluate import run as run_lib
+from patronus_jax.tasks.patronus import evaluate_mode as run_lib
 
 
 def _config(data_dir):
@@ -201,7 +201,7 @@ def test_tables_script(evaluated, capsys):
 
 def test_generation_in_quantised_blocks(monkeypatch):
   """Samples are generated block by block (bounded float memory) and kept as 8-bit images."""
-  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax.tasks.patronus import sample as sample_lib  # pylint: disable=g-import-not-at-top
   from configs import shapes  # pylint: disable=g-import-not-at-top
   config = shapes.get_config('tiny')
   config.evaluate.batch_size = 4

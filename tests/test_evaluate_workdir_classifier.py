@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 
-from patronus_jax import evaluate
 from patronus_jax.data import shapes as shapes_data
 from patronus_jax.evaluate import workdir_classifier as wc
 
@@ -36,7 +35,7 @@ def test_trains_caches_and_retrains_on_change(data_dir, tmp_path, monkeypatch):
   train = wc.train_for_config
   monkeypatch.setattr(wc, 'train_for_config', lambda c: calls.append(1) or train(c))
 
-  clf, metrics = evaluate.classifier_for_workdir(config, str(tmp_path))
+  clf, metrics = wc.classifier_for_workdir(config, str(tmp_path))
   assert len(calls) == 1
   assert metrics['path'] == os.path.join(str(tmp_path), 'classifier', 'attribute_classifier.npz')
   assert os.path.exists(metrics['path'])
@@ -46,7 +45,7 @@ def test_trains_caches_and_retrains_on_change(data_dir, tmp_path, monkeypatch):
   assert all(0.0 <= a <= 1.0 for a in metrics['accuracy'].values())
 
   # Same data and settings: loaded, identical parameters, same metrics.
-  clf2, metrics2 = evaluate.classifier_for_workdir(config, str(tmp_path))
+  clf2, metrics2 = wc.classifier_for_workdir(config, str(tmp_path))
   assert len(calls) == 1
   assert metrics2['accuracy'] == metrics['accuracy']
   for a, b in zip(jax.tree.leaves(clf.params), jax.tree.leaves(clf2.params)):
@@ -54,15 +53,15 @@ def test_trains_caches_and_retrains_on_change(data_dir, tmp_path, monkeypatch):
   # Fields that do not change the classifier do not retrain it.
   config.data.read_threads = 1
   config.evaluate.num_samples = 17
-  evaluate.classifier_for_workdir(config, str(tmp_path))
+  wc.classifier_for_workdir(config, str(tmp_path))
   assert len(calls) == 1
 
   # Another data config (or other classifier settings) retrains and replaces it.
   config.evaluate.classifier_max_examples = 160
-  _, metrics3 = evaluate.classifier_for_workdir(config, str(tmp_path))
+  _, metrics3 = wc.classifier_for_workdir(config, str(tmp_path))
   assert len(calls) == 2
   assert metrics3['num_train'] + metrics3['num_holdout'] == 160
-  _, metrics4 = evaluate.classifier_for_workdir(config, str(tmp_path))
+  _, metrics4 = wc.classifier_for_workdir(config, str(tmp_path))
   assert len(calls) == 2 and metrics4['trained_for'] == metrics3['trained_for']
 
 
@@ -75,7 +74,7 @@ def test_concurrent_callers_train_once(data_dir, tmp_path, monkeypatch):
 
   def call():
     try:
-      results.append(evaluate.classifier_for_workdir(config, str(tmp_path))[1])
+      results.append(wc.classifier_for_workdir(config, str(tmp_path))[1])
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
 
@@ -95,5 +94,5 @@ def test_classifier_dir_override(data_dir, tmp_path):
   config = _config(data_dir)
   config.evaluate.classifier_num_steps = 2
   config.evaluate.classifier_dir = str(tmp_path / 'elsewhere')
-  _, metrics = evaluate.classifier_for_workdir(config, str(tmp_path / 'wd'))
+  _, metrics = wc.classifier_for_workdir(config, str(tmp_path / 'wd'))
   assert metrics['path'].startswith(str(tmp_path / 'elsewhere'))

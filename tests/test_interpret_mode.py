@@ -17,9 +17,9 @@ import pytest
 
 from configs import shapes
 from patronus_jax import config as config_lib
-from patronus_jax import io
+from patronus_jax.core import files
 from patronus_jax import main
-from patronus_jax import train
+from patronus_jax.tasks.patronus import loading
 from patronus_jax.models import unet
 
 
@@ -81,7 +81,7 @@ def workdir(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('interpret_tiny'))
   c = tiny_config()
   variables = fixed_variables(c)
-  train.write_imported_state('stage1', wd, c, variables, 'fixed test weights')
+  loading.write_imported_state('stage1', wd, c, variables, 'fixed test weights')
   cards = (3, 3, 4, 2, 4, 2)
   names = ('background', 'shape', 'color', 'size', 'position', 'stripes')
   net = clf_lib.AttributeClassifierNet(cards, (8, 8), 16)
@@ -96,7 +96,7 @@ def test_interpret_mode_writes_report_and_figures(workdir):
   c = tiny_config()
   main.run(c, workdir, 'interpret')
   out = os.path.join(workdir, 'interpret')
-  report = io.read_json(os.path.join(out, 'report.json'))
+  report = files.read_json(os.path.join(out, 'report.json'))
   for part in ('visualize', 'semantics', 'emergence', 'diagnosis'):
     assert part in report and os.path.exists(os.path.join(out, f'{part}.json'))
   expected = {'prototypes.png', 'consistency/prototype_000.png', 'consistency/prototype_005.png',
@@ -126,11 +126,11 @@ def test_interpret_mode_writes_report_and_figures(workdir):
   assert report['summary']['suspected_pairs'] == diag['suspected_pairs']
 
   # Same checkpoint and config: nothing is recomputed.
-  status = io.read_json(os.path.join(workdir, 'status', 'interpret.json'))
+  status = files.read_json(os.path.join(workdir, 'status', 'interpret.json'))
   main.run(c, workdir, 'interpret')
-  again = io.read_json(os.path.join(out, 'report.json'))
+  again = files.read_json(os.path.join(out, 'report.json'))
   assert again['part_seconds'] == report['part_seconds']
-  assert io.read_json(os.path.join(workdir, 'status', 'interpret.json')) == status
+  assert files.read_json(os.path.join(workdir, 'status', 'interpret.json')) == status
 
 
 @pytest.mark.parametrize('field, value, message', [

@@ -19,7 +19,7 @@ from patronus_jax.interpret import core
 from patronus_jax.interpret import semantics
 from patronus_jax.interpret import visualize
 from patronus_jax.models import prototypes as proto_lib
-from patronus_jax.sample import SamplerSpec
+from patronus_jax.core.diffusion import SamplerSpec
 
 SIZE = 16
 COLORS = np.array([[1, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]], np.float32)

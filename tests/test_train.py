@@ -11,11 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from patronus_jax import checkpoint as ckpt_lib
+from patronus_jax.core import checkpoint as ckpt_lib
 from patronus_jax import config as config_lib
-from patronus_jax import sharding
-from patronus_jax import train
-from patronus_jax import workdir as workdir_lib
+from patronus_jax.core import sharding
+from patronus_jax.core import training as training_lib
+from patronus_jax.tasks.patronus import training as patronus_training
+from patronus_jax.core import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,12 +74,12 @@ def toy_settings(**kw):
   args = dict(batch_size=8, num_steps=10, learning_rate=0.05, log_every=2, checkpoint_every=5,
               keep_checkpoints=5)
   args.update(kw)
-  return train.LoopSettings(**args)
+  return training_lib.LoopSettings(**args)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(train.NonFiniteLossError) as e:
-    train.run_training(ToyTask(), toy_settings(), str(tmp_path), lambda: CountingIterator(poison=6),
+  with pytest.raises(training_lib.NonFiniteLossError) as e:
+    training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path), lambda: CountingIterator(poison=6),
                        seed=0, mesh=mesh_of(1))
   assert 'step 7' in str(e.value) and 'step 5' in str(e.value)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(str(tmp_path), 'toy'))
@@ -90,22 +91,22 @@ def test_sigterm_writes_checkpoint_and_resumes(tmp_path):
   def on_batch(k):
     if k == 3:  # the 4th batch: SIGTERM arrives during step 4
       os.kill(os.getpid(), signal.SIGTERM)
-  with pytest.raises(train.Preempted):
-    train.run_training(ToyTask(), toy_settings(), str(tmp_path), lambda: CountingIterator(on_batch=on_batch),
+  with pytest.raises(training_lib.Preempted):
+    training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path), lambda: CountingIterator(on_batch=on_batch),
                        seed=0, mesh=mesh_of(1))
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(str(tmp_path), 'toy'))
   assert ckpt.valid_steps() == [4]
   ckpt.close()
   # Resuming finishes the run with exactly the parameters of an uninterrupted one.
-  resumed = train.run_training(ToyTask(), toy_settings(), str(tmp_path), CountingIterator, seed=0, mesh=mesh_of(1))
-  straight = train.run_training(ToyTask(), toy_settings(), str(tmp_path / 'b'), CountingIterator, seed=0,
+  resumed = training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path), CountingIterator, seed=0, mesh=mesh_of(1))
+  straight = training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path / 'b'), CountingIterator, seed=0,
                                 mesh=mesh_of(1))
   np.testing.assert_array_equal(np.asarray(resumed.params['w']), np.asarray(straight.params['w']))
   assert int(resumed.step) == 10
 
 
 def test_half_written_and_corrupt_checkpoints_are_ignored(tmp_path):
-  train.run_training(ToyTask(), toy_settings(), str(tmp_path), CountingIterator, seed=0, mesh=mesh_of(1))
+  training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path), CountingIterator, seed=0, mesh=mesh_of(1))
   directory = ckpt_lib.stage_dir(str(tmp_path), 'toy')
   # A killed writer's leftovers: a step directory without commit markers, and a temp directory.
   os.makedirs(os.path.join(directory, '15', 'state'))
@@ -118,8 +119,8 @@ def test_half_written_and_corrupt_checkpoints_are_ignored(tmp_path):
     for f in files:
       if root.endswith('d') and len(f) > 20:
         open(os.path.join(root, f), 'wb').write(b'garbage')
-  abstract = jax.eval_shape(lambda: train.create_train_state(
-      ToyTask(), train.make_optimizer(toy_settings()), jax.random.PRNGKey(0),
+  abstract = jax.eval_shape(lambda: training_lib.create_train_state(
+      ToyTask(), training_lib.make_optimizer(toy_settings()), jax.random.PRNGKey(0),
       {'x': jnp.zeros((8, 4)), 'y': jnp.zeros((8,))}))
   abstract = ckpt_lib.abstract_like(abstract, jax.tree_util.tree_map(
       lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract))
@@ -141,12 +142,12 @@ def test_stage1_reduces_loss_and_resume_is_bit_identical(shapes_config, tmp_path
   config.train.num_steps = 30
   config.train.checkpoint_every = 15
   config.train.learning_rate = 2e-3
-  task = train.PatronusTask(config)
+  task = patronus_training.PatronusTask(config)
   mesh = mesh_of(1)
   batch = task.prepare_batch(data.load_arrays(config.data, 'test', max_examples=16))
-  init = train.create_train_state(task, train.make_optimizer(train.LoopSettings.from_section(config.train)),
+  init = training_lib.create_train_state(task, training_lib.make_optimizer(training_lib.LoopSettings.from_section(config.train)),
                                   jax.random.PRNGKey(config.seed), batch)
-  straight = train.train_stage1(config, str(tmp_path / 'a'), mesh)
+  straight = patronus_training.train_stage1(config, str(tmp_path / 'a'), mesh)
   loss_fn = jax.jit(lambda p, v: _fixed_loss(task, p, v, batch))
   before = _fixed_loss(task, init.params, init.variables, batch)
   after = _fixed_loss(task, straight.params, straight.variables, batch)
@@ -155,8 +156,8 @@ def test_stage1_reduces_loss_and_resume_is_bit_identical(shapes_config, tmp_path
   # Interrupted at step 15 (a finished shorter run), then resumed to 30: bit-identical.
   config_b = config.copy_and_resolve_references()
   config_b.train.num_steps = 15
-  train.train_stage1(config_b, str(tmp_path / 'b'), mesh)
-  resumed = train.train_stage1(config, str(tmp_path / 'b'), mesh)
+  patronus_training.train_stage1(config_b, str(tmp_path / 'b'), mesh)
+  resumed = patronus_training.train_stage1(config, str(tmp_path / 'b'), mesh)
   for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.ema_params, straight.opt_state)),
                   jax.tree_util.tree_leaves((resumed.params, resumed.ema_params, resumed.opt_state))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -169,15 +170,15 @@ def test_latent_stage_reduces_loss(shapes_config, tmp_path):
   config.latent.learning_rate = 2e-3
   workdir = str(tmp_path)
   mesh = mesh_of(1)
-  train.train_stage1(config, workdir, mesh)
-  state = train.train_latent(config, workdir, mesh)
-  task = train.LatentTask(config)
+  patronus_training.train_stage1(config, workdir, mesh)
+  state = patronus_training.train_latent(config, workdir, mesh)
+  task = patronus_training.LatentTask(config)
   cached = np.load(os.path.join(workdir, 'latent', 'activations.npz'))['s']
   assert cached.shape == (256, config.model.num_prototypes)
-  stats = train.latent_statistics(cached, True)
+  stats = patronus_training.latent_statistics(cached, True)
   np.testing.assert_allclose(np.asarray(state.extras['s_mean']), stats['s_mean'], rtol=1e-5)
   z = (cached[:64] - stats['s_mean']) / stats['s_std']
-  init = train.create_train_state(task, train.make_optimizer(train.LoopSettings.from_section(config.latent)),
+  init = training_lib.create_train_state(task, training_lib.make_optimizer(training_lib.LoopSettings.from_section(config.latent)),
                                   jax.random.PRNGKey(config.seed + 1), {'s': z})
   before = _fixed_loss(task, init.params, init.variables, {'s': z})
   after = _fixed_loss(task, state.params, state.variables, {'s': z})
@@ -188,8 +189,8 @@ def test_latent_stage_reduces_loss(shapes_config, tmp_path):
 
 @pytest.mark.parametrize('kind', ['constant', 'cosine'])
 def test_learning_rate_schedule_warms_up_then_holds_or_decays(kind):
-  s = train.LoopSettings(batch_size=1, num_steps=1100, learning_rate=2e-3, warmup_steps=100, lr_schedule=kind)
-  lr = np.array([float(train.learning_rate_schedule(s)(i)) for i in (0, 50, 100, 600, 1100)])
+  s = training_lib.LoopSettings(batch_size=1, num_steps=1100, learning_rate=2e-3, warmup_steps=100, lr_schedule=kind)
+  lr = np.array([float(training_lib.learning_rate_schedule(s)(i)) for i in (0, 50, 100, 600, 1100)])
   np.testing.assert_allclose(lr[:3], [0.0, 1e-3, 2e-3], rtol=1e-6)
   # cosine: half-way through the decay the rate is half, at num_steps it is 0
   expected = [2e-3, 2e-3] if kind == 'constant' else [1e-3, 0.0]
@@ -287,7 +288,7 @@ def test_workdir_conflicts_name_the_fields(tmp_path):
     workdir_lib.check_and_write_config(str(tmp_path), other)
   assert 'model.num_prototypes: workdir has 100, this run has 7' in str(e.value)
   assert 'data.image_size' in str(e.value)
-  restored = workdir_lib.load_config(str(tmp_path))
+  restored = config_lib.load_workdir_config(str(tmp_path))
   assert restored.train.num_steps == 5 and isinstance(restored.model.channel_mults, tuple)
 
 

@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from patronus_jax import checkpoint as ckpt_lib
+from patronus_jax.core import checkpoint as ckpt_lib
 from patronus_jax import config as config_lib
-from patronus_jax import sharding
-from patronus_jax import train
+from patronus_jax.core import sharding
+from patronus_jax.tasks.patronus import training as patronus_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,8 +26,8 @@ def test_eight_devices_match_one(shapes_config, tmp_path):
   config = shapes_config.copy_and_resolve_references()
   config.train.num_steps = 2
   config.train.checkpoint_every = 2
-  one = train.train_stage1(config, str(tmp_path / 'one'), mesh_of(1))
-  eight = train.train_stage1(config, str(tmp_path / 'eight'), mesh_of(8))
+  one = patronus_training.train_stage1(config, str(tmp_path / 'one'), mesh_of(1))
+  eight = patronus_training.train_stage1(config, str(tmp_path / 'eight'), mesh_of(8))
   assert eight.params['unet']['first']['kernel'].sharding.mesh.size == 8
   for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(eight.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-6)
@@ -37,7 +37,7 @@ def test_parameters_sharded_along_model_axis(shapes_config, tmp_path):
   config = shapes_config.copy_and_resolve_references()
   config.train.num_steps = 1
   config.mesh.model = 2
-  state = train.train_stage1(config, str(tmp_path), sharding.make_mesh(config.mesh))
+  state = patronus_training.train_stage1(config, str(tmp_path), sharding.make_mesh(config.mesh))
   kernel = state.params['unet']['up_0']['conv_1']['kernel']
   assert kernel.sharding.spec.count(sharding.MODEL) == 1
   assert len({s.data.shape for s in kernel.addressable_shards}) == 1

@@ -9,6 +9,8 @@ Public API (everything else in this package is an implementation detail):
                 drop_remainder=True, process_index=None, process_count=None)
       -> checkpointable iterator of {'image', 'attributes', 'caption'?, 'index'} batches
   load_arrays(data_cfg, split, max_examples=None) -> dict of in-order numpy arrays
+  training_iterator_factory(data_cfg, global_batch_size, seed) -> () -> endless shuffled batches
+  check_image_shape(data_cfg, info): DataError unless the images have the configured shape
   data_config() / validate_data_config(data_cfg): the `config.data` section
 
 Modules:
@@ -20,39 +22,28 @@ Modules:
   preprocess.py      decode, resize (bicubic, antialiased), crop, channels, scale to [-1, 1]
   pipeline.py        grain: shuffle, epochs, per-process sharding, batching, workers, state
 
-`import patronus_jax.data` is cheap: TFDS and grain are imported on first use, so the config
-schema (which imports `patronus_jax.data.config`) stays light.
+TFDS is imported on first use (only datasets read through it need it).
 """
 
 from __future__ import annotations
 
 from patronus_jax.data.config import data_config, validate_data_config
 from patronus_jax.data.errors import DataError, DatasetInfo
+from patronus_jax.data.pipeline import get_info, load_arrays, make_iterator
 
-__all__ = ['DataError', 'DatasetInfo', 'get_info', 'make_iterator', 'load_arrays',
-           'data_config', 'validate_data_config']
-
-
-def get_info(data_cfg) -> DatasetInfo:
-  """Describes the configured dataset (preparing shapes if missing; DataError if real data is)."""
-  from patronus_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.get_info(data_cfg)
+__all__ = ['DataError', 'DatasetInfo', 'get_info', 'make_iterator', 'load_arrays', 'data_config',
+           'validate_data_config', 'training_iterator_factory', 'check_image_shape']
 
 
-def make_iterator(data_cfg, split, *, global_batch_size, seed, shuffle=True, num_epochs=None,
-                  drop_remainder=True, process_index=None, process_count=None):
-  """This process's share of each global batch, as a checkpointable grain iterator.
-
-  See `patronus_jax.data.pipeline.make_iterator`.
-  """
-  from patronus_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.make_iterator(
-      data_cfg, split, global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
-      num_epochs=num_epochs, drop_remainder=drop_remainder, process_index=process_index,
-      process_count=process_count)
+def training_iterator_factory(data_cfg, global_batch_size: int, seed: int):
+  """() -> this process's share of an endless, shuffled stream of training batches."""
+  return lambda: make_iterator(data_cfg, data_cfg.train_split, global_batch_size=global_batch_size,
+                               seed=seed, shuffle=True, num_epochs=None)
 
 
-def load_arrays(data_cfg, split, max_examples=None) -> dict:
-  """In-order numpy arrays of a split (evaluation and interpretation on held-out data)."""
-  from patronus_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.load_arrays(data_cfg, split, max_examples)
+def check_image_shape(data_cfg, info: DatasetInfo) -> None:
+  """DataError unless the dataset yields images of the configured (size, size, channels)."""
+  expected = (data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
+  if tuple(info.image_shape) != expected:
+    raise DataError(f'dataset {info.name} yields images {tuple(info.image_shape)}, the config expects '
+                    f'{expected} (data.image_size, data.channels)')

@@ -32,6 +32,8 @@ from typing import Sequence
 from absl import logging
 import numpy as np
 
+from patronus_jax.core.errors import ConfigError
+
 from patronus_jax.data.config import parse_mapping
 
 _YES = ('yes', 'true', '1', 'y', 'present', 'positive')
@@ -39,7 +41,6 @@ _NO = ('no', 'false', '0', 'n', 'absent', 'negative')
 
 
 def _config_error(field: str, message: str) -> Exception:
-  from patronus_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
   return ConfigError(f"config field '{field}' {message}")
 
 

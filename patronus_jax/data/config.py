@@ -14,6 +14,9 @@ import re
 
 import ml_collections
 
+from patronus_jax.core.config import fail
+from patronus_jax.data import shapes
+
 # Datasets the data layer knows. TFDS datasets are read through `tfds.data_source`
 # (ArrayRecord); 'ffhq', 'chexpert' and 'folder' are image folders with an optional CSV.
 TFDS_DATASETS = ('patronus_shapes', 'celeb_a', 'cifar10', 'fashion_mnist', 'mnist')
@@ -83,11 +86,6 @@ def data_config() -> ml_collections.ConfigDict:
   ))
 
 
-def _fail(name: str, message: str) -> None:
-  from patronus_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
-  raise ConfigError(f"config field '{name}' {message}")
-
-
 _MAPPING_ITEM = re.compile(r'^[^:,|]+:[^:,|]+$')
 
 
@@ -106,75 +104,74 @@ def parse_mapping(text: str) -> list[tuple[str, str]]:
 def validate_data_config(data) -> None:
   """Raises ConfigError (naming the dotted field) for impossible values. No I/O."""
   if data.name not in DATASETS:
-    _fail('data.name', f'must be one of {DATASETS}, got {data.name!r}')
+    fail('data.name', f'must be one of {DATASETS}, got {data.name!r}')
   if data.image_size <= 0:
-    _fail('data.image_size', f'must be positive, got {data.image_size}')
+    fail('data.image_size', f'must be positive, got {data.image_size}')
   if data.channels not in (1, 3):
-    _fail('data.channels', f'must be 1 (grayscale) or 3 (RGB), got {data.channels}')
+    fail('data.channels', f'must be 1 (grayscale) or 3 (RGB), got {data.channels}')
   if data.crop not in ('none', 'center'):
-    _fail('data.crop', f"must be one of ('none', 'center'), got {data.crop!r}")
+    fail('data.crop', f"must be one of ('none', 'center'), got {data.crop!r}")
   for field in ('train_split', 'eval_split'):
     if not data[field]:
-      _fail(f'data.{field}', 'must name a split, got an empty string')
+      fail(f'data.{field}', 'must name a split, got an empty string')
   for field in ('num_workers',):
     if data[field] < 0:
-      _fail(f'data.{field}', f'must be >= 0, got {data[field]}')
+      fail(f'data.{field}', f'must be >= 0, got {data[field]}')
   for field in ('worker_buffer_size', 'read_threads', 'prefetch_buffer_size'):
     if data[field] < 1:
-      _fail(f'data.{field}', f'must be >= 1, got {data[field]}')
+      fail(f'data.{field}', f'must be >= 1, got {data[field]}')
 
   b = data.bias
   if b.enabled:
     if not b.attribute:
-      _fail('data.bias.attribute', "must name attribute A when 'data.bias.enabled' is set")
+      fail('data.bias.attribute', "must name attribute A when 'data.bias.enabled' is set")
     if not b.target:
-      _fail('data.bias.target', "must name attribute B when 'data.bias.enabled' is set")
+      fail('data.bias.target', "must name attribute B when 'data.bias.enabled' is set")
     if b.target in b.attribute.split('|'):
-      _fail('data.bias.target', f'must differ from data.bias.attribute, both name {b.target!r}')
+      fail('data.bias.target', f'must differ from data.bias.attribute, both name {b.target!r}')
     try:
       pairs = parse_mapping(b.mapping)
     except ValueError as e:
-      _fail('data.bias.mapping', f"must be 'a_value:b_value' pairs separated by commas, "
+      fail('data.bias.mapping', f"must be 'a_value:b_value' pairs separated by commas, "
             f'got {b.mapping!r} (bad item {e.args[0]!r})')
     if not pairs:
-      _fail('data.bias.mapping', "must give at least one 'a_value:b_value' pair when the bias is enabled")
+      fail('data.bias.mapping', "must give at least one 'a_value:b_value' pair when the bias is enabled")
     keys = [a for a, _ in pairs]
     if len(set(keys)) != len(keys):
-      _fail('data.bias.mapping', f'maps a value of A twice: {b.mapping!r}')
+      fail('data.bias.mapping', f'maps a value of A twice: {b.mapping!r}')
   if not 0.0 <= b.strength <= 1.0:
-    _fail('data.bias.strength', f'must be in [0, 1], got {b.strength}')
+    fail('data.bias.strength', f'must be in [0, 1], got {b.strength}')
   if b.out_of_scope not in ('drop', 'keep'):
-    _fail('data.bias.out_of_scope', f"must be one of ('drop', 'keep'), got {b.out_of_scope!r}")
+    fail('data.bias.out_of_scope', f"must be one of ('drop', 'keep'), got {b.out_of_scope!r}")
 
   s = data.shapes
   if s.resolution < 0 or (0 < s.resolution < 16):
-    _fail('data.shapes.resolution', f'must be 0 (= data.image_size) or >= 16, got {s.resolution}')
+    fail('data.shapes.resolution', f'must be 0 (= data.image_size) or >= 16, got {s.resolution}')
   if data.name == 'patronus_shapes' and s.resolution == 0 and data.image_size < 16:
-    _fail('data.image_size', f'must be >= 16 for the shapes dataset (or set data.shapes.resolution), '
+    fail('data.image_size', f'must be >= 16 for the shapes dataset (or set data.shapes.resolution), '
           f'got {data.image_size}')
   if s.num_train < 1:
-    _fail('data.shapes.num_train', f'must be >= 1, got {s.num_train}')
+    fail('data.shapes.num_train', f'must be >= 1, got {s.num_train}')
   if s.num_test < 0:
-    _fail('data.shapes.num_test', f'must be >= 0, got {s.num_test}')
+    fail('data.shapes.num_test', f'must be >= 0, got {s.num_test}')
   if s.seed < 0:
-    _fail('data.shapes.seed', f'must be >= 0, got {s.seed}')
+    fail('data.shapes.seed', f'must be >= 0, got {s.seed}')
   if s.planted_strength != -1.0 and not 0.0 <= s.planted_strength <= 1.0:
-    _fail('data.shapes.planted_strength', f'must be -1 (off) or in [0, 1], got {s.planted_strength}')
+    fail('data.shapes.planted_strength', f'must be -1 (off) or in [0, 1], got {s.planted_strength}')
   if s.planted_strength != -1.0:
-    from patronus_jax.data import shapes  # pylint: disable=g-import-not-at-top
     try:
       shapes.planted_shape_of_color(s.planted_mapping)
     except ValueError as e:
-      _fail('data.shapes.planted_mapping', str(e))
+      fail('data.shapes.planted_mapping', str(e))
 
   f = data.folder
   if data.name in FOLDER_DATASETS and not f.path:
-    _fail('data.folder.path', f"must name the image directory for data.name={data.name!r}")
+    fail('data.folder.path', f"must name the image directory for data.name={data.name!r}")
   if not 0.0 <= f.eval_fraction < 1.0:
-    _fail('data.folder.eval_fraction', f'must be in [0, 1), got {f.eval_fraction}')
+    fail('data.folder.eval_fraction', f'must be in [0, 1), got {f.eval_fraction}')
   if f.check_size < 0:
-    _fail('data.folder.check_size', f'must be 0 (any) or a positive size, got {f.check_size}')
+    fail('data.folder.check_size', f'must be 0 (any) or a positive size, got {f.check_size}')
   if f.check_channels not in (0, 1, 3):
-    _fail('data.folder.check_channels', f'must be 0 (any), 1 or 3, got {f.check_channels}')
+    fail('data.folder.check_channels', f'must be 0 (any), 1 or 3, got {f.check_channels}')
   if not [e for e in f.extensions.split(',') if e.strip()]:
-    _fail('data.folder.extensions', 'must list at least one file extension')
+    fail('data.folder.extensions', 'must list at least one file extension')

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from patronus_jax.core.errors import DataError  # re-exported: the data layer's error type
 
-class DataError(ValueError):
-  """Missing, corrupt or malformed data; the message says what and how to fix it."""
+__all__ = ['DataError', 'DatasetInfo']
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,11 +30,12 @@ import numpy as np
 from patronus_jax.data import preprocess as preprocess_lib
 from patronus_jax.data import sources
 from patronus_jax.data.errors import DataError, DatasetInfo
+import jax
+from absl import flags
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top  (only when not given explicitly)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if process_count < 1 or not 0 <= process_index < process_count:
@@ -45,7 +46,6 @@ def _processes(process_index: int | None, process_count: int | None) -> tuple[in
 def _ensure_flags_parsed() -> None:
   """grain's worker processes read absl flags; outside an absl app (tests, notebooks) the
   flags were never parsed, so take their defaults rather than failing in the workers."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 

@@ -33,6 +33,7 @@ from PIL import Image
 from patronus_jax.data import bias as bias_lib
 from patronus_jax.data import shapes
 from patronus_jax.data.errors import DataError
+from patronus_jax.data.config import validate_data_config
 
 CELEBA_ATTRIBUTES = (
     '5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes', 'Bald', 'Bangs',
@@ -646,7 +647,6 @@ def _cached_labels(data_cfg, split: str, spec: TfdsSpec) -> np.ndarray:
 
 def open_split(data_cfg, split: str) -> OpenedSplit:
   """Opens a split of `config.data` (preparing shapes, applying the bias)."""
-  from patronus_jax.data.config import validate_data_config  # pylint: disable=g-import-not-at-top
   validate_data_config(data_cfg)  # cheap, and the config may not have gone through config.validate
   name = data_cfg.name
   if name in ('ffhq', 'chexpert', 'folder'):

@@ -29,8 +29,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from patronus_jax import io as pio
-from patronus_jax.evaluate import batching
+from patronus_jax.core import files as pio
+from patronus_jax.core import batching
 
 FILENAME = 'attribute_classifier.npz'
 FORMAT_VERSION = 1

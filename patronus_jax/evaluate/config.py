@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from patronus_jax.core.config import section_checker
+
 # Metric names `evaluate.metrics` may list.
 METRICS = ('fid', 'fd_classifier', 'probe', 'tad', 'dci')
 SAMPLE_KINDS = ('conditional', 'unconditional')
@@ -59,17 +61,10 @@ def evaluate_config() -> ml_collections.ConfigDict:
   ))
 
 
-def _fail(message: str) -> None:
-  from patronus_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
-  raise ConfigError(message)
-
-
 def validate_evaluate_config(evaluate) -> None:
   """Raises ConfigError naming 'evaluate.<field>' for the first impossible value."""
 
-  def require(ok, field, what):
-    if not ok:
-      _fail(f"config field 'evaluate.{field}' {what}, got {evaluate[field]!r}")
+  require = section_checker(evaluate, 'evaluate')
 
   for metric in evaluate.metrics:
     require(metric in METRICS, 'metrics', f'must only name metrics among {METRICS}')

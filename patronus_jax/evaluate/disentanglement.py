@@ -37,6 +37,7 @@ from scipy.stats import entropy
 from sklearn.model_selection import KFold
 
 from patronus_jax.evaluate.probes import _check_codes, _names, auroc_matrix, encode_labels
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
 
 # ----------------------------------------------------------------------------------------
@@ -179,7 +180,6 @@ def dci_score(codes: np.ndarray, factors: np.ndarray, *, test_fraction: float = 
   R^2 for continuous factors), informativeness_train, per-factor informativeness, the
   importance matrix (D x K nested lists) and skipped_factors (constant in the training split).
   """
-  from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor  # pylint: disable=g-import-not-at-top
   codes, factors = _check_codes(codes, factors, max_examples)
   n, num_codes = codes.shape
   names = _names(factor_names, factors.shape[1])

@@ -24,7 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import scipy.linalg
 
-from patronus_jax import io as pio
+from patronus_jax.core import files as pio
+import jax
 
 STATS_VERSION = 1
 
@@ -98,7 +99,6 @@ def statistics_key(*, network: str, dataset: str, split: str, image_size: int, n
 
 def network_fingerprint(params: Any) -> str:
   """A short hash of a parameter pytree: which feature network produced some statistics."""
-  import jax  # pylint: disable=g-import-not-at-top
   digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     leaf = np.asarray(leaf)

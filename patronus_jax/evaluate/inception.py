@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from patronus_jax.evaluate import batching
+from patronus_jax.core import batching
+from patronus_jax.core import files as pio
+import argparse
 
 # The file pytorch-fid downloads (ported from TF's inception-2015-12-05).
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -346,7 +348,6 @@ def load_inception_variables(path: str) -> dict[str, Any]:
 
 def convert_to_npz(pth_path: str, npz_path: str) -> None:
   """Writes the state_dict of `pth_path` as an .npz (same keys), readable without torch."""
-  from patronus_jax import io as pio  # pylint: disable=g-import-not-at-top
   state_dict = read_state_dict(pth_path)
   variables_from_state_dict(state_dict)  # fail now rather than when the .npz is used
   with pio.atomic_path(npz_path) as tmp:
@@ -355,7 +356,6 @@ def convert_to_npz(pth_path: str, npz_path: str) -> None:
 
 
 def _main(argv: Sequence[str] | None = None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description='Convert pytorch-fid Inception weights to .npz.')
   parser.add_argument('--convert', nargs=2, metavar=('IN_PTH', 'OUT_NPZ'), required=True)
   args = parser.parse_args(argv)

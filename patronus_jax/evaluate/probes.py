@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
+from scipy.stats import rankdata
 
 
 def auroc_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -27,7 +28,6 @@ def auroc_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
   `sklearn.metrics.roc_auc_score(labels[:, a], scores[:, d])`; vectorised (one ranking per
   column). A label column with a single class gives nan.
   """
-  from scipy.stats import rankdata  # pylint: disable=g-import-not-at-top
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels)
   if scores.ndim == 1:

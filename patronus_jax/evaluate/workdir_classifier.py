@@ -21,8 +21,17 @@ import os
 import time
 from typing import Any, Iterator
 
+try:
+  import fcntl
+except ImportError:  # not POSIX
+  fcntl = None
+
 from absl import logging
 import numpy as np
+from patronus_jax.evaluate import classifier as clf_lib
+from patronus_jax import data as data_lib
+from patronus_jax.core import files as pio
+import jax
 
 DIRNAME = 'classifier'
 # config.data fields that only change how data is read, not which images the classifier sees.
@@ -51,9 +60,7 @@ def trained_for(config) -> dict[str, Any]:
 def _exclusive(directory: str) -> Iterator[None]:
   """Holds an advisory lock on `<directory>/.lock` (no-op where flock is unavailable)."""
   os.makedirs(directory, exist_ok=True)
-  try:
-    import fcntl  # pylint: disable=g-import-not-at-top
-  except ImportError:  # not POSIX: atomic writes still keep the file whole
+  if fcntl is None:  # not POSIX: atomic writes still keep the file whole
     yield
     return
   with open(os.path.join(directory, '.lock'), 'a') as f:
@@ -69,7 +76,6 @@ def _exclusive(directory: str) -> Iterator[None]:
 
 
 def _load_if_matching(directory: str, wanted: dict[str, Any]):
-  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
   if not os.path.exists(os.path.join(directory, clf_lib.FILENAME)):
     return None
   try:
@@ -86,9 +92,6 @@ def _load_if_matching(directory: str, wanted: dict[str, Any]):
 
 def train_for_config(config):
   """Trains the classifier on the train split of `config.data`; returns (classifier, metrics)."""
-  from patronus_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import io as pio  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
   ev = config.evaluate
   info = data_lib.get_info(config.data)
   if not info.attribute_names:
@@ -134,8 +137,6 @@ def classifier_for_workdir(config, workdir: str):
     `final_loss`, `num_train`, `num_holdout`, `train_seconds`, `dataset`, `split`,
     `trained_for` (what the cache is keyed on) and `path` (the saved file).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
   directory = classifier_dir(config, workdir)
   wanted = trained_for(config)
   path = os.path.join(directory, clf_lib.FILENAME)

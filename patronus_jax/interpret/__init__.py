@@ -1,5 +1,6 @@
 """Interpretation of trained Patronus models: what prototypes show, where and when they appear,
-and which learned correlations (shortcuts) editing them reveals.
+and which learned correlations (shortcuts) editing them reveals. The `--mode=interpret`
+orchestration that calls these is `patronus_jax.tasks.patronus.interpret_mode`.
 
   core:        Engine: jitted, chunked encode / DDIM invert / regenerate / trace / classify
   visualize:   prototype visualisation (plausible maximum, inversion, receptive-field box)
@@ -8,27 +9,5 @@ and which learned correlations (shortcuts) editing them reveals.
   diagnosis:   paired raise/lower edits judged by an attribute classifier; suspected correlations
   stats:       observed ranges, emergence/settling steps, associations, bootstrap and normal CIs
   figures:     the matplotlib figures
-  mode:        `--mode=interpret` (interpret_mode), skipping parts already done
   config:      the `config.interpret` section
-
-`import patronus_jax.interpret` is cheap (the config schema imports `interpret.config`):
-everything else is imported on first use.
 """
-
-import importlib
-
-_LAZY = {'interpret_mode': ('mode', 'interpret_mode'), 'Engine': ('core', 'Engine')}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-  if name not in _LAZY:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  module, attr = _LAZY[name]
-  value = getattr(importlib.import_module(f'{__name__}.{module}'), attr)
-  globals()[name] = value
-  return value
-
-
-def __dir__():
-  return sorted(set(globals()) | set(__all__))

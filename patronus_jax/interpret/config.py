@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from patronus_jax.core.config import section_checker
+from patronus_jax.core.errors import ConfigError
+
 PARTS = ('visualize', 'semantics', 'emergence', 'diagnosis')
 SCOPES = ('global', 'prototype')
 SOURCES = ('auto', 'data', 'latent')
@@ -70,17 +73,10 @@ def interpret_config() -> ml_collections.ConfigDict:
   ))
 
 
-def _fail(message: str) -> None:
-  from patronus_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
-  raise ConfigError(message)
-
-
 def validate_interpret_config(interpret) -> None:
   """Raises ConfigError naming 'interpret.<field>' for the first impossible value."""
 
-  def require(ok, field, what):
-    if not ok:
-      _fail(f"config field 'interpret.{field}' {what}, got {interpret[field]!r}")
+  require = section_checker(interpret, 'interpret')
 
   for part in interpret.parts:
     require(part in PARTS, 'parts', f'must only name parts among {PARTS}')
@@ -123,10 +119,10 @@ def check_against_model(interpret, num_prototypes: int, attribute_names=None) ->
   for field in ('visualize_prototypes', 'manipulate_prototypes', 'diagnosis_prototypes'):
     bad = [j for j in interpret[field] if j >= num_prototypes]
     if bad:
-      _fail(f"config field 'interpret.{field}' names prototype(s) {bad}, but the model has "
+      raise ConfigError(f"config field 'interpret.{field}' names prototype(s) {bad}, but the model has "
             f'{num_prototypes} (indices 0..{num_prototypes - 1})')
   if attribute_names is not None:
     bad = [a for a in interpret.diagnosis_attributes if a not in attribute_names]
     if bad:
-      _fail(f"config field 'interpret.diagnosis_attributes' names {bad}, which the dataset does "
+      raise ConfigError(f"config field 'interpret.diagnosis_attributes' names {bad}, which the dataset does "
             f'not have; its attributes are {tuple(attribute_names)}')

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from patronus_jax import diffusion
-from patronus_jax.sample import SamplerSpec
+from patronus_jax.core import diffusion
+from patronus_jax.core.diffusion import SamplerSpec
+from patronus_jax.core import sharding
 
 
 def deterministic_spec(diffusion_cfg, num_steps: int) -> SamplerSpec:
@@ -152,12 +153,10 @@ class Engine:
   def _put(self, x):
     if self.mesh is None or x.shape[0] % self.mesh.shape.get('data', 1):
       return jnp.asarray(x)
-    from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
     return jax.device_put(x, sharding.batch_sharding(self.mesh))
 
   def __post_init__(self):
     if self.mesh is not None and self.mesh.devices.size > 1:
-      from patronus_jax import sharding  # pylint: disable=g-import-not-at-top
       self.variables = jax.device_put(self.variables, sharding.replicated(self.mesh))
       if self.classifier is not None:
         self.classifier = jax.device_put(self.classifier, sharding.replicated(self.mesh))

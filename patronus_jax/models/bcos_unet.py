@@ -40,6 +40,7 @@ import numpy as np
 
 from patronus_jax.models.bcos import BcosAttention, BcosConv, BcosDense, BiasFreeNorm
 from patronus_jax.models.prototypes import PrototypeNetwork
+from patronus_jax.core import diffusion
 
 Dtype = Any
 Array = jax.Array
@@ -330,7 +331,6 @@ def bcos_model_from_config(config, vocab_size: int = 0, dtype: Optional[str] = N
     prototypes = dict(num_prototypes=m.num_prototypes, channels=tuple(m.encoder_channels),
                       kernels=tuple(m.encoder_kernels), strides=tuple(m.encoder_strides),
                       paddings=tuple(m.encoder_paddings), activation=m.activation)
-  from patronus_jax import diffusion  # pylint: disable=g-import-not-at-top
   schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
   return BcosDiffusion(image_channels=config.data.channels, conditioning=bc.conditioning,
                        vocab_size=vocab_size, token_dim=bc.token_dim, max_tokens=bc.max_tokens,

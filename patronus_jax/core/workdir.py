@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import ml_collections
 
-from patronus_jax import io
+from patronus_jax.core import files
+from patronus_jax.core.errors import WorkdirError
 
 # Fields that define the trained models; everything else may differ between runs.
 FROZEN_PREFIXES = (
@@ -64,7 +65,7 @@ def differences(old: dict, new: dict, frozen_only: bool = True) -> list[tuple[st
   return [d for d in diffs if _frozen(d[0])] if frozen_only else diffs
 
 
-class ConfigConflict(ValueError):
+class ConfigConflict(WorkdirError):
   """The workdir holds a model trained with a different architecture/data/diffusion."""
 
 
@@ -74,7 +75,7 @@ def check_and_write_config(workdir: str, config: ml_collections.ConfigDict) -> l
   path = config_path(workdir)
   new = config_to_dict(config)
   if os.path.exists(path):
-    old = io.read_json(path)
+    old = files.read_json(path)
     frozen = differences(old, new, frozen_only=True)
     if frozen:
       lines = '\n'.join(f'  {k}: workdir has {a!r}, this run has {b!r}' for k, a, b in frozen)
@@ -83,21 +84,26 @@ def check_and_write_config(workdir: str, config: ml_collections.ConfigDict) -> l
           f'differing fields are:\n{lines}\nUse a new --workdir, or the same values.')
     others = differences(old, new, frozen_only=False)
     if others:
-      io.write_json(os.path.join(workdir, 'config_previous.json'), old)
-    io.write_json(path, new)
+      files.write_json(os.path.join(workdir, 'config_previous.json'), old)
+    files.write_json(path, new)
     return others
-  io.write_json(path, new)
+  files.write_json(path, new)
   return []
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was created with (e.g. by convert), as a ConfigDict."""
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+def read_config_values(workdir: str) -> dict:
+  """The values of a workdir's config.json (WorkdirError when it is missing or unreadable)."""
   path = config_path(workdir)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a patronus_jax workdir?')
-  values = io.read_json(path)
-  config = config_lib.base_config()
+    raise WorkdirError(f'{path} not found: is {workdir} a patronus_jax workdir?')
+  try:
+    return files.read_json(path)
+  except ValueError as e:
+    raise WorkdirError(f'{path} is not valid JSON ({e}); restore it or use a new --workdir') from e
+
+
+def assign_values(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Writes config.json values into a schema ConfigDict (tuples and floats restored)."""
   _assign(config, values, '')
   return config
 
@@ -120,8 +126,8 @@ def status_path(workdir: str, mode: str) -> str:
 
 def read_status(workdir: str, mode: str) -> Optional[dict]:
   path = status_path(workdir, mode)
-  return io.read_json(path) if os.path.exists(path) else None
+  return files.read_json(path) if os.path.exists(path) else None
 
 
 def write_status(workdir: str, mode: str, status: dict) -> None:
-  io.write_json(status_path(workdir, mode), status)
+  files.write_json(status_path(workdir, mode), status)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from patronus_jax.core.errors import ConfigError
+
 CONDITIONINGS = ('text', 'prototypes', 'external', 'none')
 NORMS = ('centered', 'uncentered', 'none')
 EXPLAIN_TARGETS = ('x0', 'output')
@@ -62,11 +64,6 @@ def bcos_config() -> ml_collections.ConfigDict:
   ))
 
 
-def _fail(message: str):
-  from patronus_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
-  raise ConfigError(message)
-
-
 def parse_steps(spec: str, num_steps: int) -> list[int]:
   """'all' | 'last' | '0,5,-1' -> sorted step indices in 0..num_steps-1 (sampling order)."""
   spec = spec.strip()
@@ -90,50 +87,50 @@ def parse_steps(spec: str, num_steps: int) -> list[int]:
 def validate_bcos_config(bcos) -> None:
   """Raises ConfigError naming the first impossible `bcos.*` value."""
   if bcos.b < 1.0:
-    _fail(f"config field 'bcos.b' must be >= 1, got {bcos.b}")
+    raise ConfigError(f"config field 'bcos.b' must be >= 1, got {bcos.b}")
   for name in ('max_out', 'num_groups', 'base_channels', 'num_res_blocks', 'num_heads', 'time_dim',
                'token_dim', 'max_tokens', 'num_explain'):
     if bcos[name] < 1:
-      _fail(f"config field 'bcos.{name}' must be positive, got {bcos[name]}")
+      raise ConfigError(f"config field 'bcos.{name}' must be positive, got {bcos[name]}")
   for name, choices in (('norm', NORMS), ('conditioning', CONDITIONINGS),
                         ('explain_target', EXPLAIN_TARGETS)):
     if bcos[name] not in choices:
-      _fail(f"config field 'bcos.{name}' must be one of {choices}, got {bcos[name]!r}")
+      raise ConfigError(f"config field 'bcos.{name}' must be one of {choices}, got {bcos[name]!r}")
   if not bcos.channel_mults or any(m < 1 for m in bcos.channel_mults):
-    _fail(f"config field 'bcos.channel_mults' must be positive integers, got {tuple(bcos.channel_mults)}")
+    raise ConfigError(f"config field 'bcos.channel_mults' must be positive integers, got {tuple(bcos.channel_mults)}")
   for name in ('self_attention', 'cross_attention'):
     if len(bcos[name]) != len(bcos.channel_mults):
-      _fail(f"config field 'bcos.{name}' has {len(bcos[name])} entries but 'bcos.channel_mults' "
+      raise ConfigError(f"config field 'bcos.{name}' has {len(bcos[name])} entries but 'bcos.channel_mults' "
             f'has {len(bcos.channel_mults)}: one per level is expected')
   widths = [bcos.base_channels * m for m in bcos.channel_mults]
   if any(w % bcos.num_heads for w in widths):
-    _fail(f"config field 'bcos.num_heads'={bcos.num_heads} must divide every level's channel count {widths}")
+    raise ConfigError(f"config field 'bcos.num_heads'={bcos.num_heads} must divide every level's channel count {widths}")
   if bcos.norm != 'none' and any(w % bcos.num_groups for w in widths):
-    _fail(f"config field 'bcos.num_groups'={bcos.num_groups} must divide every level's channel count {widths}")
+    raise ConfigError(f"config field 'bcos.num_groups'={bcos.num_groups} must divide every level's channel count {widths}")
   if bcos.time_dim % 2 or bcos.time_dim < 4:
-    _fail(f"config field 'bcos.time_dim' must be even and >= 4, got {bcos.time_dim}")
+    raise ConfigError(f"config field 'bcos.time_dim' must be even and >= 4, got {bcos.time_dim}")
   if bcos.sigma_data <= 0:
-    _fail(f"config field 'bcos.sigma_data' must be positive, got {bcos.sigma_data}")
+    raise ConfigError(f"config field 'bcos.sigma_data' must be positive, got {bcos.sigma_data}")
   if not 0.0 <= bcos.token_dropout < 1.0:
-    _fail(f"config field 'bcos.token_dropout' must be in [0, 1), got {bcos.token_dropout}")
+    raise ConfigError(f"config field 'bcos.token_dropout' must be in [0, 1), got {bcos.token_dropout}")
   if not 0.0 <= bcos.token_subsample <= 1.0:
-    _fail(f"config field 'bcos.token_subsample' must be in [0, 1] (0 = off), got {bcos.token_subsample}")
+    raise ConfigError(f"config field 'bcos.token_subsample' must be in [0, 1] (0 = off), got {bcos.token_subsample}")
   for name in ('start_token', 'explain_whole'):
     if not isinstance(bcos[name], bool):
-      _fail(f"config field 'bcos.{name}' must be True or False, got {bcos[name]!r}")
+      raise ConfigError(f"config field 'bcos.{name}' must be True or False, got {bcos[name]!r}")
   if bcos.vocab_max_size < 0:
-    _fail(f"config field 'bcos.vocab_max_size' must be >= 0, got {bcos.vocab_max_size}")
+    raise ConfigError(f"config field 'bcos.vocab_max_size' must be >= 0, got {bcos.vocab_max_size}")
   if bcos.conditioning == 'external' and bcos.external_dim < 1:
-    _fail("config field 'bcos.external_dim' must be positive when bcos.conditioning='external', "
+    raise ConfigError("config field 'bcos.external_dim' must be positive when bcos.conditioning='external', "
           f'got {bcos.external_dim}')
   if bcos.explain_sample_steps < 0:
-    _fail(f"config field 'bcos.explain_sample_steps' must be >= 0, got {bcos.explain_sample_steps}")
+    raise ConfigError(f"config field 'bcos.explain_sample_steps' must be >= 0, got {bcos.explain_sample_steps}")
   if bcos.completeness_tolerance <= 0:
-    _fail(f"config field 'bcos.completeness_tolerance' must be positive, got {bcos.completeness_tolerance}")
+    raise ConfigError(f"config field 'bcos.completeness_tolerance' must be positive, got {bcos.completeness_tolerance}")
   spec = bcos.explain_steps.strip()
   if spec not in ('all', 'last'):
     try:
       [int(item) for item in spec.split(',')]
     except ValueError:
-      _fail(f"config field 'bcos.explain_steps' must be 'all', 'last' or comma-separated step "
+      raise ConfigError(f"config field 'bcos.explain_steps' must be 'all', 'last' or comma-separated step "
             f'indices, got {bcos.explain_steps!r}')

@@ -13,6 +13,8 @@ import tempfile
 from typing import Any, Iterator
 
 import numpy as np
+from PIL import Image
+import matplotlib.pyplot as plt
 
 
 @contextlib.contextmanager
@@ -81,7 +83,6 @@ def image_grid(images: np.ndarray, nrow: int = 8, pad: int = 2, pad_value: int =
 
 def save_png(path: str, image: np.ndarray) -> None:
   """Saves one uint8 (H, W, C) or (H, W) image as PNG, atomically."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   image = np.asarray(image)
   if image.dtype != np.uint8:
     image = to_uint8(image)
@@ -100,7 +101,6 @@ def save_image_grid(path: str, images: np.ndarray, nrow: int = 8) -> np.ndarray:
 
 def save_figure(path: str, fig) -> None:
   """Saves a matplotlib figure as PNG, atomically, and closes it."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   with atomic_path(path) as tmp:
     fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
   plt.close(fig)

@@ -26,6 +26,8 @@ import re
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+from patronus_jax.core import files as pio
+from patronus_jax.data import shapes
 
 PAD = '<pad>'
 UNK = '<unk>'
@@ -112,7 +114,6 @@ class Tokenizer:
     return cls(d['vocabulary'], bool(d.get('start_token', False)))  # files from before: no <s>
 
   def save(self, path: str) -> None:
-    from patronus_jax import io as pio  # pylint: disable=g-import-not-at-top
     pio.write_json(path, self.to_dict())
 
   @classmethod
@@ -131,7 +132,6 @@ class Tokenizer:
 
 def shapes_captions() -> list[str]:
   """Every caption the shapes dataset can produce (one per combination of factors)."""
-  from patronus_jax.data import shapes  # pylint: disable=g-import-not-at-top
   combos = itertools.product(*[range(len(v)) for v in shapes.FACTOR_VALUES])
   return [shapes.caption(labels) for labels in combos]
 
@@ -226,7 +226,6 @@ def captions_for(dataset: str, attributes: np.ndarray, names: Sequence[str],
   if dataset == 'celeb_a':
     return [celeba_caption(row, names) for row in attributes]
   if dataset == 'patronus_shapes':
-    from patronus_jax.data import shapes  # pylint: disable=g-import-not-at-top
     return [shapes.caption(row) for row in attributes]
   return [attribute_caption(row, names, values) for row in attributes]
 

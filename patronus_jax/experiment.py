@@ -15,7 +15,9 @@ from typing import Sequence
 
 from absl import logging
 
-from patronus_jax import io
+from patronus_jax.core import files
+from patronus_jax import main
+import json
 
 
 def _has_checkpoint(workdir: str, stage: str) -> bool:
@@ -24,7 +26,6 @@ def _has_checkpoint(workdir: str, stage: str) -> bool:
 
 
 def run_parts(config, workdir: str, parts: Sequence[str], train_missing: bool = True) -> dict:
-  from patronus_jax import main  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   wants_latent = 'emergence' in parts and config.interpret.emergence_source in ('latent',)
   if train_missing:
@@ -36,12 +37,11 @@ def run_parts(config, workdir: str, parts: Sequence[str], train_missing: bool = 
   config.interpret.parts = tuple(parts)
   t0 = time.time()
   main.run(config, workdir, 'interpret')
-  report = io.read_json(os.path.join(workdir, 'interpret', 'report.json'))
+  report = files.read_json(os.path.join(workdir, 'interpret', 'report.json'))
   report['experiment_seconds'] = round(time.time() - t0, 1)
   return report
 
 
 def print_json(title: str, obj) -> None:
-  import json  # pylint: disable=g-import-not-at-top
   print(f'\n=== {title} ===')
   print(json.dumps(obj, indent=1, default=str))

@@ -1,4 +1,4 @@
-"""The B-cos diffusion training task (the `Task` protocol of patronus_jax/train.py).
+"""The B-cos diffusion training task (the `Task` protocol of `core.training`).
 
     task = BcosTask(config)
     batch = task.prepare_batch(numpy_batch)              # captions -> token ids, host side
@@ -12,24 +12,23 @@ names (word tokens of the captions by default). `sample` generates with determin
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from patronus_jax import diffusion
-from patronus_jax import text as text_lib
+from patronus_jax import data
+from patronus_jax.core import diffusion
+from patronus_jax.core.training import load_for_inference
 from patronus_jax.models.bcos_unet import BcosDiffusion, bcos_model_from_config
+from patronus_jax.tasks.bcos import tokenizer as text_lib
 
 
 def _dataset_info(data_config):
   try:
-    from patronus_jax.data import get_info  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  try:
-    return get_info(data_config)
+    return data.get_info(data_config)
   except Exception:  # pylint: disable=broad-except
     return None  # the data may not be prepared yet; captions then come from the batch
 
@@ -38,8 +37,7 @@ def build_tokenizer(config, captions=None, info=None) -> text_lib.Tokenizer:
   """The dataset's tokenizer (fixed vocabularies for shapes / CelebA, else from captions)."""
   names = tuple(info.attribute_names) if info is not None else None
   if config.data.name not in ('patronus_shapes', 'celeb_a') and captions is None:
-    from patronus_jax.data import load_arrays  # pylint: disable=g-import-not-at-top
-    arrays = load_arrays(config.data, config.data.train_split)
+    arrays = data.load_arrays(config.data, config.data.train_split)
     if 'caption' not in arrays:
       raise ValueError(f"dataset {config.data.name!r} has no captions: text conditioning needs "
                        "them (or use bcos.conditioning='prototypes'/'external'/'none')")
@@ -190,8 +188,6 @@ class BcosTask:
     return x0, xs, ts
 
 
-def make_task(config, **kwargs) -> BcosTask:
-  return BcosTask(config, **kwargs)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -234,58 +230,16 @@ def prompt_adherence(predicted: dict, attributes: np.ndarray, attribute_names) -
   return out
 
 
-# ----------------------------------------------------------------------------- modes
-
-def _check_image_shape(config, info) -> None:
-  expected = (config.data.image_size, config.data.image_size, config.data.channels)
-  if tuple(info.image_shape) != expected:
-    raise ValueError(f'dataset {info.name} yields images {tuple(info.image_shape)}, the config expects {expected}')
-
-
 def vocabulary_path(workdir: str) -> str:
-  import os  # pylint: disable=g-import-not-at-top
   return os.path.join(workdir, 'bcos_vocabulary.json')
-
-
-def train_mode(config, workdir: str, mesh):
-  """`--mode=train` for model_type='bcos': the Task through the shared training loop."""
-  import os  # pylint: disable=g-import-not-at-top
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
-  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  info = data.get_info(config.data)
-  _check_image_shape(config, info)
-  task = BcosTask(config, info=info)
-  if task.tokenizer is not None and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    task.tokenizer.save(vocabulary_path(workdir))
-  sample_fn = None
-  if config.train.sample_every and task.conditioning == 'text':
-    arrays = data.load_arrays(config.data, config.data.eval_split,
-                              max_examples=config.train.num_sample_images)
-    ids = task.encode_prompts(task.captions(arrays))
-
-    def sample_fn(state):
-      params = jax.device_get(state.ema_params if config.train.ema_decay > 0 else state.params)
-      gen = generate(task, params, jax.device_get(state.variables), ids, seed=config.seed + 1,
-                     batch_size=len(ids))
-      return np.concatenate([arrays['image'], gen], axis=0)
-
-  return train.run_training(task, train.LoopSettings.from_section(config.train), workdir,
-                            train.image_iterator_factory(config, mesh), seed=config.seed, mesh=mesh,
-                            meta={'config': workdir_lib.config_to_dict(config)}, sample_fn=sample_fn)
 
 
 def load_trained(config, workdir: str, use_ema: bool = True):
   """(task, params, other variables, step) of the trained B-cos model of a workdir."""
-  import os  # pylint: disable=g-import-not-at-top
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
   tokenizer = None
   if config.bcos.conditioning == 'text' and os.path.exists(vocabulary_path(workdir)):
     tokenizer = text_lib.Tokenizer.load(vocabulary_path(workdir))
   task = BcosTask(config, tokenizer=tokenizer)
-  state, step, _ = train.load_state(workdir, task.name)
-  variables = jax.device_get(train.inference_variables(state, use_ema and config.train.ema_decay > 0))
   size, c = config.data.image_size, config.data.channels
   example = {'image': np.zeros((1, size, size, c), np.float32)}
   if task.conditioning == 'text':
@@ -294,65 +248,9 @@ def load_trained(config, workdir: str, use_ema: bool = True):
     example['text_embedding'] = np.zeros((1, config.bcos.max_tokens, config.bcos.external_dim), np.float32)
     example['text_mask'] = np.ones((1, config.bcos.max_tokens), bool)
   cond = jax.tree_util.tree_map(jnp.asarray, task.condition(example))
-  train.check_variables(task.model, variables,
-                        (jnp.asarray(example['image']), jnp.zeros((1,), jnp.int32), cond), 'bcos')
+  args = (jnp.asarray(example['image']), jnp.zeros((1,), jnp.int32), cond)
+  variables, step, _ = load_for_inference(task.model, workdir, task.name, args, what='bcos',
+                                          use_ema=use_ema and config.train.ema_decay > 0)
+  variables = jax.device_get(variables)
   params = variables.pop('params')
   return task, params, variables, step
-
-
-def _classifier(config, workdir: str):
-  try:
-    from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return classifier_for_workdir(config, workdir)[0]
-
-
-def explain_mode(config, workdir: str, mesh):
-  """`--mode=explain`: exact explanations of generations -> workdir/explain/."""
-  del mesh
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  from patronus_jax.interpret import bcos as explain_lib  # pylint: disable=g-import-not-at-top
-  task, params, variables, step = load_trained(config, workdir)
-  classifier = _classifier(config, workdir) if config.data.name == 'patronus_shapes' else None
-  report = explain_lib.explain_workdir(config, workdir, params, variables, classifier=classifier,
-                                       task=task)
-  s = report['summary']
-  logging.info('explain (step %d): completeness error %.2e (%s), relevance content %.3f vs function %.3f',
-               step, s['completeness_error'], 'ok' if s['completeness_ok'] else 'ABOVE TOLERANCE',
-               s['content_word_relevance'] or float('nan'), s['function_word_relevance'] or float('nan'))
-  if 'generation' in s:
-    g = s['generation']
-    logging.info('explain, whole generation: completeness error %.2e, relevance content %.3f vs '
-                 'function %.3f', g['completeness_error'], g['content_word_relevance'] or float('nan'),
-                 g['function_word_relevance'] or float('nan'))
-  return report
-
-
-def evaluate_mode(config, workdir: str, mesh):
-  """`--mode=evaluate`: prompt adherence of generations (attribute classifier) -> metrics.json."""
-  del mesh
-  import os  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  from patronus_jax import io as pio  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
-  task, params, variables, step = load_trained(config, workdir)
-  if task.conditioning != 'text':
-    raise ValueError("the B-cos evaluate mode measures prompt adherence: it needs bcos.conditioning='text'")
-  info = data.get_info(config.data)
-  task.info = info
-  t0 = time.time()
-  n = min(config.evaluate.num_samples, info.num_examples.get(config.data.eval_split, config.evaluate.num_samples))
-  arrays = data.load_arrays(config.data, config.data.eval_split, max_examples=n)
-  ids = task.encode_prompts(task.captions(arrays))
-  images = generate(task, params, variables, ids, seed=config.seed, batch_size=config.evaluate.batch_size)
-  classifier = _classifier(config, workdir)
-  metrics = dict(step=step, prompt_adherence=prompt_adherence(
-      clf_lib.predict(classifier, images), arrays['attributes'], info.attribute_names),
-      sample_steps=config.diffusion.sample_steps, seconds=time.time() - t0)
-  pio.save_image_grid(os.path.join(workdir, 'samples', 'bcos_eval.png'), images[:64])
-  pio.write_json(os.path.join(workdir, 'metrics.json'), metrics)
-  logging.info('B-cos prompt adherence: %s', metrics['prompt_adherence'])
-  return metrics

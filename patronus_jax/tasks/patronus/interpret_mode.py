@@ -20,9 +20,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from patronus_jax import diffusion
-from patronus_jax import io
-from patronus_jax import workdir as workdir_lib
+from patronus_jax.core import diffusion
+from patronus_jax.core import files
+from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.interpret import config as icfg
 from patronus_jax.interpret import core
 from patronus_jax.interpret import diagnosis as diagnosis_lib
@@ -31,6 +31,13 @@ from patronus_jax.interpret import semantics as semantics_lib
 from patronus_jax.interpret import stats
 from patronus_jax.interpret import visualize as visualize_lib
 from patronus_jax.models import prototypes as proto_lib
+from patronus_jax import data as data_lib
+from patronus_jax.tasks.patronus import loading
+from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir
+from patronus_jax.interpret import figures
+from patronus_jax.tasks.patronus import sample as sample_lib
+import jax.numpy as jnp
+from patronus_jax.evaluate.workdir_classifier import trained_for
 
 ROWS_PER_PAGE = 16
 
@@ -39,12 +46,10 @@ class _Context:
   """What every part shares: model, engine, held-out data, observed ranges, inversions."""
 
   def __init__(self, config, workdir: str, mesh):
-    from patronus_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-    from patronus_jax import train  # pylint: disable=g-import-not-at-top
     self.config, self.workdir, self.mesh = config, workdir, mesh
     ic = self.ic = config.interpret
     self.out_dir = os.path.join(workdir, 'interpret')
-    self.model, self.variables, self.stage1_step = train.load_stage1_variables(config, workdir)
+    self.model, self.variables, self.stage1_step = loading.load_stage1_variables(config, workdir)
     self.num_prototypes = config.model.num_prototypes
     self.info = data_lib.get_info(config.data)
     self.names = tuple(self.info.attribute_names)
@@ -54,7 +59,7 @@ class _Context:
       icfg.check_against_model(ic, self.num_prototypes, ())
     self.latent = None
     try:
-      self.latent = train.load_latent(config, workdir)
+      self.latent = loading.load_latent(config, workdir)
     except FileNotFoundError:
       logging.info('interpret: no latent checkpoint in %s (emergence uses s of held-out images)', workdir)
     self.latent_step = self.latent[3] if self.latent is not None else None
@@ -115,7 +120,6 @@ class _Context:
       if not self.names:
         self._classifier = (None, {'skipped': f'dataset {self.config.data.name} has no attribute labels'})
       else:
-        from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir  # pylint: disable=g-import-not-at-top
         clf, metrics = classifier_for_workdir(self.config, self.workdir)
         self._classifier = (clf, {k: metrics[k] for k in ('accuracy', 'mean_accuracy', 'chance_accuracy',
                                                           'num_train', 'num_holdout', 'path') if k in metrics})
@@ -135,7 +139,7 @@ class _Context:
     return out
 
   def save(self, name: str, fig, figures: dict, description: str) -> None:
-    io.save_figure(os.path.join(self.out_dir, name), fig)
+    files.save_figure(os.path.join(self.out_dir, name), fig)
     figures[name] = description
 
 
@@ -150,7 +154,6 @@ def _paged_name(stem: str, page: list, many: bool) -> str:
 # ---------------------------------------------------------------------- the parts
 
 def part_visualize(ctx: _Context) -> dict:
-  from patronus_jax.interpret import figures  # pylint: disable=g-import-not-at-top
   ic = ctx.ic
   protos = list(ic.visualize_prototypes) or list(range(ctx.num_prototypes))
   targets = visualize_lib.plausible_maximum(ctx.s[:ic.num_eval_images], ic.visualize_scope, ic.visualize_quantile)
@@ -187,7 +190,6 @@ def part_visualize(ctx: _Context) -> dict:
 
 
 def part_semantics(ctx: _Context) -> dict:
-  from patronus_jax.interpret import figures  # pylint: disable=g-import-not-at-top
   ic = ctx.ic
   figs: dict = {}
   idx = ctx.pick(ic.num_semantic_images)
@@ -264,9 +266,6 @@ def part_semantics(ctx: _Context) -> dict:
 
 
 def part_emergence(ctx: _Context) -> dict:
-  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.interpret import figures  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   ic, config = ctx.ic, ctx.config
   n = ic.num_emergence_samples
   clf, clf_metrics = ctx.classifier()
@@ -322,7 +321,6 @@ def part_emergence(ctx: _Context) -> dict:
 
 
 def part_diagnosis(ctx: _Context) -> dict:
-  from patronus_jax.interpret import figures  # pylint: disable=g-import-not-at-top
   ic, config = ctx.ic, ctx.config
   clf, clf_metrics = ctx.classifier()
   if clf is None:
@@ -424,7 +422,6 @@ PART_FIELDS = {
 
 def _key(ctx: _Context, part: str) -> dict:
   """What a part's results were computed from: checkpoints, data, sampling and its settings."""
-  from patronus_jax.evaluate.workdir_classifier import trained_for  # pylint: disable=g-import-not-at-top
   cfg = ctx.config
   ic = workdir_lib.config_to_dict(cfg.interpret)
   key = {'version': RESULTS_VERSION[part], 'stage1_step': ctx.stage1_step, 'seed': cfg.seed,
@@ -467,7 +464,7 @@ def _valid_part(ctx: _Context, done: dict, part: str):
   path = os.path.join(ctx.out_dir, f'{part}.json')
   if done.get(part, {}).get('key') != _key(ctx, part) or not os.path.exists(path):
     return None
-  result = io.read_json(path)
+  result = files.read_json(path)
   if not all(os.path.exists(os.path.join(ctx.out_dir, f)) for f in result.get('figures', {})):
     return None
   return result
@@ -501,7 +498,7 @@ def interpret_mode(config, workdir: str, mesh=None) -> dict:
     result['seconds'] = round(time.time() - t0, 2)
     result['model_calls'] = int(sum(ctx.engine.calls.values()) - calls_before)
     if jax.process_index() == 0:
-      io.write_json(os.path.join(ctx.out_dir, f'{p}.json'), result)
+      files.write_json(os.path.join(ctx.out_dir, f'{p}.json'), result)
       done[p] = {'key': _key(ctx, p), 'seconds': result['seconds']}
       workdir_lib.write_status(workdir, 'interpret', {'parts': done})
     parts_json[p] = result
@@ -525,12 +522,12 @@ def interpret_mode(config, workdir: str, mesh=None) -> dict:
     if ctx.association is not None:
       statistics['association'] = {'attributes': list(ctx.names), 'eta2': ctx.association.tolist()}
     if jax.process_index() == 0:
-      io.write_json(stats_path, statistics)
+      files.write_json(stats_path, statistics)
     report.update(statistics)
   elif os.path.exists(stats_path):
-    report.update(io.read_json(stats_path))
+    report.update(files.read_json(stats_path))
   if jax.process_index() == 0:
-    io.write_json(os.path.join(ctx.out_dir, 'report.json'), report)
+    files.write_json(os.path.join(ctx.out_dir, 'report.json'), report)
   logging.info('interpret: report %s (%d figures) in %.1fs; summary %s', os.path.join(ctx.out_dir, 'report.json'),
                len(figures), time.time() - t_start, json.dumps(report['summary'], default=str)[:2000])
   return report

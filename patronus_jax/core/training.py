@@ -1,16 +1,11 @@
-"""Training: the train state, pure jitted steps, and the loops of both Patronus stages.
-
-Stage 1 (`train_stage1`, paper Sec. 3.2): the prototype encoder and the U-Net are trained
-jointly on  E ||eps - eps_theta(x_t, t, s(x_0))||^2  with s computed from the clean image
-(gradients flow into the encoder), optionally plus the prototype-distinct loss.
-Stage 2 (`train_latent`): the stage-1 encoder is frozen, s is computed over the training
-set, standardised (statistics stored with the checkpoint), and the latent UNet1D learns
-p(s) with the same epsilon objective.
+"""The generic training loop: the train state, the pure jitted step, and `run_training`.
 
 Any model trains through `run_training(task, ...)`, given a `Task` (init, loss, batch
 preparation): the loop owns the optimizer (AdamW + warm-up + clipping), the EMA, the mesh,
 checkpoints and resumption (bit-identical on CPU), SIGTERM, NaN detection, metric writers,
-progress lines and periodic sample grids. The B-cos model is one more Task.
+progress lines and periodic sample grids. The Patronus stages (`tasks/patronus/training.py`)
+and the B-cos model (`tasks/bcos/task.py`) are Tasks. `load_for_inference` restores a stage's
+newest checkpoint for the later modes, checked against the model before any compute.
 """
 
 from __future__ import annotations
@@ -25,19 +20,16 @@ from typing import Any, Callable, Optional, Protocol
 
 from absl import logging
 import flax
+import grain
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from patronus_jax import checkpoint as ckpt_lib
-from patronus_jax import diffusion
-from patronus_jax import io
-from patronus_jax import sharding
-from patronus_jax import workdir as workdir_lib
-from patronus_jax.models import prototypes as proto_lib
-from patronus_jax.models.latent import latent_from_config
-from patronus_jax.models.unet import patronus_from_config
+from patronus_jax.core import checkpoint as ckpt_lib
+from patronus_jax.core import files
+from patronus_jax.core import sharding
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -182,7 +174,6 @@ class _Preemption:
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       # All hosts must agree on the step at which they save.
       return self.requested or multihost_utils.reached_preemption_sync_point(step)
     return self.requested
@@ -192,8 +183,9 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _writer(workdir: str):
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+def metric_writer(workdir: str):
+  """clu metric writer to DIR/tensorboard (logging only on processes other than 0)."""
+  from clu import metric_writers  # lazy: it imports TensorFlow (seconds), needed only once training runs
   return metric_writers.create_default_writer(
       os.path.join(workdir, 'tensorboard'), just_logging=jax.process_index() > 0)
 
@@ -262,7 +254,7 @@ def run_training(task: Task, settings: LoopSettings, workdir: str, make_data_ite
   step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, ema_decay=settings.ema_decay),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, rep), donate_argnums=donate)
-  writer = _writer(workdir) if jax.process_index() == 0 else None
+  writer = metric_writer(workdir) if jax.process_index() == 0 else None
   lr_fn = learning_rate_schedule(settings)
   pending: list = []  # (step, metrics) not yet fetched from the device
   last_good = start
@@ -337,95 +329,9 @@ def run_training(task: Task, settings: LoopSettings, workdir: str, make_data_ite
 def _save_samples(workdir: str, stage: str, step: int, images: np.ndarray, writer) -> None:
   if jax.process_index() != 0 or images is None:
     return
-  grid = io.save_image_grid(os.path.join(workdir, 'samples', f'{stage}_step_{step:07d}.png'), images)
+  grid = files.save_image_grid(os.path.join(workdir, 'samples', f'{stage}_step_{step:07d}.png'), images)
   if writer is not None:
     writer.write_images(step, {f'{stage}/samples': grid[None]})
-
-
-# ----------------------------------------------------------------------------- stage 1
-
-class PatronusTask:
-  """Stage 1: joint prototype network + U-Net on the diffusion loss."""
-  name = 'stage1'
-
-  def __init__(self, config):
-    self.config = config
-    self.model = patronus_from_config(config)
-    self.schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
-
-  def prepare_batch(self, batch: dict) -> dict:
-    return {'image': np.asarray(batch['image'], np.float32)}
-
-  def init_variables(self, key, batch):
-    x = batch['image']
-    return self.model.init({'params': key}, x, jnp.zeros((x.shape[0],), jnp.int32))
-
-  def loss_fn(self, params, variables, batch, key, train):
-    variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
-    x0 = batch['image']
-    diff_key, drop_key = jax.random.split(key)
-    s = self.model.apply(variables, x0, method=self.model.encode).activations
-
-    def denoise(x_t, t):
-      return self.model.apply(variables, x_t, t, s, train, rngs={'dropout': drop_key},
-                              method=self.model.denoise)
-
-    d = self.config.diffusion
-    loss = diffusion.diffusion_loss(denoise, self.schedule, x0, diff_key, d.prediction, d.min_snr_gamma,
-                                    d.min_snr_floor)
-    metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
-    weight = self.config.train.distinct_loss_weight
-    if weight > 0:
-      distinct = proto_lib.prototype_distinct_loss(
-          params['prototypes']['prototype_vectors'], self.config.train.distinct_margin)
-      metrics['distinct_loss'] = distinct
-      loss = loss + weight * distinct
-    return loss, metrics
-
-
-def image_iterator_factory(config, mesh):
-  """Infinite shuffled stream of this process's share of the training batches."""
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  del mesh
-  return lambda: data.make_iterator(config.data, config.data.train_split,
-                                    global_batch_size=config.train.batch_size, seed=config.seed,
-                                    shuffle=True, num_epochs=None)
-
-
-def make_sample_fn(config, task: PatronusTask, mesh) -> Optional[Callable]:
-  """Grid of held-out images (top) and images generated from their s (bottom) for monitoring."""
-  if not config.train.sample_every:
-    return None
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
-  n = config.train.num_sample_images
-  real = data.load_arrays(config.data, config.data.eval_split, max_examples=n)['image']
-
-  def fn(state: TrainState):
-    variables = state.inference_variables(use_ema=config.train.ema_decay > 0)
-    variables = jax.device_get(variables)
-    generated = sample_lib.reconstruct(task.model, variables, jnp.asarray(real),
-                                       jax.random.PRNGKey(config.seed + 1), config.diffusion)
-    return np.concatenate([real, np.asarray(generated)], axis=0)
-
-  return fn
-
-
-def train_stage1(config, workdir: str, mesh) -> TrainState:
-  """`--mode=train` for Patronus."""
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  info = data.get_info(config.data)
-  expected = (config.data.image_size, config.data.image_size, config.data.channels)
-  if tuple(info.image_shape) != expected:
-    raise ValueError(f'dataset {info.name} yields images {info.image_shape}, the config expects {expected}')
-  if info.bias_report is not None and jax.process_index() == 0:
-    io.write_json(os.path.join(workdir, 'data_bias.json'), info.bias_report)
-    logging.info('Planted bias: %s', info.bias_report)
-  task = PatronusTask(config)
-  settings = LoopSettings.from_section(config.train)
-  return run_training(task, settings, workdir, image_iterator_factory(config, mesh), seed=config.seed,
-                      mesh=mesh, meta={'config': workdir_lib.config_to_dict(config)},
-                      sample_fn=make_sample_fn(config, task, mesh))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -474,46 +380,22 @@ def check_variables(model, variables: dict, example_args: tuple, what: str) -> N
     raise ValueError('\n'.join(lines))
 
 
-def load_stage1_variables(config, workdir: str, use_ema: bool = True):
-  """(model, variables, step) of the trained stage-1 model, checked against the config."""
-  model = patronus_from_config(config, dtype='float32')
-  state, step, _ = load_state(workdir, 'stage1')
-  variables = inference_variables(state, use_ema and config.train.ema_decay > 0)
-  size, c = config.data.image_size, config.data.channels
-  check_variables(model, variables, (jnp.zeros((1, size, size, c)), jnp.zeros((1,), jnp.int32)), 'stage-1')
-  return model, variables, step
 
 
-# ----------------------------------------------------------------------------- stage 2
 
-class LatentTask:
-  """Stage 2: the latent UNet1D on standardised prototype activations."""
-  name = 'latent'
-
-  def __init__(self, config):
-    self.config = config
-    self.model = latent_from_config(config, dtype='float32')
-    self.schedule = diffusion.make_schedule(config.latent.schedule, config.latent.timesteps)
-
-  def prepare_batch(self, batch: dict) -> dict:
-    return {'s': np.asarray(batch['s'], np.float32)}
-
-  def init_variables(self, key, batch):
-    s = batch['s']
-    return self.model.init({'params': key}, s, jnp.zeros((s.shape[0],), jnp.int32))
-
-  def loss_fn(self, params, variables, batch, key, train):
-    variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
-    diff_key, drop_key = jax.random.split(key)
-    denoise = lambda z, t: self.model.apply(variables, z, t, train, rngs={'dropout': drop_key})
-    loss = diffusion.diffusion_loss(denoise, self.schedule, batch['s'], diff_key)
-    return loss, {}
+def load_for_inference(model, workdir: str, stage: str, example_args: tuple, *, use_ema: bool = True,
+                       what: str = '') -> tuple[dict, int, dict]:
+  """(variables, step, state) of a stage's newest checkpoint, checked against `model` called on
+  `example_args` (ValueError naming the mismatching paths before any compute)."""
+  state, step, _ = load_state(workdir, stage)
+  variables = inference_variables(state, use_ema)
+  check_variables(model, variables, example_args, what or stage)
+  return variables, step, state
 
 
 def array_iterator(arrays: dict, global_batch_size: int, seed: int, process_index: Optional[int] = None,
                    process_count: Optional[int] = None):
   """Endless, reshuffled-per-epoch, per-process batches of in-memory arrays (grain, checkpointable)."""
-  import grain  # pylint: disable=g-import-not-at-top
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   n = len(next(iter(arrays.values())))
@@ -524,103 +406,3 @@ def array_iterator(arrays: dict, global_batch_size: int, seed: int, process_inde
     rows = rows[process_index::process_count]
   ds = rows.map(lambda i: {k: v[i] for k, v in arrays.items()})
   return iter(ds.to_iter_dataset().batch(global_batch_size // process_count))
-
-
-def compute_activations(config, model, variables, split: str, batch_size: int = 256,
-                        max_examples: Optional[int] = None) -> dict:
-  """s (and attributes) of every example of a split, in order, streamed (progress lines)."""
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  info = data.get_info(config.data)
-  total = info.num_examples.get(split)
-  if max_examples is not None:
-    total = min(total, max_examples) if total else max_examples
-  it = data.make_iterator(config.data, split, global_batch_size=batch_size, seed=0, shuffle=False,
-                          num_epochs=1, drop_remainder=False, process_index=0, process_count=1)
-  encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode).activations)
-  s_all, attrs, done, t0, last = [], [], 0, time.time(), time.time()
-  for batch in it:
-    images = batch['image']
-    if max_examples is not None:
-      images = images[:max_examples - done]
-    if len(images) == 0:
-      break
-    pad = batch_size - len(images)
-    x = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]) if pad else images
-    s_all.append(np.asarray(encode(variables, x))[:len(images)])
-    attrs.append(batch['attributes'][:len(images)])
-    done += len(images)
-    if time.time() - last > 10 or (total and done >= total):
-      last = time.time()
-      logging.info('computing s over %s: %d/%s images (%.0f images/s)', split, done, total or '?',
-                   done / max(last - t0, 1e-9))
-    if max_examples is not None and done >= max_examples:
-      break
-  return {'s': np.concatenate(s_all).astype(np.float32), 'attributes': np.concatenate(attrs)}
-
-
-def latent_statistics(s: np.ndarray, normalize: bool) -> dict:
-  if not normalize:
-    return {'s_mean': np.zeros(s.shape[1], np.float32), 's_std': np.ones(s.shape[1], np.float32)}
-  return {'s_mean': s.mean(0).astype(np.float32), 's_std': np.maximum(s.std(0), 1e-6).astype(np.float32)}
-
-
-def train_latent(config, workdir: str, mesh) -> TrainState:
-  """`--mode=train_latent`: s of the training set under the frozen stage-1 encoder -> UNet1D."""
-  model, variables, stage1_step = load_stage1_variables(config, workdir)
-  cache = os.path.join(workdir, 'latent', 'activations.npz')
-  if os.path.exists(cache) and int(np.load(cache)['stage1_step']) == stage1_step:
-    with np.load(cache) as f:
-      s = f['s']
-    logging.info('latent: using cached s of %d training images (%s).', len(s), cache)
-  else:
-    s = compute_activations(config, model, variables, config.data.train_split)['s']
-    if jax.process_index() == 0:
-      with io.atomic_path(cache) as tmp:
-        with open(tmp, 'wb') as f:
-          np.savez(f, s=s, stage1_step=stage1_step)
-  stats = latent_statistics(s, config.latent.normalize)
-  z = (s - stats['s_mean']) / stats['s_std']
-  task = LatentTask(config)
-  settings = LoopSettings.from_section(config.latent)
-  settings = dataclasses.replace(settings, weight_decay=0.0)  # Adam, as the official latent training
-  extras = {k: jnp.asarray(v) for k, v in stats.items()}
-  return run_training(task, settings, workdir, lambda: array_iterator({'s': z}, settings.batch_size, config.seed),
-                      seed=config.seed + 1, mesh=mesh, extras=extras,
-                      meta={'config': workdir_lib.config_to_dict(config), 'stage1_step': stage1_step})
-
-
-def load_latent(config, workdir: str, use_ema: bool = True):
-  """(model, variables, stats {'s_mean','s_std'}, step) of the trained latent model."""
-  model = latent_from_config(config, dtype='float32')
-  state, step, _ = load_state(workdir, 'latent')
-  variables = inference_variables(state, use_ema and config.latent.ema_decay > 0)
-  p = config.model.num_prototypes
-  check_variables(model, variables, (jnp.zeros((1, p)), jnp.zeros((1,), jnp.int32)), 'latent')
-  stats = {k: np.asarray(v) for k, v in state['extras'].items()}
-  return model, variables, stats, step
-
-
-# ----------------------------------------------------------------------------- imports
-
-def write_imported_state(stage: str, workdir: str, config, variables: dict, source: str) -> int:
-  """Saves imported weights as a finished checkpoint of `stage` (so later modes just load it)."""
-  workdir_lib.check_and_write_config(workdir, config)
-  variables = dict(variables)
-  params = variables.pop('params')
-  if stage == 'stage1':
-    settings = LoopSettings.from_section(config.train)
-    extras = {}
-  else:
-    settings = LoopSettings.from_section(config.latent)
-    p = config.model.num_prototypes
-    extras = {'s_mean': jnp.zeros((p,), jnp.float32), 's_std': jnp.ones((p,), jnp.float32)}
-  tx = make_optimizer(settings)
-  params = jax.tree_util.tree_map(jnp.asarray, params)
-  state = TrainState(step=jnp.asarray(settings.num_steps, jnp.int32), params=params, ema_params=params,
-                     opt_state=tx.init(params), variables=jax.tree_util.tree_map(jnp.asarray, variables),
-                     rng=jax.random.PRNGKey(config.seed), extras=extras)
-  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(workdir, stage), asynchronous=False)
-  checkpointer.save(settings.num_steps, state, {}, {'stage': stage, 'imported_from': source,
-                                                    'config': workdir_lib.config_to_dict(config)}, force=True)
-  checkpointer.close()
-  return settings.num_steps

@@ -8,7 +8,6 @@ in chunks of `config.sample.batch_size` so memory stays bounded.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -19,33 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from patronus_jax import diffusion
-from patronus_jax import io
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplerSpec:
-  """Hashable description of a sampling loop (a static argument of the jitted samplers)."""
-  schedule: str = 'linear'
-  timesteps: int = 1000
-  sampler: str = 'ddim'
-  num_steps: int = 100
-  eta: float = 0.0
-  prediction: str = 'eps'
-  clip_x0: float = 0.0
-
-  @classmethod
-  def images(cls, diffusion_cfg, **overrides) -> 'SamplerSpec':
-    spec = cls(diffusion_cfg.schedule, diffusion_cfg.timesteps, diffusion_cfg.sampler,
-               diffusion_cfg.sample_steps, float(diffusion_cfg.eta), diffusion_cfg.prediction,
-               float(diffusion_cfg.clip_x0))
-    return dataclasses.replace(spec, **overrides)
-
-  @classmethod
-  def latent(cls, latent_cfg, **overrides) -> 'SamplerSpec':
-    spec = cls(latent_cfg.schedule, latent_cfg.timesteps, 'ddim', latent_cfg.sample_steps,
-               float(latent_cfg.eta), 'eps')
-    return dataclasses.replace(spec, **overrides)
+from patronus_jax import data
+from patronus_jax.core import diffusion
+from patronus_jax.core import files
+from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.core.diffusion import SamplerSpec
+from patronus_jax.tasks.patronus.loading import load_latent, load_stage1_variables
 
 
 def _run(spec: SamplerSpec, denoise_fn, x_T, key, trajectory_fn=None):
@@ -126,13 +104,10 @@ def reconstruct(model, variables, images: jax.Array, key: jax.Array, diffusion_c
 
 def sample_mode(config, workdir: str, mesh=None) -> dict:
   """`--mode=sample`: unconditional samples and reconstructions, as PNG grids and .npz."""
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
-  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   del mesh
-  model, variables, stage1_step = train.load_stage1_variables(config, workdir)
+  model, variables, stage1_step = load_stage1_variables(config, workdir)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
-  latent_model, latent_vars, stats, latent_step = train.load_latent(config, workdir)
+  latent_model, latent_vars, stats, latent_step = load_latent(config, workdir)
   status = {'stage1_step': stage1_step, 'latent_step': latent_step,
             'num_samples': config.sample.num_samples, 'num_reconstructions': config.sample.num_reconstructions,
             'sampler': config.diffusion.sampler, 'sample_steps': config.diffusion.sample_steps,
@@ -164,16 +139,16 @@ def sample_mode(config, workdir: str, mesh=None) -> dict:
   elapsed = time.time() - t0
   if jax.process_index() == 0:
     nrow = int(np.ceil(np.sqrt(n)))
-    io.save_image_grid(os.path.join(out_dir, 'unconditional.png'), uncond, nrow=nrow)
+    files.save_image_grid(os.path.join(out_dir, 'unconditional.png'), uncond, nrow=nrow)
     pairs = np.stack([real, recon], 1).reshape((-1,) + real.shape[1:])  # original, reconstruction
-    io.save_image_grid(os.path.join(out_dir, 'reconstruction.png'), pairs, nrow=min(16, 2 * m))
-    with io.atomic_path(os.path.join(out_dir, 'samples.npz')) as tmp:
+    files.save_image_grid(os.path.join(out_dir, 'reconstruction.png'), pairs, nrow=min(16, 2 * m))
+    with files.atomic_path(os.path.join(out_dir, 'samples.npz')) as tmp:
       with open(tmp, 'wb') as f:
-        np.savez(f, unconditional=io.to_uint8(uncond), s_unconditional=s_uncond, real=io.to_uint8(real),
-                 reconstruction=io.to_uint8(recon), s_real=s_real, s_reconstruction=s_recon)
+        np.savez(f, unconditional=files.to_uint8(uncond), s_unconditional=s_uncond, real=files.to_uint8(real),
+                 reconstruction=files.to_uint8(recon), s_real=s_real, s_reconstruction=s_recon)
     faithfulness = float(np.corrcoef(s_real.ravel(), s_recon.ravel())[0, 1])
     status.update(seconds=elapsed, s_faithfulness=faithfulness)
-    io.write_json(os.path.join(out_dir, 'summary.json'), status)
+    files.write_json(os.path.join(out_dir, 'summary.json'), status)
     workdir_lib.write_status(workdir, 'sample', {k: status[k] for k in key_fields})
   logging.info('sample: %d unconditional + %d reconstructions in %.1fs -> %s', n, m, elapsed, out_dir)
   return status

@@ -40,11 +40,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from patronus_jax import diffusion
-from patronus_jax import io as pio
-from patronus_jax import text as text_lib
-from patronus_jax.models.bcos_config import parse_steps
+from patronus_jax.core import diffusion
+from patronus_jax.core import files as pio
+from patronus_jax.tasks.bcos import tokenizer as text_lib
+from patronus_jax.tasks.bcos.config import parse_steps
 from patronus_jax.models.bcos_unet import ExplainedInputs, decode_colors, encode_colors
+from PIL import Image, ImageDraw, ImageFont
+from patronus_jax.data import load_arrays
+from patronus_jax.data import get_info
+from patronus_jax.evaluate import classifier as clf
+from patronus_jax.tasks.bcos.task import BcosTask
+from PIL import Image
 
 Array = jax.Array
 
@@ -182,7 +188,6 @@ def render_report(image: np.ndarray, maps: Sequence[np.ndarray], map_titles: Seq
                   signed_maps: Sequence[np.ndarray] = ()) -> np.ndarray:
   """One prompt's PNG: the generation, contribution maps (and a row of signed maps under
   them), and a relevance bar per word ('+' / 'x' after a word: the image shows / misses it)."""
-  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
   font = ImageFont.load_default()
   tiles = [_upscale(pio.to_uint8(image), size)] + [_upscale(m, size) for m in maps]
   titles = ['generated'] + list(map_titles)
@@ -417,11 +422,9 @@ def default_prompts(config, num: int) -> list[str]:
   """`bcos.explain_prompts` (';'-separated) or captions of the eval split."""
   if config.bcos.explain_prompts.strip():
     return [p.strip() for p in config.bcos.explain_prompts.split(';') if p.strip()][:num]
-  from patronus_jax.data import load_arrays  # pylint: disable=g-import-not-at-top
   arrays = load_arrays(config.data, config.data.eval_split, max_examples=num)
   if 'caption' in arrays:
     return [c.decode() if isinstance(c, bytes) else str(c) for c in arrays['caption']]
-  from patronus_jax.data import get_info  # pylint: disable=g-import-not-at-top
   info = get_info(config.data)
   return text_lib.captions_for(config.data.name, arrays['attributes'], info.attribute_names,
                                getattr(info, 'attribute_values', None))
@@ -453,7 +456,6 @@ def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, se
                            num_steps=num_steps, steps=steps, target=target)
   predicted = None
   if classifier is not None:
-    from patronus_jax.evaluate import classifier as clf  # pylint: disable=g-import-not-at-top
     probs = clf.predict(classifier, raw['samples'])
     predicted = {k: np.argmax(v, axis=-1) for k, v in probs.items()}
   reports, pngs = [], []
@@ -527,14 +529,12 @@ def explain_workdir(config, workdir: str, params, variables: dict, classifier=No
   model (and its compiled functions).
   """
   if task is None:
-    from patronus_jax.bcos_task import BcosTask  # pylint: disable=g-import-not-at-top
     task = BcosTask(config)
   bc = config.bcos
   prompts = default_prompts(config, bc.num_explain)
   names = values = None
   if classifier is not None:
     try:
-      from patronus_jax.data import get_info  # pylint: disable=g-import-not-at-top
       info = get_info(config.data)
       names, values = info.attribute_names, info.attribute_values
     except Exception:  # pylint: disable=broad-except
@@ -549,7 +549,6 @@ def explain_workdir(config, workdir: str, params, variables: dict, classifier=No
   report['summary']['completeness_ok'] = max(errors) <= bc.completeness_tolerance
   out = os.path.join(workdir, 'explain')
   os.makedirs(out, exist_ok=True)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   for i, (rep, png) in enumerate(zip(report['prompts'], pngs)):
     pio.write_json(os.path.join(out, f'prompt_{i}.json'), rep)
     with pio.atomic_path(os.path.join(out, f'prompt_{i}.png')) as tmp:

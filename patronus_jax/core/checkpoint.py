@@ -115,17 +115,3 @@ def abstract_like(state: Any, shardings: Any = None) -> Any:
     shardings = jax.tree_util.tree_map(lambda x: getattr(x, 'sharding', None), state)
   return jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-
-
-# ----------------------------------------------------------------------------- imports
-
-def write_imported_stage1(workdir: str, config, variables: dict, source: str) -> int:
-  """Writes imported stage-1 weights as a finished stage-1 checkpoint of this project."""
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
-  return train.write_imported_state('stage1', workdir, config, variables, source)
-
-
-def write_imported_latent(workdir: str, config, variables: dict, source: str) -> int:
-  """Writes an imported latent UNet1D (trained on raw s: identity normalisation)."""
-  from patronus_jax import train  # pylint: disable=g-import-not-at-top
-  return train.write_imported_state('latent', workdir, config, variables, source)

@@ -19,7 +19,9 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
 import numpy as np
 
 DATA, MODEL = 'data', 'model'
@@ -107,7 +109,17 @@ def to_host(tree: Any) -> Any:
   """Fully replicated / addressable arrays -> numpy (works on multi-host meshes too)."""
   def fetch(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
   return jax.tree_util.tree_map(fetch, tree)
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      data=-1,  # devices along the data axis; -1: all that remain
+      model=1,  # devices along the parameter-sharding axis (1: replicate parameters)
+      distributed=False,  # call jax.distributed.initialize() (multi-host TPU/GPU)
+      coordinator_address='',
+      num_processes=0,  # 0: let jax.distributed infer (TPU, SLURM, ...)
+      process_id=-1,
+  ))

@@ -310,3 +310,28 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, sampler
 
 def num_model_calls(sampler: str, timesteps: int, num_steps: int) -> int:
   return timesteps - 1 if sampler == 'ddpm' else num_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+  """Hashable description of a sampling loop (a static argument of the jitted samplers)."""
+  schedule: str = 'linear'
+  timesteps: int = 1000
+  sampler: str = 'ddim'
+  num_steps: int = 100
+  eta: float = 0.0
+  prediction: str = 'eps'
+  clip_x0: float = 0.0
+
+  @classmethod
+  def images(cls, diffusion_cfg, **overrides) -> 'SamplerSpec':
+    spec = cls(diffusion_cfg.schedule, diffusion_cfg.timesteps, diffusion_cfg.sampler,
+               diffusion_cfg.sample_steps, float(diffusion_cfg.eta), diffusion_cfg.prediction,
+               float(diffusion_cfg.clip_x0))
+    return dataclasses.replace(spec, **overrides)
+
+  @classmethod
+  def latent(cls, latent_cfg, **overrides) -> 'SamplerSpec':
+    spec = cls(latent_cfg.schedule, latent_cfg.timesteps, 'ddim', latent_cfg.sample_steps,
+               float(latent_cfg.eta), 'eps')
+    return dataclasses.replace(spec, **overrides)

@@ -31,6 +31,19 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from patronus_jax.core import checkpoint as ckpt_lib
+from patronus_jax.evaluate import workdir_classifier
+from patronus_jax import data as data_lib
+from patronus_jax.tasks.patronus import sample as sample_lib
+from patronus_jax.core import files as pio
+from patronus_jax.tasks.patronus import loading
+from patronus_jax.core.training import metric_writer
+from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.evaluate import classifier as clf_lib
+from patronus_jax.evaluate import disentanglement
+from patronus_jax.evaluate import fid as fid_lib
+from patronus_jax.evaluate import probes
+from patronus_jax.evaluate import inception
 
 METRICS_FILENAME = 'metrics.json'
 OUTPUT_DIR = 'evaluate'  # sample grids
@@ -48,7 +61,6 @@ class MissingCheckpointError(FileNotFoundError):
 
 
 def _latest_step(workdir: str, stage: str) -> Optional[int]:
-  from patronus_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   directory = ckpt_lib.stage_dir(workdir, stage)
   if not os.path.isdir(directory):
     return None
@@ -65,7 +77,6 @@ def check_checkpoints(config, workdir: str) -> dict[str, Optional[int]]:
   The latent model is needed only for unconditional samples (`evaluate.samples`) when a
   metric on samples is requested.
   """
-  from patronus_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   needs_latent = 'unconditional' in config.evaluate.samples and _needs_samples(config)
   steps = {'stage1_step': _latest_step(workdir, 'stage1'),
            'latent_step': _latest_step(workdir, 'latent') if needs_latent else None}
@@ -118,7 +129,6 @@ def _plan(config, has_attributes: bool) -> dict[str, Any]:
 
 def _config_fields(config) -> dict[str, Any]:
   """The config fields the metrics depend on (also the key that decides to skip)."""
-  from patronus_jax.evaluate import workdir_classifier  # pylint: disable=g-import-not-at-top
   d = config.diffusion
   lt = config.latent
   return dict(
@@ -174,7 +184,6 @@ def _pass_over_split(config, split: str, num: Optional[int], batch_size: int, *,
   Returns 'attributes', 's' (when `encode`), and per `features` entry the features of the
   first `num_features` images (all when None). Images are never held all at once.
   """
-  from patronus_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   features = features or {}
   it = data_lib.make_iterator(config.data, split, global_batch_size=batch_size, seed=0, shuffle=False,
                               num_epochs=1, drop_remainder=False, process_index=0, process_count=1)
@@ -209,7 +218,6 @@ def _pass_over_split(config, split: str, num: Optional[int], batch_size: int, *,
 
 def _padded_encoder(model, variables, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
   """s of a batch of images, padded to `batch_size` so that one program is compiled."""
-  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
 
   def encode(images: np.ndarray) -> np.ndarray:
     n = images.shape[0]
@@ -243,7 +251,6 @@ def _generate(config, model, variables, s: np.ndarray, key, label: str) -> np.nd
 
   Blocks bound the float copies in memory (10k samples of 256x256 would be 8 GB as float32).
   """
-  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
   ev = config.evaluate
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   spec = sample_lib.SamplerSpec.images(config.diffusion)
@@ -265,7 +272,6 @@ def _conditional_samples(config, model, variables, s_source: np.ndarray, num: in
 
 
 def _unconditional_samples(config, model, variables, latent, num: int, key):
-  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
   ev = config.evaluate
   latent_model, latent_vars, stats = latent
   stats = {k: jnp.asarray(v) for k, v in stats.items()}
@@ -325,12 +331,10 @@ def _scalars(tree: Any, prefix: str = '') -> dict[str, float]:
 
 
 def _write_tensorboard(workdir: str, step: int, metrics: dict) -> None:
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   sections = ('fid', 'fd_classifier', 'samples', 'probe', 'tad', 'dci')
   scalars = {f'evaluate/{k}': v for k, v in _scalars({s: metrics[s] for s in sections if s in metrics}).items()
              if not k.startswith('dci/importance')}
-  writer = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'),
-                                                just_logging=jax.process_index() > 0)
+  writer = metric_writer(workdir)
   writer.write_scalars(step, scalars)
   writer.flush()
   writer.close()
@@ -345,16 +349,6 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
   Returns the metrics (also when they were up to date and only read back). Raises
   MissingCheckpointError (naming the mode that produces it) when a checkpoint is missing.
   """
-  from patronus_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import io as pio  # pylint: disable=g-import-not-at-top
-  from patronus_jax import sample as sample_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import disentanglement  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import fid as fid_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import probes  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import workdir_classifier  # pylint: disable=g-import-not-at-top
   del mesh  # feature networks spread their batches over the local devices themselves
   t_start = time.time()
   ev = config.evaluate
@@ -386,10 +380,10 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
     metrics['fid_not_computed'] = plan['skipped']['fid']
 
   t0 = time.time()
-  model, variables, _ = train_lib.load_stage1_variables(config, workdir)
+  model, variables, _ = loading.load_stage1_variables(config, workdir)
   latent = None
   if 'unconditional' in plan['samples']:
-    latent_model, latent_vars, stats, _ = train_lib.load_latent(config, workdir)
+    latent_model, latent_vars, stats, _ = loading.load_latent(config, workdir)
     latent = (latent_model, latent_vars, stats)
   timings['load_checkpoints'] = time.time() - t0
 
@@ -412,7 +406,6 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
     networks['fd_classifier'] = lambda x: clf_lib.features(classifier, _quantized(x, ev), ev.batch_size)
   inception_vars = None
   if plan['fid']:
-    from patronus_jax.evaluate import inception  # pylint: disable=g-import-not-at-top
     t0 = time.time()
     inception_vars = inception.load_inception_variables(ev.inception_weights)
     inc_fp = fid_lib.network_fingerprint(inception_vars)
@@ -600,7 +593,6 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
 
 
 def _predicted_labels(classifier, images: np.ndarray, batch_size: int) -> np.ndarray:
-  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
   probs = clf_lib.predict(classifier, images, batch_size)
   return np.stack([np.argmax(p, -1) for p in probs.values()], 1).astype(np.int32)
 
@@ -611,7 +603,6 @@ def _to_unit_range(images: np.ndarray) -> np.ndarray:
 
 def _quantized(images: np.ndarray, ev) -> np.ndarray:
   """8-bit images (as if saved as PNG) when `fid_quantize`, else as they are."""
-  from patronus_jax import io as pio  # pylint: disable=g-import-not-at-top
   if ev.fid_quantize and images.dtype != np.uint8:
     return pio.to_uint8(images)
   return images

@@ -1,0 +1,154 @@
+"""The Patronus sections of the config: the networks, the diffusion process, stage-1 and
+stage-2 training, and sampling (defaults: the paper's CelebA 64x64 model), with their checks."""
+
+from __future__ import annotations
+
+from patronus_jax.core.config import ConfigDict, one_of, require
+
+
+def model_config() -> ConfigDict:
+  """The Patronus networks (defaults: the paper's CelebA 64x64 model)."""
+  return ConfigDict(dict(
+      num_prototypes=100,
+      # Prototype encoder: Conv+ReLU layers; `encoder_channels` excludes the image channels.
+      encoder_channels=(32, 64, 64, 128),
+      encoder_kernels=(3, 3, 3, 3),
+      encoder_strides=(2, 1, 1, 1),
+      encoder_paddings=(1, 0, 0, 0),
+      activation='log',  # 'log': s = log((d+1)/(d+1e-4)); 'linear': s = -d
+      # Conditional U-Net.
+      base_channels=64,
+      channel_mults=(1, 2, 4, 4),
+      num_res_blocks=2,
+      attention=(False, False, False, False),  # self-attention per level
+      num_heads=4,
+      dropout=0.1,
+      time_mult=4,  # embedding width = time_mult * base_channels
+      time_table_size=1000,  # rows of the frozen sinusoid table (official: 1000); >= timesteps
+      remat=False,  # jax.checkpoint each residual block (memory for compute)
+  ))
+
+
+def diffusion_config() -> ConfigDict:
+  return ConfigDict(dict(
+      timesteps=1000,
+      schedule='linear',  # 'linear' (paper, 1e-4 -> 0.02 scaled by 1000/T) or 'cosine'
+      prediction='eps',  # what the network predicts: 'eps' (paper), 'x0' or 'v' (sqrt(abar) eps - sqrt(1-abar) x0)
+      sampler='ddim',  # 'ddim' or 'ddpm'
+      sample_steps=100,  # strided DDIM steps (ddpm always uses every step)
+      eta=0.0,  # DDIM stochasticity for image sampling
+      clip_x0=0.0,  # > 0: clip x0_hat to [-clip_x0, clip_x0] at every sampling step (0: official, unclipped)
+      min_snr_gamma=0.0,  # > 0: min-SNR-gamma loss weighting of the image denoiser (Hang et al. 2023); 0: the paper's unweighted loss
+      min_snr_floor=0.0,  # with min_snr_gamma: weight clip(SNR, floor, gamma) x x0-error; 1 keeps the noisiest steps at weight 1
+  ))
+
+
+def train_config() -> ConfigDict:
+  """Stage 1: joint prototype encoder + U-Net training."""
+  return ConfigDict(dict(
+      batch_size=64,  # global, split over all devices
+      num_steps=100_000,
+      learning_rate=1e-5,
+      warmup_steps=0,
+      lr_schedule='constant',  # after warm-up: 'constant' (paper) or 'cosine' (decays to 0 at num_steps)
+      weight_decay=0.01,  # torch.optim.AdamW default, as the official training
+      grad_clip=0.0,  # global-norm clipping; 0 disables
+      ema_decay=0.9999,  # 0 disables the EMA (sampling then uses the raw parameters)
+      dtype='float32',  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
+      distinct_loss_weight=0.0,  # prototype-distinct loss (official default: off)
+      distinct_margin=0.2,
+      log_every=50,
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+      sample_every=0,  # sample grid to PNG/TensorBoard every M steps; 0 disables
+      num_sample_images=16,
+  ))
+
+
+def latent_config() -> ConfigDict:
+  """Stage 2: the latent DDIM over prototype activations (official UNet1D)."""
+  return ConfigDict(dict(
+      base_channels=64,
+      channel_mults=(1, 2, 4),
+      num_res_blocks=3,
+      dropout=0.2,
+      timesteps=100,
+      schedule='linear',
+      skip_connections=False,  # the official UNet1D concatenates none
+      normalize=True,  # standardise s with training-set mean/std (saved with the checkpoint)
+      batch_size=256,
+      num_steps=20_000,
+      learning_rate=1e-4,
+      warmup_steps=0,
+      lr_schedule='constant',  # after warm-up: 'constant' (official) or 'cosine'
+      grad_clip=0.0,
+      ema_decay=0.0,
+      eta=0.1,
+      sample_steps=100,
+      log_every=100,
+      checkpoint_every=2000,
+  ))
+
+
+def sample_config() -> ConfigDict:
+  return ConfigDict(dict(
+      num_samples=64,  # unconditional samples (s from the latent model)
+      num_reconstructions=16,  # conditional samples (s of real images, new noise)
+      batch_size=64,
+  ))
+
+
+def validate_patronus_sections(config: ConfigDict) -> None:
+  """Checks the model, diffusion, train, latent and mesh values (fields and types are checked
+  against the schema first); ConfigError names the first impossible one."""
+  m, d, t, lt = config.model, config.diffusion, config.train, config.latent
+  one_of(config, 'model.activation', ('log', 'linear'))
+  one_of(config, 'diffusion.schedule', ('linear', 'cosine'))
+  one_of(config, 'latent.schedule', ('linear', 'cosine'))
+  one_of(config, 'diffusion.prediction', ('eps', 'x0', 'v'))
+  require(config.model_type != 'bcos' or d.prediction in ('eps', 'x0'),
+           "config field 'diffusion.prediction' must be 'eps' or 'x0' for model_type='bcos' "
+           f"(its output preconditioning is defined for those), got {d.prediction!r}")
+  one_of(config, 'diffusion.sampler', ('ddim', 'ddpm'))
+  one_of(config, 'train.dtype', ('float32', 'bfloat16'))
+  one_of(config, 'train.lr_schedule', ('constant', 'cosine'))
+  one_of(config, 'latent.lr_schedule', ('constant', 'cosine'))
+  n_enc = len(m.encoder_channels)
+  require(n_enc > 0, "config field 'model.encoder_channels' must name at least one layer")
+  for field in ('encoder_kernels', 'encoder_strides', 'encoder_paddings'):
+    require(len(m[field]) == n_enc,
+             f"config field 'model.{field}' has {len(m[field])} entries but "
+             f"'model.encoder_channels' has {n_enc}: one per encoder layer is expected")
+  require(len(m.attention) == len(m.channel_mults),
+           f"config field 'model.attention' has {len(m.attention)} entries but "
+           f"'model.channel_mults' has {len(m.channel_mults)}: one per level is expected")
+  for name, value in (('model.num_prototypes', m.num_prototypes), ('model.base_channels', m.base_channels),
+                      ('model.num_res_blocks', m.num_res_blocks), ('diffusion.timesteps', d.timesteps),
+                      ('train.batch_size', t.batch_size), ('latent.batch_size', lt.batch_size),
+                      ('latent.timesteps', lt.timesteps), ('data.image_size', config.data.image_size)):
+    require(value > 0, f"config field '{name}' must be positive, got {value}")
+  for name, value in (('train.num_steps', t.num_steps), ('latent.num_steps', lt.num_steps)):
+    require(value >= 0, f"config field '{name}' must be >= 0, got {value}")
+  require(m.base_channels % 8 == 0,
+           f"config field 'model.base_channels' must be a multiple of 8 (GroupNorm(8)), got {m.base_channels}")
+  require(lt.base_channels % 8 == 0,
+           f"config field 'latent.base_channels' must be a multiple of 8 (GroupNorm(8)), got {lt.base_channels}")
+  heads_ok = all((m.base_channels * k) % m.num_heads == 0 for k in m.channel_mults)
+  require(heads_ok, f"'model.num_heads'={m.num_heads} must divide every level's channel count")
+  require(m.time_table_size >= d.timesteps,
+           f"config field 'model.time_table_size' ({m.time_table_size}) must be >= "
+           f"'diffusion.timesteps' ({d.timesteps})")
+  require(0 < d.sample_steps <= d.timesteps,
+           f"config field 'diffusion.sample_steps' must be in 1..{d.timesteps}, got {d.sample_steps}")
+  require(d.min_snr_gamma >= 0.0,
+           f"config field 'diffusion.min_snr_gamma' must be >= 0 (0: unweighted loss), got {d.min_snr_gamma}")
+  require(d.min_snr_floor == 0.0 or 0.0 < d.min_snr_floor <= d.min_snr_gamma,
+           "config field 'diffusion.min_snr_floor' must be 0 or in (0, diffusion.min_snr_gamma] "
+           f"(it needs min_snr_gamma > 0), got floor {d.min_snr_floor} with gamma {d.min_snr_gamma}")
+  require(d.clip_x0 >= 0.0, f"config field 'diffusion.clip_x0' must be >= 0 (0: no clipping), got {d.clip_x0}")
+  require(0 < lt.sample_steps <= lt.timesteps,
+           f"config field 'latent.sample_steps' must be in 1..{lt.timesteps}, got {lt.sample_steps}")
+  require(0.0 <= t.ema_decay < 1.0, f"config field 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
+  require(0.0 <= lt.ema_decay < 1.0, f"config field 'latent.ema_decay' must be in [0, 1), got {lt.ema_decay}")
+  require(0.0 <= m.dropout < 1.0, f"config field 'model.dropout' must be in [0, 1), got {m.dropout}")
+  require(config.mesh.model >= 1, f"config field 'mesh.model' must be >= 1, got {config.mesh.model}")

@@ -1,0 +1,192 @@
+"""The two Patronus training stages, as Tasks of the generic loop (`core.training`).
+
+Stage 1 (`train_stage1`, paper Sec. 3.2): the prototype encoder and the U-Net are trained
+jointly on  E ||eps - eps_theta(x_t, t, s(x_0))||^2  with s computed from the clean image
+(gradients flow into the encoder), optionally plus the prototype-distinct loss.
+Stage 2 (`train_latent`): the stage-1 encoder is frozen, s is computed over the training
+set, standardised (statistics stored with the checkpoint), and the latent UNet1D learns
+p(s) with the same epsilon objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from patronus_jax import data
+from patronus_jax.core import diffusion
+from patronus_jax.core import files
+from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.core.training import LoopSettings, TrainState, array_iterator, run_training
+from patronus_jax.models import prototypes as proto_lib
+from patronus_jax.models.latent import latent_from_config
+from patronus_jax.models.unet import patronus_from_config
+from patronus_jax.tasks.patronus import sample as sample_lib
+from patronus_jax.tasks.patronus.loading import load_stage1_variables
+
+# ----------------------------------------------------------------------------- stage 1
+
+class PatronusTask:
+  """Stage 1: joint prototype network + U-Net on the diffusion loss."""
+  name = 'stage1'
+
+  def __init__(self, config):
+    self.config = config
+    self.model = patronus_from_config(config)
+    self.schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+
+  def prepare_batch(self, batch: dict) -> dict:
+    return {'image': np.asarray(batch['image'], np.float32)}
+
+  def init_variables(self, key, batch):
+    x = batch['image']
+    return self.model.init({'params': key}, x, jnp.zeros((x.shape[0],), jnp.int32))
+
+  def loss_fn(self, params, variables, batch, key, train):
+    variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    x0 = batch['image']
+    diff_key, drop_key = jax.random.split(key)
+    s = self.model.apply(variables, x0, method=self.model.encode).activations
+
+    def denoise(x_t, t):
+      return self.model.apply(variables, x_t, t, s, train, rngs={'dropout': drop_key},
+                              method=self.model.denoise)
+
+    d = self.config.diffusion
+    loss = diffusion.diffusion_loss(denoise, self.schedule, x0, diff_key, d.prediction, d.min_snr_gamma,
+                                    d.min_snr_floor)
+    metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
+    weight = self.config.train.distinct_loss_weight
+    if weight > 0:
+      distinct = proto_lib.prototype_distinct_loss(
+          params['prototypes']['prototype_vectors'], self.config.train.distinct_margin)
+      metrics['distinct_loss'] = distinct
+      loss = loss + weight * distinct
+    return loss, metrics
+
+
+def make_sample_fn(config, task: PatronusTask, mesh) -> Optional[Callable]:
+  """Grid of held-out images (top) and images generated from their s (bottom) for monitoring."""
+  if not config.train.sample_every:
+    return None
+  n = config.train.num_sample_images
+  real = data.load_arrays(config.data, config.data.eval_split, max_examples=n)['image']
+
+  def fn(state: TrainState):
+    variables = state.inference_variables(use_ema=config.train.ema_decay > 0)
+    variables = jax.device_get(variables)
+    generated = sample_lib.reconstruct(task.model, variables, jnp.asarray(real),
+                                       jax.random.PRNGKey(config.seed + 1), config.diffusion)
+    return np.concatenate([real, np.asarray(generated)], axis=0)
+
+  return fn
+
+
+def train_stage1(config, workdir: str, mesh) -> TrainState:
+  """`--mode=train` for Patronus."""
+  info = data.get_info(config.data)
+  data.check_image_shape(config.data, info)
+  if info.bias_report is not None and jax.process_index() == 0:
+    files.write_json(os.path.join(workdir, 'data_bias.json'), info.bias_report)
+    logging.info('Planted bias: %s', info.bias_report)
+  task = PatronusTask(config)
+  settings = LoopSettings.from_section(config.train)
+  return run_training(task, settings, workdir, data.training_iterator_factory(config.data, config.train.batch_size, config.seed), seed=config.seed,
+                      mesh=mesh, meta={'config': workdir_lib.config_to_dict(config)},
+                      sample_fn=make_sample_fn(config, task, mesh))
+
+
+
+class LatentTask:
+  """Stage 2: the latent UNet1D on standardised prototype activations."""
+  name = 'latent'
+
+  def __init__(self, config):
+    self.config = config
+    self.model = latent_from_config(config, dtype='float32')
+    self.schedule = diffusion.make_schedule(config.latent.schedule, config.latent.timesteps)
+
+  def prepare_batch(self, batch: dict) -> dict:
+    return {'s': np.asarray(batch['s'], np.float32)}
+
+  def init_variables(self, key, batch):
+    s = batch['s']
+    return self.model.init({'params': key}, s, jnp.zeros((s.shape[0],), jnp.int32))
+
+  def loss_fn(self, params, variables, batch, key, train):
+    variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    diff_key, drop_key = jax.random.split(key)
+    denoise = lambda z, t: self.model.apply(variables, z, t, train, rngs={'dropout': drop_key})
+    loss = diffusion.diffusion_loss(denoise, self.schedule, batch['s'], diff_key)
+    return loss, {}
+
+
+
+
+def compute_activations(config, model, variables, split: str, batch_size: int = 256,
+                        max_examples: Optional[int] = None) -> dict:
+  """s (and attributes) of every example of a split, in order, streamed (progress lines)."""
+  info = data.get_info(config.data)
+  total = info.num_examples.get(split)
+  if max_examples is not None:
+    total = min(total, max_examples) if total else max_examples
+  it = data.make_iterator(config.data, split, global_batch_size=batch_size, seed=0, shuffle=False,
+                          num_epochs=1, drop_remainder=False, process_index=0, process_count=1)
+  encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode).activations)
+  s_all, attrs, done, t0, last = [], [], 0, time.time(), time.time()
+  for batch in it:
+    images = batch['image']
+    if max_examples is not None:
+      images = images[:max_examples - done]
+    if len(images) == 0:
+      break
+    pad = batch_size - len(images)
+    x = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]) if pad else images
+    s_all.append(np.asarray(encode(variables, x))[:len(images)])
+    attrs.append(batch['attributes'][:len(images)])
+    done += len(images)
+    if time.time() - last > 10 or (total and done >= total):
+      last = time.time()
+      logging.info('computing s over %s: %d/%s images (%.0f images/s)', split, done, total or '?',
+                   done / max(last - t0, 1e-9))
+    if max_examples is not None and done >= max_examples:
+      break
+  return {'s': np.concatenate(s_all).astype(np.float32), 'attributes': np.concatenate(attrs)}
+
+
+def latent_statistics(s: np.ndarray, normalize: bool) -> dict:
+  if not normalize:
+    return {'s_mean': np.zeros(s.shape[1], np.float32), 's_std': np.ones(s.shape[1], np.float32)}
+  return {'s_mean': s.mean(0).astype(np.float32), 's_std': np.maximum(s.std(0), 1e-6).astype(np.float32)}
+
+
+def train_latent(config, workdir: str, mesh) -> TrainState:
+  """`--mode=train_latent`: s of the training set under the frozen stage-1 encoder -> UNet1D."""
+  model, variables, stage1_step = load_stage1_variables(config, workdir)
+  cache = os.path.join(workdir, 'latent', 'activations.npz')
+  if os.path.exists(cache) and int(np.load(cache)['stage1_step']) == stage1_step:
+    with np.load(cache) as f:
+      s = f['s']
+    logging.info('latent: using cached s of %d training images (%s).', len(s), cache)
+  else:
+    s = compute_activations(config, model, variables, config.data.train_split)['s']
+    if jax.process_index() == 0:
+      with files.atomic_path(cache) as tmp:
+        with open(tmp, 'wb') as f:
+          np.savez(f, s=s, stage1_step=stage1_step)
+  stats = latent_statistics(s, config.latent.normalize)
+  z = (s - stats['s_mean']) / stats['s_std']
+  task = LatentTask(config)
+  settings = LoopSettings.from_section(config.latent)
+  settings = dataclasses.replace(settings, weight_decay=0.0)  # Adam, as the official latent training
+  extras = {k: jnp.asarray(v) for k, v in stats.items()}
+  return run_training(task, settings, workdir, lambda: array_iterator({'s': z}, settings.batch_size, config.seed),
+                      seed=config.seed + 1, mesh=mesh, extras=extras,
+                      meta={'config': workdir_lib.config_to_dict(config), 'stage1_step': stage1_step})
