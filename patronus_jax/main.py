@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from patronus_jax import config as config_lib
 from patronus_jax.core import sharding
 from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.core.errors import ConfigError, UserError
 from patronus_jax.core.training import Preempted
 from patronus_jax.tasks.bcos import modes as bcos_modes
 from patronus_jax.tasks.patronus import evaluate_mode
@@ -69,6 +70,8 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples, figures, metrics.')
   flags.DEFINE_enum('mode', 'all', list(MODE_NAMES), 'What to run.')
+  flags.DEFINE_bool('verbose', False, 'Show the traceback of a user error (bad config, data, workdir, checkpoint) '
+                    'too; by default it is reported in one message.')
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -120,30 +123,66 @@ def run(config, workdir: str, mode: str = 'all') -> None:
     changed = workdir_lib.check_and_write_config(workdir, config)
     for name, old, new in changed:
       logging.info('config field %s changed since the last run: %r -> %r', name, old, new)
-  for m in modes_for(config, mode):
+  todo = modes_for(config, mode)
+  job_start = time.time()
+  for i, m in enumerate(todo):
     t0 = time.time()
-    logging.info('=== mode %s (%s) ===', m, config.name)
+    logging.info('=== mode %s (%s; %d of %d) ===', m, config.name, i + 1, len(todo))
     run_mode(m, config, workdir, mesh)
-    logging.info('=== mode %s done in %.1fs ===', m, time.time() - t0)
+    logging.info('=== mode %s done in %.1fs ===%s', m, time.time() - t0,
+                 _job_progress(config, todo[i + 1:], time.time() - job_start))
+
+
+def _mode_size(config, mode: str) -> str:
+  """What a mode still has to do, in the config's own units (for the job progress line)."""
+  if mode == 'train':
+    return f'{config.train.num_steps} steps'
+  if mode == 'train_latent':
+    return f'{config.latent.num_steps} steps'
+  if mode == 'sample':
+    return f'{config.sample.num_samples} + {config.sample.num_reconstructions} images'
+  if mode == 'evaluate':
+    return f'{config.evaluate.num_samples} samples per kind'
+  return ''
+
+
+def _job_progress(config, remaining: tuple[str, ...], elapsed: float) -> str:
+  """' job: 12.1 min so far; still to run: train_latent (400 steps), ...' ('' when done)."""
+  if not remaining:
+    return f' job finished in {elapsed / 60:.1f} min'
+  parts = [f'{m} ({_mode_size(config, m)})' if _mode_size(config, m) else m for m in remaining]
+  return f' job: {elapsed / 60:.1f} min so far; still to run: {", ".join(parts)}'
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  workdir = os.path.abspath(FLAGS.workdir)
-  config = FLAGS.config
+  try:
+    _main(os.path.abspath(FLAGS.workdir), FLAGS.config, FLAGS.mode)
+  except UserError as e:
+    if FLAGS.verbose:
+      raise
+    # A mistake the user can fix: its message alone (the traceback with --verbose).
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(e.exit_status)
+
+
+def _main(workdir: str, config, mode: str) -> None:
   if config is None and not os.path.exists(workdir_lib.config_path(workdir)):
-    raise app.UsageError(f'--config is required: {workdir} holds no config.json yet '
-                         '(give --config=configs/<name>.py for a new workdir)')
+    raise ConfigError(f'--config is required: {workdir} holds no config.json yet '
+                      '(give --config=configs/<name>.py for a new workdir)')
+  from_workdir = config is None
+  if from_workdir:
+    config = config_lib.load_workdir_config(workdir)
+  config_lib.validate(config)  # before anything is created or written
   os.makedirs(workdir, exist_ok=True)
   _log_to_file(workdir)
   quiet_library_logs()
   logging.set_verbosity(logging.INFO)
-  if config is None:
-    config = config_lib.load_workdir_config(workdir)
+  if from_workdir:
     logging.info('using the config of %s (config.json)', workdir)
   try:
-    run(config, workdir, FLAGS.mode)
+    run(config, workdir, mode)
   except Preempted as e:
     # Not a crash: the checkpoint is written and the same command resumes. 143 = 128 + SIGTERM,
     # the status schedulers expect from a terminated job (so they restart it).
@@ -151,10 +190,17 @@ def main(argv) -> None:
     sys.exit(143)
 
 
+HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+
+
 def _parse_flags(argv):
   """absl flag parsing, with config override mistakes turned into one clear line."""
   try:
     return FLAGS(argv)
+  except SystemExit as e:
+    if any(a in HELP_FLAGS for a in argv[1:]):  # absl exits 1 after printing help: asking is no error
+      sys.exit(0)
+    raise
   except flags.Error as e:
     sys.exit(f'FATAL flags error: {e}\nPass --helpshort to see the flags.')
   except (AttributeError, KeyError, TypeError, ValueError) as e:

@@ -152,3 +152,27 @@ def validate_patronus_sections(config: ConfigDict) -> None:
   require(0.0 <= lt.ema_decay < 1.0, f"config field 'latent.ema_decay' must be in [0, 1), got {lt.ema_decay}")
   require(0.0 <= m.dropout < 1.0, f"config field 'model.dropout' must be in [0, 1), got {m.dropout}")
   require(config.mesh.model >= 1, f"config field 'mesh.model' must be >= 1, got {config.mesh.model}")
+  for name, value in (('train.learning_rate', t.learning_rate), ('latent.learning_rate', lt.learning_rate)):
+    require(value > 0, f"config field '{name}' must be positive (a negative rate ascends the loss), got {value}")
+  for name, value in (('train.log_every', t.log_every), ('train.checkpoint_every', t.checkpoint_every),
+                      ('latent.log_every', lt.log_every), ('latent.checkpoint_every', lt.checkpoint_every),
+                      ('train.keep_checkpoints', t.keep_checkpoints)):
+    require(value >= 1, f"config field '{name}' must be >= 1, got {value}")
+  require(t.sample_every >= 0, f"config field 'train.sample_every' must be >= 0 (0: off), got {t.sample_every}")
+  if config.model_type == 'patronus':
+    _check_image_size(config)
+
+
+def _check_image_size(config: ConfigDict) -> None:
+  """The U-Net halves the image between levels and concatenates skips on the way up, and the
+  prototype encoder must leave at least one feature position: both depend on data.image_size."""
+  m, size = config.model, config.data.image_size
+  factor = 2 ** (len(m.channel_mults) - 1)
+  require(size % factor == 0,
+          f"config field 'data.image_size' must be divisible by {factor} (2 ** (levels - 1) for the "
+          f"{len(m.channel_mults)} levels of 'model.channel_mults'), got {size}")
+  features = size
+  for k, s, p in zip(m.encoder_kernels, m.encoder_strides, m.encoder_paddings):
+    features = (features + 2 * p - k) // s + 1
+  require(features >= 1, f"config field 'data.image_size' ({size}) is too small for the prototype encoder "
+          "(model.encoder_kernels/strides/paddings leave no feature position)")

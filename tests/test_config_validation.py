@@ -1,0 +1,65 @@
+"""Impossible config values fail at start with the field's name, and a user error through the
+command line ends in one line with exit status 2, before anything is created."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from patronus_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny():
+  return config_lib.load(os.path.join(ROOT, 'configs', 'shapes.py') + ':tiny')
+
+
+@pytest.mark.parametrize('field, value, words', [
+    ('train.learning_rate', -1.0, 'must be positive'),
+    ('latent.learning_rate', 0.0, 'must be positive'),
+    ('train.checkpoint_every', 0, 'must be >= 1'),
+    ('train.log_every', 0, 'must be >= 1'),
+    ('latent.checkpoint_every', 0, 'must be >= 1'),
+    ('latent.log_every', 0, 'must be >= 1'),
+    ('data.image_size', 17, 'divisible by 2'),
+    ('data.image_size', 4, 'too small for the prototype encoder'),
+])
+def test_impossible_values_name_their_field(field, value, words):
+  config = _tiny()
+  config_lib.set_field(config, field, value)
+  with pytest.raises(config_lib.ConfigError, match=words) as e:
+    config_lib.validate(config)
+  assert f"'{field}'" in str(e.value)
+
+
+def test_image_size_divisibility_follows_the_levels():
+  config = _tiny()
+  config.model.channel_mults = (1, 2, 2)
+  config.model.attention = (False, False, False)
+  config.data.image_size = 34  # divisible by 2, not by 4
+  with pytest.raises(config_lib.ConfigError, match='divisible by 4'):
+    config_lib.validate(config)
+  config.data.image_size = 40
+  config_lib.validate(config)
+
+
+def test_user_error_is_one_line_exit_2_and_creates_nothing(tmp_path):
+  workdir = tmp_path / 'never'
+  cmd = [sys.executable, '-m', 'patronus_jax.main', f'--workdir={workdir}',
+         f'--config={os.path.join(ROOT, "configs", "shapes.py")}:tiny', '--config.train.learning_rate=-1.0']
+  result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert lines == ["error: config field 'train.learning_rate' must be positive (a negative rate ascends the "
+                   "loss), got -1.0"]
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()
+
+
+def test_help_exits_0():
+  result = subprocess.run([sys.executable, '-m', 'patronus_jax.main', '--help'], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+  assert result.returncode == 0
+  assert '--workdir' in result.stdout + result.stderr
