@@ -15,31 +15,32 @@ it is imported only there. Fixtures and `.npz` state dicts need no torch.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
 import re
 import sys
+import zipfile
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import jax
 import jax.numpy as jnp
-from patronus_jax.models.prototypes import receptive_field
-from patronus_jax.models.unet import Patronus
-from patronus_jax.models.latent import LatentUNet1D
-from patronus_jax.models import bcos
+import numpy as np
+
 from patronus_jax import config as config_lib
+from patronus_jax.core.errors import UserError
 from patronus_jax.data import bias as bias_lib
-from patronus_jax.core import checkpoint as ckpt_lib
-from patronus_jax.models.latent import latent_from_config
-from patronus_jax.models.unet import patronus_from_config
-import argparse
+from patronus_jax.models import bcos
+from patronus_jax.models.latent import LatentUNet1D, latent_from_config
+from patronus_jax.models.prototypes import receptive_field
+from patronus_jax.models.unet import Patronus, patronus_from_config
+from patronus_jax.tasks.patronus import loading
 
 Array = np.ndarray
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
   """The weights do not fit the model: the message lists every offending key and shape."""
 
 
@@ -336,9 +337,12 @@ def fixture_outputs(data) -> dict:
 
 def verify_fixture(path: str, tolerance: float = 1e-5, stream=sys.stdout) -> bool:
   """Prints one line per output (max abs error, relative error); True when all are within."""
-  with np.load(path, allow_pickle=False) as data:
-    data = {k: data[k] for k in data.files}
-  ours = fixture_outputs(data)
+  data = read_npz(path, 'reference fixture')
+  try:
+    ours = fixture_outputs(data)
+  except KeyError as e:
+    raise ConversionError(f'{path}: the reference fixture has no array {e} (expected the arrays written by '
+                          'the reference exporter: sd/*, inputs and out/*)') from e
   ok = True
   expected = [k for k in data if k.startswith('out/')] + [
       k for k in data if k.endswith('/out') and not k.startswith('out/')]
@@ -358,13 +362,28 @@ def verify_fixture(path: str, tolerance: float = 1e-5, stream=sys.stdout) -> boo
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def read_npz(path: str, what: str) -> dict:
+  """Arrays of a .npz file (never unpickled objects); ConversionError naming the file otherwise."""
+  if not os.path.isfile(path):
+    raise ConversionError(f'{what} not found: {path}')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if not hasattr(data, 'files'):
+        raise ConversionError(f'{path} holds one array, not a .npz {what} of named arrays')
+      return {k: data[k] for k in data.files}
+  except ValueError as e:  # numpy: not an array file, or a pickle (which we never load from a .npz)
+    raise ConversionError(f'{path} is not a .npz {what} of plain arrays ({e.__class__.__name__}); '
+                          'write it with numpy.savez') from e
+  except (OSError, zipfile.BadZipFile, EOFError) as e:
+    raise ConversionError(f'{path} is not a readable .npz {what}: {e}') from e
+
+
 def load_torch_file(path: str) -> Any:
   """torch.load of an official file on CPU; a clear error when torch is not installed."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'official checkpoint not found: {path}')
   if path.endswith('.npz'):
-    with np.load(path) as data:
-      return {k: data[k] for k in data.files}
+    return read_npz(path, 'state_dict')
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -460,6 +479,19 @@ def latent_config_from_state_dict(sd: Mapping[str, Array]) -> dict:
               timesteps=int(table.shape[0]))
 
 
+def read_official_config(path: str) -> Any:
+  """The official `config.pickle`. Unpickling runs code from the file: only for files you trust."""
+  if not os.path.isfile(path):
+    raise ConversionError(f'official config not found: {path}')
+  print(f'reading {path} with pickle (it can run code: use only config.pickle files you trust)',
+        file=sys.stderr)
+  try:
+    with open(path, 'rb') as f:
+      return pickle.load(f)
+  except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as e:
+    raise ConversionError(f'{path} is not a readable official config.pickle: {e.__class__.__name__}: {e}') from e
+
+
 def import_official(checkpoint: str, official_config: str, workdir: str,
                     latent_checkpoint: str = '', overrides: Mapping[str, str] | None = None) -> str:
   """Writes an official Patronus (and optionally latent) checkpoint into a workdir of ours.
@@ -468,8 +500,7 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
   {'data.folder.path': '/data/ffhq256'} (FFHQ and CheXpert are read from image folders);
   values are parsed as Python literals when possible, else kept as strings.
   """
-  with open(official_config, 'rb') as f:
-    official = pickle.load(f)
+  official = read_official_config(official_config)
   latent_sd = state_dict_from_file(latent_checkpoint) if latent_checkpoint else None
   cfg = config_from_official(official, latent_sd)
   for dotted, value in (overrides or {}).items():
@@ -477,11 +508,11 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
   config_lib.validate(cfg)
   model = patronus_from_config(cfg, dtype='float32')
   variables = import_patronus(state_dict_from_file(checkpoint), model)
-  ckpt_lib.write_imported_stage1(workdir, cfg, variables, source=os.path.abspath(checkpoint))
+  loading.write_imported_stage1(workdir, cfg, variables, source=os.path.abspath(checkpoint))
   if latent_sd is not None:
     latent_model = latent_from_config(cfg, dtype='float32')
     latent_vars = import_latent(latent_sd, latent_model, cfg.model.num_prototypes)
-    ckpt_lib.write_imported_latent(workdir, cfg, latent_vars, source=os.path.abspath(latent_checkpoint))
+    loading.write_imported_latent(workdir, cfg, latent_vars, source=os.path.abspath(latent_checkpoint))
   return workdir
 
 
@@ -494,6 +525,7 @@ def _set_field(cfg, dotted: str, value: str) -> None:
 
 
 def main(argv=None) -> int:
+  """The command line; a user error prints one line (the traceback with --verbose)."""
   parser = argparse.ArgumentParser(prog='python -m patronus_jax.convert', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--verify_fixture', action='append', default=[],
@@ -506,7 +538,18 @@ def main(argv=None) -> int:
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='a config field the official config lacks, e.g. data.folder.path=/data/ffhq256 '
                            '(FFHQ, CheXpert); may be given several times')
+  parser.add_argument('--verbose', action='store_true', help='show the traceback of a user error too')
   args = parser.parse_args(argv)
+  try:
+    return _run(parser, args)
+  except UserError as e:
+    if args.verbose:
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    return e.exit_status
+
+
+def _run(parser, args) -> int:
   if args.verify_fixture:
     ok = True
     for path in args.verify_fixture:

@@ -3,6 +3,8 @@
 import glob
 import io
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,3 +100,32 @@ def test_official_config_mapping_and_overrides():
   assert ffhq.data.folder.path == '/data/ffhq256' and ffhq.train.batch_size == 16
   with pytest.raises(convert.ConversionError, match="unknown config field 'data.folders.path'"):
     convert._set_field(ffhq, 'data.folders.path', 'x')  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('content, words', [
+    (b'# not an archive\n', 'is not a .npz reference fixture'),
+    (bytes(range(256)) * 4, 'is not a .npz reference fixture'),
+])
+def test_convert_names_a_bad_file_in_one_line(tmp_path, content, words):
+  bad = tmp_path / 'bad.npz'
+  bad.write_bytes(content)
+  result = subprocess.run([sys.executable, '-m', 'patronus_jax.convert', f'--verify_fixture={bad}'],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]
+  assert result.stderr.startswith(f'error: {bad} {words}')
+  assert 'allow_pickle' not in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_convert_refuses_pickled_objects_in_an_npz(tmp_path):
+  bad = tmp_path / 'objects.npz'
+  np.savez(bad, a=np.array([{'x': 1}], dtype=object))
+  with pytest.raises(convert.ConversionError, match='not a .npz state_dict of plain arrays'):
+    convert.read_npz(str(bad), 'state_dict')
+
+
+def test_official_config_that_is_not_a_pickle(tmp_path):
+  bad = tmp_path / 'config.pickle'
+  bad.write_bytes(b'random bytes')
+  with pytest.raises(convert.ConversionError, match=f'{bad} is not a readable official config.pickle'):
+    convert.read_official_config(str(bad))
