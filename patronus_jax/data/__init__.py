@@ -15,7 +15,8 @@ Public API (everything else in this package is an implementation detail):
 
 Modules:
   config.py          `config.data` fields, defaults and validation (no I/O)
-  shapes.py          the shapes dataset's factors, rendering and captions (NumPy)
+  shapes.py          the shapes dataset's factors and rendering (NumPy)
+  captions.py        one caption builder per dataset, used by the batches and the vocabularies
   shapes_builder.py  its TFDS builder `patronus_shapes` (ArrayRecord, prepared offline)
   bias.py            planting a correlation by selecting examples; strength and Cramér's V
   sources.py         TFDS and image-folder record sources; missing-data messages

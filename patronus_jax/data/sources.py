@@ -24,13 +24,14 @@ import dataclasses
 import json
 import os
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
 from PIL import Image
 
 from patronus_jax.data import bias as bias_lib
+from patronus_jax.data import captions as captions_lib
 from patronus_jax.data import shapes
 from patronus_jax.data.errors import DataError
 from patronus_jax.data.config import validate_data_config
@@ -48,45 +49,6 @@ CHEXPERT_OBSERVATIONS = (
     'No Finding', 'Enlarged Cardiomediastinum', 'Cardiomegaly', 'Lung Opacity', 'Lung Lesion',
     'Edema', 'Consolidation', 'Pneumonia', 'Atelectasis', 'Pneumothorax', 'Pleural Effusion',
     'Pleural Other', 'Fracture', 'Support Devices')
-
-
-# ----------------------------------------------------------------------------- captions
-
-
-def _join(parts: Sequence[str]) -> str:
-  return parts[0] if len(parts) == 1 else ', '.join(parts[:-1]) + ' and ' + parts[-1]
-
-
-def celeba_caption(has: Callable[[str], bool]) -> str:
-  """'a smiling young woman with blond wavy hair and bangs wearing eyeglasses'."""
-  words = [w for w, attr in (('smiling', 'Smiling'), ('young', 'Young')) if has(attr)]
-  words.append('man' if has('Male') else 'woman')
-  with_parts, wearing = [], []
-  if has('Bald'):
-    with_parts.append('a bald head')
-  else:
-    colour = [c for c, attr in (('blond', 'Blond_Hair'), ('black', 'Black_Hair'),
-                                ('brown', 'Brown_Hair'), ('gray', 'Gray_Hair')) if has(attr)]
-    texture = ['wavy'] if has('Wavy_Hair') else ['straight'] if has('Straight_Hair') else []
-    if colour or texture:
-      with_parts.append(' '.join(colour[:1] + texture) + ' hair')
-  if has('Bangs'):
-    with_parts.append('bangs')
-  if not has('No_Beard'):
-    with_parts.append('a beard')
-  if has('Mustache'):
-    with_parts.append('a mustache')
-  for item, attr in (('eyeglasses', 'Eyeglasses'), ('a hat', 'Wearing_Hat'),
-                     ('lipstick', 'Wearing_Lipstick'), ('earrings', 'Wearing_Earrings'),
-                     ('a necklace', 'Wearing_Necklace'), ('a necktie', 'Wearing_Necktie')):
-    if has(attr):
-      wearing.append(item)
-  caption = 'a ' + ' '.join(words)
-  if with_parts:
-    caption += ' with ' + _join(with_parts)
-  if wearing:
-    caption += ' wearing ' + _join(wearing)
-  return caption
 
 
 def _text(value: Any) -> str:
@@ -120,9 +82,8 @@ class CelebAConvert:
 
   def __call__(self, example: dict, index: int) -> dict:
     attributes = self.attributes(example)
-    values = dict(zip(CELEBA_ATTRIBUTES, attributes))
     return dict(image=example['image'], attributes=attributes,
-                caption=celeba_caption(lambda name: bool(values[name])), index=index)
+                caption=captions_lib.celeba_caption(attributes, CELEBA_ATTRIBUTES), index=index)
 
 
 @dataclasses.dataclass(frozen=True)

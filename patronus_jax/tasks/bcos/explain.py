@@ -39,18 +39,17 @@ from typing import Any, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from patronus_jax.core import diffusion
 from patronus_jax.core import files as pio
+from patronus_jax.data import get_info, load_arrays
+from patronus_jax.data.captions import captions_for
+from patronus_jax.evaluate import classifier as clf
+from patronus_jax.models.bcos_unet import ExplainedInputs, decode_colors, encode_colors
 from patronus_jax.tasks.bcos import tokenizer as text_lib
 from patronus_jax.tasks.bcos.config import parse_steps
-from patronus_jax.models.bcos_unet import ExplainedInputs, decode_colors, encode_colors
-from PIL import Image, ImageDraw, ImageFont
-from patronus_jax.data import load_arrays
-from patronus_jax.data import get_info
-from patronus_jax.evaluate import classifier as clf
 from patronus_jax.tasks.bcos.task import BcosTask
-from PIL import Image
 
 Array = jax.Array
 
@@ -99,19 +98,31 @@ def explain_inputs(task, params, variables: dict, inputs: ExplainedInputs, t: Ar
   y, f_jvp = jax.linearize(f, *primals)
   v = jnp.ones_like(y) if cotangent is None else cotangent.astype(y.dtype)
   g_image, g_time, g_tokens = jax.linear_transpose(f_jvp, *primals)(v)
-  reconstruction = f_jvp(*primals)  # W(x) x
-  axes = tuple(range(1, y.ndim))
   image_c = inputs.image * g_image
   time_c = jnp.sum(inputs.time * g_time, axis=-1)
   token_c = jnp.sum(inputs.tokens * g_tokens, axis=-1) * inputs.token_mask
-  total = jnp.sum(v * y, axis=axes)
-  summed = jnp.sum(image_c, axis=tuple(range(1, image_c.ndim))) + time_c + jnp.sum(token_c, -1)
+  total = jnp.sum(v * y, axis=_batch_axes(y))
+  summed = jnp.sum(image_c, axis=_batch_axes(image_c)) + time_c + jnp.sum(token_c, -1)
+  completeness, sum_error = _exactness(y, f_jvp(*primals), summed, total, v * y)
+  return Explanation(y, inputs.image, g_image, image_c, time_c, g_tokens, token_c, inputs.token_mask,
+                     total, completeness, sum_error)
+
+
+def _batch_axes(x: Array) -> tuple[int, ...]:
+  """Every axis but the leading (batch) one."""
+  return tuple(range(1, x.ndim))
+
+
+def _exactness(y: Array, reconstruction: Array, summed: Array, total: Array,
+               weighted: Array) -> tuple[Array, Array]:
+  """(completeness_error, sum_error) per example: ||W(x)x - y|| / ||y|| and
+  |Σ contributions - vᵀy| / Σ|v ⊙ y| (`weighted` = v ⊙ y)."""
+  axes = _batch_axes(y)
   tiny = jnp.finfo(jnp.float32).tiny
   completeness = (jnp.sqrt(jnp.sum(jnp.square(reconstruction - y), axis=axes))
                   / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(y), axis=axes)), tiny))
-  sum_error = jnp.abs(summed - total) / jnp.maximum(jnp.sum(jnp.abs(v * y), axis=axes), tiny)
-  return Explanation(y, inputs.image, g_image, image_c, time_c, g_tokens, token_c, inputs.token_mask,
-                     total, completeness, sum_error)
+  sum_error = jnp.abs(summed - total) / jnp.maximum(jnp.sum(jnp.abs(weighted), axis=axes), tiny)
+  return completeness, sum_error
 
 
 def explain_step(task, params, variables: dict, x_t: Array, t: Array, cond: dict,
@@ -135,10 +146,13 @@ def token_relevance(token_contributions: Array, token_mask: Array) -> Array:
 
 def input_shares(e: Explanation) -> dict[str, Array]:
   """|C_group| / Σ_groups |C_group| for the image, the time vector and all tokens together."""
-  groups = {'image': jnp.sum(e.image_contributions, axis=tuple(range(1, e.image.ndim))),
-            'time': e.time_contribution, 'tokens': jnp.sum(e.token_contributions, axis=-1)}
-  denom = sum(jnp.abs(g) for g in groups.values())
-  denom = jnp.maximum(denom, jnp.finfo(jnp.float32).tiny)
+  return _shares({'image': jnp.sum(e.image_contributions, axis=_batch_axes(e.image)),
+                  'time': e.time_contribution, 'tokens': jnp.sum(e.token_contributions, axis=-1)})
+
+
+def _shares(groups: dict[str, Array]) -> dict[str, Array]:
+  """|C_group| / Σ_groups |C_group| of per-example group contributions."""
+  denom = jnp.maximum(sum(jnp.abs(g) for g in groups.values()), jnp.finfo(jnp.float32).tiny)
   return {k: jnp.abs(g) / denom for k, g in groups.items()}
 
 
@@ -312,48 +326,60 @@ def _jit_whole(task, num_steps, token_maps=False):
     apply = lambda *a, **k: task.model.apply({'params': params, **variables}, *a, **k)
     b = x_T.shape[0]
     first = apply(x_T, jnp.zeros((b,), jnp.int32), cond, method='inputs')
-    mask = first.token_mask
-
-    def chain(x_T, one, tau, tokens):
-      @jax.checkpoint
-      def denoise(x_t, t):
-        inp = apply(x_t, t, cond, method='inputs')
-        image = encode_colors(x_t.astype(jnp.float32), one[:, None, None, None])
-        return apply(image, tau[:, None] * inp.time, tokens, mask, inp.abar, explain=True,
-                     method='network')
-      return diffusion.ddim_sample(denoise, task.schedule, x_T, num_steps=num_steps, eta=0.0,
-                                   prediction=task.prediction)
-
+    chain = _linear_chain(task, apply, cond, first.token_mask, num_steps)
     primals = (x_T.astype(jnp.float32), jnp.ones((b,)), jnp.ones((b,)), first.tokens)
     y, f_jvp = jax.linearize(chain, *primals)
-    g_x, g_one, g_tau, g_tok = jax.linear_transpose(f_jvp, *primals)(jnp.ones_like(y))
-    reconstruction = f_jvp(*primals)
-    axes = tuple(range(1, y.ndim))
-    noise_c = primals[0] * g_x
-    const_c, time_c = primals[1] * g_one, primals[2] * g_tau
-    token_c = jnp.sum(primals[3] * g_tok, axis=-1) * mask
-    groups = dict(noise=jnp.sum(noise_c, axis=axes), constant=const_c, time=time_c,
-                  tokens=jnp.sum(token_c, axis=-1))
-    tiny = jnp.finfo(jnp.float32).tiny
-    denom = jnp.maximum(sum(jnp.abs(v) for v in groups.values()), tiny)
-    total = jnp.sum(y, axis=axes)
-    out = dict(
-        samples=y, noise_contributions=noise_c, constant_contribution=const_c,
-        time_contribution=time_c, token_contributions=token_c,
-        token_relevance=token_relevance(token_c, mask), token_mask=mask,
-        shares={k: jnp.abs(v) / denom for k, v in groups.items()}, total=total,
-        completeness_error=(jnp.sqrt(jnp.sum(jnp.square(reconstruction - y), axis=axes))
-                            / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(y), axis=axes)), tiny)),
-        sum_error=(jnp.abs(sum(groups.values()) - total)
-                   / jnp.maximum(jnp.sum(jnp.abs(y), axis=axes), tiny)))
-    if token_maps:  # one jvp per token slot, everything else zero
-      zeros = [jnp.zeros_like(p) for p in primals[:3]]
-      slots = jnp.arange(primals[3].shape[1])
-      one_token = lambda i: f_jvp(*zeros, primals[3] * (slots == i)[None, :, None])
-      out['token_maps'] = jnp.moveaxis(jax.lax.map(one_token, slots), 0, 1)
+    out = _chain_contributions(y, f_jvp, primals, first.token_mask)
+    if token_maps:
+      out['token_maps'] = _chain_token_maps(f_jvp, primals)
     return out
 
   return jax.jit(run)
+
+
+def _linear_chain(task, apply, cond: dict, mask: Array, num_steps: int):
+  """(x_T, one, tau, tokens) -> x_0: the deterministic DDIM chain in explanation mode, linear in
+  x_T, the colour encoding's constant `one` (B,), a scale `tau` (B,) of the time vectors and the
+  tokens; each step is rematerialised in the linearisation."""
+
+  def chain(x_T, one, tau, tokens):
+    @jax.checkpoint
+    def denoise(x_t, t):
+      inp = apply(x_t, t, cond, method='inputs')
+      image = encode_colors(x_t.astype(jnp.float32), one[:, None, None, None])
+      return apply(image, tau[:, None] * inp.time, tokens, mask, inp.abar, explain=True,
+                   method='network')
+    return diffusion.ddim_sample(denoise, task.schedule, x_T, num_steps=num_steps, eta=0.0,
+                                 prediction=task.prediction)
+
+  return chain
+
+
+def _chain_contributions(y: Array, f_jvp, primals: tuple, mask: Array) -> dict:
+  """Contributions of (x_T, one, tau, tokens) to Σ x_0 (one transposed pass), their shares and
+  the exactness of W x = x_0 (the arrays of `explain_whole_generation` but the token maps)."""
+  g_x, g_one, g_tau, g_tok = jax.linear_transpose(f_jvp, *primals)(jnp.ones_like(y))
+  noise_c = primals[0] * g_x
+  const_c, time_c = primals[1] * g_one, primals[2] * g_tau
+  token_c = jnp.sum(primals[3] * g_tok, axis=-1) * mask
+  groups = dict(noise=jnp.sum(noise_c, axis=_batch_axes(y)), constant=const_c, time=time_c,
+                tokens=jnp.sum(token_c, axis=-1))
+  total = jnp.sum(y, axis=_batch_axes(y))
+  completeness, sum_error = _exactness(y, f_jvp(*primals), sum(groups.values()), total, y)
+  return dict(
+      samples=y, noise_contributions=noise_c, constant_contribution=const_c,
+      time_contribution=time_c, token_contributions=token_c,
+      token_relevance=token_relevance(token_c, mask), token_mask=mask, shares=_shares(groups),
+      total=total, completeness_error=completeness, sum_error=sum_error)
+
+
+def _chain_token_maps(f_jvp, primals: tuple) -> Array:
+  """(B, L, H, W, C): each token slot's contribution to every pixel and channel of x_0 (one jvp
+  per slot, every other input zero)."""
+  zeros = [jnp.zeros_like(p) for p in primals[:3]]
+  slots = jnp.arange(primals[3].shape[1])
+  one_token = lambda i: f_jvp(*zeros, primals[3] * (slots == i)[None, :, None])
+  return jnp.moveaxis(jax.lax.map(one_token, slots), 0, 1)
 
 
 # ----------------------------------------------------------------------------- reports
@@ -426,8 +452,8 @@ def default_prompts(config, num: int) -> list[str]:
   if 'caption' in arrays:
     return [c.decode() if isinstance(c, bytes) else str(c) for c in arrays['caption']]
   info = get_info(config.data)
-  return text_lib.captions_for(config.data.name, arrays['attributes'], info.attribute_names,
-                               getattr(info, 'attribute_values', None))
+  return captions_for(config.data.name, arrays['attributes'], info.attribute_names,
+                      getattr(info, 'attribute_values', None))
 
 
 def prompt_noise(config, num: int, seed: int) -> Array:
@@ -458,32 +484,14 @@ def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, se
   if classifier is not None:
     probs = clf.predict(classifier, raw['samples'])
     predicted = {k: np.argmax(v, axis=-1) for k, v in probs.items()}
-  reports, pngs = [], []
   n_steps = len(raw['steps'])
   shown = sorted({int(round(i)) for i in np.linspace(0, n_steps - 1, min(num_maps, n_steps))})
+  reports, pngs = [], []
   for b, prompt in enumerate(prompts):
-    valid = np.asarray(raw['token_mask'][b], bool)
-    words = task.tokenizer.tokens(ids[b][valid])
-    rel = raw['token_relevance'][:, b][:, valid]
-    rep = prompt_report(words, rel, {k: v[:, b] for k, v in raw['shares'].items()},
-                        raw['completeness_error'][:, b], raw['sum_error'][:, b], raw['steps'],
-                        raw['timesteps'])
-    rep = dict(prompt=prompt, **rep)
-    followed = None
-    if predicted is not None and attribute_names is not None and attribute_values is not None:
-      pred = {k: int(v[b]) for k, v in predicted.items()}
-      fw = followed_words(prompt, pred, attribute_names, attribute_values)
-      rep['followed_words'] = fw
-      rep['predicted_attributes'] = {k: attribute_values[list(attribute_names).index(k)][v]
-                                     for k, v in pred.items() if k in attribute_names}
-      followed = [fw.get(w) for w in words]
-    maps = [render_contribution_map(raw['image_weights'][i, b], raw['image_inputs'][i, b])
-            for i in shown]
-    titles = [f'step {int(raw["steps"][i])} t={int(raw["timesteps"][i])}' for i in shown]
-    signed = [render_signed_map(raw['image_contributions'][i, b]) for i in shown]
-    pngs.append(render_report(raw['samples'][b], maps, titles, words, rep['relevance'],
-                              f'"{prompt}"  completeness error {rep["completeness_error"]:.1e}',
-                              followed, signed_maps=signed))
+    words = task.tokenizer.tokens(ids[b][np.asarray(raw['token_mask'][b], bool)])
+    rep, followed = _one_prompt_report(prompt, words, raw, b, predicted, attribute_names,
+                                       attribute_values)
+    pngs.append(_one_prompt_png(prompt, words, rep, followed, raw, b, shown))
     reports.append(rep)
   summary = dict(
       num_prompts=len(prompts), target=target, num_sampling_steps=int(num_steps or task.config.diffusion.sample_steps),
@@ -497,6 +505,38 @@ def explain_prompts(task, params, variables: dict, prompts: Sequence[str], *, se
     summary['generation'] = _explain_prompts_whole(task, params, variables, ids, x_T, num_steps,
                                                    reports, raw, token_maps)
   return dict(summary=summary, prompts=reports), pngs, raw
+
+
+def _one_prompt_report(prompt: str, words: Sequence[str], raw: dict, b: int,
+                       predicted: Optional[dict], attribute_names, attribute_values):
+  """(report of prompt `b` of `explain_generation`'s arrays, per-word followed marks or None);
+  with the classifier's `predicted` attributes, the report says which words the image follows."""
+  valid = np.asarray(raw['token_mask'][b], bool)
+  rep = prompt_report(words, raw['token_relevance'][:, b][:, valid],
+                      {k: v[:, b] for k, v in raw['shares'].items()},
+                      raw['completeness_error'][:, b], raw['sum_error'][:, b], raw['steps'],
+                      raw['timesteps'])
+  rep = dict(prompt=prompt, **rep)
+  if predicted is None or attribute_names is None or attribute_values is None:
+    return rep, None
+  pred = {k: int(v[b]) for k, v in predicted.items()}
+  fw = followed_words(prompt, pred, attribute_names, attribute_values)
+  rep['followed_words'] = fw
+  rep['predicted_attributes'] = {k: attribute_values[list(attribute_names).index(k)][v]
+                                 for k, v in pred.items() if k in attribute_names}
+  return rep, [fw.get(w) for w in words]
+
+
+def _one_prompt_png(prompt: str, words: Sequence[str], rep: dict, followed, raw: dict, b: int,
+                    shown: Sequence[int]) -> np.ndarray:
+  """The PNG of prompt `b`: its generation, contribution and signed maps of the `shown` steps."""
+  maps = [render_contribution_map(raw['image_weights'][i, b], raw['image_inputs'][i, b])
+          for i in shown]
+  titles = [f'step {int(raw["steps"][i])} t={int(raw["timesteps"][i])}' for i in shown]
+  signed = [render_signed_map(raw['image_contributions'][i, b]) for i in shown]
+  return render_report(raw['samples'][b], maps, titles, words, rep['relevance'],
+                       f'"{prompt}"  completeness error {rep["completeness_error"]:.1e}',
+                       followed, signed_maps=signed)
 
 
 def _explain_prompts_whole(task, params, variables, ids, x_T, num_steps, reports, raw,

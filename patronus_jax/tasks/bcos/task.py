@@ -22,6 +22,7 @@ import numpy as np
 from patronus_jax import data
 from patronus_jax.core import diffusion
 from patronus_jax.core.training import load_for_inference
+from patronus_jax.data.captions import captions_for
 from patronus_jax.models.bcos_unet import BcosDiffusion, bcos_model_from_config
 from patronus_jax.tasks.bcos import tokenizer as text_lib
 
@@ -87,8 +88,8 @@ class BcosTask:
     if 'attributes' not in batch or self.info is None:
       raise ValueError("text conditioning needs batch['caption'] (or 'attributes' and the dataset "
                        'info to build captions from)')
-    return text_lib.captions_for(self.config.data.name, batch['attributes'],
-                                 self.info.attribute_names, getattr(self.info, 'attribute_values', None))
+    return captions_for(self.config.data.name, batch['attributes'], self.info.attribute_names,
+                        getattr(self.info, 'attribute_values', None))
 
   def encode_prompts(self, prompts) -> np.ndarray:
     """Token ids (N, max_tokens) int32 of prompts."""
