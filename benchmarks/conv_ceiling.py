@@ -21,19 +21,27 @@ this backend.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+from patronus_jax import config as config_lib
+from patronus_jax import experiment
 
-from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+# The flags of every script (patronus_jax/experiment.py): --config=FILE[:variant] with
+# --config.<field>=<value> overrides.
+config_flags.DEFINE_config_file('config', 'configs/celeba.py', 'Config file[:variant] of the model.',
+                                lock_config=True)
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Global batch size.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs of each program; the fastest counts.')
+_TOP = flags.DEFINE_integer('top', 8, 'Also list the N costliest kinds of convolution.')
 
 
 def _subjaxprs(eqn):
@@ -87,7 +95,7 @@ def time_alone(eqn, repeats: int) -> float:
 
 def time_program(fn, args, repeats: int) -> float:
   compiled = jax.jit(fn).lower(*args).compile()
-  return min(throughput.timed(compiled, *args, repeats=repeats, warmup=1))
+  return min(experiment.timed(compiled, *args, repeats=repeats, warmup=1))
 
 
 def analyse(name: str, fn, args, repeats: int) -> dict:
@@ -117,26 +125,22 @@ def describe(eqn) -> str:
   return f'{role} lhs{list(lhs)} rhs{list(rhs)}{extra}'
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='configs/celeba.py')
-  parser.add_argument('--batch_size', type=int, default=16)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--top', type=int, default=8, help='also list the N costliest kinds of convolution')
-  args = parser.parse_args(argv)
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.load(args.config)
-  task, state, batch, step = throughput.training_setup(config, args.batch_size)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = config_lib.validate(flags.FLAGS.config)
+  batch_size, repeats, top = _BATCH_SIZE.value, _REPEATS.value, _TOP.value
+  task, state, batch, step = experiment.training_setup(config, batch_size)
   model = task.model
   size = config.data.image_size
-  t = jnp.full((args.batch_size,), 500, jnp.int32)
-  s = jnp.zeros((args.batch_size, config.model.num_prototypes))
+  t = jnp.full((batch_size,), 500, jnp.int32)
+  s = jnp.zeros((batch_size, config.model.num_prototypes))
   forward = lambda v, x, t, s: model.apply(v, x, t, s, method=model.denoise)
-  print(f'# {args.config}: batch {args.batch_size}, {size}x{size}, base {config.model.base_channels}, '
+  print(f'# {experiment.config_filename()}: batch {batch_size}, {size}x{size}, base {config.model.base_channels}, '
         f'mults {tuple(config.model.channel_mults)}; {jax.devices()[0].device_kind} ({jax.default_backend()}), '
-        f'{os.cpu_count()} CPUs, jax {jax.__version__}, {time.strftime("%Y-%m-%d")}; fastest of {args.repeats}')
-  rows = [analyse('denoiser forward', forward, (state.inference_variables(), batch['image'], t, s), args.repeats),
-          analyse('training step', step, (state, batch), args.repeats)]
+        f'{os.cpu_count()} CPUs, jax {jax.__version__}, {time.strftime("%Y-%m-%d")}; fastest of {repeats}')
+  rows = [analyse('denoiser forward', forward, (state.inference_variables(), batch['image'], t, s), repeats),
+          analyse('training step', step, (state, batch), repeats)]
   head = (f'{"program":>17} {"convs":>6} {"distinct":>8} {"conv GFLOP":>10} {"convs alone s":>13} '
           f'{"GFLOP/s":>8} {"whole s":>8} {"GFLOP/s":>8} {"convs/whole":>11}')
   print(head)
@@ -146,11 +150,10 @@ def main(argv=None):
           f'{r["conv_alone_s"]:>13.3f} {r["conv_gflop"] / r["conv_alone_s"]:>8.0f} {r["whole_s"]:>8.3f} '
           f'{r["conv_gflop"] / r["whole_s"]:>8.0f} {r["conv_alone_s"] / r["whole_s"]:>11.0%}')
   for r in rows:
-    print(f'\n# {r["program"]}: the {args.top} costliest kinds of convolution (time alone x count)')
-    for k in r['per_kind'][:args.top]:
+    print(f'\n# {r["program"]}: the {top} costliest kinds of convolution (time alone x count)')
+    for k in r['per_kind'][:top]:
       print(f'{k["seconds"]:8.3f} s {k["count"]:>3}x {k["gflop"] / k["seconds"]:>6.0f} GFLOP/s  {k["describe"]}')
-  return rows
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

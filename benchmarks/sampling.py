@@ -14,18 +14,29 @@ per s with DDPM (all T-1 steps) and with DDIM at each step count (eta=0), and re
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+from patronus_jax import config as config_lib
+from patronus_jax import data
+from patronus_jax.tasks.patronus import loading
+from patronus_jax.tasks.patronus import sample as sample_lib
+
+# The flags of every script (patronus_jax/experiment.py); the config is the workdir's own.
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir (stage 1).', required=True)
+_NUM = flags.DEFINE_integer('num', 64, 'Images per sampler (one batch).')
+_DDIM_STEPS = flags.DEFINE_string('ddim_steps', '25,50,100,250,1000', 'Comma-separated DDIM step counts.')
+_DDPM = flags.DEFINE_integer('ddpm', 1, 'Also DDPM with every step (1/0).')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed runs per sampler (the median is reported).')
+_JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
 
 
 def faithfulness(s_target: np.ndarray, s_generated: np.ndarray) -> tuple[float, float]:
@@ -37,29 +48,19 @@ def faithfulness(s_target: np.ndarray, s_generated: np.ndarray) -> tuple[float, 
   return pooled, float(per.mean())
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True)
-  parser.add_argument('--num', type=int, default=64, help='images per sampler (one batch)')
-  parser.add_argument('--ddim_steps', default='25,50,100,250,1000')
-  parser.add_argument('--ddpm', type=int, default=1, help='also DDPM with every step (1/0)')
-  parser.add_argument('--repeats', type=int, default=2)
-  parser.add_argument('--json', default='')
-  args = parser.parse_args(argv)
-
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  from patronus_jax.tasks.patronus import sample as sample_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.tasks.patronus import loading  # pylint: disable=g-import-not-at-top
-  from patronus_jax.core import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_workdir_config(args.workdir)
-  model, variables, step = loading.load_stage1_variables(config, args.workdir)
-  real = data.load_arrays(config.data, config.data.eval_split, max_examples=args.num)['image']
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  workdir, num = _WORKDIR.value, _NUM.value
+  config = config_lib.load_workdir_config(workdir)
+  model, variables, step = loading.load_stage1_variables(config, workdir)
+  real = data.load_arrays(config.data, config.data.eval_split, max_examples=num)['image']
   s = sample_lib.encode(model, variables, jnp.asarray(real))
   x_T = jax.random.normal(jax.random.PRNGKey(0), real.shape)
-  settings = [('ddim', int(n)) for n in args.ddim_steps.split(',')]
-  if args.ddpm:
+  settings = [('ddim', int(n)) for n in _DDIM_STEPS.value.split(',')]
+  if _DDPM.value:
     settings.append(('ddpm', config.diffusion.timesteps))
-  print(f'# {args.workdir}: {config.name}, stage-1 step {step}, {args.num} images of '
+  print(f'# {workdir}: {config.name}, stage-1 step {step}, {num} images of '
         f'{real.shape[1]}x{real.shape[2]}, T={config.diffusion.timesteps}')
   print(f'# device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} CPUs, '
         f'jax {jax.__version__}, {time.strftime("%Y-%m-%d")}')
@@ -71,7 +72,7 @@ def main(argv=None):
     compiled = sample_lib.generate.lower(model, variables, s, x_T, key, spec).compile()
     compile_s = time.perf_counter() - t0
     times, images = [], None
-    for _ in range(args.repeats):
+    for _ in range(_REPEATS.value):
       t = time.perf_counter()
       images = jax.block_until_ready(compiled(variables, s, x_T, key))
       times.append(time.perf_counter() - t)
@@ -79,7 +80,7 @@ def main(argv=None):
     pooled, per_image = faithfulness(np.asarray(s), s_gen)
     med = statistics.median(times)
     rows.append({'sampler': sampler, 'steps': steps, 'model_calls': steps - 1 if sampler == 'ddpm' else steps,
-                 'images_per_s': args.num / med, 'seconds': med, 'compile_s': compile_s,
+                 'images_per_s': num / med, 'seconds': med, 'compile_s': compile_s,
                  's_faithfulness': pooled, 's_faithfulness_per_image': per_image})
     print(f'# done {sampler} {steps}', flush=True)
   ref = {r['sampler']: r for r in rows if r['steps'] == config.diffusion.timesteps}
@@ -92,11 +93,10 @@ def main(argv=None):
     r['speedup_vs_ddpm'] = ref['ddpm']['seconds'] / r['seconds'] if 'ddpm' in ref else None
     print(f'{r["sampler"]:>8} {r["steps"]:>6} {r["images_per_s"]:>9.2f} {r["s_faithfulness"]:>15.4f} '
           f'{r["s_faithfulness_per_image"]:>11.4f} {up("ddim"):>11} {up("ddpm"):>7}')
-  if args.json:
-    with open(args.json, 'w') as f:
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
       json.dump(rows, f, indent=2)
-  return rows
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

@@ -18,21 +18,41 @@ only XLA's estimates (memory, FLOPs), e.g. for CheXpert 224x224 with and without
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import platform
 import resource
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
+from patronus_jax import config as config_lib
+from patronus_jax import experiment
+from patronus_jax.core import training as training_lib
+
+# The flags of every script (patronus_jax/experiment.py): --config=FILE[:variant] with
+# --config.<field>=<value> overrides; --set FIELD=VALUE stays for the documented commands.
+config_flags.DEFINE_config_file('config', 'configs/celeba.py', 'Config file[:variant] of the model.',
+                                lock_config=True)
+_BATCH_SIZES = flags.DEFINE_string('batch_sizes', '16', 'Comma-separated global batch sizes.')
+_DTYPES = flags.DEFINE_string('dtypes', 'float32', 'Comma-separated compute dtypes (float32, bfloat16).')
+_REMAT = flags.DEFINE_enum('remat', 'off', ['off', 'on', 'both'], 'Rematerialise residual blocks.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs per setting (the median is reported).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed runs first.')
+_JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
+_SET = flags.DEFINE_multi_string(
+    'set', [], 'FIELD=VALUE config override, e.g. data.folder.path=/data/chexpert (the chexpert config '
+    'requires the field; inputs here are synthetic, so it is not read)')
+_COMPILE_ONLY = flags.DEFINE_bool(
+    'compile_only', False, "Only compile and report XLA's memory and FLOP estimates (e.g. a config too "
+    'large to run here, with and without --remat).')
 
 # Dense peak FLOP/s per chip (bf16 tensor cores; fp32 without TF32) for MFU.
 PEAK_TFLOPS = {
@@ -51,17 +71,6 @@ def device_peak(dtype: str):
     if name.lower() in kind.lower():
       return peaks[dtype] * 1e12
   return None
-
-
-def timed(fn, *args, repeats: int, warmup: int):
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return times
 
 
 def flops_of(compiled) -> float:
@@ -85,8 +94,6 @@ def memory_of(compiled) -> float:
 def residual_bytes(task, state, gbatch) -> float:
   """Bytes autodiff keeps from the forward pass for the backward pass of one training step
   (shapes only, from tracing: the same on every backend; what rematerialisation reduces)."""
-  from patronus_jax.core import training as training_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.tasks.patronus import training as patronus_training  # pylint: disable=g-import-not-at-top
   loss = functools.partial(training_lib.training_loss, task=task, state=state, batch=gbatch,
                            key=jax.random.PRNGKey(0))
   leaves = jax.eval_shape(lambda p: jax.tree_util.tree_leaves(jax.vjp(loss, p, has_aux=True)[1]),
@@ -102,30 +109,9 @@ def device_peak_bytes() -> float:
     return float('nan')
 
 
-def training_setup(config, batch_size: int, dtype: str = 'float32', remat: bool = False):
-  """(task, state, global batch of synthetic images, pure training-step function) for a config."""
-  from patronus_jax.core import sharding  # pylint: disable=g-import-not-at-top
-  from patronus_jax.core import training as training_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.tasks.patronus import training as patronus_training  # pylint: disable=g-import-not-at-top
-  config = config.copy_and_resolve_references()
-  config.train.dtype = dtype
-  config.train.batch_size = batch_size
-  config.model.remat = remat
-  task = patronus_training.PatronusTask(config)
-  settings = training_lib.LoopSettings.from_section(config.train)
-  tx = training_lib.make_optimizer(settings)
-  size, channels = config.data.image_size, config.data.channels
-  rng = np.random.default_rng(0)
-  batch = {'image': rng.uniform(-1, 1, (batch_size, size, size, channels)).astype(np.float32)}
-  gbatch = sharding.global_batch(batch, sharding.make_mesh(config.mesh))
-  state = jax.jit(functools.partial(training_lib.create_train_state, task, tx))(jax.random.PRNGKey(0), gbatch)
-  step_fn = functools.partial(training_lib.train_step, task=task, tx=tx, ema_decay=settings.ema_decay)
-  return task, state, gbatch, step_fn
-
-
 def bench_one(config, batch_size: int, dtype: str, remat: bool, repeats: int, warmup: int,
               compile_only: bool = False) -> dict:
-  task, state, gbatch, step_fn = training_setup(config, batch_size, dtype, remat)
+  task, state, gbatch, step_fn = experiment.training_setup(config, batch_size, dtype, remat)
   donate = (0,) if jax.default_backend() != 'cpu' else ()
   step = jax.jit(step_fn, donate_argnums=donate)
   t0 = time.perf_counter()
@@ -140,14 +126,14 @@ def bench_one(config, batch_size: int, dtype: str, remat: bool, repeats: int, wa
       holder['state'], metrics = step_compiled(holder['state'], gbatch)
       return metrics['loss']
 
-    step_times = timed(lambda: run_step(), repeats=repeats, warmup=warmup)
+    step_times = experiment.timed(lambda: run_step(), repeats=repeats, warmup=warmup)
     model = task.model
     variables = holder['state'].inference_variables()
     t = jnp.full((batch_size,), 500, jnp.int32)
     s = jnp.zeros((batch_size, config.model.num_prototypes))
     fwd = jax.jit(lambda v, x, t, s: model.apply(v, x, t, s, method=model.denoise))
     fwd_compiled = fwd.lower(variables, gbatch['image'], t, s).compile()
-    fwd_times = timed(fwd_compiled, variables, gbatch['image'], t, s, repeats=repeats, warmup=warmup)
+    fwd_times = experiment.timed(fwd_compiled, variables, gbatch['image'], t, s, repeats=repeats, warmup=warmup)
   flops = flops_of(step_compiled)
   med = statistics.median(step_times)
   peak = device_peak(dtype)
@@ -194,50 +180,38 @@ def print_table(rows: list[dict]) -> None:
           f'{r["compile_s"]:>9.1f}')
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='configs/celeba.py')
-  parser.add_argument('--batch_sizes', default='16')
-  parser.add_argument('--dtypes', default='float32')
-  parser.add_argument('--remat', default='off', choices=['off', 'on', 'both'])
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--json', default='')
-  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
-                      help='config override, e.g. data.folder.path=/data/chexpert (the chexpert '
-                           'config requires the field; inputs here are synthetic, so it is not read)')
-  parser.add_argument('--compile_only', action='store_true',
-                      help="only compile and report XLA's memory and FLOP estimates (e.g. a config "
-                           'too large to run here, with and without --remat)')
-  args = parser.parse_args(argv)
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    overrides = config_lib.parse_set_flags(args.set)
+    overrides = config_lib.parse_set_flags(_SET.value)
   except config_lib.ConfigError as e:
-    parser.error(str(e))
-  config = config_lib.load(args.config, text_overrides=overrides)
-  remats = {'off': [False], 'on': [True], 'both': [False, True]}[args.remat]
+    raise app.UsageError(str(e), exitcode=2)
+  config = flags.FLAGS.config
+  for dotted, text in overrides.items():
+    config_lib.set_field_from_text(config, dotted, text)
+  config = config_lib.validate(config)
+  remats = {'off': [False], 'on': [True], 'both': [False, True]}[_REMAT.value]
   dev = jax.devices()[0]
-  print(f'# {args.config}: {config.data.image_size}x{config.data.image_size}x{config.data.channels}, '
+  print(f'# {experiment.config_filename()}: {config.data.image_size}x{config.data.image_size}x{config.data.channels}, '
         f'base {config.model.base_channels}, mults {tuple(config.model.channel_mults)}, '
         f'{config.model.num_prototypes} prototypes')
   print(f'# device: {dev.device_kind} x{jax.device_count()} ({jax.default_backend()}), host {platform.processor() or platform.machine()}, '
         f'{os.cpu_count()} CPUs, jax {jax.__version__}, {time.strftime("%Y-%m-%d")}')
   rows = []
-  for bs in [int(b) for b in args.batch_sizes.split(',')]:
-    for dtype in args.dtypes.split(','):
+  for bs in [int(b) for b in _BATCH_SIZES.value.split(',')]:
+    for dtype in _DTYPES.value.split(','):
       for remat in remats:
-        rows.append(bench_one(config, bs, dtype, remat, args.repeats, args.warmup,
-                              args.compile_only))
+        rows.append(bench_one(config, bs, dtype, remat, _REPEATS.value, _WARMUP.value,
+                              _COMPILE_ONLY.value))
         print(f'# done batch {bs} {dtype} remat={remat}', flush=True)
   print_table(rows)
-  if args.json:
-    with open(args.json, 'w') as f:
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
       # Strict JSON: NaN (not measured here, e.g. device peak on CPU) becomes null.
       json.dump([{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows],
                 f, indent=2)
-  return rows
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

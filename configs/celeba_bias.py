@@ -8,21 +8,16 @@ prototype removes the smile. Examples are selected, never duplicated (see data/b
   variants: ':tiny'
 """
 
-from patronus_jax.data import bias as bias_lib
-
-import importlib.util
 import os
 
+from patronus_jax import config as config_lib
+from patronus_jax.data import bias as bias_lib
 
-def _celeba():
-  spec = importlib.util.spec_from_file_location('celeba_config', os.path.join(os.path.dirname(__file__), 'celeba.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+CELEBA = os.path.join(os.path.dirname(__file__), 'celeba.py')
 
 
 def get_config(arg=None):
-  config = _celeba().get_config(arg)
+  config = config_lib.config_from_file(f'{CELEBA}:{arg or ""}')  # celeba.py's get_config(arg)
   config.name = 'celeba_bias'
   bias_lib.set_celeba_hair_smile(config)
   return config

@@ -18,19 +18,15 @@ from configs/shapes.py (config fields; the paper's configs keep 'eps' and 'linea
     near-pure noise at 32x32.
 """
 
-import importlib.util
 import os
 
+from patronus_jax import config as config_lib
 
-def _shapes():
-  spec = importlib.util.spec_from_file_location('shapes_config', os.path.join(os.path.dirname(__file__), 'shapes.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+SHAPES = os.path.join(os.path.dirname(__file__), 'shapes.py')
 
 
 def get_config(arg=None):
-  config = _shapes().get_config(arg)
+  config = config_lib.config_from_file(f'{SHAPES}:{arg or ""}')  # shapes.py's get_config(arg)
   config.name = 'quickstart'
   if arg and 'tiny' in arg.split(','):
     return config

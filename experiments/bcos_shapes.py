@@ -4,7 +4,7 @@ r"""B-cos diffusion on the shapes dataset: train, then measure the issue's three
       [--config.train.num_steps=3000] [--num_adherence=256] [--num_explain=16]
 
 1. Trains the B-cos U-Net on (image, caption) batches through the shared training loop
-   (`bcos_task.train_mode`: the Task protocol, AdamW, EMA, checkpoints; resumes if stopped).
+   (`tasks/bcos/modes.train_mode`: the Task protocol, AdamW, EMA, checkpoints; resumes if stopped).
 2. Prompt adherence: generates one image per test-split caption (deterministic DDIM) and
    classifies it with the attribute classifier of the workdir (trained on the real training
    images if missing); reports the accuracy of every attribute against the prompt's labels,
@@ -20,24 +20,28 @@ Writes <workdir>/bcos_shapes_results.json (and the usual explain/ reports) and p
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
+import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from patronus_jax import config as config_lib
+from patronus_jax import data
+from patronus_jax import experiment
+from patronus_jax.core import files as pio
+from patronus_jax.core import sharding
+from patronus_jax.evaluate import classifier as clf_lib
+from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir
+from patronus_jax.tasks.bcos import explain as explain_lib
+from patronus_jax.tasks.bcos import modes as bcos_modes
+from patronus_jax.tasks.bcos import task as bcos_task
+from patronus_jax.tasks.bcos import tokenizer as text
 
-from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-from patronus_jax.core import files as pio  # pylint: disable=g-import-not-at-top
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'bcos_shapes.py'),
-    'B-cos config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Experiment directory.', required=True)
+experiment.define_config_flags(experiment.repo_config(__file__, 'bcos_shapes.py'), 'B-cos config file.')
+FLAGS = flags.FLAGS
 _NUM_ADHERENCE = flags.DEFINE_integer('num_adherence', 256, 'Test prompts generated for prompt adherence.')
 _NUM_EXPLAIN = flags.DEFINE_integer('num_explain', 16, 'Test prompts whose generations are explained.')
 _SKIP_TRAIN = flags.DEFINE_bool('skip_train', False, 'Only measure (the workdir holds a trained model).')
@@ -50,7 +54,6 @@ def word_relevance(reports: list[dict], whole: bool = False) -> dict:
   """Mean relevance per token of colour words, shape words, 'a' and 'on' over prompts
   (per-step explanations averaged over steps, or with `whole` the whole-generation one)."""
   groups = {'colour': [], 'shape': [], 'a': [], 'on': [], 'all_content': [], 'all_function': []}
-  from patronus_jax.tasks.bcos import tokenizer as text  # pylint: disable=g-import-not-at-top
   for r in reports:
     for w, s in zip(r['tokens'], r['generation']['relevance'] if whole else r['relevance']):
       if w in CONTENT['colour']:
@@ -77,7 +80,6 @@ def swap_effect(task, params, variables, prompts, ids, whole, seed, table, expla
   ||Δx_0||_1 <= mass(old word) + mass(new word); a ratio above 1 is effect that runs through
   the factors an explanation holds fixed (attention weights, |cos| scales, norm statistics).
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   swapped = [' '.join(table.get(t, t) for t in p.split()) for p in prompts]
   ids_s = task.encode_prompts(swapped)
   w_s = explain_lib.explain_whole_generation(
@@ -100,20 +102,14 @@ def swap_effect(task, params, variables, prompts, ids, whole, seed, table, expla
 
 def main(argv):
   del argv
-  config = config_lib.validate(_CONFIG.value)
-  workdir = _WORKDIR.value
+  config = config_lib.validate(FLAGS.config)
+  workdir = FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
-  from patronus_jax.tasks.bcos import task as bcos_task  # pylint: disable=g-import-not-at-top
-  from patronus_jax import data  # pylint: disable=g-import-not-at-top
-  from patronus_jax.core import sharding  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir  # pylint: disable=g-import-not-at-top
-  from patronus_jax.tasks.bcos import explain as explain_lib  # pylint: disable=g-import-not-at-top
   timings = {}
 
   t0 = time.time()
   if not _SKIP_TRAIN.value:
-    bcos_task.train_mode(config, workdir, sharding.make_mesh(config.mesh))
+    bcos_modes.train_mode(config, workdir, sharding.make_mesh(config.mesh))
   timings['train_s'] = time.time() - t0
 
   t0 = time.time()

@@ -24,26 +24,11 @@ prototypes that carry each attribute (eta^2 on held-out data).
 
 from __future__ import annotations
 
-import os
-import sys
-
-from absl import app
-from absl import flags
-from ml_collections import config_flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'configs', 'shapes.py:tiny'),
-    'Config file[:variant] of the model.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Experiment directory.', required=True)
-_TRAIN = flags.DEFINE_bool('train', True, 'Train the model first if the workdir has no checkpoint.')
+from patronus_jax import experiment
 
 
-def main(argv):
-  del argv
-  from patronus_jax import experiment  # pylint: disable=g-import-not-at-top
-  report = experiment.run_parts(_CONFIG.value, _WORKDIR.value, ('emergence',), train_missing=_TRAIN.value)
+def show(report: dict) -> None:
+  """Prints the numbers of the 'emergence' part of the interpret report."""
   em = report['emergence']
   if 'attributes' in em:
     experiment.print_json('attribute settling, chance-corrected (mean over steps of 1 - kappa) [95% CI]', {
@@ -63,4 +48,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  experiment.main(('emergence',), show, default_config=experiment.repo_config(__file__, 'shapes.py:tiny'))

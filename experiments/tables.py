@@ -14,13 +14,17 @@ attribute classifier's features, not comparable to FID) are filled instead.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
 import os
 import sys
+
+from absl import flags
+
+from patronus_jax import config as config_lib
+from patronus_jax import main as main_lib
 
 # Patronus (ICLR 2026), as /work/shared/DESIGN.md lists them: FID of generated samples, probe
 # AUROC on standardised s (5-fold CV, mean over binary attributes), TAD.
@@ -117,8 +121,6 @@ def render(rows: list[dict], fmt: str) -> str:
 
 def evaluate_workdir(workdir: str, overrides: list[str]) -> None:
   """Runs --mode=evaluate with the workdir's own config (it skips itself when up to date)."""
-  from patronus_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.core import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load_workdir_config(workdir)
   for item in overrides:
     name, _, text = item.partition('=')
@@ -131,17 +133,37 @@ def evaluate_workdir(workdir: str, overrides: list[str]) -> None:
   main_lib.run(config, workdir, 'evaluate')
 
 
+def define_flags() -> flags.FlagValues:
+  """The script's absl flags (patronus_jax/experiment.py), in their own FlagValues so that `main`
+  can be called with an argument list (tests)."""
+  fv = flags.FlagValues()
+  flags.DEFINE_bool('help', False, 'Show this help.', short_name='h', flag_values=fv)
+  flags.DEFINE_bool('evaluate', False, 'Run --mode=evaluate where needed first.', flag_values=fv)
+  flags.DEFINE_multi_string('set', [], 'FIELD=VALUE config override for --evaluate, e.g. '
+                            'evaluate.num_samples=10000', flag_values=fv)
+  flags.DEFINE_enum('format', 'markdown', ['markdown', 'csv', 'json'], 'Table format.', flag_values=fv)
+  flags.DEFINE_bool('no-paper', False, "Leave out the paper's rows.", flag_values=fv)
+  return fv
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('workdirs', nargs='+', help='evaluated workdirs (NAME=PATH names a row)')
-  parser.add_argument('--evaluate', action='store_true', help='run --mode=evaluate where needed first')
-  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
-                      help='config override for --evaluate, e.g. evaluate.num_samples=10000')
-  parser.add_argument('--format', choices=('markdown', 'csv', 'json'), default='markdown')
-  parser.add_argument('--no-paper', action='store_true', help="leave out the paper's rows")
-  args = parser.parse_args(argv)
+  """argv: the arguments after the program name (default: the command line). Returns the exit status."""
+  args = define_flags()
+  summary = __doc__.split('\n')[0]
+  usage = f'usage: {os.path.basename(sys.argv[0])} [flags] WORKDIR|NAME=WORKDIR ...\n{summary}'
+  try:
+    workdirs = args([sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))[1:]
+  except flags.Error as e:
+    print(f'{usage}\nerror: {e}', file=sys.stderr)
+    return 2
+  if args.help:
+    print(f'{usage}\n\nEvaluated workdirs (NAME=PATH names a row).\n\n{args.get_help()}')
+    return 0
+  if not workdirs:
+    print(f'{usage}\nerror: give at least one workdir', file=sys.stderr)
+    return 2
   rows, datasets, missing = [], [], []
-  for item in args.workdirs:
+  for item in workdirs:
     name, _, path = item.rpartition('=') if '=' in item else (None, None, item)
     name = name or os.path.basename(os.path.normpath(path))
     if args.evaluate:
@@ -155,7 +177,7 @@ def main(argv=None) -> int:
     rows.append(row)
     if row['dataset'] not in datasets:
       datasets.append(row['dataset'])
-  if not args.no_paper:
+  if not args['no-paper'].value:
     rows += [r for r in (paper_row(d) for d in datasets) if r is not None]
   if rows:
     print(render(rows, args.format))
