@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from patronus_jax import config as config_lib
+from patronus_jax import experiment
 from patronus_jax import data
 from patronus_jax.tasks.patronus import loading
 from patronus_jax.tasks.patronus import sample as sample_lib
@@ -99,4 +100,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  experiment.run_app(main)

@@ -214,4 +214,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  experiment.run_app(main)

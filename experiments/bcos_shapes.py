@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax.numpy as jnp
@@ -198,4 +197,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  experiment.run_app(main)

@@ -37,7 +37,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -50,6 +50,7 @@ from patronus_jax import main as main_lib
 from patronus_jax.core import files
 from patronus_jax.core import sharding
 from patronus_jax.core import training as training_lib
+from patronus_jax.core.errors import UserError
 from patronus_jax.tasks.patronus import training as patronus_training
 
 FLAGS = flags.FLAGS
@@ -82,9 +83,30 @@ def config_filename() -> str:
   return config_flags.get_config_filename(FLAGS['config'])
 
 
+def run_app(main_fn: Callable[[list], Any]) -> None:
+  """`app.run(main_fn)` with main's flag parsing: --help exits 0, a bad --config override is one
+  line, and a user error (bad config, data, workdir) prints one line unless --verbose is given."""
+  if 'verbose' not in FLAGS:
+    flags.DEFINE_bool('verbose', False, 'Show the traceback of a user error too.')
+
+  def guarded(argv):
+    try:
+      return main_fn(argv)
+    except UserError as e:
+      if FLAGS.verbose:
+        raise
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(e.exit_status)
+
+  app.run(guarded, flags_parser=main_lib.parse_flags)
+
+
 def main(parts: Sequence[str], show: Callable[[dict], None], default_config: str) -> None:
   """Command line of an interpret experiment: flags, train what is missing, run `parts`, `show`."""
-  define_config_flags(default_config)
+  try:  # a default --config applies the command line's overrides when the flag is defined
+    define_config_flags(default_config)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    main_lib.usage_error(main_lib.config_override_error(e, sys.argv))
   flags.DEFINE_bool('train', True, 'Train the model first if the workdir has no checkpoint.')
   _list_in_help('train')
 
@@ -92,7 +114,7 @@ def main(parts: Sequence[str], show: Callable[[dict], None], default_config: str
     del argv
     show(run_parts(FLAGS.config, FLAGS.workdir, parts, train_missing=FLAGS.train))
 
-  app.run(run)
+  run_app(run)
 
 
 # ----------------------------------------------------------------------------- experiments

@@ -193,29 +193,49 @@ def _main(workdir: str, config, mode: str) -> None:
 HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
-def _parse_flags(argv):
-  """absl flag parsing, with config override mistakes turned into one clear line."""
+def parse_flags(argv):
+  """absl flag parsing (main and the scripts): --help exits 0; a bad flag or --config override is
+  one line and exit status 2."""
   try:
     return FLAGS(argv)
-  except SystemExit as e:
+  except SystemExit:
     if any(a in HELP_FLAGS for a in argv[1:]):  # absl exits 1 after printing help: asking is no error
       sys.exit(0)
     raise
   except flags.Error as e:
-    sys.exit(f'FATAL flags error: {e}\nPass --helpshort to see the flags.')
+    usage_error(f'{e} (--helpshort lists the flags)')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    text = str(e).replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
-    match = re.search(r"(\w+)'?\s*Did you mean \"(\w+)\"", text)
-    if match:
-      sys.exit(f"FATAL config error: unknown config field '{match[1]}' in a --config override; "
-               f"did you mean '{match[2]}'?")
-    sys.exit(f'FATAL config error: invalid --config override: {text.strip(chr(39) + chr(34))}')
+    usage_error(config_override_error(e, argv))
+
+
+def usage_error(message: str) -> None:
+  """A usage mistake on the command line: one line, exit status 2."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def config_override_error(error: Exception, argv) -> str:
+  """One line for a bad --config.FIELD=VALUE: the dotted field, its section and a close match."""
+  text = str(error).replace('\\n', ' ').replace('\n', ' ').replace("\\'", "'")
+  if not isinstance(error, (AttributeError, KeyError)):
+    return f'invalid --config override: {text}'
+  match = re.search(r"(\w+)'?\s*Did you mean \"(\w+)\"", text)
+  name = match[1] if match else text.strip('\'" ')
+  given = [a.split('=', 1)[0][len('--config.'):] for a in argv if a.startswith('--config.')]
+  dotted = next((g for g in given if name in g.split('.')), name)
+  section = dotted.rsplit('.', 1)[0] if '.' in dotted else ''
+  message = f"unknown config field '{dotted}'"
+  if section:
+    message += f" (section '{section}' has no field '{dotted.rsplit('.', 1)[1]}')"
+  if match:
+    message += f"; did you mean '{section + '.' if section else ''}{match[2]}'?"
+  return message
 
 
 def _console() -> None:
   """Console-script entry point (`patronus-jax --config=... --workdir=...`)."""
   define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

@@ -252,8 +252,10 @@ def test_command_line_rejects_unknown_field_before_running(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'patronus_jax.main', '--config=configs/shapes.py:tiny',
                         f'--workdir={tmp_path}', '--config.train.batchsize=3'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert out.returncode != 0
-  assert "unknown config field 'batchsize' in a --config override; did you mean 'batch_size'?" in out.stderr, out.stderr
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == (
+      "error: unknown config field 'train.batchsize' (section 'train' has no field 'batchsize'); "
+      "did you mean 'train.batch_size'?"), out.stderr
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
 
 
