@@ -170,3 +170,22 @@ def test_missing_folder_message(tmp_path):
   os.makedirs(tmp_path / 'empty')
   with pytest.raises(data.DataError, match='no images found'):
     data.get_info(_cfg(tmp_path / 'empty'))
+
+
+@pytest.mark.parametrize('row, found', [('sub0/000.png', 1), ('sub0/000.png,a,extra', 3)])
+def test_ragged_labels_csv_names_the_line(good_folder, tmp_path, row, found):
+  labels = tmp_path / 'labels.csv'
+  labels.write_text('path,label\nsub0/001.png,a\nsub1/002.png,b\n' + row + '\n')
+  with pytest.raises(data.DataError, match=rf'line 4 has {found} field\(s\), the header has 2'):
+    data.get_info(_cfg(good_folder, labels_csv=str(labels)))
+
+
+def test_images_not_in_the_labels_csv_are_counted(good_folder, tmp_path, caplog):
+  labels = tmp_path / 'labels.csv'
+  labels.write_text('path,label\nsub0/000.png,a\nsub1/001.png,b\nsub0/002.png,a\nsub1/003.png,b\n')
+  with caplog.at_level(logging.WARNING):
+    info = data.get_info(_cfg(good_folder, labels_csv=str(labels), eval_fraction=0.25))
+  assert sum(info.num_examples.values()) == 4
+  # 14 image files on disk (12 PNGs, a JPEG, an RGBA PNG), 4 listed
+  assert any('10 image(s) under' in r.getMessage() and 'not listed in the labels CSV' in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]

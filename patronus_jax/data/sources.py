@@ -431,7 +431,24 @@ def _read_csv(path: str, field: str) -> tuple[list[str], list[dict[str, str]]]:
   if not columns:
     raise DataError(f'{path} (config.data.folder.{field}) is empty; expected a header row with a '
                     'path column and label columns')
+  for line, row in enumerate(rows, start=2):  # line 1 is the header
+    if None in row or any(v is None for v in row.values()):
+      found = len(columns) + len(row.get(None) or ()) - sum(v is None for v in row.values())
+      raise DataError(f'{path} (config.data.folder.{field}) line {line} has {found} field(s), the header '
+                      f'has {len(columns)}: fix that row (a missing or extra comma?)')
   return columns, rows
+
+
+def _unlisted_images(root: str, extensions: tuple[str, ...], listed: set[str]) -> list[str]:
+  """Image files under `root` that no labels CSV row names (they are not used)."""
+  out = []
+  for directory, _, files in os.walk(root):
+    for file in files:
+      if file.lower().endswith(extensions):
+        path = os.path.normpath(os.path.join(directory, file))
+        if path not in listed:
+          out.append(path)
+  return sorted(out)
 
 
 def _image_path(root: str, relative: str) -> str:
@@ -455,55 +472,66 @@ def index_folder(data_cfg) -> FolderIndex:
     raise DataError(f'image folder {root!r} for dataset {data_cfg.name!r} does not exist '
                     f'(config.data.folder.path). {howto}')
   extensions = tuple(e.strip().lower() for e in f.extensions.split(',') if e.strip())
-
-  names: tuple[str, ...] = ()
-  tables: dict[str, tuple[list[str], list[list[str]], list[str] | None]] = {}
   if f.labels_csv:
-    csvs = {'train': ('labels_csv', _resolve_csv(f.labels_csv, root))}
-    if f.eval_labels_csv:
-      csvs['eval'] = ('eval_labels_csv', _resolve_csv(f.eval_labels_csv, root))
-    read = {part: _read_csv(path, field) for part, (field, path) in csvs.items()}
-    columns = read['train'][0]
-    path_column = f.path_column or columns[0]
-    label_columns = [c.strip() for c in f.label_columns.split(',') if c.strip()]
-    if not label_columns:
-      exclude = {path_column, f.caption_column}
-      label_columns = [c for c in columns if c not in exclude]
-      if data_cfg.name == 'chexpert' and set(CHEXPERT_OBSERVATIONS) <= set(columns):
-        label_columns = list(CHEXPERT_OBSERVATIONS)
-    for part, (columns_here, rows) in read.items():
-      field = csvs[part][0]
-      needed = [path_column] + label_columns + ([f.caption_column] if f.caption_column else [])
-      missing = [c for c in needed if c not in columns_here]
-      if missing:
-        raise DataError(f'{csvs[part][1]} (config.data.folder.{field}) has no column(s) '
-                        f'{missing}; its columns are {columns_here} (set folder.path_column, '
-                        'label_columns, caption_column)')
-      tables[part] = ([r[path_column] for r in rows],
-                      [[(r[c] or '').strip() for c in label_columns] for r in rows],
-                      [r[f.caption_column] for r in rows] if f.caption_column else None)
-    names = tuple(label_columns)
+    names, tables = _csv_tables(data_cfg, root)
+    listed = {os.path.normpath(_image_path(root, rel)) for table in tables.values() for rel in table[0]}
+    unlisted = _unlisted_images(root, extensions, listed)
+    if unlisted:
+      logging.warning('%d image(s) under %s are not listed in the labels CSV and are not used, e.g. %s',
+                      len(unlisted), root, ', '.join(unlisted[:3]))
   else:
-    relative = []
-    for directory, _, files in os.walk(root):
-      for file in files:
-        if file.lower().endswith(extensions):
-          relative.append(os.path.relpath(os.path.join(directory, file), root))
-    relative.sort()
-    tables['train'] = (relative, [[] for _ in relative], None)
+    relative = sorted(os.path.relpath(p, root) for p in _unlisted_images(root, extensions, set()))
+    names, tables = (), {'train': (relative, [[] for _ in relative], None)}
   if not tables['train'][0]:
     raise DataError(f'no images found for dataset {data_cfg.name!r} under {root} (extensions '
                     f'{extensions}; config.data.folder.path / labels_csv). {howto}')
-
   values = tuple(
       _value_names([row[k] for table in tables.values() for row in table[1]])
       for k in range(len(names)))
+  splits, skipped = _checked_splits(data_cfg, root, tables, values, len(names))
+  if 'eval' not in splits:
+    splits = _split_off_eval(splits['train'], f.eval_fraction, f.split_seed)
+  return FolderIndex(names, values, splits, skipped)
+
+
+def _csv_tables(data_cfg, root: str):
+  """(label column names, {part: (relative paths, raw label rows, captions or None)}) of the CSVs."""
+  f = data_cfg.folder
+  csvs = {'train': ('labels_csv', _resolve_csv(f.labels_csv, root))}
+  if f.eval_labels_csv:
+    csvs['eval'] = ('eval_labels_csv', _resolve_csv(f.eval_labels_csv, root))
+  read = {part: _read_csv(path, field) for part, (field, path) in csvs.items()}
+  columns = read['train'][0]
+  path_column = f.path_column or columns[0]
+  label_columns = [c.strip() for c in f.label_columns.split(',') if c.strip()]
+  if not label_columns:
+    exclude = {path_column, f.caption_column}
+    label_columns = [c for c in columns if c not in exclude]
+    if data_cfg.name == 'chexpert' and set(CHEXPERT_OBSERVATIONS) <= set(columns):
+      label_columns = list(CHEXPERT_OBSERVATIONS)
+  tables = {}
+  for part, (columns_here, rows) in read.items():
+    field = csvs[part][0]
+    needed = [path_column] + label_columns + ([f.caption_column] if f.caption_column else [])
+    missing = [c for c in needed if c not in columns_here]
+    if missing:
+      raise DataError(f'{csvs[part][1]} (config.data.folder.{field}) has no column(s) '
+                      f'{missing}; its columns are {columns_here} (set folder.path_column, '
+                      'label_columns, caption_column)')
+    tables[part] = ([r[path_column] for r in rows],
+                    [[(r[c] or '').strip() for c in label_columns] for r in rows],
+                    [r[f.caption_column] for r in rows] if f.caption_column else None)
+  return tuple(label_columns), tables
+
+
+def _checked_splits(data_cfg, root: str, tables: dict, values: tuple, num_names: int):
+  """FolderSplits of the readable images, and the unreadable paths (DataError if strict)."""
   splits, skipped, reasons = {}, [], []
   for part, (relative, raw, captions) in tables.items():
     paths, labels, kept_captions = [], [], []
     for i, rel in enumerate(relative):
       path = _image_path(root, rel)
-      problem = check_image(path, f)
+      problem = check_image(path, data_cfg.folder)
       if problem is not None:
         skipped.append(path)
         reasons.append(problem)
@@ -512,25 +540,26 @@ def index_folder(data_cfg) -> FolderIndex:
       labels.append([_value_index(v, values[k]) for k, v in enumerate(raw[i])])
       if captions is not None:
         kept_captions.append(captions[i])
-    splits[part] = FolderSplit(paths, np.asarray(labels, np.int32).reshape(len(paths), len(names)),
+    splits[part] = FolderSplit(paths, np.asarray(labels, np.int32).reshape(len(paths), num_names),
                                kept_captions if captions is not None else None)
   if skipped:
     first = '\n'.join(f'  {p} ({r})' for p, r in list(zip(skipped, reasons))[:5])
     if data_cfg.strict:
       raise DataError(f'{len(skipped)} unreadable image(s) in {root} (config.data.strict=True):\n'
                       f'{first}\nRemove or replace them, or set config.data.strict=False to skip them.')
-    logging.warning('Skipping %d unreadable image(s) in %s; the first:\n%s', len(skipped), root,
-                    first)
-  if 'eval' not in splits:
-    train = splits['train']
-    num = len(train.paths)
-    num_eval = int(round(f.eval_fraction * num))
-    order = np.random.default_rng(f.split_seed).permutation(num)
-    parts = {'eval': np.sort(order[:num_eval]), 'train': np.sort(order[num_eval:])}
-    splits = {part: FolderSplit([train.paths[i] for i in idx], train.labels[idx],
-                                None if train.captions is None else [train.captions[i] for i in idx])
-              for part, idx in parts.items()}
-  return FolderIndex(names, values, splits, skipped)
+    logging.warning('Skipping %d unreadable image(s) in %s; the first:\n%s', len(skipped), root, first)
+  return splits, skipped
+
+
+def _split_off_eval(train: FolderSplit, eval_fraction: float, seed: int) -> dict[str, FolderSplit]:
+  """A seeded random eval_fraction of the images as 'eval', the rest as 'train' (both in order)."""
+  num = len(train.paths)
+  num_eval = int(round(eval_fraction * num))
+  order = np.random.default_rng(seed).permutation(num)
+  parts = {'eval': np.sort(order[:num_eval]), 'train': np.sort(order[num_eval:])}
+  return {part: FolderSplit([train.paths[i] for i in idx], train.labels[idx],
+                            None if train.captions is None else [train.captions[i] for i in idx])
+          for part, idx in parts.items()}
 
 
 _folder_cache: dict[str, FolderIndex] = {}
