@@ -12,6 +12,7 @@ from patronus_jax.tasks.patronus import evaluate_mode as evaluate
 from patronus_jax import main as main_lib
 from patronus_jax.data import shapes as shapes_data
 from patronus_jax.tasks.patronus import evaluate_mode as run_lib
+from patronus_jax.tasks.patronus import training as training_lib
 
 
 def _config(data_dir):
@@ -115,7 +116,7 @@ def test_second_call_skips(evaluated, monkeypatch):
 
   def fail(*args, **kwargs):
     raise AssertionError('evaluation recomputed although nothing changed')
-  monkeypatch.setattr(run_lib, '_pass_over_split', fail)
+  monkeypatch.setattr(training_lib, 'pass_over_split', fail)
   again = evaluate.evaluate_mode(config, workdir, None)
   assert again == metrics
   assert os.path.getmtime(os.path.join(workdir, 'metrics.json')) == mtime
@@ -218,3 +219,49 @@ def test_generation_in_quantised_blocks(monkeypatch):
   assert [c[0] for c in calls] == [8, 8, 5] and 'block 3/3' in calls[-1][2]
   assert images.dtype == np.uint8 and images.shape == (21, 32, 32, 3)
   np.testing.assert_array_equal(images[:, 0, 0, 0], np.clip(np.round((np.tanh(s[:, 0]) + 1) * 127.5), 0, 255))
+
+
+def test_padded_map_pads_and_cuts():
+  """One compiled shape: every batch is full, outputs are cut back to the real rows."""
+  from patronus_jax.core import batching  # pylint: disable=g-import-not-at-top
+  seen, done = [], []
+
+  def fn(i, x, y):
+    seen.append((i, x.shape[0], x[-1, 0], y[-1]))
+    return {'sum': x.sum(1) + y, 'index': np.full(len(x), i)}
+
+  x, y = np.arange(10.0).reshape(5, 2), np.arange(5.0)
+  out = batching.padded_map(fn, (x, y), 2, pad='edge', progress=done.append)
+  np.testing.assert_array_equal(out['sum'], x.sum(1) + y)
+  np.testing.assert_array_equal(out['index'], [0, 0, 1, 1, 2])
+  assert [s[:2] for s in seen] == [(0, 2), (1, 2), (2, 2)] and seen[-1][2:] == (8.0, 4.0)  # last row repeated
+  assert done == [2, 4, 5]
+  zeros = batching.padded_map(lambda i, a: a * 0 + a[-1], np.arange(1.0, 4.0), 2)
+  np.testing.assert_array_equal(zeros, [2, 2, 0])  # the padded batch ends in a zero row
+  short = batching.padded_map(lambda i, a: np.full(len(a), len(a)), np.arange(3), 2, pad=None)
+  np.testing.assert_array_equal(short, [2, 2, 1])
+
+
+def test_skip_records(tmp_path):
+  from patronus_jax.core import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  wd, out = str(tmp_path), str(tmp_path / 'out.json')
+  assert not workdir_lib.is_done(wd, 'evaluate', {'a': 1})
+  workdir_lib.record_done(wd, 'evaluate', {'a': 1})
+  assert not workdir_lib.is_done(wd, 'evaluate', {'a': 1}, [out])  # its output is missing
+  open(out, 'w').close()
+  assert workdir_lib.is_done(wd, 'evaluate', {'a': 1}, [out])
+  assert not workdir_lib.is_done(wd, 'evaluate', {'a': 2}, [out])
+  workdir_lib.record_done(wd, 'interpret', {'k': 1}, part='visualize', seconds=2.0)
+  workdir_lib.record_done(wd, 'interpret', {'k': 2}, part='semantics', seconds=3.0)
+  assert workdir_lib.read_status(wd, 'interpret') == {
+      'parts': {'visualize': {'key': {'k': 1}, 'seconds': 2.0}, 'semantics': {'key': {'k': 2}, 'seconds': 3.0}}}
+  assert workdir_lib.is_done(wd, 'interpret', {'k': 2}, part='semantics')
+  assert not workdir_lib.is_done(wd, 'interpret', {'k': 1}, part='semantics')
+
+
+def test_timed_fills_the_dict():
+  from patronus_jax.core import timing  # pylint: disable=g-import-not-at-top
+  timings = {}
+  with timing.timed(timings, 'block'):
+    sum(range(1000))
+  assert list(timings) == ['block'] and 0 <= timings['block'] < 5

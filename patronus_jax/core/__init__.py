@@ -9,4 +9,5 @@
   diffusion   schedules, losses, DDIM/DDPM sampling and inversion (lax.scan)
   sharding    meshes, shardings, multi-host set-up
   batching    a padded, fixed-shape batch map over a jitted function
+  timing      stopwatch, timed blocks and progress lines
 """

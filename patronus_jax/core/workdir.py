@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import ml_collections
 
@@ -131,3 +131,25 @@ def read_status(workdir: str, mode: str) -> Optional[dict]:
 
 def write_status(workdir: str, mode: str, status: dict) -> None:
   files.write_json(status_path(workdir, mode), status)
+
+
+# A mode records what it computed from in DIR/status/<mode>.json; a mode made of independent
+# parts records one entry per part: {'parts': {part: {'key': status, **details}}}.
+
+
+def is_done(workdir: str, mode: str, status: Any, outputs: Sequence[str] = (), part: Optional[str] = None) -> bool:
+  """Whether `mode` (or its `part`) was recorded done from exactly `status` and all `outputs` exist."""
+  recorded = read_status(workdir, mode)
+  if part is not None:
+    recorded = (recorded or {}).get('parts', {}).get(part, {}).get('key')
+  return recorded == status and all(os.path.exists(path) for path in outputs)
+
+
+def record_done(workdir: str, mode: str, status: Any, part: Optional[str] = None, **details) -> None:
+  """Records `mode` (or its `part`, with `details` beside its key) as done from `status`."""
+  if part is None:
+    write_status(workdir, mode, status)
+    return
+  parts = (read_status(workdir, mode) or {}).get('parts', {})
+  parts[part] = {'key': status, **details}
+  write_status(workdir, mode, {'parts': parts})

@@ -24,37 +24,52 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
-from patronus_jax.core import checkpoint as ckpt_lib
-from patronus_jax.evaluate import workdir_classifier
+
 from patronus_jax import data as data_lib
-from patronus_jax.tasks.patronus import sample as sample_lib
+from patronus_jax.core import batching
+from patronus_jax.core import checkpoint as ckpt_lib
 from patronus_jax.core import files as pio
-from patronus_jax.tasks.patronus import loading
-from patronus_jax.core.training import metric_writer
+from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.core.training import metric_writer
 from patronus_jax.evaluate import classifier as clf_lib
 from patronus_jax.evaluate import disentanglement
 from patronus_jax.evaluate import fid as fid_lib
-from patronus_jax.evaluate import probes
 from patronus_jax.evaluate import inception
+from patronus_jax.evaluate import probes
+from patronus_jax.evaluate import workdir_classifier
+from patronus_jax.tasks.patronus import loading
+from patronus_jax.tasks.patronus import sample as sample_lib
+from patronus_jax.tasks.patronus import training
 
 METRICS_FILENAME = 'metrics.json'
 OUTPUT_DIR = 'evaluate'  # sample grids
-PROGRESS_SECONDS = 10.0
 GENERATE_BLOCK = 2048  # generated images per block (rounded to a multiple of evaluate.batch_size)
 # How categorical attributes enter TAD, which is defined for binary attributes only.
 TAD_BINARISATION = 'one-vs-rest indicator per value of each attribute with more than 2 values'
+REPRESENTATION_METRICS = ('probe', 'tad', 'dci')
 
 
 class MissingCheckpointError(FileNotFoundError):
   """A checkpoint the evaluation needs is not in the workdir; the message names the mode."""
+
+
+class _Models(NamedTuple):
+  model: Any
+  variables: Any
+  latent: Optional[tuple]  # (latent model, its variables, s statistics), for unconditional samples
+
+
+class _Networks(NamedTuple):
+  """The feature networks of the image metrics (by metric name) and the attribute classifier."""
+  fns: dict[str, Callable[[np.ndarray], np.ndarray]]
+  descriptions: dict[str, dict]
+  classifier: Any
 
 
 # ----------------------------------------------------------------------------- checks
@@ -146,22 +161,66 @@ def _fingerprint(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------- loading
+
+
+def _header(config, workdir: str, steps: dict, names, values, plan: dict) -> tuple[dict, list[str]]:
+  """The first entries of metrics.json, and the notes on the metrics the plan skips."""
+  metrics: dict[str, Any] = dict(
+      workdir=os.path.abspath(workdir), name=config.name, dataset=config.data.name,
+      checkpoints=dict(steps), attributes={n: list(v) for n, v in zip(names, values)})
+  notes = []
+  for metric, reason in plan['skipped'].items():
+    notes.append(reason if metric == 'fid' else f'{metric} not computed: {reason}')
+    logging.warning('evaluate: %s', notes[-1])
+  if 'fid' in plan['skipped']:
+    metrics['fid_not_computed'] = plan['skipped']['fid']
+  return metrics, notes
+
+
+def _load_models(config, workdir: str, plan: dict) -> _Models:
+  model, variables, _ = loading.load_stage1_variables(config, workdir)
+  latent = None
+  if 'unconditional' in plan['samples']:
+    latent_model, latent_vars, stats, _ = loading.load_latent(config, workdir)
+    latent = (latent_model, latent_vars, stats)
+  return _Models(model, variables, latent)
+
+
+def _classifier_network(config, workdir: str, timings: dict) -> tuple[Any, dict]:
+  """(the workdir's attribute classifier, its description in metrics.json)."""
+  with timing.timed(timings, 'attribute_classifier'):
+    classifier, clf_metrics = workdir_classifier.classifier_for_workdir(config, workdir)
+  description = dict(
+      name=f'attribute_classifier-{fid_lib.network_fingerprint(classifier.params)}',
+      description=(f'the attribute classifier (CNN widths {list(classifier.widths)}, penultimate '
+                   f'{classifier.feature_dim}-d ReLU features) trained on {config.data.name} '
+                   f'{clf_metrics.get("split", config.data.train_split)}'),
+      path=clf_metrics.get('path'), held_out_accuracy=clf_metrics.get('accuracy'),
+      held_out_mean_accuracy=clf_metrics.get('mean_accuracy'))
+  return classifier, description
+
+
+def _feature_networks(config, workdir: str, plan: dict, timings: dict) -> _Networks:
+  """The attribute classifier (fd_classifier) and InceptionV3 (fid), as the plan asks."""
+  ev = config.evaluate
+  fns, descriptions, classifier = {}, {}, None
+  if plan['classifier']:
+    classifier, descriptions['fd_classifier'] = _classifier_network(config, workdir, timings)
+    fns['fd_classifier'] = lambda x: clf_lib.features(classifier, _quantized(x, ev), ev.batch_size)
+  if plan['fid']:
+    with timing.timed(timings, 'load_inception'):
+      inception_vars = inception.load_inception_variables(ev.inception_weights)
+      inc_fp = fid_lib.network_fingerprint(inception_vars)
+    descriptions['fid'] = dict(
+        name=f'inception_pool3-{inc_fp}',
+        description="pytorch-fid's InceptionV3 (FID weights), pool3 2048-d features",
+        path=os.path.abspath(ev.inception_weights), quantize=bool(ev.fid_quantize))
+    fns['fid'] = lambda x: inception.inception_features(inception_vars, x, ev.batch_size, ev.fid_quantize)
+  return _Networks(fns, descriptions, classifier)
+
+
 # ----------------------------------------------------------------------------- passes over data
-
-
-class _Progress:
-  """Logs `label: done/total` at most every PROGRESS_SECONDS (and at the end)."""
-
-  def __init__(self, label: str, total: Optional[int], unit: str = 'images'):
-    self.label, self.total, self.unit = label, total, unit
-    self.t0 = self.last = time.time()
-
-  def __call__(self, done: int) -> None:
-    now = time.time()
-    if now - self.last >= PROGRESS_SECONDS or (self.total and done >= self.total):
-      self.last = now
-      logging.info('%s: %d/%s %s (%.1f %s/s)', self.label, done, self.total or '?', self.unit,
-                   done / max(now - self.t0, 1e-9), self.unit)
 
 
 def _split_size(info, split: str) -> Optional[int]:
@@ -175,72 +234,80 @@ def _limit(max_examples: int, size: Optional[int]) -> Optional[int]:
   return max_examples if size is None else min(max_examples, size)
 
 
-def _pass_over_split(config, split: str, num: Optional[int], batch_size: int, *,
-                     encode: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-                     features: Optional[dict[str, Callable[[np.ndarray], np.ndarray]]] = None,
-                     num_features: Optional[int] = None, label: str = '') -> dict[str, np.ndarray]:
-  """One in-order pass over the first `num` images of a split (all when None).
-
-  Returns 'attributes', 's' (when `encode`), and per `features` entry the features of the
-  first `num_features` images (all when None). Images are never held all at once.
-  """
-  features = features or {}
-  it = data_lib.make_iterator(config.data, split, global_batch_size=batch_size, seed=0, shuffle=False,
-                              num_epochs=1, drop_remainder=False, process_index=0, process_count=1)
-  out = {'attributes': [], 's': []}
-  out.update({name: [] for name in features})
-  done = 0
-  progress = _Progress(label or f'reading {split}', num)
-  for batch in it:
-    images = batch['image']
-    if num is not None:
-      images = images[:num - done]
-    if len(images) == 0:
-      break
-    out['attributes'].append(np.asarray(batch['attributes'][:len(images)]))
-    if encode is not None:
-      out['s'].append(encode(images))
-    for name, fn in features.items():
-      keep = len(images) if num_features is None else max(0, min(len(images), num_features - done))
-      if keep:
-        out[name].append(fn(images[:keep]))
-    done += len(images)
-    progress(done)
-    if num is not None and done >= num:
-      break
-  result = {}
-  for name, parts in out.items():
-    if parts:
-      result[name] = np.concatenate(parts)
-  result['num_examples'] = done
-  return result
-
-
-def _padded_encoder(model, variables, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
-  """s of a batch of images, padded to `batch_size` so that one program is compiled."""
-
-  def encode(images: np.ndarray) -> np.ndarray:
-    n = images.shape[0]
-    parts = []
-    for a in range(0, n, batch_size):
-      x = np.asarray(images[a:a + batch_size], np.float32)
-      m = x.shape[0]
-      if m < batch_size:
-        x = np.concatenate([x, np.zeros((batch_size - m,) + x.shape[1:], x.dtype)])
-      parts.append(np.asarray(sample_lib.encode(model, variables, jnp.asarray(x)))[:m])
-    return np.concatenate(parts).astype(np.float32)
-
-  return encode
-
-
 def _in_blocks(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, block: int, label: str):
   """fn over `images` in blocks of `block` (progress lines); concatenated outputs (a pytree)."""
-  progress = _Progress(label, images.shape[0])
-  outs = []
-  for a in range(0, images.shape[0], block):
-    outs.append(fn(images[a:a + block]))
-    progress(min(images.shape[0], a + block))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+  progress = timing.Progress(label, images.shape[0])
+  return batching.padded_map(lambda _, x: fn(x), images, block, pad=None, progress=progress)
+
+
+def _real_statistics(config, workdir: str, info, fields: dict, nets: _Networks,
+                     timings: dict) -> tuple[dict[str, dict], dict[str, str]]:
+  """({metric: statistics}, {metric: cache path}) of real `fid_split` features.
+
+  Read from the cache in the workdir; one pass over the split computes all missing ones.
+  """
+  if not nets.fns:
+    return {}, {}
+  ev = config.evaluate
+  stats_dir = ev.fid_stats_dir or os.path.join(workdir, 'fid_stats')
+  num_real = _limit(ev.fid_num_real, _split_size(info, ev.fid_split))
+  real_stats, keys, caches = {}, {}, {}
+  for metric in nets.fns:
+    keys[metric] = fid_lib.statistics_key(
+        network=nets.descriptions[metric]['name'], dataset=config.data.name, split=ev.fid_split,
+        image_size=config.data.image_size, num_examples=num_real if num_real is not None else -1,
+        data=_fingerprint(fields['data']), quantize=bool(ev.fid_quantize))
+    caches[metric] = fid_lib.statistics_path(stats_dir, keys[metric])
+    loaded = fid_lib.load_statistics(caches[metric], keys[metric])
+    if loaded is not None:
+      real_stats[metric] = loaded
+      logging.info('evaluate: real %s statistics of %s read from the cache', metric, ev.fid_split)
+  missing = [m for m in nets.fns if m not in real_stats]
+  with timing.timed(timings, 'real_statistics'):
+    if missing:
+      passed = training.pass_over_split(config, ev.fid_split, num_real, ev.batch_size,
+                                        features={m: nets.fns[m] for m in missing},
+                                        label=f'evaluate: real {ev.fid_split} features ({", ".join(missing)})')
+      for m in missing:
+        real_stats[m] = fid_lib.feature_statistics(passed[m])
+        if jax.process_index() == 0:
+          fid_lib.save_statistics(caches[m], real_stats[m], keys[m])
+  return real_stats, caches
+
+
+def _num_eval_images(config, plan: dict) -> int:
+  """Real eval images the sample metrics need: conditioning s and the real baseline distance."""
+  return config.evaluate.num_samples if plan['samples'] else 0
+
+
+def _encode_real(config, info, plan: dict, encode, nets: _Networks) -> dict[str, dict]:
+  """{split: pass} with s and attributes for the representation metrics (`probe_split`) and the
+  samples (`eval_split`, also with features and the classifier's labels); one pass when they agree."""
+  ev, eval_split = config.evaluate, config.data.eval_split
+  representation = [m for m in REPRESENTATION_METRICS if plan.get(m)]
+  caps = {'probe': ev.probe_max_examples, 'tad': ev.tad_max_examples, 'dci': ev.dci_max_examples}
+  repr_num = None if any(caps[m] == -1 for m in representation) else max([caps[m] for m in representation] or [0])
+  want_eval = _num_eval_images(config, plan)
+  eval_networks = dict(nets.fns)
+  if nets.classifier is not None:  # the classifier's reading of the real eval images: its own reference
+    eval_networks['predicted_attributes'] = lambda x: _predicted_labels(
+        nets.classifier, _quantized(x, ev), ev.batch_size)
+  label = lambda split: f'evaluate: encoding {split}'
+  if representation and ev.probe_split == eval_split:
+    num = None if repr_num is None else max(repr_num, want_eval)
+    return {eval_split: training.pass_over_split(
+        config, eval_split, _limit(-1 if num is None else num, _split_size(info, eval_split)), ev.batch_size,
+        encode=encode, features=eval_networks, num_features=want_eval, label=label(eval_split))}
+  passes = {}
+  if representation:
+    passes[ev.probe_split] = training.pass_over_split(
+        config, ev.probe_split, _limit(-1 if repr_num is None else repr_num, _split_size(info, ev.probe_split)),
+        ev.batch_size, encode=encode, label=label(ev.probe_split))
+  if want_eval:
+    passes[eval_split] = training.pass_over_split(
+        config, eval_split, _limit(want_eval, _split_size(info, eval_split)), ev.batch_size, encode=encode,
+        features=eval_networks, label=label(eval_split))
+  return passes
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -249,45 +316,133 @@ def _in_blocks(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, block
 def _generate(config, model, variables, s: np.ndarray, key, label: str) -> np.ndarray:
   """Images from s with `sample.generate_batched`, in blocks kept as 8-bit when `fid_quantize`.
 
-  Blocks bound the float copies in memory (10k samples of 256x256 would be 8 GB as float32).
+  Blocks bound the float copies in memory (10k samples of 256x256 would be 8 GB as float32);
+  block j uses fold_in(key, j).
   """
   ev = config.evaluate
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   spec = sample_lib.SamplerSpec.images(config.diffusion)
   block = ev.batch_size * max(1, GENERATE_BLOCK // ev.batch_size)
   num_blocks = -(-s.shape[0] // block)
-  out = []
-  for j, a in enumerate(range(0, s.shape[0], block)):
+
+  def generate_block(j, s_j):
     images = sample_lib.generate_batched(
-        model, variables, s[a:a + block], jax.random.fold_in(key, j), spec, shape, ev.batch_size,
+        model, variables, s_j, jax.random.fold_in(key, j), spec, shape, ev.batch_size,
         label=label if num_blocks == 1 else f'{label} (block {j + 1}/{num_blocks})')
-    out.append(_quantized(images, ev))
-  return np.concatenate(out)
+    return _quantized(images, ev)
+
+  return batching.padded_map(generate_block, s, block, pad=None)
 
 
-def _conditional_samples(config, model, variables, s_source: np.ndarray, num: int, key):
-  index = np.arange(num) % s_source.shape[0]  # fewer eval images than samples: reuse s, new noise
-  images = _generate(config, model, variables, s_source[index], key, 'evaluate: conditional samples')
-  return images, index
-
-
-def _unconditional_samples(config, model, variables, latent, num: int, key):
-  ev = config.evaluate
-  latent_model, latent_vars, stats = latent
-  stats = {k: jnp.asarray(v) for k, v in stats.items()}
-  spec = sample_lib.SamplerSpec.latent(config.latent)
-  parts, progress = [], _Progress('evaluate: s from the latent model', num, 'activations')
-  for i, a in enumerate(range(0, num, ev.batch_size)):
-    b = min(num, a + ev.batch_size)
-    parts.append(np.asarray(sample_lib.sample_activations(
-        latent_model, latent_vars, stats, jax.random.fold_in(key, 10_000 + i), ev.batch_size, spec))[:b - a])
-    progress(b)
-  s = np.concatenate(parts)
-  images = _generate(config, model, variables, s, jax.random.fold_in(key, 1), 'evaluate: unconditional samples')
-  return images, s
+def _sample_kind(config, kind: str, key, models: _Models, s_eval: np.ndarray):
+  """(images, the s they were generated from, index of their eval image or None) of one kind."""
+  num = config.evaluate.num_samples
+  if kind == 'conditional':
+    index = np.arange(num) % s_eval.shape[0]  # fewer eval images than samples: reuse s, new noise
+    images = _generate(config, models.model, models.variables, s_eval[index], key, 'evaluate: conditional samples')
+    return images, s_eval[index], index
+  s = sample_lib.sample_activations_batched(
+      *models.latent, key, num, config.evaluate.batch_size, sample_lib.SamplerSpec.latent(config.latent),
+      label='evaluate: s from the latent model')
+  images = _generate(config, models.model, models.variables, s, jax.random.fold_in(key, 1),
+                     'evaluate: unconditional samples')
+  return images, s, None
 
 
 # ----------------------------------------------------------------------------- metrics
+
+
+def _attribute_metrics(probs: dict[str, np.ndarray], index: Optional[np.ndarray], real_attrs: np.ndarray,
+                       real_pred: np.ndarray, names, values) -> dict[str, Any]:
+  """Conditional samples (index given): agreement with the attributes of their source images;
+  unconditional: attribute frequencies against those the classifier sees in real images."""
+  out: dict[str, Any] = {}
+  if index is not None:
+    source = real_attrs[index]
+    out['attribute_agreement'] = {
+        n: float(np.mean(np.argmax(probs[n], -1) == source[:, a])) for a, n in enumerate(names)}
+    out['attribute_agreement_mean'] = float(np.mean(list(out['attribute_agreement'].values())))
+    out['attribute_accuracy_on_real'] = {
+        n: float(np.mean(real_pred[:, a] == real_attrs[:, a])) for a, n in enumerate(names)}
+    return out
+  freq = _attribute_frequencies(probs)
+  real_freq = {n: np.bincount(real_pred[:, a], minlength=len(values[a])) / len(real_pred) for a, n in enumerate(names)}
+  out['attribute_frequencies_real'] = {n: real_freq[n].tolist() for n in names}
+  out['attribute_frequencies'] = {n: freq[n].tolist() for n in names}
+  out['attribute_total_variation'] = {n: float(0.5 * np.abs(freq[n] - real_freq[n]).sum()) for n in names}
+  out['attribute_total_variation_mean'] = float(np.mean(list(out['attribute_total_variation'].values())))
+  return out
+
+
+def _kind_metrics(config, kind: str, images: np.ndarray, s_wanted: np.ndarray, index, nets: _Networks,
+                  real_stats: dict, real: dict, encode, names, values) -> tuple[dict, dict[str, float]]:
+  """(metrics of one kind of samples, {image metric: Fréchet distance to the real statistics}).
+
+  `real` holds the attributes and classifier labels of the eval images the samples are compared with.
+  """
+  ev = config.evaluate
+  block = 10 * ev.batch_size
+  kind_metrics: dict[str, Any] = dict(num_samples=int(images.shape[0]))
+  distances = {}
+  for m, fn in nets.fns.items():
+    feats = _in_blocks(fn, images, block, f'evaluate: {m} features of {kind} samples')
+    distances[m] = fid_lib.frechet_distance_to_statistics(feats, real_stats[m])
+  if nets.classifier is not None:
+    probs = _in_blocks(lambda x: clf_lib.predict(nets.classifier, x, ev.batch_size), images, block,
+                       f'evaluate: attributes of {kind} samples')
+    kind_metrics.update(_attribute_metrics(probs, index, real['attributes'], real['predicted_attributes'],
+                                           names, values))
+  s_got = _in_blocks(lambda x: encode(_to_unit_range(x)), images, block, f'evaluate: s of {kind} samples')
+  kind_metrics['s_consistency'] = _s_consistency(s_wanted, s_got)
+  return kind_metrics, distances
+
+
+def _sample_metrics(config, workdir: str, plan: dict, models: _Models, nets: _Networks, real_stats: dict,
+                    ref: dict, n_eval: int, encode, names, values,
+                    timings: dict) -> tuple[dict[str, Any], dict[str, int]]:
+  """({'samples': per kind, image metric: {kind: distance}}, {kind: number of samples}); grids written.
+
+  The samples are compared with the first `n_eval` real eval images of `ref`.
+  """
+  real = {k: ref[k][:n_eval] for k in ('attributes', 'predicted_attributes') if k in ref}
+  key = jax.random.PRNGKey(config.seed + 3)
+  out: dict[str, Any] = {'samples': {}}
+  counts = {}
+  for kind_index, kind in enumerate(plan['samples']):
+    with timing.timed(timings, f'sample_{kind}'):
+      images, s_wanted, index = _sample_kind(config, kind, jax.random.fold_in(key, kind_index), models,
+                                             ref['s'][:n_eval])
+    counts[kind] = int(images.shape[0])
+    if jax.process_index() == 0:
+      pio.save_image_grid(os.path.join(workdir, OUTPUT_DIR, f'{kind}.png'), images[:64], nrow=8)
+    with timing.timed(timings, f'metrics_{kind}'):
+      out['samples'][kind], distances = _kind_metrics(config, kind, images, s_wanted, index, nets, real_stats,
+                                                      real, encode, names, values)
+    for m, distance in distances.items():
+      out.setdefault(m, {})[kind] = distance
+  return out, counts
+
+
+def _samples_section(config, workdir: str, plan: dict, models: _Models, nets: _Networks, real_stats: dict,
+                     caches: dict, ref: dict, encode, names, values, timings: dict) -> tuple[dict, dict, list]:
+  """(metrics.json entries of the samples and image metrics, sample counts, notes)."""
+  ev = config.evaluate
+  n_eval = min(ref['num_examples'], _num_eval_images(config, plan))
+  out, counts = _sample_metrics(config, workdir, plan, models, nets, real_stats, ref, n_eval, encode, names, values,
+                                timings)
+  for m in nets.fns:
+    out[m].update(
+        real_eval_baseline=fid_lib.frechet_distance_to_statistics(ref[m], real_stats[m]),
+        network=nets.descriptions[m]['name'],
+        reference=dict(split=ev.fid_split, num_examples=int(real_stats[m]['n']), cache=caches[m]),
+        num_samples=dict(counts, real_eval_baseline=int(n_eval)))
+  if nets.classifier is not None:
+    out['samples']['attribute_classifier'] = nets.descriptions['fd_classifier']['name']
+  notes = []
+  if n_eval < ev.num_samples and 'conditional' in plan['samples']:
+    notes.append(f'the {config.data.eval_split} split has {n_eval} images, fewer than num_samples={ev.num_samples}: '
+                 'conditional samples reuse their s with new noise')
+  return out, counts, notes
 
 
 def _binarised_attributes(attributes: np.ndarray, names, values) -> tuple[np.ndarray, list[str]]:
@@ -330,6 +485,43 @@ def _scalars(tree: Any, prefix: str = '') -> dict[str, float]:
   return out
 
 
+def _tad(config, s: np.ndarray, attrs: np.ndarray, names, values) -> dict:
+  """TAD on binary columns of the attributes (categorical ones one-vs-rest)."""
+  ev = config.evaluate
+  binary, binary_names = _binarised_attributes(attrs, names, values)
+  tad = disentanglement.tad_score(
+      s, binary, folds=ev.tad_folds, seed=config.seed, max_examples=ev.tad_max_examples,
+      auroc_threshold=ev.tad_auroc_threshold, entropy_threshold=ev.tad_entropy_threshold,
+      attribute_names=binary_names)
+  if len(binary_names) != len(names):
+    tad['binarisation'] = TAD_BINARISATION
+  return tad
+
+
+def _representation_metrics(config, plan: dict, rep: dict, names, values, timings: dict) -> dict[str, Any]:
+  """metrics.json entries of the probes, TAD and DCI on s of `probe_split`."""
+  ev = config.evaluate
+  s, attrs = rep['s'], rep['attributes']
+  out: dict[str, Any] = {'representation': dict(split=ev.probe_split, num_examples=int(s.shape[0]),
+                                                num_prototypes=int(s.shape[1]), standardised='per fold (probes)')}
+  progress = lambda line: logging.info('evaluate: %s', line)
+  if plan.get('probe'):
+    with timing.timed(timings, 'probe'):
+      out['probe'] = probes.attribute_probe(
+          s, attrs, folds=ev.probe_folds, seed=config.seed, max_examples=ev.probe_max_examples,
+          C=ev.probe_C, max_iter=ev.probe_max_iter, attribute_names=names, progress=progress)
+  if plan.get('tad'):
+    with timing.timed(timings, 'tad'):
+      out['tad'] = _tad(config, s, attrs, names, values)
+  if plan.get('dci'):
+    with timing.timed(timings, 'dci'):
+      out['dci'] = disentanglement.dci_score(
+          s, attrs, test_fraction=ev.dci_test_fraction, seed=config.seed, max_examples=ev.dci_max_examples,
+          num_estimators=ev.dci_num_estimators, max_depth=ev.dci_max_depth,
+          learning_rate=ev.dci_learning_rate, factor_names=names, progress=progress)
+  return out
+
+
 def _write_tensorboard(workdir: str, step: int, metrics: dict) -> None:
   sections = ('fid', 'fd_classifier', 'samples', 'probe', 'tad', 'dci')
   scalars = {f'evaluate/{k}': v for k, v in _scalars({s: metrics[s] for s in sections if s in metrics}).items()
@@ -338,6 +530,18 @@ def _write_tensorboard(workdir: str, step: int, metrics: dict) -> None:
   writer.write_scalars(step, scalars)
   writer.flush()
   writer.close()
+
+
+def _write_outputs(workdir: str, metrics: dict, status: dict, step: int) -> dict:
+  """metrics.json, TensorBoard scalars and the status record (process 0); the metrics as written."""
+  metrics_path = os.path.join(workdir, METRICS_FILENAME)
+  if jax.process_index() == 0:
+    pio.write_json(metrics_path, metrics)
+    _write_tensorboard(workdir, step, metrics)
+    workdir_lib.record_done(workdir, 'evaluate', status)
+  logging.info('evaluate: %s', _summary(metrics))
+  logging.info('evaluate: wrote %s in %.1fs', metrics_path, metrics['timings_seconds']['total'])
+  return pio.read_json(metrics_path) if jax.process_index() == 0 else metrics
 
 
 # ----------------------------------------------------------------------------- the mode
@@ -350,246 +554,46 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
   MissingCheckpointError (naming the mode that produces it) when a checkpoint is missing.
   """
   del mesh  # feature networks spread their batches over the local devices themselves
-  t_start = time.time()
+  watch = timing.Stopwatch()
   ev = config.evaluate
-  metrics_path = os.path.join(workdir, METRICS_FILENAME)
-
   steps = check_checkpoints(config, workdir)
   fields = _config_fields(config)
   status = dict(steps, config_fingerprint=_fingerprint(fields))
-  if workdir_lib.read_status(workdir, 'evaluate') == status and os.path.exists(metrics_path):
+  metrics_path = os.path.join(workdir, METRICS_FILENAME)
+  if workdir_lib.is_done(workdir, 'evaluate', status, [metrics_path]):
     logging.info('evaluate: %s is up to date for these checkpoints (stage1 step %s, latent step %s) '
                  'and evaluate config; skipping.', metrics_path, steps['stage1_step'], steps['latent_step'])
     return pio.read_json(metrics_path)
   if ev.inception_weights and not os.path.exists(ev.inception_weights):
     raise FileNotFoundError(f'config.evaluate.inception_weights={ev.inception_weights!r} does not exist '
                             '(see patronus_jax/evaluate/README.md for how to get the weights)')
-
   info = data_lib.get_info(config.data)
   names, values = tuple(info.attribute_names), tuple(info.attribute_values)
   plan = _plan(config, bool(names))
+  metrics, notes = _header(config, workdir, steps, names, values, plan)
   timings: dict[str, float] = {}
-  metrics: dict[str, Any] = dict(
-      workdir=os.path.abspath(workdir), name=config.name, dataset=config.data.name,
-      checkpoints=dict(steps), attributes={n: list(v) for n, v in zip(names, values)})
-  notes = []
-  for metric, reason in plan['skipped'].items():
-    notes.append(reason if metric == 'fid' else f'{metric} not computed: {reason}')
-    logging.warning('evaluate: %s', notes[-1])
-  if 'fid' in plan['skipped']:
-    metrics['fid_not_computed'] = plan['skipped']['fid']
-
-  t0 = time.time()
-  model, variables, _ = loading.load_stage1_variables(config, workdir)
-  latent = None
-  if 'unconditional' in plan['samples']:
-    latent_model, latent_vars, stats, _ = loading.load_latent(config, workdir)
-    latent = (latent_model, latent_vars, stats)
-  timings['load_checkpoints'] = time.time() - t0
-
-  # Feature networks.
-  classifier = None
-  networks: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
-  feature_networks = {}
-  if plan['classifier']:
-    t0 = time.time()
-    classifier, clf_metrics = workdir_classifier.classifier_for_workdir(config, workdir)
-    timings['attribute_classifier'] = time.time() - t0
-    clf_fp = fid_lib.network_fingerprint(classifier.params)
-    feature_networks['fd_classifier'] = dict(
-        name=f'attribute_classifier-{clf_fp}',
-        description=(f'the attribute classifier (CNN widths {list(classifier.widths)}, penultimate '
-                     f'{classifier.feature_dim}-d ReLU features) trained on {config.data.name} '
-                     f'{clf_metrics.get("split", config.data.train_split)}'),
-        path=clf_metrics.get('path'), held_out_accuracy=clf_metrics.get('accuracy'),
-        held_out_mean_accuracy=clf_metrics.get('mean_accuracy'))
-    networks['fd_classifier'] = lambda x: clf_lib.features(classifier, _quantized(x, ev), ev.batch_size)
-  inception_vars = None
-  if plan['fid']:
-    t0 = time.time()
-    inception_vars = inception.load_inception_variables(ev.inception_weights)
-    inc_fp = fid_lib.network_fingerprint(inception_vars)
-    timings['load_inception'] = time.time() - t0
-    feature_networks['fid'] = dict(
-        name=f'inception_pool3-{inc_fp}',
-        description="pytorch-fid's InceptionV3 (FID weights), pool3 2048-d features",
-        path=os.path.abspath(ev.inception_weights), quantize=bool(ev.fid_quantize))
-    networks['fid'] = lambda x: inception.inception_features(inception_vars, x, ev.batch_size, ev.fid_quantize)
-  metrics['feature_networks'] = feature_networks
-
-  # Real statistics of fid_split, cached in the workdir (one pass for every missing one).
-  stats_dir = ev.fid_stats_dir or os.path.join(workdir, 'fid_stats')
-  real_stats, stats_keys = {}, {}
-  if networks:
-    size = _split_size(info, ev.fid_split)
-    num_real = _limit(ev.fid_num_real, size)
-    for metric in networks:
-      stats_keys[metric] = fid_lib.statistics_key(
-          network=feature_networks[metric]['name'], dataset=config.data.name, split=ev.fid_split,
-          image_size=config.data.image_size, num_examples=num_real if num_real is not None else -1,
-          data=_fingerprint(fields['data']), quantize=bool(ev.fid_quantize))
-      loaded = fid_lib.load_statistics(fid_lib.statistics_path(stats_dir, stats_keys[metric]), stats_keys[metric])
-      if loaded is not None:
-        real_stats[metric] = loaded
-        logging.info('evaluate: real %s statistics of %s read from the cache', metric, ev.fid_split)
-    missing = [m for m in networks if m not in real_stats]
-    t0 = time.time()
-    if missing:
-      passed = _pass_over_split(config, ev.fid_split, num_real, ev.batch_size,
-                                features={m: networks[m] for m in missing},
-                                label=f'evaluate: real {ev.fid_split} features ({", ".join(missing)})')
-      for m in missing:
-        real_stats[m] = fid_lib.feature_statistics(passed[m])
-        if jax.process_index() == 0:
-          fid_lib.save_statistics(fid_lib.statistics_path(stats_dir, stats_keys[m]), real_stats[m], stats_keys[m])
-    timings['real_statistics'] = time.time() - t0
-
-  # s (+ attributes) of the eval images: conditioning of the conditional samples, probes, TAD, DCI.
-  t0 = time.time()
-  encode = _padded_encoder(model, variables, ev.batch_size)
-  representation = [m for m in ('probe', 'tad', 'dci') if plan.get(m)]
-  caps = {'probe': ev.probe_max_examples, 'tad': ev.tad_max_examples, 'dci': ev.dci_max_examples}
-  repr_num = None if any(caps[m] == -1 for m in representation) else max([caps[m] for m in representation] or [0])
-  eval_split = config.data.eval_split
-  cond_num = ev.num_samples if 'conditional' in plan['samples'] else 0
-  real_eval_num = ev.num_samples if plan['samples'] else 0  # real eval images: the baseline distance
-  passes = {}
-  eval_networks = dict(networks)
-  if classifier is not None:  # the classifier's reading of the real eval images: its own reference
-    eval_networks['predicted_attributes'] = lambda x: _predicted_labels(classifier, _quantized(x, ev), ev.batch_size)
-  want_eval = max(cond_num, real_eval_num)
-  if representation and ev.probe_split == eval_split:
-    num = None if repr_num is None else max(repr_num, want_eval)
-    passes[eval_split] = _pass_over_split(
-        config, eval_split, _limit(-1 if num is None else num, _split_size(info, eval_split)), ev.batch_size,
-        encode=encode, features=eval_networks, num_features=want_eval, label=f'evaluate: encoding {eval_split}')
-  else:
-    if representation:
-      passes[ev.probe_split] = _pass_over_split(
-          config, ev.probe_split, _limit(-1 if repr_num is None else repr_num, _split_size(info, ev.probe_split)),
-          ev.batch_size, encode=encode, label=f'evaluate: encoding {ev.probe_split}')
-    if want_eval:
-      passes[eval_split] = _pass_over_split(
-          config, eval_split, _limit(want_eval, _split_size(info, eval_split)), ev.batch_size, encode=encode,
-          features=eval_networks, label=f'evaluate: encoding {eval_split}')
-  timings['encode_real'] = time.time() - t0
-
-  # Generated images and their distances.
-  key = jax.random.PRNGKey(config.seed + 3)
-  sample_counts = {}
+  with timing.timed(timings, 'load_checkpoints'):
+    models = _load_models(config, workdir, plan)
+  nets = _feature_networks(config, workdir, plan, timings)
+  metrics['feature_networks'] = nets.descriptions
+  real_stats, caches = _real_statistics(config, workdir, info, fields, nets, timings)
+  encode = lambda images: sample_lib.encode_batched(models.model, models.variables, images, ev.batch_size)
+  with timing.timed(timings, 'encode_real'):
+    passes = _encode_real(config, info, plan, encode, nets)
+  counts = {}
   if plan['samples']:
-    ref = passes[eval_split]
-    n_eval = min(ref['num_examples'], want_eval)
-    real_eval_attrs = ref['attributes'][:n_eval]
-    baseline = {}
-    for m in networks:
-      baseline[m] = fid_lib.frechet_distance_to_statistics(ref[m], real_stats[m])
-    metrics['samples'] = {}
-    for kind_index, kind in enumerate(plan['samples']):
-      t0 = time.time()
-      kind_key = jax.random.fold_in(key, kind_index)
-      if kind == 'conditional':
-        images, index = _conditional_samples(config, model, variables, ref['s'][:n_eval], ev.num_samples, kind_key)
-      else:
-        images, s_uncond = _unconditional_samples(config, model, variables, latent, ev.num_samples, kind_key)
-      timings[f'sample_{kind}'] = time.time() - t0
-      sample_counts[kind] = int(images.shape[0])
-      if jax.process_index() == 0:
-        pio.save_image_grid(os.path.join(workdir, OUTPUT_DIR, f'{kind}.png'), images[:64], nrow=8)
-      t0 = time.time()
-      images_q = images  # 8-bit when fid_quantize
-      del images
-      kind_metrics: dict[str, Any] = dict(num_samples=int(images_q.shape[0]))
-      for m, fn in networks.items():
-        feats = _in_blocks(fn, images_q, 10 * ev.batch_size, f'evaluate: {m} features of {kind} samples')
-        metrics.setdefault(m, {})[kind] = fid_lib.frechet_distance_to_statistics(feats, real_stats[m])
-      if classifier is not None:
-        probs = _in_blocks(lambda x: clf_lib.predict(classifier, x, ev.batch_size), images_q,
-                           10 * ev.batch_size, f'evaluate: attributes of {kind} samples')
-        if kind == 'conditional':
-          source = real_eval_attrs[index]
-          kind_metrics['attribute_agreement'] = {
-              n: float(np.mean(np.argmax(probs[n], -1) == source[:, a])) for a, n in enumerate(names)}
-          kind_metrics['attribute_agreement_mean'] = float(np.mean(list(kind_metrics['attribute_agreement'].values())))
-          real_pred = ref['predicted_attributes'][:n_eval]
-          kind_metrics['attribute_accuracy_on_real'] = {
-              n: float(np.mean(real_pred[:, a] == real_eval_attrs[:, a])) for a, n in enumerate(names)}
-        else:
-          freq = _attribute_frequencies(probs)
-          real_pred = ref['predicted_attributes'][:n_eval]
-          real_freq = {n: np.bincount(real_pred[:, a], minlength=len(values[a])) / n_eval
-                       for a, n in enumerate(names)}
-          kind_metrics['attribute_frequencies_real'] = {n: real_freq[n].tolist() for n in names}
-          kind_metrics['attribute_frequencies'] = {n: freq[n].tolist() for n in names}
-          kind_metrics['attribute_total_variation'] = {
-              n: float(0.5 * np.abs(freq[n] - real_freq[n]).sum()) for n in names}
-          kind_metrics['attribute_total_variation_mean'] = float(
-              np.mean(list(kind_metrics['attribute_total_variation'].values())))
-      s_got = _in_blocks(lambda x: encode(_to_unit_range(x)), images_q, 10 * ev.batch_size,
-                         f'evaluate: s of {kind} samples')
-      if kind == 'conditional':
-        kind_metrics['s_consistency'] = _s_consistency(ref['s'][:n_eval][index], s_got)
-      else:
-        kind_metrics['s_consistency'] = _s_consistency(s_uncond, s_got)
-      metrics['samples'][kind] = kind_metrics
-      timings[f'metrics_{kind}'] = time.time() - t0
-    for m in networks:
-      metrics[m]['real_eval_baseline'] = baseline[m]
-      metrics[m]['network'] = feature_networks[m]['name']
-      metrics[m]['reference'] = dict(split=ev.fid_split, num_examples=int(real_stats[m]['n']),
-                                     cache=fid_lib.statistics_path(stats_dir, stats_keys[m]))
-      metrics[m]['num_samples'] = dict(sample_counts, real_eval_baseline=int(n_eval))
-    if classifier is not None:
-      metrics['samples']['attribute_classifier'] = feature_networks['fd_classifier']['name']
-    if n_eval < ev.num_samples and 'conditional' in plan['samples']:
-      notes.append(f'the {eval_split} split has {n_eval} images, fewer than num_samples={ev.num_samples}: '
-                   'conditional samples reuse their s with new noise')
-  metrics['sample_counts'] = sample_counts
-
-  # Representation metrics on s.
-  if representation:
-    rep = passes[ev.probe_split]
-    s, attrs = rep['s'], rep['attributes']
-    metrics['representation'] = dict(split=ev.probe_split, num_examples=int(s.shape[0]),
-                                     num_prototypes=int(s.shape[1]), standardised='per fold (probes)')
-    progress = lambda line: logging.info('evaluate: %s', line)
-    if plan.get('probe'):
-      t0 = time.time()
-      metrics['probe'] = probes.attribute_probe(
-          s, attrs, folds=ev.probe_folds, seed=config.seed, max_examples=ev.probe_max_examples,
-          C=ev.probe_C, max_iter=ev.probe_max_iter, attribute_names=names, progress=progress)
-      timings['probe'] = time.time() - t0
-    if plan.get('tad'):
-      t0 = time.time()
-      binary, binary_names = _binarised_attributes(attrs, names, values)
-      metrics['tad'] = disentanglement.tad_score(
-          s, binary, folds=ev.tad_folds, seed=config.seed, max_examples=ev.tad_max_examples,
-          auroc_threshold=ev.tad_auroc_threshold, entropy_threshold=ev.tad_entropy_threshold,
-          attribute_names=binary_names)
-      if len(binary_names) != len(names):
-        metrics['tad']['binarisation'] = TAD_BINARISATION
-      timings['tad'] = time.time() - t0
-    if plan.get('dci'):
-      t0 = time.time()
-      metrics['dci'] = disentanglement.dci_score(
-          s, attrs, test_fraction=ev.dci_test_fraction, seed=config.seed, max_examples=ev.dci_max_examples,
-          num_estimators=ev.dci_num_estimators, max_depth=ev.dci_max_depth,
-          learning_rate=ev.dci_learning_rate, factor_names=names, progress=progress)
-      timings['dci'] = time.time() - t0
-
-  timings['total'] = time.time() - t_start
-  metrics['notes'] = notes
-  metrics['timings_seconds'] = {k: round(v, 2) for k, v in timings.items()}
-  metrics['config'] = fields
-  metrics['device'] = dict(platform=jax.default_backend(), devices=jax.device_count(),
-                           processes=jax.process_count())
-  if jax.process_index() == 0:
-    pio.write_json(metrics_path, metrics)
-    _write_tensorboard(workdir, steps['stage1_step'], metrics)
-    workdir_lib.write_status(workdir, 'evaluate', status)
-  logging.info('evaluate: %s', _summary(metrics))
-  logging.info('evaluate: wrote %s in %.1fs', metrics_path, timings['total'])
-  return pio.read_json(metrics_path) if jax.process_index() == 0 else metrics
+    entries, counts, sample_notes = _samples_section(config, workdir, plan, models, nets, real_stats, caches,
+                                                     passes[config.data.eval_split], encode, names, values, timings)
+    metrics.update(entries)
+    notes += sample_notes
+  metrics['sample_counts'] = counts
+  if any(plan.get(m) for m in REPRESENTATION_METRICS):
+    metrics.update(_representation_metrics(config, plan, passes[ev.probe_split], names, values, timings))
+  timings['total'] = watch.seconds()
+  metrics.update(notes=notes, timings_seconds={k: round(v, 2) for k, v in timings.items()}, config=fields,
+                 device=dict(platform=jax.default_backend(), devices=jax.device_count(),
+                             processes=jax.process_count()))
+  return _write_outputs(workdir, metrics, status, steps['stage1_step'])
 
 
 def _predicted_labels(classifier, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -13,31 +13,30 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from patronus_jax import data as data_lib
 from patronus_jax.core import diffusion
 from patronus_jax.core import files
+from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir, trained_for
 from patronus_jax.interpret import config as icfg
 from patronus_jax.interpret import core
 from patronus_jax.interpret import diagnosis as diagnosis_lib
 from patronus_jax.interpret import emergence as emergence_lib
+from patronus_jax.interpret import figures
 from patronus_jax.interpret import semantics as semantics_lib
 from patronus_jax.interpret import stats
 from patronus_jax.interpret import visualize as visualize_lib
 from patronus_jax.models import prototypes as proto_lib
-from patronus_jax import data as data_lib
 from patronus_jax.tasks.patronus import loading
-from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir
-from patronus_jax.interpret import figures
 from patronus_jax.tasks.patronus import sample as sample_lib
-import jax.numpy as jnp
-from patronus_jax.evaluate.workdir_classifier import trained_for
 
 ROWS_PER_PAGE = 16
 
@@ -71,7 +70,6 @@ class _Context:
     self.rng = np.random.default_rng([config.seed, 7919])
     self._classifier = None
     self._inversions: dict[int, np.ndarray] = {}
-    self._data_lib = data_lib
 
   # ------------------------------------------------------------------ data and statistics
 
@@ -79,12 +77,12 @@ class _Context:
     ic = self.ic
     need = max(ic.num_eval_images, ic.num_visualize_images, ic.num_semantic_images,
                2 * ic.num_interpolation_pairs, ic.num_diagnosis_samples, ic.num_emergence_samples)
-    t0 = time.time()
-    arrays = self._data_lib.load_arrays(self.config.data, self.split, max_examples=need)
+    watch = timing.Stopwatch()
+    arrays = data_lib.load_arrays(self.config.data, self.split, max_examples=need)
     self.images = np.asarray(arrays['image'], np.float32)
     self.attributes = np.asarray(arrays.get('attributes', np.zeros((len(self.images), 0))), np.int64)
     if len(self.images) < 2:
-      raise self._data_lib.DataError(f'interpret needs held-out images; split {self.split!r} of '
+      raise data_lib.DataError(f'interpret needs held-out images; split {self.split!r} of '
                                      f'{self.config.data.name} has {len(self.images)}')
     self.s = self.engine.encode(self.images)['s']
     n_eval = min(ic.num_eval_images, len(self.images))
@@ -94,7 +92,7 @@ class _Context:
       self.association = stats.association_matrix(self.s[:n_eval], self.attributes[:n_eval],
                                                   [len(v) for v in self.values])
     logging.info('interpret: %d held-out images of %s/%s encoded in %.1fs', len(self.images),
-                 self.config.data.name, self.split, time.time() - t0)
+                 self.config.data.name, self.split, watch.seconds())
 
   def start_part(self, part: str) -> None:
     """Each part draws its images from its own stream: the same whichever parts run with it."""
@@ -206,9 +204,22 @@ def part_semantics(ctx: _Context) -> dict:
       'then regenerations from the same s and new noise x_T (variation)')
 
   protos = list(ic.manipulate_prototypes) or list(range(ctx.num_prototypes))
-  low, spread = ctx.range['low'], ctx.range['spread']
+  ext = _extrapolation(ctx, idx, s, x_T, protos, figs)
+  man = _manipulation(ctx, idx, s, x_T, protos, rec['recon'], figs)
+  itp, pairs = _interpolation(ctx, figs)
+  return {'images': idx.tolist(), 'reconstruction': rec['report'], 'extrapolation': ext['report'],
+          'manipulation': man['report'], 'interpolation': dict(itp['report'], pairs=pairs.tolist()),
+          'mean_extrapolation_spearman': float(np.mean([r['spearman'] for r in ext['report']])),
+          'figures': figs}
+
+
+def _extrapolation(ctx: _Context, idx: np.ndarray, s: np.ndarray, x_T: np.ndarray, protos: list[int],
+                   figs: dict) -> dict:
+  """s_j of the first image set along and beyond its observed range; figures of it."""
+  ic = ctx.ic
   labels = ctx.prototype_labels()
-  ext = semantics_lib.extrapolation(ctx.engine, s[0], x_T[0], protos, low, spread, ic.extrapolation_alphas)
+  ext = semantics_lib.extrapolation(ctx.engine, s[0], x_T[0], protos, ctx.range['low'], ctx.range['spread'],
+                                    ic.extrapolation_alphas)
   alphas = list(ic.extrapolation_alphas)
   col = [f'α={a:g}' + (' (beyond)' if a < 0 or a > 1 else '') for a in alphas]
   pages = _pages(list(range(len(protos))))
@@ -216,21 +227,31 @@ def part_semantics(ctx: _Context) -> dict:
     name = _paged_name('extrapolation', [protos[a] for a in page], len(pages) > 1)
     ctx.save(name, figures.image_table(
         [list(ext['images'][a]) for a in page], [f'p{protos[a]} {labels[protos[a]]}' for a in page], col,
-        f'Extrapolation of image {idx[0]}: s_j = q{ic.low_quantile:g} + α·(q{ic.high_quantile:g} − q{ic.low_quantile:g}) '
-        'of held-out s_j; α outside [0, 1] goes beyond observed values (cell: re-encoded s_j)',
+        f'Extrapolation of image {idx[0]}: s_j = q{ic.low_quantile:g} + '
+        f'α·(q{ic.high_quantile:g} − q{ic.low_quantile:g}) of held-out s_j; '
+        'α outside [0, 1] goes beyond observed values (cell: re-encoded s_j)',
         cell_titles=[[f"s={v:.2f}" for v in ext['report'][a]['re_encoded']] for a in page]), figs,
         'rows: prototypes; columns: s_j set along and beyond its observed held-out range (α), same x_T; '
         'cell titles: s_j of the regenerated image')
+  return ext
 
+
+def _manipulation(ctx: _Context, idx: np.ndarray, s: np.ndarray, x_T: np.ndarray, protos: list[int],
+                  recon: np.ndarray, figs: dict) -> dict:
+  """s_j of (up to) two images changed by amounts of its observed spread; figures of it."""
+  ic = ctx.ic
+  labels = ctx.prototype_labels()
+  pages = _pages(list(range(len(protos))))
   shown = min(2, len(idx))
-  man = semantics_lib.manipulation(ctx.engine, s[:shown], x_T[:shown], protos, spread, ic.manipulate_amounts)
+  man = semantics_lib.manipulation(ctx.engine, s[:shown], x_T[:shown], protos, ctx.range['spread'],
+                                   ic.manipulate_amounts)
   amounts = list(ic.manipulate_amounts)
   for page in pages:
     table, titles = [], []
     for a in page:
       row, trow = [], []
       for r in range(shown):
-        row.append(rec['recon'][r])
+        row.append(recon[r])
         trow.append(f'img {idx[r]}: s={s[r, protos[a]]:.2f}')
         for b in range(len(amounts)):
           row.append(man['images'][a, b, r])
@@ -246,7 +267,12 @@ def part_semantics(ctx: _Context) -> dict:
         cell_titles=titles), figs,
         'rows: prototypes; columns per image: its reconstruction, then s_j changed by each amount '
         '(units of the observed spread), same inverted x_T')
+  return man
 
+
+def _interpolation(ctx: _Context, figs: dict) -> tuple[dict, np.ndarray]:
+  """(interpolations between pairs of random inverted images, the pairs); the figure of them."""
+  ic = ctx.ic
   pairs = ctx.pick(2 * ic.num_interpolation_pairs).reshape(-1, 2)
   x_pairs = ctx.inversions(pairs.ravel()).reshape((-1, 2) + ctx.images.shape[1:])
   itp = semantics_lib.interpolation(ctx.engine, ctx.s[pairs[:, 0]], ctx.s[pairs[:, 1]], x_pairs[:, 0],
@@ -259,10 +285,7 @@ def part_semantics(ctx: _Context) -> dict:
       f"(s correlation {itp['report']['s_correlation']:.2f})"), figs,
       'rows: pairs of held-out images; columns: image A, regenerations with s = (1−w) s_A + w s_B and '
       'x_T = slerp(x_T,A, x_T,B, w), image B')
-  return {'images': idx.tolist(), 'reconstruction': rec['report'], 'extrapolation': ext['report'],
-          'manipulation': man['report'], 'interpolation': dict(itp['report'], pairs=pairs.tolist()),
-          'mean_extrapolation_spearman': float(np.mean([r['spearman'] for r in ext['report']])),
-          'figures': figs}
+  return itp, pairs
 
 
 def part_emergence(ctx: _Context) -> dict:
@@ -346,8 +369,6 @@ def part_diagnosis(ctx: _Context) -> dict:
   report['classifier'] = clf_metrics
   report['images'] = idx.tolist()
   report['edit_values'] = {'lower': ctx.range['low'].tolist(), 'raise': ctx.range['high'].tolist()}
-  # Agreement of the classifier on the unedited regenerations with the real labels: how much
-  # the judge can be trusted on generated images of this model.
   figs: dict = {}
   pairs = ', '.join(' ↔ '.join(p) for p in report['suspected_pairs']) or 'none'
   ctx.save('diagnosis_effects.png', figures.diagnosis_matrix(
@@ -360,41 +381,47 @@ def part_diagnosis(ctx: _Context) -> dict:
       'each finding: effect of the edit on the attribute it controls (grey) and on the co-moved attribute '
       '(red), with bootstrap CIs')
   if examples:
-    ranked = sorted(range(len(protos)), key=lambda a: (-int(any(f['prototype'] == protos[a]
-                                                                  for f in report['findings'])),
-                                                       -report['prototypes'][a]['controls_effect']))[:6]
-    e = examples['base'].shape[0]
-
-    def label(a, probs, i, d=None):
-      entry = report['prototypes'][a]
-      direction = entry['directions']['raise' if d is None else ('lower', 'raise')[d]]
-      shown = [n for n in [entry['controls']] + direction['co_moved'] if n][:2] or names[:1]
-      out = []
-      for n in shown:
-        k = names.index(n)
-        p = probs[k] if d is None else probs[k][a, d]
-        out.append(values[k][int(np.argmax(p[i]))])
-      return ' '.join(out)
-
-    table, titles = [], []
-    for a in ranked:
-      row, trow = [], []
-      for i in range(e):
-        for d, img in ((0, examples['edited'][a, 0, i]), (None, examples['base'][i]), (1, examples['edited'][a, 1, i])):
-          row.append(img.astype(np.float32) / 127.5 - 1.0)
-          trow.append(label(a, examples['base_probs'] if d is None else examples['edited_probs'], i, d))
-      table.append(row)
-      titles.append(trow)
-    ctx.save('diagnosis_examples.png', figures.image_table(
-        table, [f"p{protos[a]}: {report['prototypes'][a]['controls'] or '—'}" for a in ranked],
-        [f'sample {i} {t}' for i in range(e) for t in ('↓', 'base', '↑')],
-        'Diagnosis examples: s_j lowered / unchanged / raised from the same x_T '
-        '(cell: classifier prediction of the controlled and co-moved attributes)', cell_titles=titles), figs,
-        'rows: the prototypes with findings (then the strongest ones); columns: per sample the image with '
-        's_j lowered, unedited, raised (same x_T); cell titles: the classifier\'s prediction of the attributes '
-        'the prototype controls and co-moves')
+    _diagnosis_examples(ctx, report, examples, protos, names, values, figs)
   report['figures'] = figs
   return report
+
+
+def _diagnosis_examples(ctx: _Context, report: dict, examples: dict, protos: list[int], names: list[str],
+                        values: list, figs: dict) -> None:
+  """The figure of example images with s_j lowered / unchanged / raised, for the most telling prototypes."""
+  ranked = sorted(range(len(protos)), key=lambda a: (-int(any(f['prototype'] == protos[a]
+                                                                for f in report['findings'])),
+                                                     -report['prototypes'][a]['controls_effect']))[:6]
+  e = examples['base'].shape[0]
+
+  def label(a, probs, i, d=None):
+    entry = report['prototypes'][a]
+    direction = entry['directions']['raise' if d is None else ('lower', 'raise')[d]]
+    shown = [n for n in [entry['controls']] + direction['co_moved'] if n][:2] or names[:1]
+    out = []
+    for n in shown:
+      k = names.index(n)
+      p = probs[k] if d is None else probs[k][a, d]
+      out.append(values[k][int(np.argmax(p[i]))])
+    return ' '.join(out)
+
+  table, titles = [], []
+  for a in ranked:
+    row, trow = [], []
+    for i in range(e):
+      for d, img in ((0, examples['edited'][a, 0, i]), (None, examples['base'][i]), (1, examples['edited'][a, 1, i])):
+        row.append(img.astype(np.float32) / 127.5 - 1.0)
+        trow.append(label(a, examples['base_probs'] if d is None else examples['edited_probs'], i, d))
+    table.append(row)
+    titles.append(trow)
+  ctx.save('diagnosis_examples.png', figures.image_table(
+      table, [f"p{protos[a]}: {report['prototypes'][a]['controls'] or '—'}" for a in ranked],
+      [f'sample {i} {t}' for i in range(e) for t in ('↓', 'base', '↑')],
+      'Diagnosis examples: s_j lowered / unchanged / raised from the same x_T '
+      '(cell: classifier prediction of the controlled and co-moved attributes)', cell_titles=titles), figs,
+      'rows: the prototypes with findings (then the strongest ones); columns: per sample the image with '
+      's_j lowered, unedited, raised (same x_T); cell titles: the classifier\'s prediction of the attributes '
+      'the prototype controls and co-moves')
 
 
 PART_FUNCTIONS = {'visualize': part_visualize, 'semantics': part_semantics, 'emergence': part_emergence,
@@ -459,14 +486,28 @@ def _summary(parts: dict[str, Any]) -> dict:
   return out
 
 
-def _valid_part(ctx: _Context, done: dict, part: str):
+def _valid_part(ctx: _Context, part: str):
   """The stored result of `part` if it was computed for this checkpoint and config, else None."""
   path = os.path.join(ctx.out_dir, f'{part}.json')
-  if done.get(part, {}).get('key') != _key(ctx, part) or not os.path.exists(path):
+  if not workdir_lib.is_done(ctx.workdir, 'interpret', _key(ctx, part), [path], part=part):
     return None
   result = files.read_json(path)
   if not all(os.path.exists(os.path.join(ctx.out_dir, f)) for f in result.get('figures', {})):
     return None
+  return result
+
+
+def _run_part(ctx: _Context, part: str) -> dict:
+  """Computes one part, writes its JSON and records it done (with its seconds and model calls)."""
+  watch = timing.Stopwatch()
+  ctx.start_part(part)
+  calls_before = sum(ctx.engine.calls.values())
+  result = PART_FUNCTIONS[part](ctx)
+  result['seconds'] = round(watch.seconds(), 2)
+  result['model_calls'] = int(sum(ctx.engine.calls.values()) - calls_before)
+  if jax.process_index() == 0:
+    files.write_json(os.path.join(ctx.out_dir, f'{part}.json'), result)
+    workdir_lib.record_done(ctx.workdir, 'interpret', _key(ctx, part), part=part, seconds=result['seconds'])
   return result
 
 
@@ -476,11 +517,9 @@ def interpret_mode(config, workdir: str, mesh=None) -> dict:
   report.json gathers every part that is up to date for this checkpoint and config, also
   those computed by earlier runs with other `interpret.parts`.
   """
-  t_start = time.time()
+  watch = timing.Stopwatch()
   ctx = _Context(config, workdir, mesh)
-  status = workdir_lib.read_status(workdir, 'interpret') or {}
-  done = {p: v for p, v in status.get('parts', {}).items() if p in PART_FIELDS}
-  parts_json = {p: r for p in icfg.PARTS if (r := _valid_part(ctx, done, p)) is not None}
+  parts_json = {p: r for p in icfg.PARTS if (r := _valid_part(ctx, p)) is not None}
   todo = list(config.interpret.parts)
   skipped = [p for p in todo if p in parts_json]
   if skipped:
@@ -490,18 +529,8 @@ def interpret_mode(config, workdir: str, mesh=None) -> dict:
   if remaining:
     ctx.load_held_out()
   for i, p in enumerate(remaining):
-    t0 = time.time()
     logging.info('interpret: part %d/%d: %s', i + 1, len(remaining), p)
-    ctx.start_part(p)
-    calls_before = sum(ctx.engine.calls.values())
-    result = PART_FUNCTIONS[p](ctx)
-    result['seconds'] = round(time.time() - t0, 2)
-    result['model_calls'] = int(sum(ctx.engine.calls.values()) - calls_before)
-    if jax.process_index() == 0:
-      files.write_json(os.path.join(ctx.out_dir, f'{p}.json'), result)
-      done[p] = {'key': _key(ctx, p), 'seconds': result['seconds']}
-      workdir_lib.write_status(workdir, 'interpret', {'parts': done})
-    parts_json[p] = result
+    result = parts_json[p] = _run_part(ctx, p)
     logging.info('interpret: %s done in %.1fs (%d model calls, %d figures)', p, result['seconds'],
                  result['model_calls'], len(result.get('figures', {})))
   present = [p for p in icfg.PARTS if p in parts_json]
@@ -510,7 +539,7 @@ def interpret_mode(config, workdir: str, mesh=None) -> dict:
       'workdir': workdir, 'config_name': config.name, 'stage1_step': ctx.stage1_step,
       'latent_step': ctx.latent_step, 'ddim_steps': config.interpret.ddim_steps,
       'attributes': dict(zip(ctx.names, ctx.values)),
-      'summary': _summary(parts_json), 'seconds_this_run': round(time.time() - t_start, 2),
+      'summary': _summary(parts_json), 'seconds_this_run': round(watch.seconds(), 2),
       'part_seconds': {p: parts_json[p].get('seconds') for p in present},
       'part_model_calls': {p: parts_json[p].get('model_calls') for p in present},
       'figures': figures, **{p: parts_json[p] for p in present},
@@ -529,5 +558,5 @@ def interpret_mode(config, workdir: str, mesh=None) -> dict:
   if jax.process_index() == 0:
     files.write_json(os.path.join(ctx.out_dir, 'report.json'), report)
   logging.info('interpret: report %s (%d figures) in %.1fs; summary %s', os.path.join(ctx.out_dir, 'report.json'),
-               len(figures), time.time() - t_start, json.dumps(report['summary'], default=str)[:2000])
+               len(figures), watch.seconds(), json.dumps(report['summary'], default=str)[:2000])
   return report

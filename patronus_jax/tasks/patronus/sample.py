@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from typing import Optional
 
 from absl import logging
@@ -19,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from patronus_jax import data
+from patronus_jax.core import batching
 from patronus_jax.core import diffusion
 from patronus_jax.core import files
+from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.diffusion import SamplerSpec
 from patronus_jax.tasks.patronus.loading import load_latent, load_stage1_variables
@@ -64,9 +65,10 @@ def sample_activations(latent_model, latent_variables, stats: dict, key: jax.Arr
   return z * stats['s_std'] + stats['s_mean']
 
 
-def _chunks(n: int, size: int):
-  for start in range(0, n, size):
-    yield start, min(n, start + size)
+def encode_batched(model, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """s of any number of images, in batches of `batch_size` (the last zero-padded: one compilation)."""
+  fn = lambda _, x: encode(model, variables, jnp.asarray(x))
+  return batching.padded_map(fn, np.asarray(images, np.float32), batch_size).astype(np.float32)
 
 
 def generate_batched(model, variables, s: np.ndarray, key: jax.Array, spec: SamplerSpec,
@@ -74,23 +76,32 @@ def generate_batched(model, variables, s: np.ndarray, key: jax.Array, spec: Samp
                      x_T: Optional[np.ndarray] = None, label: str = 'sampling') -> np.ndarray:
   """`generate` over any number of s in fixed-size chunks (one compilation), with progress lines.
 
-  The last chunk is padded by repeating its final row, so every call has the same shape.
+  Chunk i draws its noise and sampler randomness from fold_in(key, i). The last chunk is
+  padded by repeating its final row.
   """
   s = np.asarray(s, np.float32)
-  n = s.shape[0]
-  pad = lambda a, k: np.concatenate([a, np.repeat(a[-1:], k, 0)]) if k else a
-  out, t0 = [], time.time()
-  for i, (a, b) in enumerate(_chunks(n, batch_size)):
+
+  def chunk(i, s_i, *x_i):
     noise_key, loop_key = jax.random.split(jax.random.fold_in(key, i))
-    missing = batch_size - (b - a)
-    if x_T is None:
-      x = jax.random.normal(noise_key, (batch_size,) + tuple(image_shape))
-    else:
-      x = jnp.asarray(pad(np.asarray(x_T[a:b], np.float32), missing))
-    images = generate(model, variables, jnp.asarray(pad(s[a:b], missing)), x, loop_key, spec)
-    out.append(np.asarray(images)[:b - a])
-    logging.info('%s: %d/%d images (%.1f images/s)', label, b, n, b / max(time.time() - t0, 1e-9))
-  return np.concatenate(out)
+    x = jnp.asarray(x_i[0]) if x_i else jax.random.normal(noise_key, (batch_size,) + tuple(image_shape))
+    return generate(model, variables, jnp.asarray(s_i), x, loop_key, spec)
+
+  inputs = (s,) if x_T is None else (s, np.asarray(x_T, np.float32))
+  progress = timing.Progress(label, s.shape[0], every=0.0)
+  return batching.padded_map(chunk, inputs, batch_size, pad='edge', progress=progress)
+
+
+def sample_activations_batched(latent_model, latent_variables, stats: dict, key: jax.Array, num: int,
+                               batch_size: int, spec: SamplerSpec, label: str = '') -> np.ndarray:
+  """`num` s from the latent model, `batch_size` at a time; chunk i uses fold_in(key, 10_000 + i).
+
+  (Unconditional images of these s use fold_in(key, 1), see `sample_mode`.)
+  """
+  stats = {k: jnp.asarray(v) for k, v in stats.items()}
+  chunk = lambda i, _: sample_activations(latent_model, latent_variables, stats, jax.random.fold_in(key, 10_000 + i),
+                                          batch_size, spec)
+  progress = timing.Progress(label, num, 'activations') if label else None
+  return batching.padded_map(chunk, np.arange(num), batch_size, pad=None, progress=progress)
 
 
 def reconstruct(model, variables, images: jax.Array, key: jax.Array, diffusion_cfg) -> jax.Array:
@@ -102,53 +113,63 @@ def reconstruct(model, variables, images: jax.Array, key: jax.Array, diffusion_c
   return generate(model, variables, s, x_T, loop_key, spec)
 
 
+def _sample_status(config, stage1_step: int, latent_step: int) -> dict:
+  """What `--mode=sample` computes from (its skip key)."""
+  return {'stage1_step': stage1_step, 'latent_step': latent_step,
+          'num_samples': config.sample.num_samples, 'num_reconstructions': config.sample.num_reconstructions,
+          'sampler': config.diffusion.sampler, 'sample_steps': config.diffusion.sample_steps,
+          'eta': float(config.diffusion.eta), 'clip_x0': float(config.diffusion.clip_x0),
+          'latent_sample_steps': config.latent.sample_steps, 'seed': config.seed}
+
+
+def _write_samples(config, out_dir: str, arrays: dict[str, np.ndarray]) -> None:
+  """The PNG grids and samples.npz (images as 8-bit)."""
+  uncond, real, recon = arrays['unconditional'], arrays['real'], arrays['reconstruction']
+  nrow = int(np.ceil(np.sqrt(config.sample.num_samples)))
+  files.save_image_grid(os.path.join(out_dir, 'unconditional.png'), uncond, nrow=nrow)
+  pairs = np.stack([real, recon], 1).reshape((-1,) + real.shape[1:])  # original, reconstruction
+  nrow = min(16, 2 * config.sample.num_reconstructions)
+  files.save_image_grid(os.path.join(out_dir, 'reconstruction.png'), pairs, nrow=nrow)
+  with files.atomic_path(os.path.join(out_dir, 'samples.npz')) as tmp:
+    with open(tmp, 'wb') as f:
+      np.savez(f, unconditional=files.to_uint8(uncond), s_unconditional=arrays['s_unconditional'],
+               real=files.to_uint8(real), reconstruction=files.to_uint8(recon), s_real=arrays['s_real'],
+               s_reconstruction=arrays['s_reconstruction'])
+
+
 def sample_mode(config, workdir: str, mesh=None) -> dict:
   """`--mode=sample`: unconditional samples and reconstructions, as PNG grids and .npz."""
   del mesh
   model, variables, stage1_step = load_stage1_variables(config, workdir)
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
   latent_model, latent_vars, stats, latent_step = load_latent(config, workdir)
-  status = {'stage1_step': stage1_step, 'latent_step': latent_step,
-            'num_samples': config.sample.num_samples, 'num_reconstructions': config.sample.num_reconstructions,
-            'sampler': config.diffusion.sampler, 'sample_steps': config.diffusion.sample_steps,
-            'eta': float(config.diffusion.eta), 'clip_x0': float(config.diffusion.clip_x0),
-            'latent_sample_steps': config.latent.sample_steps, 'seed': config.seed}
-  key_fields = tuple(status)
-  if workdir_lib.read_status(workdir, 'sample') == status:
+  status = _sample_status(config, stage1_step, latent_step)
+  if workdir_lib.is_done(workdir, 'sample', status):
     logging.info('sample: outputs for these checkpoints exist already; skipping.')
     return status
   out_dir = os.path.join(workdir, 'samples')
   spec = SamplerSpec.images(config.diffusion)
   key = jax.random.PRNGKey(config.seed + 2)
-  t0 = time.time()
-  n = config.sample.num_samples
-  s_parts = []
-  for i, (a, b) in enumerate(_chunks(n, config.sample.batch_size)):
-    s_parts.append(np.asarray(sample_activations(
-        latent_model, latent_vars, {k: jnp.asarray(v) for k, v in stats.items()},
-        jax.random.fold_in(key, 10_000 + i), config.sample.batch_size, SamplerSpec.latent(config.latent)))[:b - a])
-  s_uncond = np.concatenate(s_parts)
-  uncond = generate_batched(model, variables, s_uncond, jax.random.fold_in(key, 1), spec, shape,
-                            config.sample.batch_size, label='unconditional samples')
-  m = config.sample.num_reconstructions
-  real = data.load_arrays(config.data, config.data.eval_split, max_examples=m)['image']
+  batch_size = config.sample.batch_size
+  watch = timing.Stopwatch()
+  s_uncond = sample_activations_batched(latent_model, latent_vars, stats, key, config.sample.num_samples,
+                                        batch_size, SamplerSpec.latent(config.latent))
+  uncond = generate_batched(model, variables, s_uncond, jax.random.fold_in(key, 1), spec, shape, batch_size,
+                            label='unconditional samples')
+  real = data.load_arrays(config.data, config.data.eval_split, max_examples=config.sample.num_reconstructions)['image']
   s_real = np.asarray(encode(model, variables, jnp.asarray(real)))
-  recon = generate_batched(model, variables, s_real, jax.random.fold_in(key, 2), spec, shape,
-                           config.sample.batch_size, label='reconstructions')
+  recon = generate_batched(model, variables, s_real, jax.random.fold_in(key, 2), spec, shape, batch_size,
+                           label='reconstructions')
   s_recon = np.asarray(encode(model, variables, jnp.asarray(recon)))
-  elapsed = time.time() - t0
+  elapsed = watch.seconds()
   if jax.process_index() == 0:
-    nrow = int(np.ceil(np.sqrt(n)))
-    files.save_image_grid(os.path.join(out_dir, 'unconditional.png'), uncond, nrow=nrow)
-    pairs = np.stack([real, recon], 1).reshape((-1,) + real.shape[1:])  # original, reconstruction
-    files.save_image_grid(os.path.join(out_dir, 'reconstruction.png'), pairs, nrow=min(16, 2 * m))
-    with files.atomic_path(os.path.join(out_dir, 'samples.npz')) as tmp:
-      with open(tmp, 'wb') as f:
-        np.savez(f, unconditional=files.to_uint8(uncond), s_unconditional=s_uncond, real=files.to_uint8(real),
-                 reconstruction=files.to_uint8(recon), s_real=s_real, s_reconstruction=s_recon)
+    _write_samples(config, out_dir, dict(unconditional=uncond, s_unconditional=s_uncond, real=real,
+                                         reconstruction=recon, s_real=s_real, s_reconstruction=s_recon))
     faithfulness = float(np.corrcoef(s_real.ravel(), s_recon.ravel())[0, 1])
-    status.update(seconds=elapsed, s_faithfulness=faithfulness)
-    files.write_json(os.path.join(out_dir, 'summary.json'), status)
-    workdir_lib.write_status(workdir, 'sample', {k: status[k] for k in key_fields})
-  logging.info('sample: %d unconditional + %d reconstructions in %.1fs -> %s', n, m, elapsed, out_dir)
+    summary = dict(status, seconds=elapsed, s_faithfulness=faithfulness)
+    files.write_json(os.path.join(out_dir, 'summary.json'), summary)
+    workdir_lib.record_done(workdir, 'sample', status)
+    status = summary
+  logging.info('sample: %d unconditional + %d reconstructions in %.1fs -> %s', config.sample.num_samples,
+               config.sample.num_reconstructions, elapsed, out_dir)
   return status

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Callable, Optional
 
 from absl import logging
@@ -23,6 +22,7 @@ import numpy as np
 from patronus_jax import data
 from patronus_jax.core import diffusion
 from patronus_jax.core import files
+from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.training import LoopSettings, TrainState, array_iterator, run_training
 from patronus_jax.models import prototypes as proto_lib
@@ -98,11 +98,13 @@ def train_stage1(config, workdir: str, mesh) -> TrainState:
     logging.info('Planted bias: %s', info.bias_report)
   task = PatronusTask(config)
   settings = LoopSettings.from_section(config.train)
-  return run_training(task, settings, workdir, data.training_iterator_factory(config.data, config.train.batch_size, config.seed), seed=config.seed,
+  batches = data.training_iterator_factory(config.data, config.train.batch_size, config.seed)
+  return run_training(task, settings, workdir, batches, seed=config.seed,
                       mesh=mesh, meta={'config': workdir_lib.config_to_dict(config)},
                       sample_fn=make_sample_fn(config, task, mesh))
 
 
+# ----------------------------------------------------------------------------- stage 2
 
 class LatentTask:
   """Stage 2: the latent UNet1D on standardised prototype activations."""
@@ -128,37 +130,45 @@ class LatentTask:
     return loss, {}
 
 
+def pass_over_split(config, split: str, num: Optional[int], batch_size: int, *,
+                    encode: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                    features: Optional[dict[str, Callable[[np.ndarray], np.ndarray]]] = None,
+                    num_features: Optional[int] = None, label: str = '') -> dict[str, np.ndarray]:
+  """One in-order pass over the first `num` images of a split (all when None).
+
+  Returns 'attributes', 'num_examples', 's' (when `encode`), and per `features` entry the
+  features of the first `num_features` images (all when None). Images are never held all at once.
+  """
+  features = features or {}
+  it = data.make_iterator(config.data, split, global_batch_size=batch_size, seed=0, shuffle=False,
+                          num_epochs=1, drop_remainder=False, process_index=0, process_count=1)
+  out = {'attributes': [], 's': [], **{name: [] for name in features}}
+  done, progress = 0, timing.Progress(label or f'reading {split}', num)
+  for batch in it:
+    images = batch['image'] if num is None else batch['image'][:num - done]
+    if len(images) == 0:
+      break
+    out['attributes'].append(np.asarray(batch['attributes'][:len(images)]))
+    if encode is not None:
+      out['s'].append(encode(images))
+    for name, fn in features.items():
+      keep = len(images) if num_features is None else max(0, min(len(images), num_features - done))
+      if keep:
+        out[name].append(fn(images[:keep]))
+    done += len(images)
+    progress(done)
+    if num is not None and done >= num:
+      break
+  result = {name: np.concatenate(parts) for name, parts in out.items() if parts}
+  result['num_examples'] = done
+  return result
 
 
 def compute_activations(config, model, variables, split: str, batch_size: int = 256,
                         max_examples: Optional[int] = None) -> dict:
   """s (and attributes) of every example of a split, in order, streamed (progress lines)."""
-  info = data.get_info(config.data)
-  total = info.num_examples.get(split)
-  if max_examples is not None:
-    total = min(total, max_examples) if total else max_examples
-  it = data.make_iterator(config.data, split, global_batch_size=batch_size, seed=0, shuffle=False,
-                          num_epochs=1, drop_remainder=False, process_index=0, process_count=1)
-  encode = jax.jit(lambda v, x: model.apply(v, x, method=model.encode).activations)
-  s_all, attrs, done, t0, last = [], [], 0, time.time(), time.time()
-  for batch in it:
-    images = batch['image']
-    if max_examples is not None:
-      images = images[:max_examples - done]
-    if len(images) == 0:
-      break
-    pad = batch_size - len(images)
-    x = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)]) if pad else images
-    s_all.append(np.asarray(encode(variables, x))[:len(images)])
-    attrs.append(batch['attributes'][:len(images)])
-    done += len(images)
-    if time.time() - last > 10 or (total and done >= total):
-      last = time.time()
-      logging.info('computing s over %s: %d/%s images (%.0f images/s)', split, done, total or '?',
-                   done / max(last - t0, 1e-9))
-    if max_examples is not None and done >= max_examples:
-      break
-  return {'s': np.concatenate(s_all).astype(np.float32), 'attributes': np.concatenate(attrs)}
+  encode = lambda images: sample_lib.encode_batched(model, variables, images, batch_size)
+  return pass_over_split(config, split, max_examples, batch_size, encode=encode, label=f'computing s over {split}')
 
 
 def latent_statistics(s: np.ndarray, normalize: bool) -> dict:
