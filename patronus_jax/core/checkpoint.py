@@ -95,12 +95,6 @@ class Checkpointer:
       raise RuntimeError(f'no checkpoint in {self.directory} could be restored:\n  ' + '\n  '.join(errors))
     return None
 
-  def read_meta(self, step: Optional[int] = None) -> Optional[dict]:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

@@ -308,10 +308,6 @@ def sample(denoise_fn: DenoiseFn, schedule: Schedule, x_T: jax.Array, *, sampler
   raise ValueError(f"unknown sampler {sampler!r}; expected 'ddim' or 'ddpm'")
 
 
-def num_model_calls(sampler: str, timesteps: int, num_steps: int) -> int:
-  return timesteps - 1 if sampler == 'ddpm' else num_steps
-
-
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
   """Hashable description of a sampling loop (a static argument of the jitted samplers)."""

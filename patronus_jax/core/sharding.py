@@ -19,7 +19,6 @@ from typing import Any
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -103,15 +102,6 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   """This process's rows (numpy) -> global jax.Arrays sharded along 'data'."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
-
-
-def to_host(tree: Any) -> Any:
-  """Fully replicated / addressable arrays -> numpy (works on multi-host meshes too)."""
-  def fetch(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-  return jax.tree_util.tree_map(fetch, tree)
 
 
 def mesh_config() -> ml_collections.ConfigDict:

@@ -220,110 +220,148 @@ def run_training(task: Task, settings: LoopSettings, workdir: str, make_data_ite
   tx = make_optimizer(settings)
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(workdir, task.name), settings.keep_checkpoints)
   data_iter = make_data_iterator()
-  start_state = data_iter.get_state()
-  example = task.prepare_batch(next(data_iter))
-  data_iter.set_state(start_state)
-
-  rep = sharding.replicated(mesh)
-  example_global = sharding.global_batch(example, mesh)
-  init = functools.partial(create_train_state, task, tx)
-  abstract = jax.eval_shape(init, jax.random.PRNGKey(seed), example_global, extras)
-  shardings = _state_shardings(abstract, mesh)
-  abstract = ckpt_lib.abstract_like(abstract, shardings)
-
-  restored = checkpointer.restore(abstract)
-  if restored is not None:
-    step, state, data_state, _ = restored
-    if process_data_state and data_state:
-      data_iter.set_state(data_state.get(str(jax.process_index()), data_state))
-    logging.info('%s: resumed from step %d of %s.', task.name, step, checkpointer.directory)
-  else:
-    t0 = time.time()
-    state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed), example_global, extras)
-    jax.block_until_ready(state)
-    logging.info('%s: initialised in %.1fs (%d parameters).', task.name, time.time() - t0,
-                 sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
-
+  state, shardings = restore_or_init(task, tx, checkpointer, data_iter, seed=seed, mesh=mesh, extras=extras,
+                                     process_data_state=process_data_state)
   start = int(state.step)
   if start >= settings.num_steps:
     logging.info('%s: already trained (%d >= %d steps); nothing to do.', task.name, start, settings.num_steps)
     checkpointer.close()
     return state
-
-  donate = (0,) if jax.default_backend() != 'cpu' else ()
-  step_fn = jax.jit(functools.partial(train_step, task=task, tx=tx, ema_decay=settings.ema_decay),
-                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(shardings, rep), donate_argnums=donate)
-  writer = metric_writer(workdir) if jax.process_index() == 0 else None
-  lr_fn = learning_rate_schedule(settings)
-  pending: list = []  # (step, metrics) not yet fetched from the device
-  last_good = start
-  t_log, step_log = None, start
-
-  def data_state():
-    state_ = data_iter.get_state()
-    return {str(jax.process_index()): state_} if jax.process_count() > 1 else state_
-
-  def flush(step: int):
-    nonlocal pending, t_log, step_log, last_good
-    if not pending:
-      return
-    fetched = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, fetched):
-      if not np.isfinite(m['loss']):
-        raise NonFiniteLossError(
-            f'{task.name}: the loss is {m["loss"]} at step {s} (after {s - 1} good steps); '
-            f'stopping. The last good checkpoint (step {last_good}) is kept in {checkpointer.directory}.')
-    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    now = time.time()
-    rate = (step - step_log) / (now - t_log) if t_log is not None and now > t_log else float('nan')
-    t_log, step_log = now, step
-    means.update(learning_rate=float(lr_fn(step)), steps_per_sec=rate,
-                 examples_per_sec=rate * settings.batch_size)
-    eta = (settings.num_steps - step) / rate if rate == rate and rate > 0 else float('nan')
-    logging.info('%s step %d/%d (%.0f%%) loss %.5f lr %.2e %.2f steps/s %.1f ex/s ETA %s', task.name, step,
-                 settings.num_steps, 100 * step / settings.num_steps, means['loss'], means['learning_rate'],
-                 rate, means['examples_per_sec'], _format_eta(eta) if eta == eta else '?')
-    if writer is not None:
-      writer.write_scalars(step, {f'{task.name}/{k}': v for k, v in means.items() if v == v})
-    pending = []
-
-  def save(step: int, force: bool = False):
-    nonlocal last_good
-    flush(step)  # never checkpoint a state whose loss went non-finite
-    checkpointer.save(step, state, data_state(), dict(meta or {}, stage=task.name, step=step), force=force)
-    last_good = step
-
+  step_fn = jit_train_step(task, tx, settings, shardings, mesh)
+  log = MetricLog(task.name, settings, workdir, start, checkpointer.directory)
   logging.info('%s: training steps %d..%d, global batch %d on %d devices (mesh %s).', task.name, start,
                settings.num_steps, settings.batch_size, jax.device_count(), dict(mesh.shape))
   with _Preemption() as preemption:
     try:
-      for step in range(start + 1, settings.num_steps + 1):
-        batch = sharding.global_batch(task.prepare_batch(next(data_iter)), mesh)
-        state, metrics = step_fn(state, batch)
-        pending.append((step, metrics))
-        if step == start + 1:
-          jax.block_until_ready(metrics)  # the first step includes compilation
-          t_log, step_log = time.time(), step
-          flush_first = pending.pop()
-          if not np.isfinite(float(flush_first[1]['loss'])):
-            raise NonFiniteLossError(f'{task.name}: the loss is {float(flush_first[1]["loss"])} at step {step}; '
-                                     f'stopping. The last good checkpoint (step {last_good}) is kept.')
-        if step % settings.log_every == 0:
-          flush(step)
-        if settings.sample_every and sample_fn is not None and step % settings.sample_every == 0:
-          _save_samples(workdir, task.name, step, sample_fn(state), writer)
-        if preemption.should_stop(step):
-          save(step, force=True)
-          checkpointer.wait()
-          raise Preempted(f'{task.name}: stopped by SIGTERM at step {step}; checkpoint written.')
-        if step % settings.checkpoint_every == 0 or step == settings.num_steps:
-          save(step)
+      state = train_steps(task, settings, state, step_fn, data_iter, checkpointer, log, preemption,
+                          workdir=workdir, mesh=mesh, meta=meta, sample_fn=sample_fn)
     finally:
       checkpointer.close()
-      if writer is not None:
-        writer.flush()
+      log.close()
   return state
+
+
+def restore_or_init(task: Task, tx: optax.GradientTransformation, checkpointer: ckpt_lib.Checkpointer, data_iter,
+                    *, seed: int, mesh, extras: Any = None, process_data_state: bool = True):
+  """(state, its shardings): the latest good checkpoint, with `data_iter` moved to where it stood,
+  or a fresh state from `seed`. The first batch of `data_iter` gives the shapes; it is not consumed."""
+  position = data_iter.get_state()
+  example = task.prepare_batch(next(data_iter))
+  data_iter.set_state(position)
+  example_global = sharding.global_batch(example, mesh)
+  init = functools.partial(create_train_state, task, tx)
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(seed), example_global, extras)
+  shardings = _state_shardings(abstract, mesh)
+  restored = checkpointer.restore(ckpt_lib.abstract_like(abstract, shardings))
+  if restored is not None:
+    step, state, data_state, _ = restored
+    if process_data_state and data_state:
+      data_iter.set_state(data_state.get(str(jax.process_index()), data_state))
+    logging.info('%s: resumed from step %d of %s.', task.name, step, checkpointer.directory)
+    return state, shardings
+  t0 = time.time()
+  state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed), example_global, extras)
+  jax.block_until_ready(state)
+  logging.info('%s: initialised in %.1fs (%d parameters).', task.name, time.time() - t0,
+               sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
+  return state, shardings
+
+
+def jit_train_step(task: Task, tx: optax.GradientTransformation, settings: LoopSettings, shardings: TrainState,
+                   mesh) -> Callable:
+  """`train_step` jitted for `mesh`: state as `shardings`, batch split over the data axis, metrics
+  replicated; the old state is donated except on CPU."""
+  donate = (0,) if jax.default_backend() != 'cpu' else ()
+  return jax.jit(functools.partial(train_step, task=task, tx=tx, ema_decay=settings.ema_decay),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=donate)
+
+
+class MetricLog:
+  """Step metrics kept on the device and fetched every `log_every` steps (fetching every step
+  would stall the pipeline): the NaN check, the progress line and the metric writer."""
+
+  def __init__(self, stage: str, settings: LoopSettings, workdir: str, start: int, checkpoint_dir: str):
+    self.stage, self.settings, self.checkpoint_dir = stage, settings, checkpoint_dir
+    self.writer = metric_writer(workdir) if jax.process_index() == 0 else None
+    self.lr_fn = learning_rate_schedule(settings)
+    self.start = start
+    self.last_good = start  # step of the newest checkpoint, named when the loss goes non-finite
+    self.pending: list = []  # (step, metrics) not yet fetched from the device
+    self.t_log, self.step_log = None, start
+
+  def record(self, step: int, metrics: dict) -> None:
+    if step != self.start + 1:
+      self.pending.append((step, metrics))
+      return
+    # The first step includes compilation: it starts the clock and is checked but not averaged.
+    jax.block_until_ready(metrics)
+    self.t_log, self.step_log = time.time(), step
+    if not np.isfinite(float(metrics['loss'])):
+      raise NonFiniteLossError(f'{self.stage}: the loss is {float(metrics["loss"])} at step {step}; '
+                               f'stopping. The last good checkpoint (step {self.last_good}) is kept.')
+
+  def flush(self, step: int) -> None:
+    if not self.pending:
+      return
+    fetched = jax.device_get([m for _, m in self.pending])
+    for (s, _), m in zip(self.pending, fetched):
+      if not np.isfinite(m['loss']):
+        raise NonFiniteLossError(
+            f'{self.stage}: the loss is {m["loss"]} at step {s} (after {s - 1} good steps); stopping. The last '
+            f'good checkpoint (step {self.last_good}) is kept in {self.checkpoint_dir}.')
+    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    now = time.time()
+    rate = (step - self.step_log) / (now - self.t_log) if self.t_log is not None and now > self.t_log else float('nan')
+    self.t_log, self.step_log = now, step
+    means.update(learning_rate=float(self.lr_fn(step)), steps_per_sec=rate,
+                 examples_per_sec=rate * self.settings.batch_size)
+    num_steps = self.settings.num_steps
+    eta = (num_steps - step) / rate if rate == rate and rate > 0 else float('nan')
+    logging.info('%s step %d/%d (%.0f%%) loss %.5f lr %.2e %.2f steps/s %.1f ex/s ETA %s', self.stage, step,
+                 num_steps, 100 * step / num_steps, means['loss'], means['learning_rate'],
+                 rate, means['examples_per_sec'], _format_eta(eta) if eta == eta else '?')
+    if self.writer is not None:
+      self.writer.write_scalars(step, {f'{self.stage}/{k}': v for k, v in means.items() if v == v})
+    self.pending = []
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.flush()
+
+
+def train_steps(task: Task, settings: LoopSettings, state: TrainState, step_fn: Callable, data_iter,
+                checkpointer: ckpt_lib.Checkpointer, log: MetricLog, preemption: _Preemption, *, workdir: str,
+                mesh, meta: Optional[dict] = None, sample_fn: Optional[Callable] = None) -> TrainState:
+  """Steps from `state.step` (= `log.start`) to `settings.num_steps`: logs, samples, checkpoints
+  every `checkpoint_every` steps and at the end, and on SIGTERM checkpoints and raises Preempted."""
+
+  def save(step: int, force: bool = False):
+    log.flush(step)  # never checkpoint a state whose loss went non-finite
+    checkpointer.save(step, state, _data_state(data_iter), dict(meta or {}, stage=task.name, step=step), force=force)
+    log.last_good = step
+
+  for step in range(log.start + 1, settings.num_steps + 1):
+    batch = sharding.global_batch(task.prepare_batch(next(data_iter)), mesh)
+    state, metrics = step_fn(state, batch)
+    log.record(step, metrics)
+    if step % settings.log_every == 0:
+      log.flush(step)
+    if settings.sample_every and sample_fn is not None and step % settings.sample_every == 0:
+      _save_samples(workdir, task.name, step, sample_fn(state), log.writer)
+    if preemption.should_stop(step):
+      save(step, force=True)
+      checkpointer.wait()
+      raise Preempted(f'{task.name}: stopped by SIGTERM at step {step}; checkpoint written.')
+    if step % settings.checkpoint_every == 0 or step == settings.num_steps:
+      save(step)
+  return state
+
+
+def _data_state(data_iter):
+  """The iterator's position, keyed by process when several processes each read their own share."""
+  state = data_iter.get_state()
+  return {str(jax.process_index()): state} if jax.process_count() > 1 else state
 
 
 def _save_samples(workdir: str, stage: str, step: int, images: np.ndarray, writer) -> None:
@@ -378,9 +416,6 @@ def check_variables(model, variables: dict, example_args: tuple, what: str) -> N
     lines += [f'  unexpected: {k} {got[k]}' for k in extra[:20]]
     lines += [f'  shape: {k} checkpoint {got[k]} vs model {tuple(exp[k])}' for k in wrong[:20]]
     raise ValueError('\n'.join(lines))
-
-
-
 
 
 def load_for_inference(model, workdir: str, stage: str, example_args: tuple, *, use_ema: bool = True,

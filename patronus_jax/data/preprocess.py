@@ -24,21 +24,17 @@ from PIL import Image
 
 from patronus_jax.data.errors import DataError
 
-# Decode failures seen by this process (image folders, non-strict mode).
+# How many files this process failed to decode (image folders, non-strict mode): the running
+# count in the warnings. Grain may decode in threads, hence the lock.
 _skipped_lock = threading.Lock()
-_skipped: list[str] = []
-
-
-def skipped_paths() -> list[str]:
-  """Paths this process dropped at read time because they could not be decoded."""
-  with _skipped_lock:
-    return list(_skipped)
+_skipped_count = 0
 
 
 def _record_skip(path: str, error: Exception) -> None:
+  global _skipped_count
   with _skipped_lock:
-    _skipped.append(path)
-    count = len(_skipped)
+    _skipped_count += 1
+    count = _skipped_count
   if count <= 10 or count % 100 == 0:
     logging.warning('Skipping unreadable image %s (%s: %s); %d skipped so far in this process. '
                     'Set config.data.strict=True to make this an error.',

@@ -170,41 +170,58 @@ def train_attribute_classifier(
   if not 0 < num_holdout < n:
     raise ValueError(f'holdout_fraction={holdout_fraction} leaves no training or no held-out '
                      f'examples among {n}')
-  num_train = n - num_holdout
-  batch_size = min(batch_size, num_train)
-  epochs = -(-num_steps * batch_size // num_train) if num_steps else 0
+  batch_size = min(batch_size, n - num_holdout)
   net = AttributeClassifierNet(cardinalities, tuple(widths), feature_dim)
   # Parameters from jax.random.key(seed); the hold-out split and the batch order (a host-side
   # data pipeline) from numpy's generator seeded alike: jax.random permutations of many
   # elements take seconds to compile on CPU, more than this whole training.
   params = _init_params(jax.random.key(seed), net, tuple(images.shape[1:]))
-  rng = np.random.default_rng(seed)
+  hold_idx, batch_idx = _holdout_and_batches(np.random.default_rng(seed), n, num_holdout, num_steps, batch_size)
+  params, loss = _fit(net, params, images, attributes, batch_idx, learning_rate, weight_decay)
+  classifier = AttributeClassifier(params=jax.tree.map(np.asarray, params), cardinalities=cardinalities,
+                                   image_shape=tuple(images.shape[1:]), attribute_names=names,
+                                   widths=tuple(widths), feature_dim=feature_dim)
+  metrics = dict(_holdout_accuracy(classifier, images[hold_idx], attributes[hold_idx], max(batch_size, 256)),
+                 final_loss=float(loss), num_train=int(n - num_holdout), num_holdout=int(num_holdout))
+  return classifier, metrics
+
+
+def _holdout_and_batches(rng: np.random.Generator, n: int, num_holdout: int, num_steps: int,
+                         batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(hold-out indices, (num_steps, batch_size) training indices): the hold-out split, then a
+  fresh permutation of the training examples per epoch."""
+  num_train = n - num_holdout
+  epochs = -(-num_steps * batch_size // num_train) if num_steps else 0
   order = rng.permutation(n)
   hold_idx, train_idx = order[:num_holdout], order[num_holdout:]
-  # Batches: a fresh permutation of the training examples per epoch.
   perms = [rng.permutation(num_train) for _ in range(epochs)]
   batch_idx = train_idx[np.concatenate(perms or [np.zeros(0, int)])[:num_steps * batch_size]]
-  batch_idx = batch_idx.reshape(num_steps, batch_size)
+  return hold_idx, batch_idx.reshape(num_steps, batch_size)
+
+
+def _fit(net: AttributeClassifierNet, params, images: np.ndarray, attributes: np.ndarray, batch_idx: np.ndarray,
+         learning_rate: float, weight_decay: float):
+  """(params, last loss) after one `_train_step` per row of `batch_idx`."""
+  num_steps = len(batch_idx)
   opt_state = jax.jit(_OPTIMIZER.init)(params)
   loss = np.nan
   for step in range(num_steps):
     idx = np.sort(batch_idx[step])
     params, opt_state, loss = _train_step(params, opt_state, images[idx], attributes[idx],
                                           _learning_rate(step, num_steps, learning_rate), weight_decay, net=net)
+  return params, loss
 
-  classifier = AttributeClassifier(params=jax.tree.map(np.asarray, params), cardinalities=cardinalities,
-                                   image_shape=tuple(images.shape[1:]), attribute_names=names,
-                                   widths=tuple(widths), feature_dim=feature_dim)
-  probs = predict(classifier, images[hold_idx], batch_size=max(batch_size, 256))
+
+def _holdout_accuracy(classifier: AttributeClassifier, images: np.ndarray, attributes: np.ndarray,
+                      batch_size: int) -> dict[str, Any]:
+  """Held-out accuracy per attribute, its mean, and the majority-class rate (chance) per attribute."""
+  probs = predict(classifier, images, batch_size=batch_size)
   accuracy, chance = {}, {}
-  for a, name in enumerate(names):
-    labels = attributes[hold_idx, a]
+  for a, name in enumerate(classifier.attribute_names):
+    labels = attributes[:, a]
     accuracy[name] = float(np.mean(np.argmax(probs[name], axis=-1) == labels))
-    chance[name] = float(np.bincount(labels, minlength=cardinalities[a]).max() / labels.shape[0])
-  metrics = dict(accuracy=accuracy, mean_accuracy=float(np.mean(list(accuracy.values()))),
-                 chance_accuracy=chance, final_loss=float(loss), num_train=int(num_train),
-                 num_holdout=int(num_holdout))
-  return classifier, metrics
+    chance[name] = float(np.bincount(labels, minlength=classifier.cardinalities[a]).max() / labels.shape[0])
+  return dict(accuracy=accuracy, mean_accuracy=float(np.mean(list(accuracy.values()))), chance_accuracy=chance)
 
 
 @functools.partial(jax.jit, static_argnames=('net',))
@@ -232,14 +249,6 @@ def features(classifier: AttributeClassifier, images: np.ndarray, batch_size: in
   """(N, feature_dim) penultimate features: what `fd_classifier` fits its Gaussians to."""
   feats, _ = _run(classifier, images, batch_size)
   return np.asarray(feats, np.float32)
-
-
-def features_and_predict(classifier: AttributeClassifier, images: np.ndarray,
-                         batch_size: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """`features` and `predict` from one pass over the images."""
-  feats, probs = _run(classifier, images, batch_size)
-  return (np.asarray(feats, np.float32),
-          {name: np.asarray(p, np.float32) for name, p in zip(classifier.attribute_names, probs)})
 
 
 def save_classifier(classifier: AttributeClassifier, directory: str,

@@ -193,19 +193,12 @@ def dci_score(codes: np.ndarray, factors: np.ndarray, *, test_fraction: float = 
   test, train = order[:num_test], order[num_test:]
   importance = np.zeros((num_codes, len(names)))
   info_train, info_test, skipped = {}, {}, []
+  trees = dict(n_estimators=num_estimators, max_depth=max_depth, learning_rate=learning_rate, random_state=seed)
   for k, name in enumerate(names):
-    y = factors[:, k]
-    if continuous[k]:
-      y = y.astype(np.float64)
-      model = GradientBoostingRegressor(n_estimators=num_estimators, max_depth=max_depth,
-                                        learning_rate=learning_rate, random_state=seed)
-    else:
-      y = encode_labels(y)[0][:, 0]
-      if np.unique(y[train]).size < 2:
-        skipped.append(name)
-        continue
-      model = GradientBoostingClassifier(n_estimators=num_estimators, max_depth=max_depth,
-                                         learning_rate=learning_rate, random_state=seed)
+    y, model = _factor_model(factors[:, k], continuous[k], train, trees)
+    if model is None:
+      skipped.append(name)
+      continue
     model.fit(codes[train], y[train])
     importance[:, k] = np.abs(model.feature_importances_)
     # score(): accuracy for classifiers, R^2 for regressors.
@@ -225,3 +218,14 @@ def dci_score(codes: np.ndarray, factors: np.ndarray, *, test_fraction: float = 
       importance=importance.tolist(), skipped_factors=skipped,
       num_train=int(train.size), num_test=int(test.size),
   )
+
+
+def _factor_model(y: np.ndarray, continuous: bool, train: np.ndarray, trees: dict):
+  """(targets, unfitted ensemble) for one factor: a regressor on real values, a classifier on
+  labels 0..K-1; (targets, None) when the labels are constant in the training split."""
+  if continuous:
+    return y.astype(np.float64), GradientBoostingRegressor(**trees)
+  y = encode_labels(y)[0][:, 0]
+  if np.unique(y[train]).size < 2:
+    return y, None
+  return y, GradientBoostingClassifier(**trees)

@@ -144,18 +144,32 @@ def attribute_probe(codes: np.ndarray, attributes: np.ndarray, *, folds: int = 5
       y_train, y_test = labels[train, a], labels[test, a]
       if np.unique(y_train).size < 2:
         continue
-      model = LogisticRegression(C=C, max_iter=max_iter)
-      with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # convergence warnings: max_iter is a config field
-        model.fit(x_train, y_train)
-      probs = model.predict_proba(x_test)
-      accuracy[f, a] = np.mean(model.classes_[np.argmax(probs, axis=1)] == y_test)
-      if cards[a] == 2:
-        auroc[f, a] = auroc_matrix(probs[:, 1], y_test == model.classes_[1])[0, 0]
-      else:
-        auroc[f, a] = _ovr_macro_auroc(y_test, probs, model.classes_)
+      accuracy[f, a], auroc[f, a] = _probe_fold(x_train, y_train, x_test, y_test, cards[a] == 2, C, max_iter)
     if progress is not None:
       progress(f'probes: fold {f + 1}/{folds} done ({len(names)} attributes)')
+  return dict(_summarize_folds(auroc, accuracy, cards, names), folds=int(folds), num_examples=int(n),
+              num_dims=int(codes.shape[1]))
+
+
+def _probe_fold(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, binary: bool,
+                C: float, max_iter: int) -> tuple[float, float]:  # pylint: disable=invalid-name
+  """(accuracy, AUROC) on the test fold of a logistic regression fitted on the training folds;
+  macro one-vs-rest AUROC for a categorical attribute."""
+  model = LogisticRegression(C=C, max_iter=max_iter)
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # convergence warnings: max_iter is a config field
+    model.fit(x_train, y_train)
+  probs = model.predict_proba(x_test)
+  accuracy = np.mean(model.classes_[np.argmax(probs, axis=1)] == y_test)
+  if binary:
+    return accuracy, auroc_matrix(probs[:, 1], y_test == model.classes_[1])[0, 0]
+  return accuracy, _ovr_macro_auroc(y_test, probs, model.classes_)
+
+
+def _summarize_folds(auroc: np.ndarray, accuracy: np.ndarray, cards: Sequence[int],
+                     names: Sequence[str]) -> dict[str, Any]:
+  """Means over folds of (folds, A) AUROC and accuracy, per attribute and over binary/categorical ones."""
+  folds = auroc.shape[0]
   binary = [a for a, k in enumerate(cards) if k == 2]
   categorical = [a for a, k in enumerate(cards) if k > 2]
   per_attr_auroc = [_nanmean(auroc[:, a]) for a in range(len(names))]
@@ -170,6 +184,4 @@ def attribute_probe(codes: np.ndarray, attributes: np.ndarray, *, folds: int = 5
       mean_auroc_folds=[_nanmean(auroc[f, binary]) for f in range(folds)] if binary else [],
       binary_attributes=[names[a] for a in binary],
       categorical_attributes=[names[a] for a in categorical],
-      constant_attributes=[names[a] for a, k in enumerate(cards) if k < 2],
-      folds=int(folds), num_examples=int(n), num_dims=int(codes.shape[1]),
-  )
+      constant_attributes=[names[a] for a, k in enumerate(cards) if k < 2])

@@ -27,7 +27,6 @@ except ImportError:  # not POSIX
   fcntl = None
 
 from absl import logging
-import numpy as np
 from patronus_jax.evaluate import classifier as clf_lib
 from patronus_jax import data as data_lib
 from patronus_jax.core import files as pio

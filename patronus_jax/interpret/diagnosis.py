@@ -129,34 +129,58 @@ def analyse(base: Sequence[np.ndarray], edited: Sequence[np.ndarray], prototypes
   num_tests = len(prototypes) * len(DIRECTIONS) * sum(len(v) for v in values)
   per_prototype, findings = [], []
   for a_j, j in enumerate(prototypes):
-    entry = {'prototype': int(j), 'directions': {}}
-    best = (None, 0.0)
-    for d, direction in enumerate(DIRECTIONS):
-      effects = attribute_effects(base, [e[a_j, d] for e in edited], thresholds, num_tests)
-      verdict = classify_edits(effects, names, thresholds)
-      by_name = {}
-      for a, eff in enumerate(effects):
-        eff = dict(eff, attribute=names[a], towards=values[a][eff['towards']],
-                   away_from=values[a][eff['away_from']], top_value=values[a][eff['top_value']],
-                   values=list(values[a]))
-        by_name[names[a]] = eff
-      entry['directions'][direction] = {**verdict, 'effects': by_name}
-      if verdict['controlled'] is not None:
-        eff_c = by_name[verdict['controlled']]['effect']
-        if eff_c > best[1]:
-          best = (verdict['controlled'], eff_c)
-        for other in verdict['co_moved']:
-          c, o = by_name[verdict['controlled']], by_name[other]
-          findings.append(dict(
-              prototype=int(j), direction=direction,
-              controlled=verdict['controlled'], controlled_effect=c['effect'],
-              controlled_effect_ci=c['effect_ci'], controlled_towards=c['towards'],
-              co_moved=other, effect=o['effect'], effect_ci=o['effect_ci'], towards=o['towards'],
-              away_from=o['away_from'], top_change=o['top_change'], top_ci_bootstrap=o['top_ci_bootstrap'],
-              top_ci_normal=o['top_ci_normal'], z=o['top_z'], relative_effect=o['effect'] / max(c['effect'], 1e-12)))
-    entry['controls'] = best[0]
-    entry['controls_effect'] = best[1]
+    entry, found = prototype_edits(base, [e[a_j] for e in edited], int(j), names, values, thresholds, num_tests)
     per_prototype.append(entry)
+    findings += found
+  suspected = suspected_correlations(findings)
+  return dict(
+      prototypes=per_prototype, findings=findings, suspected_correlations=suspected,
+      suspected_pairs=[p['attributes'] for p in suspected],
+      num_tests=num_tests, num_samples=int(np.asarray(base[0]).shape[0]),
+      thresholds=dataclasses.asdict(thresholds),
+      z_critical=stats.normal_quantile(1.0 - (1.0 - thresholds.ci_level) /
+                                       (num_tests if thresholds.correction == 'bonferroni' else 1)),
+      bystander_effect=_bystander_effect(per_prototype))
+
+
+def prototype_edits(base: Sequence[np.ndarray], edited: Sequence[np.ndarray], j: int, names: Sequence[str],
+                    values: Sequence[Sequence[str]], thresholds: Thresholds, num_tests: int) -> tuple[dict, list]:
+  """(report entry, findings) of prototype j lowered and raised. edited: per attribute (2, N, V_a)."""
+  entry = {'prototype': j, 'directions': {}}
+  findings = []
+  best = (None, 0.0)  # the attribute j controls most strongly over both directions
+  for d, direction in enumerate(DIRECTIONS):
+    effects = attribute_effects(base, [e[d] for e in edited], thresholds, num_tests)
+    verdict = classify_edits(effects, names, thresholds)
+    by_name = {}
+    for a, eff in enumerate(effects):
+      by_name[names[a]] = dict(eff, attribute=names[a], towards=values[a][eff['towards']],
+                               away_from=values[a][eff['away_from']], top_value=values[a][eff['top_value']],
+                               values=list(values[a]))
+    entry['directions'][direction] = {**verdict, 'effects': by_name}
+    if verdict['controlled'] is not None:
+      c = by_name[verdict['controlled']]
+      if c['effect'] > best[1]:
+        best = (verdict['controlled'], c['effect'])
+      findings += [_finding(j, direction, c, by_name[other]) for other in verdict['co_moved']]
+  entry['controls'] = best[0]
+  entry['controls_effect'] = best[1]
+  return entry, findings
+
+
+def _finding(j: int, direction: str, c: dict, o: dict) -> dict:
+  """Attribute o co-moved with the controlled attribute c under one edit of prototype j."""
+  return dict(
+      prototype=j, direction=direction,
+      controlled=c['attribute'], controlled_effect=c['effect'],
+      controlled_effect_ci=c['effect_ci'], controlled_towards=c['towards'],
+      co_moved=o['attribute'], effect=o['effect'], effect_ci=o['effect_ci'], towards=o['towards'],
+      away_from=o['away_from'], top_change=o['top_change'], top_ci_bootstrap=o['top_ci_bootstrap'],
+      top_ci_normal=o['top_ci_normal'], z=o['top_z'], relative_effect=o['effect'] / max(c['effect'], 1e-12))
+
+
+def suspected_correlations(findings: list[dict]) -> list[dict]:
+  """Findings grouped by unordered attribute pair, the pairs shown by most edits first."""
   pairs: dict = {}
   for f in findings:
     key = tuple(sorted((f['controlled'], f['co_moved'])))
@@ -169,19 +193,16 @@ def analyse(base: Sequence[np.ndarray], edited: Sequence[np.ndarray], prototypes
   for p in suspected:
     p['prototypes'] = sorted(p['prototypes'])
     p['num_edits'] = len(p['edits'])
-  # What an attribute that is *not* controlled typically moves: the noise floor of the run.
+  return suspected
+
+
+def _bystander_effect(per_prototype: list[dict]) -> dict:
+  """What an attribute that is *not* controlled typically moves: the noise floor of the run."""
   bystanders = [e['effect'] for entry in per_prototype for dd in entry['directions'].values()
                 for name, e in dd['effects'].items() if name != dd['controlled']]
-  return dict(
-      prototypes=per_prototype, findings=findings, suspected_correlations=suspected,
-      suspected_pairs=[p['attributes'] for p in suspected],
-      num_tests=num_tests, num_samples=int(np.asarray(base[0]).shape[0]),
-      thresholds=dataclasses.asdict(thresholds),
-      z_critical=stats.normal_quantile(1.0 - (1.0 - thresholds.ci_level) /
-                                       (num_tests if thresholds.correction == 'bonferroni' else 1)),
-      bystander_effect={'median': float(np.median(bystanders)) if bystanders else 0.0,
-                        'q90': float(np.quantile(bystanders, 0.9)) if bystanders else 0.0,
-                        'max': float(np.max(bystanders)) if bystanders else 0.0})
+  return {'median': float(np.median(bystanders)) if bystanders else 0.0,
+          'q90': float(np.quantile(bystanders, 0.9)) if bystanders else 0.0,
+          'max': float(np.max(bystanders)) if bystanders else 0.0}
 
 
 def run(regenerate_and_classify: Callable, s: np.ndarray, x_T: np.ndarray, prototypes: Sequence[int],

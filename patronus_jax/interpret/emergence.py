@@ -48,6 +48,19 @@ def analyse(s_traj: np.ndarray, spread: np.ndarray, tolerance: float, timesteps:
     kappa_threshold: an attribute's `kappa_step` is the first step from which kappa stays at
       or above it.
   """
+  ci = dict(level=level, num_bootstrap=num_bootstrap, seed=seed)
+  report, frac = prototype_emergence(s_traj, spread, tolerance, timesteps, **ci)
+  if association is not None and len(names):
+    report.update(association_emergence(frac, association, names, association_threshold, **ci))
+  if probs_traj is not None and len(names):
+    report.update(attribute_settling(probs_traj, names, values, report['timesteps'], report['num_steps'],
+                                     kappa_threshold, **ci))
+  return report
+
+
+def prototype_emergence(s_traj: np.ndarray, spread: np.ndarray, tolerance: float, timesteps: Sequence[int], *,
+                        level: float, num_bootstrap: int, seed: int) -> tuple[dict, np.ndarray]:
+  """(report of each prototype's emergence step, (N, P) emergence fractions k / (K-1))."""
   s_traj = np.asarray(s_traj, np.float64)
   n, k, p = s_traj.shape
   spread = np.asarray(spread, np.float64)
@@ -70,77 +83,105 @@ def analyse(s_traj: np.ndarray, spread: np.ndarray, tolerance: float, timesteps:
         'fraction': summary, 'median_timestep': ts[int(round(np.median(steps[:, j])))]})
   order = np.argsort([e['fraction']['mean'] for e in report['prototypes']], kind='stable')
   report['prototype_order'] = [int(j) for j in order]
+  return report, frac
 
-  if association is not None and len(names):
-    association = np.asarray(association, np.float64)
-    by_attr = {}
-    for a, name in enumerate(names):
-      carriers = [int(j) for j in np.argsort(-association[a]) if association[a, j] >= association_threshold]
-      entry = {'carriers': carriers, 'eta2': [float(association[a, j]) for j in carriers]}
-      if carriers:
-        w = association[a, carriers]
-        per_sample = (frac[:, carriers] * w).sum(1) / w.sum()
-        entry['fraction'] = stats.summarize(per_sample, level, num_bootstrap, seed + 100 + a)
-      by_attr[name] = entry
-    report['by_prototype_association'] = by_attr
-    ranked = [nm for nm in names if 'fraction' in by_attr[nm]]
-    report['association_ranking'] = sorted(ranked, key=lambda nm: by_attr[nm]['fraction']['mean'])
 
-  if probs_traj is not None and len(names):
-    settle = np.stack([stats.settling_steps(pt) for pt in probs_traj], 1)  # (N, A)
-    settle_frac = settle / max(k - 1, 1)
-    attrs = {}
-    for a, name in enumerate(names):
-      pt = np.asarray(probs_traj[a])
-      pred = pt.argmax(-1)  # (N, K)
-      final = pred[:, -1]
-      agree = (pred == final[:, None]).mean(0)  # (K,)
-      p_final = np.take_along_axis(pt, np.broadcast_to(final[:, None, None], (n, k, 1)), -1)[..., 0]
-      per_value = {}
-      for v, vname in enumerate(values[a] if len(values) > a else []):
-        mask = final == v
-        if mask.sum() >= 2:
-          per_value[vname] = stats.summarize(settle_frac[mask, a], level, num_bootstrap, seed + 200 + a)
-      attrs[name] = {'fraction': stats.summarize(settle_frac[:, a], level, num_bootstrap, seed + 300 + a),
-                     'step': stats.summarize(settle[:, a], level, num_bootstrap, seed + 300 + a),
-                     'by_final_value': per_value,
-                     'agreement_curve': agree.tolist(), 'final_class_probability_curve': p_final.mean(0).tolist()}
-    # Chance-corrected settling: kappa curves and their bootstrap over trajectories (the same
-    # resamples for every attribute, so that differences are paired).
-    preds = [np.asarray(pt).argmax(-1) for pt in probs_traj]
-    cards = [np.asarray(pt).shape[-1] for pt in probs_traj]
-    kappas = [stats.kappa_curve(p, p[:, -1], v) for p, v in zip(preds, cards)]
-    point = np.array([stats.unsettled_fraction(kc) for kc in kappas])
-    rng = np.random.default_rng(seed + 500)
-    boot = np.empty((num_bootstrap, len(names)))
-    for b in range(num_bootstrap):
-      idx = rng.integers(0, n, n)
-      for a in range(len(names)):
-        p = preds[a][idx]
-        boot[b, a] = stats.unsettled_fraction(stats.kappa_curve(p, p[:, -1], cards[a]))
-    alpha = (1.0 - level) / 2.0
-    for a, name in enumerate(names):
-      kc = kappas[a]
-      above = stats.first_stable_index(kc >= kappa_threshold)
-      attrs[name].update(
-          kappa_curve=kc.tolist(), settling=float(point[a]),
-          settling_ci=[float(np.quantile(boot[:, a], alpha)), float(np.quantile(boot[:, a], 1 - alpha))],
-          kappa_step=int(above), kappa_step_timestep=ts[min(int(above), k - 1)])
-    report['attributes'] = attrs
-    report['kappa_threshold'] = kappa_threshold
-    ranking = sorted(names, key=lambda nm: (attrs[nm]['settling'], nm))
-    report['attribute_ranking'] = ranking
-    report['attribute_ranking_raw'] = sorted(names, key=lambda nm: (attrs[nm]['fraction']['mean'], nm))
-    pairwise = {}
-    for ia, a in enumerate(names):
-      for ib, b in enumerate(names):
-        if ia < ib:
-          diff = boot[:, ia] - boot[:, ib]
-          raw = settle_frac[:, ia] - settle_frac[:, ib]
-          pairwise[f'{a} - {b}'] = {
-              'difference': float(point[ia] - point[ib]),
-              'ci': [float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha))],
-              'raw_mean_difference': float(raw.mean()),
-              'raw_fraction_first_earlier': float(np.mean(raw < 0)), 'raw_fraction_tied': float(np.mean(raw == 0))}
-    report['pairwise_settling_difference'] = pairwise
-  return report
+def association_emergence(frac: np.ndarray, association: np.ndarray, names: Sequence[str], threshold: float, *,
+                          level: float, num_bootstrap: int, seed: int) -> dict:
+  """The classifier-free ranking: each attribute's carriers (eta^2 >= threshold) and their
+  emergence fractions weighted by eta^2."""
+  association = np.asarray(association, np.float64)
+  by_attr = {}
+  for a, name in enumerate(names):
+    carriers = [int(j) for j in np.argsort(-association[a]) if association[a, j] >= threshold]
+    entry = {'carriers': carriers, 'eta2': [float(association[a, j]) for j in carriers]}
+    if carriers:
+      w = association[a, carriers]
+      per_sample = (frac[:, carriers] * w).sum(1) / w.sum()
+      entry['fraction'] = stats.summarize(per_sample, level, num_bootstrap, seed + 100 + a)
+    by_attr[name] = entry
+  ranked = [nm for nm in names if 'fraction' in by_attr[nm]]
+  return {'by_prototype_association': by_attr,
+          'association_ranking': sorted(ranked, key=lambda nm: by_attr[nm]['fraction']['mean'])}
+
+
+def attribute_settling(probs_traj: Sequence[np.ndarray], names: Sequence[str], values: Sequence[Sequence[str]],
+                       ts: Sequence[int], num_steps: int, kappa_threshold: float, *, level: float,
+                       num_bootstrap: int, seed: int) -> dict:
+  """Per attribute: raw settling steps, kappa curves and settling fractions with CIs; the two
+  rankings and the paired differences between attributes."""
+  settle = np.stack([stats.settling_steps(pt) for pt in probs_traj], 1)  # (N, A)
+  settle_frac = settle / max(num_steps - 1, 1)
+  attrs = {name: _raw_settling(np.asarray(probs_traj[a]), settle[:, a], settle_frac[:, a],
+                               values[a] if len(values) > a else [], level, num_bootstrap, seed + a)
+           for a, name in enumerate(names)}
+  preds = [np.asarray(pt).argmax(-1) for pt in probs_traj]
+  cards = [np.asarray(pt).shape[-1] for pt in probs_traj]
+  kappas = [stats.kappa_curve(p, p[:, -1], v) for p, v in zip(preds, cards)]
+  point = np.array([stats.unsettled_fraction(kc) for kc in kappas])
+  boot = _bootstrap_unsettled(preds, cards, num_bootstrap, seed + 500)
+  alpha = (1.0 - level) / 2.0
+  for a, name in enumerate(names):
+    kc = kappas[a]
+    above = stats.first_stable_index(kc >= kappa_threshold)
+    attrs[name].update(
+        kappa_curve=kc.tolist(), settling=float(point[a]),
+        settling_ci=[float(np.quantile(boot[:, a], alpha)), float(np.quantile(boot[:, a], 1 - alpha))],
+        kappa_step=int(above), kappa_step_timestep=ts[min(int(above), num_steps - 1)])
+  return {'attributes': attrs, 'kappa_threshold': kappa_threshold,
+          'attribute_ranking': sorted(names, key=lambda nm: (attrs[nm]['settling'], nm)),
+          'attribute_ranking_raw': sorted(names, key=lambda nm: (attrs[nm]['fraction']['mean'], nm)),
+          'pairwise_settling_difference': _pairwise_differences(names, point, boot, settle_frac, alpha)}
+
+
+def _raw_settling(pt: np.ndarray, settle: np.ndarray, settle_frac: np.ndarray, value_names: Sequence[str],
+                  level: float, num_bootstrap: int, seed: int) -> dict:
+  """One attribute's per-trajectory settling (biased by the classifier's default answer; see the
+  module doc), overall and by final value, and its agreement curves. pt: (N, K, V) probabilities."""
+  n, k = pt.shape[:2]
+  pred = pt.argmax(-1)  # (N, K)
+  final = pred[:, -1]
+  agree = (pred == final[:, None]).mean(0)  # (K,)
+  p_final = np.take_along_axis(pt, np.broadcast_to(final[:, None, None], (n, k, 1)), -1)[..., 0]
+  per_value = {}
+  for v, vname in enumerate(value_names):
+    mask = final == v
+    if mask.sum() >= 2:
+      per_value[vname] = stats.summarize(settle_frac[mask], level, num_bootstrap, seed + 200)
+  return {'fraction': stats.summarize(settle_frac, level, num_bootstrap, seed + 300),
+          'step': stats.summarize(settle, level, num_bootstrap, seed + 300),
+          'by_final_value': per_value,
+          'agreement_curve': agree.tolist(), 'final_class_probability_curve': p_final.mean(0).tolist()}
+
+
+def _bootstrap_unsettled(preds: Sequence[np.ndarray], cards: Sequence[int], num_bootstrap: int,
+                         seed: int) -> np.ndarray:
+  """(num_bootstrap, A) unsettled fractions over resampled trajectories: the same resamples for
+  every attribute, so that differences between attributes are paired."""
+  n = len(preds[0])
+  rng = np.random.default_rng(seed)
+  boot = np.empty((num_bootstrap, len(preds)))
+  for b in range(num_bootstrap):
+    idx = rng.integers(0, n, n)
+    for a in range(len(preds)):
+      p = preds[a][idx]
+      boot[b, a] = stats.unsettled_fraction(stats.kappa_curve(p, p[:, -1], cards[a]))
+  return boot
+
+
+def _pairwise_differences(names: Sequence[str], point: np.ndarray, boot: np.ndarray, settle_frac: np.ndarray,
+                          alpha: float) -> dict:
+  """For every pair of attributes: the difference in settling fraction with its paired CI, and raw
+  per-trajectory comparisons."""
+  pairwise = {}
+  for ia, a in enumerate(names):
+    for ib, b in enumerate(names):
+      if ia < ib:
+        diff = boot[:, ia] - boot[:, ib]
+        raw = settle_frac[:, ia] - settle_frac[:, ib]
+        pairwise[f'{a} - {b}'] = {
+            'difference': float(point[ia] - point[ib]),
+            'ci': [float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha))],
+            'raw_mean_difference': float(raw.mean()),
+            'raw_fraction_first_earlier': float(np.mean(raw < 0)), 'raw_fraction_tied': float(np.mean(raw == 0))}
+  return pairwise

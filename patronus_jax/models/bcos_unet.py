@@ -339,7 +339,3 @@ def bcos_model_from_config(config, vocab_size: int = 0, dtype: Optional[str] = N
                        sigma_data=float(bc.sigma_data),
                        abar_table=tuple(float(a) for a in np.asarray(schedule.alphas_cumprod)),
                        unet=unet, prototypes=prototypes, dtype=compute)
-
-
-def count_params(params) -> int:
-  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
