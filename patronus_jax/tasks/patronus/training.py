@@ -143,7 +143,8 @@ def pass_over_split(config, split: str, num: Optional[int], batch_size: int, *,
   it = data.make_iterator(config.data, split, global_batch_size=batch_size, seed=0, shuffle=False,
                           num_epochs=1, drop_remainder=False, process_index=0, process_count=1)
   out = {'attributes': [], 's': [], **{name: [] for name in features}}
-  done, progress = 0, timing.Progress(label or f'reading {split}', num)
+  total = num if num is not None else data.get_info(config.data).num_examples.get(split)
+  done, progress = 0, timing.Progress(label or f'reading {split}', total)
   for batch in it:
     images = batch['image'] if num is None else batch['image'][:num - done]
     if len(images) == 0:
