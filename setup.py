@@ -35,7 +35,8 @@ setup(
         'importlib_resources>=6.0',  # TFDS 4.9 imports it on every Python version
     ],
     extras_require={
-        'test': ['ruff>=0.6', 'pytest>=8.0', 'pytest-xdist>=3.5', 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'],
+        'test': ['ruff>=0.6', 'pytest>=8.0', 'pytest-xdist>=3.5', 'nbclient>=0.10', 'nbformat>=5.10',
+                 'ipykernel>=6.29'],
         'torch': ['torch==2.13.0'],  # only to read official .tar/.pt checkpoints
         'tpu': ['jax[tpu]>=0.10.2'],
         'cuda': ['jax[cuda12]>=0.10.2'],

@@ -121,7 +121,8 @@ def describe(eqn) -> str:
   p = eqn.params
   (lhs, rhs), dn = (v.aval.shape for v in eqn.invars), p['dimension_numbers']
   role = 'forward/dx' if dn.lhs_spec[0] == 0 else 'dW'  # autodiff's kernel gradient puts batch in a feature slot
-  extra = ''.join(f' {k}={p[k]}' for k in ('window_strides', 'lhs_dilation', 'rhs_dilation') if any(v != 1 for v in p[k]))
+  keys = ('window_strides', 'lhs_dilation', 'rhs_dilation')
+  extra = ''.join(f' {k}={p[k]}' for k in keys if any(v != 1 for v in p[k]))
   return f'{role} lhs{list(lhs)} rhs{list(rhs)}{extra}'
 
 

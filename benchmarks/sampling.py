@@ -85,7 +85,8 @@ def main(argv):
                  's_faithfulness': pooled, 's_faithfulness_per_image': per_image})
     print(f'# done {sampler} {steps}', flush=True)
   ref = {r['sampler']: r for r in rows if r['steps'] == config.diffusion.timesteps}
-  head = f'{"sampler":>8} {"steps":>6} {"images/s":>9} {"s-faithfulness":>15} {"per-image r":>11} {"x DDIM-1000":>11} {"x DDPM":>7}'
+  head = (f'{"sampler":>8} {"steps":>6} {"images/s":>9} {"s-faithfulness":>15} {"per-image r":>11} '
+          f'{"x DDIM-1000":>11} {"x DDPM":>7}')
   print(head)
   print('-' * len(head))
   for r in rows:

@@ -196,7 +196,8 @@ def main(argv):
   print(f'# {experiment.config_filename()}: {config.data.image_size}x{config.data.image_size}x{config.data.channels}, '
         f'base {config.model.base_channels}, mults {tuple(config.model.channel_mults)}, '
         f'{config.model.num_prototypes} prototypes')
-  print(f'# device: {dev.device_kind} x{jax.device_count()} ({jax.default_backend()}), host {platform.processor() or platform.machine()}, '
+  host = platform.processor() or platform.machine()
+  print(f'# device: {dev.device_kind} x{jax.device_count()} ({jax.default_backend()}), host {host}, '
         f'{os.cpu_count()} CPUs, jax {jax.__version__}, {time.strftime("%Y-%m-%d")}')
   rows = []
   for bs in [int(b) for b in _BATCH_SIZES.value.split(',')]:

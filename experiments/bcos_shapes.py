@@ -20,7 +20,6 @@ Writes <workdir>/bcos_shapes_results.json (and the usual explain/ reports) and p
 from __future__ import annotations
 
 import os
-import time
 
 from absl import flags
 from absl import logging
@@ -32,6 +31,7 @@ from patronus_jax import data
 from patronus_jax import experiment
 from patronus_jax.core import files as pio
 from patronus_jax.core import sharding
+from patronus_jax.core import timing
 from patronus_jax.evaluate import classifier as clf_lib
 from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir
 from patronus_jax.tasks.bcos import explain as explain_lib
@@ -105,86 +105,27 @@ def main(argv):
   workdir = FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
   timings = {}
-
-  t0 = time.time()
-  if not _SKIP_TRAIN.value:
-    bcos_modes.train_mode(config, workdir, sharding.make_mesh(config.mesh))
-  timings['train_s'] = time.time() - t0
-
-  t0 = time.time()
-  task, params, variables, step = bcos_task.load_trained(config, workdir)
-  info = data.get_info(config.data)
-  task.info = info
-  test = data.load_arrays(config.data, config.data.eval_split, max_examples=_NUM_ADHERENCE.value)
-  captions = task.captions(test)
-  images = bcos_task.generate(task, params, variables, task.encode_prompts(captions),
-                              seed=config.seed, batch_size=64)
-  timings['generate_s'] = time.time() - t0
+  with timing.timed(timings, 'train_s'):
+    if not _SKIP_TRAIN.value:
+      bcos_modes.train_mode(config, workdir, sharding.make_mesh(config.mesh))
+  with timing.timed(timings, 'generate_s'):
+    task, params, variables, step = bcos_task.load_trained(config, workdir)
+    info = data.get_info(config.data)
+    task.info = info
+    test = data.load_arrays(config.data, config.data.eval_split, max_examples=_NUM_ADHERENCE.value)
+    captions = task.captions(test)
+    images = bcos_task.generate(task, params, variables, task.encode_prompts(captions),
+                                seed=config.seed, batch_size=64)
   pio.save_image_grid(os.path.join(workdir, 'samples', 'adherence_first64.png'), images[:64])
   pio.save_image_grid(os.path.join(workdir, 'samples', 'adherence_real_first64.png'), test['image'][:64])
-
-  t0 = time.time()
-  classifier, clf_metrics = classifier_for_workdir(config, workdir)
-  predicted = clf_lib.predict(classifier, images)
-  adherence = bcos_task.prompt_adherence(predicted, test['attributes'], info.attribute_names)
-  real = bcos_task.prompt_adherence(clf_lib.predict(classifier, test['image']), test['attributes'],
-                                    info.attribute_names)
-  timings['classify_s'] = time.time() - t0
-
-  t0 = time.time()
-  prompts = captions[:_NUM_EXPLAIN.value]
-  report, pngs, raw = explain_lib.explain_prompts(
-      task, params, variables, prompts, seed=config.seed + 1, steps='all', target='x0',
-      classifier=classifier, attribute_names=info.attribute_names,
-      attribute_values=info.attribute_values, whole=True, token_maps=True)
-  timings['explain_s'] = time.time() - t0
-  out_dir = os.path.join(workdir, 'explain')
-  os.makedirs(out_dir, exist_ok=True)
-  for i, png in enumerate(pngs):
-    pio.save_png(os.path.join(out_dir, f'prompt_{i}.png'), png)
-  pio.write_json(os.path.join(out_dir, 'report.json'), report)
-  relevance = word_relevance(report['prompts'])
-  whole = report['summary']['generation']
-  whole_relevance = word_relevance(report['prompts'], whole=True)
-  # Is a word's small S_i a cancellation inside the signed sum over pixels? Its share of the
-  # pixel-wise contribution mass Σ_hwc |contribution| answers that (same generations).
-  w = raw['generation']
-  ids = task.encode_prompts(prompts)
-  mass = np.abs(w['token_maps']).sum(axis=(2, 3, 4))
-  mass_reports = []
-  for b, r in enumerate(report['prompts']):
-    m = mass[b][np.asarray(w['token_mask'][b], bool)]
-    mass_reports.append(dict(tokens=r['tokens'], generation=dict(relevance=(m / m.sum()).tolist())))
-  mass_relevance = word_relevance(mass_reports, whole=True)
-  swaps = {name: swap_effect(task, params, variables, prompts, ids, w, config.seed + 1, table, explain_lib)
-           for name, table in (('shape', SWAP_SHAPE), ('colour', SWAP_COLOUR))}
-  beats = lambda r: bool(r['colour'] is not None and r['shape'] is not None and
-                         min(r['colour'], r['shape']) > max(r['a'] or 0.0, r['on'] or 0.0))
-
+  with timing.timed(timings, 'classify_s'):
+    classifier, clf_metrics = classifier_for_workdir(config, workdir)
+    adherence = _adherence(classifier, clf_metrics, images, test, info)
+  with timing.timed(timings, 'explain_s'):
+    explanations = _explanations(config, workdir, task, params, variables, captions[:_NUM_EXPLAIN.value],
+                                 classifier, info)
   results = dict(
-      step=step,
-      prompt_adherence=dict(
-          color_accuracy=adherence['accuracy']['color'], shape_accuracy=adherence['accuracy']['shape'],
-          color_and_shape=adherence['color_and_shape'], all_attributes=adherence['accuracy'],
-          num_prompts=adherence['num_prompts'],
-          chance={'color': 0.25, 'shape': 1 / 3},
-          real_images_through_classifier=real['accuracy'],
-          classifier_holdout_accuracy=clf_metrics.get('accuracy')),
-      explanations=dict(
-          completeness_error_max=report['summary']['completeness_error'],
-          sum_error_max=report['summary']['sum_error'],
-          num_prompts=len(prompts), steps_per_generation=len(report['summary']['explained_steps']),
-          relevance=relevance,
-          content_beats_function=beats(relevance),
-          mean_relevance_by_word=report['summary']['mean_relevance_by_word'],
-          input_shares=report['summary']['input_shares'],
-          whole_generation=dict(
-              completeness_error_max=whole['completeness_error'], sum_error_max=whole['sum_error'],
-              relevance=whole_relevance, content_beats_function=beats(whole_relevance),
-              pixel_mass_share=mass_relevance,
-              word_swaps=swaps,
-              mean_relevance_by_word=whole['mean_relevance_by_word'],
-              input_shares=whole['input_shares'])),
+      step=step, prompt_adherence=adherence, explanations=explanations,
       config=dict(name=config.name, prediction=config.diffusion.prediction,
                   sample_steps=config.diffusion.sample_steps, num_steps=config.train.num_steps,
                   batch_size=config.train.batch_size, base_channels=config.bcos.base_channels,
@@ -194,6 +135,73 @@ def main(argv):
   pio.write_json(os.path.join(workdir, 'bcos_shapes_results.json'), results)
   logging.info('results: %s', results)
   print(pio.json.dumps(pio._jsonable(results), indent=2))  # pylint: disable=protected-access
+
+
+def _adherence(classifier, clf_metrics, images, test, info) -> dict:
+  """How often the classifier finds the prompt's colour and shape in the generations."""
+  adherence = bcos_task.prompt_adherence(clf_lib.predict(classifier, images), test['attributes'],
+                                         info.attribute_names)
+  real = bcos_task.prompt_adherence(clf_lib.predict(classifier, test['image']), test['attributes'],
+                                    info.attribute_names)
+  return dict(
+      color_accuracy=adherence['accuracy']['color'], shape_accuracy=adherence['accuracy']['shape'],
+      color_and_shape=adherence['color_and_shape'], all_attributes=adherence['accuracy'],
+      num_prompts=adherence['num_prompts'],
+      chance={'color': 0.25, 'shape': 1 / 3},
+      real_images_through_classifier=real['accuracy'],
+      classifier_holdout_accuracy=clf_metrics.get('accuracy'))
+
+
+def _beats(r) -> bool:
+  """Colour and shape words each carry more relevance than 'a' and 'on'."""
+  return bool(r['colour'] is not None and r['shape'] is not None and
+              min(r['colour'], r['shape']) > max(r['a'] or 0.0, r['on'] or 0.0))
+
+
+def _explanations(config, workdir, task, params, variables, prompts, classifier, info) -> dict:
+  """Per-step and whole-generation explanations of `prompts`: exactness, relevance, word swaps."""
+  report, pngs, raw = explain_lib.explain_prompts(
+      task, params, variables, prompts, seed=config.seed + 1, steps='all', target='x0',
+      classifier=classifier, attribute_names=info.attribute_names,
+      attribute_values=info.attribute_values, whole=True, token_maps=True)
+  out_dir = os.path.join(workdir, 'explain')
+  os.makedirs(out_dir, exist_ok=True)
+  for i, png in enumerate(pngs):
+    pio.save_png(os.path.join(out_dir, f'prompt_{i}.png'), png)
+  pio.write_json(os.path.join(out_dir, 'report.json'), report)
+  relevance = word_relevance(report['prompts'])
+  whole = report['summary']['generation']
+  whole_relevance = word_relevance(report['prompts'], whole=True)
+  w = raw['generation']
+  ids = task.encode_prompts(prompts)
+  swaps = {name: swap_effect(task, params, variables, prompts, ids, w, config.seed + 1, table, explain_lib)
+           for name, table in (('shape', SWAP_SHAPE), ('colour', SWAP_COLOUR))}
+  return dict(
+      completeness_error_max=report['summary']['completeness_error'],
+      sum_error_max=report['summary']['sum_error'],
+      num_prompts=len(prompts), steps_per_generation=len(report['summary']['explained_steps']),
+      relevance=relevance,
+      content_beats_function=_beats(relevance),
+      mean_relevance_by_word=report['summary']['mean_relevance_by_word'],
+      input_shares=report['summary']['input_shares'],
+      whole_generation=dict(
+          completeness_error_max=whole['completeness_error'], sum_error_max=whole['sum_error'],
+          relevance=whole_relevance, content_beats_function=_beats(whole_relevance),
+          pixel_mass_share=_pixel_mass_relevance(report, w),
+          word_swaps=swaps,
+          mean_relevance_by_word=whole['mean_relevance_by_word'],
+          input_shares=whole['input_shares']))
+
+
+def _pixel_mass_relevance(report, w) -> dict:
+  """Is a word's small S_i a cancellation inside the signed sum over pixels? Its share of the
+  pixel-wise contribution mass sum_hwc |contribution| answers that (same generations)."""
+  mass = np.abs(w['token_maps']).sum(axis=(2, 3, 4))
+  mass_reports = []
+  for b, r in enumerate(report['prompts']):
+    m = mass[b][np.asarray(w['token_mask'][b], bool)]
+    mass_reports.append(dict(tokens=r['tokens'], generation=dict(relevance=(m / m.sum()).tolist())))
+  return word_relevance(mass_reports, whole=True)
 
 
 if __name__ == '__main__':

@@ -24,7 +24,8 @@ def _xla_cpu_defaults() -> None:
     return
   flags = _os.environ.get('XLA_FLAGS', '')
   if 'xla_cpu_experimental_ynn_fusion_type' not in flags:
-    _os.environ['XLA_FLAGS'] = (flags + ' --xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce').strip()
+    ynn = ' --xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-reduce'
+    _os.environ['XLA_FLAGS'] = (flags + ynn).strip()
 
 
 _xla_cpu_defaults()

@@ -88,6 +88,13 @@ def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDic
   config.train.sample_every = 0
   config.train.ema_decay = 0.99
   config.diffusion.sample_steps = 10
+  _tiny_latent_and_sampling(config)
+  _tiny_interpret(config.interpret)
+  _tiny_evaluate(config.evaluate)
+  return config
+
+
+def _tiny_latent_and_sampling(config: ConfigDict) -> None:
   lt = config.latent
   lt.base_channels = 16
   lt.channel_mults = (1, 2)
@@ -100,9 +107,11 @@ def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDic
   config.sample.num_samples = 8
   config.sample.num_reconstructions = 4
   config.sample.batch_size = 8
-  # Interpretation and evaluation at sizes that exercise every figure and metric in seconds
-  # (their statistics are then noisy: the tiny variant is for smoke runs, not for results).
-  ic = config.interpret
+
+
+# Interpretation and evaluation at sizes that exercise every figure and metric in seconds
+# (their statistics are then noisy: the tiny variant is for smoke runs, not for results).
+def _tiny_interpret(ic: ConfigDict) -> None:
   ic.ddim_steps = 5
   ic.batch_size = 16
   ic.num_eval_images = 64
@@ -117,7 +126,9 @@ def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDic
   ic.num_emergence_samples = 16
   ic.num_diagnosis_samples = 16
   ic.diagnosis_bootstrap = 200
-  ev = config.evaluate
+
+
+def _tiny_evaluate(ev: ConfigDict) -> None:
   ev.num_samples = 32
   ev.batch_size = 16
   ev.fid_num_real = 128
@@ -132,7 +143,6 @@ def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDic
   ev.classifier_widths = (8, 16)
   ev.classifier_feature_dim = 32
   ev.classifier_max_examples = 512
-  return config
 
 
 def load(spec: str, overrides: dict | None = None, text_overrides: dict | None = None) -> ConfigDict:

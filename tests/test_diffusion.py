@@ -194,7 +194,8 @@ def test_min_snr_weighting_is_clipped_snr_times_the_x0_error(prediction, gamma, 
 def test_unknown_prediction_is_rejected():
   s = diffusion.make_schedule('linear', 10)
   with pytest.raises(ValueError, match="expected \\('eps', 'x0', 'v'\\)"):
-    diffusion.predict(lambda x, t: x, jnp.ones((1, 2)), jnp.ones((1,), jnp.int32), s.abar(jnp.ones((1,), jnp.int32)), 'score')
+    one = jnp.ones((1,), jnp.int32)
+    diffusion.predict(lambda x, t: x, jnp.ones((1, 2)), one, s.abar(one), 'score')
 
 
 @pytest.mark.parametrize('sampler', ['ddim', 'ddpm'])

@@ -284,7 +284,8 @@ def test_full_network_matches_pytorch_forward(state_dict):
     for n in ('Mixed_5b', 'Mixed_5c', 'Mixed_5d'):
       x = block_a(n, x)
     b3 = bc('Mixed_6a.branch3x3', x, stride=2)
-    bd = bc('Mixed_6a.branch3x3dbl_3', bc('Mixed_6a.branch3x3dbl_2', bc('Mixed_6a.branch3x3dbl_1', x), padding=1), stride=2)
+    bd = bc('Mixed_6a.branch3x3dbl_2', bc('Mixed_6a.branch3x3dbl_1', x), padding=1)
+    bd = bc('Mixed_6a.branch3x3dbl_3', bd, stride=2)
     x = torch.cat([b3, bd, F.max_pool2d(x, 3, 2)], 1)
     for n in ('Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e'):
       x = block_c(n, x)

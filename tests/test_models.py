@@ -114,7 +114,8 @@ def test_activation_inverse():
   d = jnp.array([0.0, 0.5, 3.0, 100.0])
   for kind in ('log', 'linear'):
     s = proto_lib.distance_to_activation(d, kind)
-    np.testing.assert_allclose(np.asarray(proto_lib.activation_to_distance(s, kind)), np.asarray(d), rtol=1e-4, atol=1e-5)
+    back = proto_lib.activation_to_distance(s, kind)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(d), rtol=1e-4, atol=1e-5)
 
 
 def test_distinct_loss():

@@ -8,7 +8,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, '.ci'))
 
-import readme_command  # pylint: disable=g-import-not-at-top,wrong-import-position
+import readme_command  # noqa: E402  (.ci/ is put on sys.path just above)
 
 
 def test_ci_runs_the_readme_test_command():

@@ -98,7 +98,8 @@ def test_sigterm_writes_checkpoint_and_resumes(tmp_path):
   assert ckpt.valid_steps() == [4]
   ckpt.close()
   # Resuming finishes the run with exactly the parameters of an uninterrupted one.
-  resumed = training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path), CountingIterator, seed=0, mesh=mesh_of(1))
+  resumed = training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path), CountingIterator, seed=0,
+                                      mesh=mesh_of(1))
   straight = training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path / 'b'), CountingIterator, seed=0,
                                 mesh=mesh_of(1))
   np.testing.assert_array_equal(np.asarray(resumed.params['w']), np.asarray(straight.params['w']))
@@ -145,8 +146,8 @@ def test_stage1_reduces_loss_and_resume_is_bit_identical(shapes_config, tmp_path
   task = patronus_training.PatronusTask(config)
   mesh = mesh_of(1)
   batch = task.prepare_batch(data.load_arrays(config.data, 'test', max_examples=16))
-  init = training_lib.create_train_state(task, training_lib.make_optimizer(training_lib.LoopSettings.from_section(config.train)),
-                                  jax.random.PRNGKey(config.seed), batch)
+  tx = training_lib.make_optimizer(training_lib.LoopSettings.from_section(config.train))
+  init = training_lib.create_train_state(task, tx, jax.random.PRNGKey(config.seed), batch)
   straight = patronus_training.train_stage1(config, str(tmp_path / 'a'), mesh)
   loss_fn = jax.jit(lambda p, v: _fixed_loss(task, p, v, batch))
   before = _fixed_loss(task, init.params, init.variables, batch)
@@ -178,8 +179,8 @@ def test_latent_stage_reduces_loss(shapes_config, tmp_path):
   stats = patronus_training.latent_statistics(cached, True)
   np.testing.assert_allclose(np.asarray(state.extras['s_mean']), stats['s_mean'], rtol=1e-5)
   z = (cached[:64] - stats['s_mean']) / stats['s_std']
-  init = training_lib.create_train_state(task, training_lib.make_optimizer(training_lib.LoopSettings.from_section(config.latent)),
-                                  jax.random.PRNGKey(config.seed + 1), {'s': z})
+  tx = training_lib.make_optimizer(training_lib.LoopSettings.from_section(config.latent))
+  init = training_lib.create_train_state(task, tx, jax.random.PRNGKey(config.seed + 1), {'s': z})
   before = _fixed_loss(task, init.params, init.variables, {'s': z})
   after = _fixed_loss(task, state.params, state.variables, {'s': z})
   assert after < 0.8 * before, (before, after)
@@ -209,7 +210,8 @@ def test_config_load_with_overrides():
 def test_config_errors_name_the_field():
   config = config_lib.base_config()
   config.train.batchsize = 3
-  with pytest.raises(config_lib.ConfigError, match="unknown config field 'train.batchsize'; did you mean 'train.batch_size'"):
+  with pytest.raises(config_lib.ConfigError,
+                     match="unknown config field 'train.batchsize'; did you mean 'train.batch_size'"):
     config_lib.validate(config)
   with pytest.raises(config_lib.ConfigError, match="'train.learning_rate' must be float"):
     config_lib.check_fields(config_lib.ConfigDict({'train': {'learning_rate': 'fast'}}))

@@ -186,12 +186,31 @@ def select(labels: np.ndarray, spec: BiasSpec, split: str = '') -> tuple[np.ndar
   return indices, report(labels, spec, keep, split)
 
 
+def _strength(agrees: np.ndarray, mask: np.ndarray) -> float:
+  """Fraction of the masked examples whose B is the one tied to their A (NaN for none)."""
+  n = int(mask.sum())
+  return float(agrees[mask].sum() / n) if n else float('nan')
+
+
+def _per_value(codes: np.ndarray, agrees: np.ndarray, keep: np.ndarray, spec: BiasSpec) -> dict:
+  """Per tied value of A: how many examples exist, were kept, agree; strength before and after."""
+  out = {}
+  for a_value, b_value in spec.mapping:
+    group = codes == a_value
+    kept = group & keep
+    out[spec.a_values[a_value]] = dict(
+        tied_to=spec.b_values[b_value], available=int(group.sum()), kept=int(kept.sum()),
+        agree=int((kept & agrees).sum()), strength=_strength(agrees, kept),
+        natural_strength=_strength(agrees, group))
+  return out
+
+
 def report(labels: np.ndarray, spec: BiasSpec, keep: np.ndarray, split: str = '') -> dict:
   """What a selection `keep` (bool per example) achieves for the bias `spec`.
 
   Strength and association are measured over the kept in-scope examples; the 'natural_'
   values over all in-scope examples before selection. JSON-ready except for NaN where a
-  quantity is undefined (`patronus_jax.io.write_json` writes those as null).
+  quantity is undefined (`patronus_jax.core.files.write_json` writes those as null).
   """
   labels = np.asarray(labels)
   keep = np.asarray(keep, bool)
@@ -203,24 +222,12 @@ def report(labels: np.ndarray, spec: BiasSpec, keep: np.ndarray, split: str = ''
   in_scope = np.isin(codes, list(tied))
   target_of = np.array([tied.get(v, -1) for v in range(num_a)])
   agrees = in_scope & (b == target_of[np.clip(codes, 0, None)])
-
-  def strength(mask):
-    n = int(mask.sum())
-    return float(agrees[mask].sum() / n) if n else float('nan')
-
+  strength = lambda mask: _strength(agrees, mask)
   scope_after = in_scope & keep
   before = _table(codes[in_scope], b[in_scope], num_a, num_b)
   after = _table(codes[scope_after], b[scope_after], num_a, num_b)
   rows = sorted(tied)
   two_by_two = len(rows) == 2 and num_b == 2
-  per_value = {}
-  for a_value, b_value in spec.mapping:
-    group = codes == a_value
-    kept = group & keep
-    per_value[spec.a_values[a_value]] = dict(
-        tied_to=spec.b_values[b_value], available=int(group.sum()), kept=int(kept.sum()),
-        agree=int((kept & agrees).sum()), strength=strength(kept),
-        natural_strength=strength(group))
   result = dict(
       split=split,
       attribute=spec.attribute,
@@ -243,7 +250,7 @@ def report(labels: np.ndarray, spec: BiasSpec, keep: np.ndarray, split: str = ''
       out_of_scope_policy=spec.out_of_scope,
       counts=after.tolist(),  # rows: a_values, columns: b_values (kept, in scope)
       natural_counts=before.tolist(),
-      per_value=per_value,
+      per_value=_per_value(codes, agrees, keep, spec),
   )
   logging.info('Bias on %s: %s -> %s kept %d of %d examples; strength %.3f (requested %.3f, '
                'natural %.3f), Cramér\'s V %.3f (natural %.3f).', split or 'split',

@@ -120,8 +120,12 @@ def validate_data_config(data) -> None:
   for field in ('worker_buffer_size', 'read_threads', 'prefetch_buffer_size'):
     if data[field] < 1:
       fail(f'data.{field}', f'must be >= 1, got {data[field]}')
+  _validate_bias(data.bias)
+  _validate_shapes(data)
+  _validate_folder(data)
 
-  b = data.bias
+
+def _validate_bias(b) -> None:
   if b.enabled:
     if not b.attribute:
       fail('data.bias.attribute', "must name attribute A when 'data.bias.enabled' is set")
@@ -144,6 +148,8 @@ def validate_data_config(data) -> None:
   if b.out_of_scope not in ('drop', 'keep'):
     fail('data.bias.out_of_scope', f"must be one of ('drop', 'keep'), got {b.out_of_scope!r}")
 
+
+def _validate_shapes(data) -> None:
   s = data.shapes
   if s.resolution < 0 or (0 < s.resolution < 16):
     fail('data.shapes.resolution', f'must be 0 (= data.image_size) or >= 16, got {s.resolution}')
@@ -164,6 +170,8 @@ def validate_data_config(data) -> None:
     except ValueError as e:
       fail('data.shapes.planted_mapping', str(e))
 
+
+def _validate_folder(data) -> None:
   f = data.folder
   if data.name in FOLDER_DATASETS and not f.path:
     fail('data.folder.path', f"must name the image directory for data.name={data.name!r}")

@@ -11,10 +11,10 @@ no-op.
 import sys
 
 try:
-  import importlib_resources  # pylint: disable=g-import-not-at-top,unused-import
+  import importlib_resources  # noqa: F401  (TFDS needs it importable; see above)
 except ImportError:
   import importlib.resources  # pylint: disable=g-import-not-at-top
   import importlib.resources.abc  # pylint: disable=g-import-not-at-top,unused-import
   sys.modules.setdefault('importlib_resources', importlib.resources)
 
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,unused-import
+import tensorflow_datasets as tfds  # noqa: F401,E402  (re-exported after the compat fix above)

@@ -104,9 +104,11 @@ def validate_bcos_config(bcos) -> None:
             f'has {len(bcos.channel_mults)}: one per level is expected')
   widths = [bcos.base_channels * m for m in bcos.channel_mults]
   if any(w % bcos.num_heads for w in widths):
-    raise ConfigError(f"config field 'bcos.num_heads'={bcos.num_heads} must divide every level's channel count {widths}")
+    raise ConfigError(f"config field 'bcos.num_heads'={bcos.num_heads} must divide every level's channel "
+                      f'count {widths}')
   if bcos.norm != 'none' and any(w % bcos.num_groups for w in widths):
-    raise ConfigError(f"config field 'bcos.num_groups'={bcos.num_groups} must divide every level's channel count {widths}")
+    raise ConfigError(f"config field 'bcos.num_groups'={bcos.num_groups} must divide every level's channel "
+                      f'count {widths}')
   if bcos.time_dim % 2 or bcos.time_dim < 4:
     raise ConfigError(f"config field 'bcos.time_dim' must be even and >= 4, got {bcos.time_dim}")
   if bcos.sigma_data <= 0:

@@ -38,8 +38,10 @@ def diffusion_config() -> ConfigDict:
       sample_steps=100,  # strided DDIM steps (ddpm always uses every step)
       eta=0.0,  # DDIM stochasticity for image sampling
       clip_x0=0.0,  # > 0: clip x0_hat to [-clip_x0, clip_x0] at every sampling step (0: official, unclipped)
-      min_snr_gamma=0.0,  # > 0: min-SNR-gamma loss weighting of the image denoiser (Hang et al. 2023); 0: the paper's unweighted loss
-      min_snr_floor=0.0,  # with min_snr_gamma: weight clip(SNR, floor, gamma) x x0-error; 1 keeps the noisiest steps at weight 1
+      # > 0: min-SNR-gamma loss weighting of the image denoiser (Hang et al. 2023); 0: the paper's unweighted loss
+      min_snr_gamma=0.0,
+      # with min_snr_gamma: weight clip(SNR, floor, gamma) x x0-error; 1 keeps the noisiest steps at weight 1
+      min_snr_floor=0.0,
   ))
 
 
@@ -101,7 +103,7 @@ def sample_config() -> ConfigDict:
 def validate_patronus_sections(config: ConfigDict) -> None:
   """Checks the model, diffusion, train, latent and mesh values (fields and types are checked
   against the schema first); ConfigError names the first impossible one."""
-  m, d, t, lt = config.model, config.diffusion, config.train, config.latent
+  d = config.diffusion
   one_of(config, 'model.activation', ('log', 'linear'))
   one_of(config, 'diffusion.schedule', ('linear', 'cosine'))
   one_of(config, 'latent.schedule', ('linear', 'cosine'))
@@ -113,6 +115,15 @@ def validate_patronus_sections(config: ConfigDict) -> None:
   one_of(config, 'train.dtype', ('float32', 'bfloat16'))
   one_of(config, 'train.lr_schedule', ('constant', 'cosine'))
   one_of(config, 'latent.lr_schedule', ('constant', 'cosine'))
+  _validate_architecture(config)
+  _validate_diffusion(config)
+  _validate_training(config)
+  if config.model_type == 'patronus':
+    _check_image_size(config)
+
+
+def _validate_architecture(config: ConfigDict) -> None:
+  m, d, t, lt = config.model, config.diffusion, config.train, config.latent
   n_enc = len(m.encoder_channels)
   require(n_enc > 0, "config field 'model.encoder_channels' must name at least one layer")
   for field in ('encoder_kernels', 'encoder_strides', 'encoder_paddings'):
@@ -135,6 +146,11 @@ def validate_patronus_sections(config: ConfigDict) -> None:
            f"config field 'latent.base_channels' must be a multiple of 8 (GroupNorm(8)), got {lt.base_channels}")
   heads_ok = all((m.base_channels * k) % m.num_heads == 0 for k in m.channel_mults)
   require(heads_ok, f"'model.num_heads'={m.num_heads} must divide every level's channel count")
+  require(0.0 <= m.dropout < 1.0, f"config field 'model.dropout' must be in [0, 1), got {m.dropout}")
+
+
+def _validate_diffusion(config: ConfigDict) -> None:
+  m, d, lt = config.model, config.diffusion, config.latent
   require(m.time_table_size >= d.timesteps,
            f"config field 'model.time_table_size' ({m.time_table_size}) must be >= "
            f"'diffusion.timesteps' ({d.timesteps})")
@@ -148,9 +164,12 @@ def validate_patronus_sections(config: ConfigDict) -> None:
   require(d.clip_x0 >= 0.0, f"config field 'diffusion.clip_x0' must be >= 0 (0: no clipping), got {d.clip_x0}")
   require(0 < lt.sample_steps <= lt.timesteps,
            f"config field 'latent.sample_steps' must be in 1..{lt.timesteps}, got {lt.sample_steps}")
+
+
+def _validate_training(config: ConfigDict) -> None:
+  t, lt = config.train, config.latent
   require(0.0 <= t.ema_decay < 1.0, f"config field 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
   require(0.0 <= lt.ema_decay < 1.0, f"config field 'latent.ema_decay' must be in [0, 1), got {lt.ema_decay}")
-  require(0.0 <= m.dropout < 1.0, f"config field 'model.dropout' must be in [0, 1), got {m.dropout}")
   require(config.mesh.model >= 1, f"config field 'mesh.model' must be >= 1, got {config.mesh.model}")
   for name, value in (('train.learning_rate', t.learning_rate), ('latent.learning_rate', lt.learning_rate)):
     require(value > 0, f"config field '{name}' must be positive (a negative rate ascends the loss), got {value}")
@@ -159,8 +178,6 @@ def validate_patronus_sections(config: ConfigDict) -> None:
                       ('train.keep_checkpoints', t.keep_checkpoints)):
     require(value >= 1, f"config field '{name}' must be >= 1, got {value}")
   require(t.sample_every >= 0, f"config field 'train.sample_every' must be >= 0 (0: off), got {t.sample_every}")
-  if config.model_type == 'patronus':
-    _check_image_size(config)
 
 
 def _check_image_size(config: ConfigDict) -> None:
