@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from patronus_jax import config as config_lib
 from patronus_jax.core import sharding
 from patronus_jax.core import workdir as workdir_lib
-from patronus_jax.core.errors import ConfigError, UserError
+from patronus_jax.core.errors import ConfigError, UserError, WorkdirError
 from patronus_jax.core.training import Preempted
 from patronus_jax.tasks.bcos import modes as bcos_modes
 from patronus_jax.tasks.patronus import evaluate_mode
@@ -175,6 +175,9 @@ def _main(workdir: str, config, mode: str) -> None:
   if from_workdir:
     config = config_lib.load_workdir_config(workdir)
   config_lib.validate(config)  # before anything is created or written
+  if mode not in ('train', 'all') and not os.path.isdir(workdir):
+    raise WorkdirError(f'{workdir} does not exist: --mode={mode} reads a trained model from its workdir '
+                       '(check the path, or run --mode=train first)')
   os.makedirs(workdir, exist_ok=True)
   _log_to_file(workdir)
   quiet_library_logs()

@@ -63,3 +63,29 @@ def test_help_exits_0():
                           cwd=ROOT, timeout=300)
   assert result.returncode == 0
   assert '--workdir' in result.stdout + result.stderr
+
+
+def _main(tmp_path, *args):
+  cmd = [sys.executable, '-m', 'patronus_jax.main', f'--config={os.path.join(ROOT, "configs", "shapes.py")}:tiny',
+         *args]
+  return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_a_mistyped_workdir_is_named_and_not_created(tmp_path):
+  workdir = tmp_path / 'tpyo'
+  result = _main(tmp_path, f'--workdir={workdir}', '--mode=sample')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: {workdir} does not exist: --mode=sample reads a trained model from its workdir '
+      '(check the path, or run --mode=train first)')
+  assert not workdir.exists()
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path):
+  workdir = tmp_path / 'empty'
+  workdir.mkdir()
+  result = _main(tmp_path, f'--workdir={workdir}', '--mode=sample')
+  assert result.returncode == 1, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: no stage1 checkpoint in') and '--mode=train' in last, last
+  assert 'Traceback' not in result.stderr

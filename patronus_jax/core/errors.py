@@ -28,4 +28,9 @@ class WorkdirError(UserError, ValueError):
 
 
 class CheckpointError(UserError, FileNotFoundError):
-  """A checkpoint is missing, unreadable, or does not match the model the config describes."""
+  """A checkpoint that a mode needs is missing or unreadable; the message names the mode that
+  writes it."""
+
+
+class CheckpointMismatch(UserError, ValueError):
+  """A checkpoint does not match the model the config describes (the message lists the paths)."""

@@ -30,9 +30,10 @@ import optax
 from patronus_jax.core import checkpoint as ckpt_lib
 from patronus_jax.core import files
 from patronus_jax.core import sharding
+from patronus_jax.core.errors import CheckpointError, CheckpointMismatch, UserError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN/Inf; the message names the step. The last good checkpoint is kept."""
 
 
@@ -380,7 +381,7 @@ def load_state(workdir: str, stage: str, mesh=None, step: Optional[int] = None) 
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(
+      raise CheckpointError(
           f'no {stage} checkpoint in {ckpt_lib.stage_dir(workdir, stage)}: run '
           f'--mode={"train_latent" if stage == "latent" else "train"} first (or import one with '
           'python -m patronus_jax.convert)')
@@ -415,7 +416,7 @@ def check_variables(model, variables: dict, example_args: tuple, what: str) -> N
     lines += [f'  missing: {k} {tuple(exp[k])}' for k in missing[:20]]
     lines += [f'  unexpected: {k} {got[k]}' for k in extra[:20]]
     lines += [f'  shape: {k} checkpoint {got[k]} vs model {tuple(exp[k])}' for k in wrong[:20]]
-    raise ValueError('\n'.join(lines))
+    raise CheckpointMismatch('\n'.join(lines))
 
 
 def load_for_inference(model, workdir: str, stage: str, example_args: tuple, *, use_ema: bool = True,

@@ -36,6 +36,7 @@ from patronus_jax.core import checkpoint as ckpt_lib
 from patronus_jax.core import files as pio
 from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.core.errors import CheckpointError, ConfigError
 from patronus_jax.core.training import metric_writer
 from patronus_jax.evaluate import classifier as clf_lib
 from patronus_jax.evaluate import disentanglement
@@ -55,7 +56,7 @@ TAD_BINARISATION = 'one-vs-rest indicator per value of each attribute with more 
 REPRESENTATION_METRICS = ('probe', 'tad', 'dci')
 
 
-class MissingCheckpointError(FileNotFoundError):
+class MissingCheckpointError(CheckpointError):
   """A checkpoint the evaluation needs is not in the workdir; the message names the mode."""
 
 
@@ -565,8 +566,8 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
                  'and evaluate config; skipping.', metrics_path, steps['stage1_step'], steps['latent_step'])
     return pio.read_json(metrics_path)
   if ev.inception_weights and not os.path.exists(ev.inception_weights):
-    raise FileNotFoundError(f'config.evaluate.inception_weights={ev.inception_weights!r} does not exist '
-                            '(see patronus_jax/evaluate/README.md for how to get the weights)')
+    raise ConfigError(f'config.evaluate.inception_weights={ev.inception_weights!r} does not exist '
+                      '(see patronus_jax/evaluate/README.md for how to get the weights)')
   info = data_lib.get_info(config.data)
   names, values = tuple(info.attribute_names), tuple(info.attribute_values)
   plan = _plan(config, bool(names))
