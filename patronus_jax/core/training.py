@@ -185,10 +185,15 @@ class _Preemption:
 
 
 def metric_writer(workdir: str):
-  """clu metric writer to DIR/tensorboard (logging only on processes other than 0)."""
+  """TensorBoard events in DIR/tensorboard from process 0 (other processes write nothing).
+
+  Only the event files: the progress lines are the loop's own log lines (clu's default writer
+  would log every scalar a second time).
+  """
   from clu import metric_writers  # lazy: it imports TensorFlow (seconds), needed only once training runs
-  return metric_writers.create_default_writer(
-      os.path.join(workdir, 'tensorboard'), just_logging=jax.process_index() > 0)
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard'))])
 
 
 def _format_eta(seconds: float) -> str:
@@ -230,8 +235,9 @@ def run_training(task: Task, settings: LoopSettings, workdir: str, make_data_ite
     return state
   step_fn = jit_train_step(task, tx, settings, shardings, mesh)
   log = MetricLog(task.name, settings, workdir, start, checkpointer.directory)
-  logging.info('%s: training steps %d..%d, global batch %d on %d devices (mesh %s).', task.name, start,
-               settings.num_steps, settings.batch_size, jax.device_count(), dict(mesh.shape))
+  logging.info('%s: training steps %d..%d, global batch %d on %d devices (mesh %s); compiling the step '
+               '(the first step includes it: about a minute on a CPU).', task.name, start, settings.num_steps,
+               settings.batch_size, jax.device_count(), dict(mesh.shape))
   with _Preemption() as preemption:
     try:
       state = train_steps(task, settings, state, step_fn, data_iter, checkpointer, log, preemption,
@@ -260,6 +266,7 @@ def restore_or_init(task: Task, tx: optax.GradientTransformation, checkpointer: 
       data_iter.set_state(data_state.get(str(jax.process_index()), data_state))
     logging.info('%s: resumed from step %d of %s.', task.name, step, checkpointer.directory)
     return state, shardings
+  logging.info('%s: no checkpoint in %s yet; initialising the parameters.', task.name, checkpointer.directory)
   t0 = time.time()
   state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed), example_global, extras)
   jax.block_until_ready(state)
@@ -290,6 +297,7 @@ class MetricLog:
     self.last_good = start  # step of the newest checkpoint, named when the loss goes non-finite
     self.pending: list = []  # (step, metrics) not yet fetched from the device
     self.t_log, self.step_log = None, start
+    self.created = time.time()
 
   def record(self, step: int, metrics: dict) -> None:
     if step != self.start + 1:
@@ -297,6 +305,8 @@ class MetricLog:
       return
     # The first step includes compilation: it starts the clock and is checked but not averaged.
     jax.block_until_ready(metrics)
+    logging.info('%s: first step (compilation included) done in %.1fs; progress every %d steps.', self.stage,
+                 time.time() - self.created, self.settings.log_every)
     self.t_log, self.step_log = time.time(), step
     if not np.isfinite(float(metrics['loss'])):
       raise NonFiniteLossError(f'{self.stage}: the loss is {float(metrics["loss"])} at step {step}; '
