@@ -4,6 +4,8 @@ import csv
 import io
 import logging
 import os
+import re
+import threading
 
 import numpy as np
 import pytest
@@ -189,3 +191,43 @@ def test_images_not_in_the_labels_csv_are_counted(good_folder, tmp_path, caplog)
   # 14 image files on disk (12 PNGs, a JPEG, an RGBA PNG), 4 listed
   assert any('10 image(s) under' in r.getMessage() and 'not listed in the labels CSV' in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def _png_with_undecodable_pixels(path, size=16):
+  """A PNG whose header and chunk checksums are valid but whose pixel data is not zlib data."""
+  import struct  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
+
+  def chunk(kind, body):
+    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body) & 0xffffffff)
+
+  header = struct.pack('>IIBBBBB', size, size, 8, 2, 0, 0, 0)
+  garbage = bytes((i * 37 + 11) % 256 for i in range(200))
+  with open(path, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', garbage) + chunk(b'IEND', b''))
+
+
+def test_folder_of_undecodable_images_stops_instead_of_skipping_forever(tmp_path):
+  root = tmp_path / 'broken'
+  root.mkdir()
+  for i in range(6):
+    _png_with_undecodable_pixels(str(root / f'{i}.png'))
+  cfg = _cfg(root, eval_fraction=0.0)
+  assert data.get_info(cfg).num_examples['train'] == 6  # headers and checksums pass the index check
+  it = data.make_iterator(cfg, 'train', global_batch_size=2, seed=0, num_epochs=None, process_index=0,
+                          process_count=1)
+  outcome = []
+
+  def first_batch():
+    try:
+      next(it)
+    except Exception as e:  # pylint: disable=broad-except
+      outcome.append(e)
+
+  reader = threading.Thread(target=first_batch, daemon=True)
+  reader.start()
+  reader.join(timeout=120)
+  assert not reader.is_alive(), 'the iterator kept skipping undecodable images instead of stopping'
+  assert len(outcome) == 1 and isinstance(outcome[0], data.DataError), outcome
+  assert re.search(r'none of the last \d+ images of folder could be decoded \(the split has 6\)', str(outcome[0]))
+  assert str(root) in str(outcome[0])

@@ -53,7 +53,8 @@ def _ensure_flags_parsed() -> None:
 def _preprocess(data_cfg, opened: sources.OpenedSplit) -> preprocess_lib.Preprocess:
   return preprocess_lib.Preprocess(
       dataset=opened.name, image_size=int(data_cfg.image_size), channels=int(data_cfg.channels),
-      crop=data_cfg.crop, strict=bool(data_cfg.strict), has_captions=opened.has_captions)
+      crop=data_cfg.crop, strict=bool(data_cfg.strict), has_captions=opened.has_captions,
+      num_records=len(opened.records))
 
 
 def _read_options(data_cfg) -> grain.ReadOptions:

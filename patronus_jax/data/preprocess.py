@@ -84,6 +84,12 @@ class Preprocess:
   crop: str = 'none'
   strict: bool = False
   has_captions: bool = False
+  # Examples in the split: this many undecodable files in a row, with none decoded in between, mean
+  # no file can be decoded at all, and an endless stream would skip them forever (0: no limit).
+  num_records: int = 0
+  # Failures in a row and a few of their paths (mutable state inside the frozen settings; each
+  # grain worker process has its own copy).
+  failures: dict = dataclasses.field(default_factory=lambda: {'in_a_row': 0, 'paths': []}, compare=False)
 
   def image(self, source: Any, where: str) -> np.ndarray:
     """Any decoded image (PIL or array) -> float32 (S, S, C) in [-1, 1]."""
@@ -101,6 +107,16 @@ class Preprocess:
       array = array[..., None]
     return array / 127.5 - 1.0
 
+  def _count_failure(self, path: str) -> None:
+    f = self.failures
+    f['in_a_row'] += 1
+    if len(f['paths']) < 3 and path not in f['paths']:
+      f['paths'].append(path)
+    if self.num_records and f['in_a_row'] >= self.num_records:
+      raise DataError(f'none of the last {f["in_a_row"]} images of {self.dataset} could be decoded (the split '
+                      f'has {self.num_records}), e.g. {", ".join(f["paths"])}: the files are corrupt or not '
+                      'images. Replace them, or check config.data.folder.path.')
+
   def __call__(self, record: dict) -> dict | None:
     source = record['image']
     index = int(record['index'])
@@ -113,7 +129,9 @@ class Preprocess:
                           'or not an image. Remove it or set config.data.strict=False to skip '
                           'unreadable files.') from e
         _record_skip(source, e)
+        self._count_failure(source)
         return None
+      self.failures['in_a_row'] = 0
       where = record['image']
     else:
       where = f'{self.dataset} example {index}'
