@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from patronus_jax.core import checkpoint as ckpt_lib
+from patronus_jax.core.errors import CheckpointError
 from patronus_jax import config as config_lib
 from patronus_jax.core import sharding
 from patronus_jax.core import training as training_lib
@@ -297,3 +298,45 @@ def test_workdir_conflicts_name_the_fields(tmp_path):
 
 
 # ----------------------------------------------------------------------------- multi-process
+
+
+def _corrupt(step_dir):
+  """Truncates the array files of a checkpoint's state (as a bad copy or a full disk would)."""
+  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+    for f in files:
+      if root.endswith('d') and len(f) > 20:
+        open(os.path.join(root, f), 'wb').write(b'garbage')
+
+
+def test_unreadable_newest_checkpoint_is_set_aside_and_rewritten(tmp_path):
+  workdir = str(tmp_path)
+  training_lib.run_training(ToyTask(), toy_settings(), workdir, CountingIterator, seed=0, mesh=mesh_of(1))
+  directory = ckpt_lib.stage_dir(workdir, 'toy')
+  _corrupt(os.path.join(directory, '10'))
+  # Inference (sample/interpret/evaluate load this way) uses the newest readable step ...
+  state, step, _ = training_lib.load_state(workdir, 'toy')
+  assert step == 5 and int(state['step']) == 5
+  # ... and the broken one is set aside, so it is no longer 'latest' ...
+  assert [n for n in os.listdir(directory) if n.startswith('broken_10_')]
+  ckpt = ckpt_lib.Checkpointer(directory)
+  assert ckpt.valid_steps() == [5]
+  ckpt.close()
+  # ... and a resumed run writes step 10 afresh, equal to an uninterrupted run.
+  resumed = training_lib.run_training(ToyTask(), toy_settings(), workdir, CountingIterator, seed=0, mesh=mesh_of(1))
+  straight = training_lib.run_training(ToyTask(), toy_settings(), str(tmp_path / 'b'), CountingIterator, seed=0,
+                                       mesh=mesh_of(1))
+  np.testing.assert_array_equal(np.asarray(resumed.params['w']), np.asarray(straight.params['w']))
+  state, step, _ = training_lib.load_state(workdir, 'toy')
+  assert step == 10
+  np.testing.assert_array_equal(np.asarray(state['params']['w']), np.asarray(straight.params['w']))
+
+
+def test_all_checkpoints_unreadable_is_one_short_error(tmp_path):
+  workdir = str(tmp_path)
+  training_lib.run_training(ToyTask(), toy_settings(), workdir, CountingIterator, seed=0, mesh=mesh_of(1))
+  directory = ckpt_lib.stage_dir(workdir, 'toy')
+  for step in ('5', '10'):
+    _corrupt(os.path.join(directory, step))
+  with pytest.raises(CheckpointError, match='no checkpoint in .* could be read') as e:
+    training_lib.load_state(workdir, 'toy')
+  assert len(str(e.value)) < 1500 and str(e.value).count('\n') == 0

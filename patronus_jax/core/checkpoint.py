@@ -9,17 +9,22 @@ Orbax writes a step into a temporary directory and renames it when complete, so 
 process leaves no step directory behind (leftover temporaries are cleaned on start). On top
 of that, a step directory only counts when its commit markers are present, and restoring
 falls back to the previous step if the newest cannot be read: a crash, a kill or a bad copy
-never makes a run start from a broken checkpoint, and never deletes a good one.
+never makes a run start from a broken checkpoint, and never deletes a good one. A step that
+cannot be read is set aside (renamed `broken_<step>_<time>`, logged), so it is not "latest" any
+more and the next save of that step writes a fresh one.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional, Union
 
 from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+from patronus_jax.core.errors import CheckpointError
 
 ITEMS = ('state', 'data', 'meta')
 
@@ -72,28 +77,45 @@ class Checkpointer:
         meta=ocp.args.JsonSave(meta or {}))
     return self.manager.save(int(step), args=args, force=force)
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None):
+  def restore(self, abstract_state: Union[Any, Callable[[int], Any]], step: Optional[int] = None):
     """Returns (step, state, data_state, meta) of `step` or of the newest readable checkpoint.
 
-    `abstract_state`: a pytree of jax.ShapeDtypeStruct with shardings (where to put arrays).
-    Returns None when there is no checkpoint.
+    `abstract_state`: a pytree of jax.ShapeDtypeStruct with shardings (where to put arrays), or a
+    function of the step that returns one. Returns None when there is no checkpoint. Without
+    `step`, an unreadable step is set aside and the next older one tried; CheckpointError when
+    none can be read.
     """
     steps = [step] if step is not None else list(reversed(self.valid_steps()))
     errors = []
     for s in steps:
       try:
+        abstract = abstract_state(s) if callable(abstract_state) else abstract_state
         out = self.manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore()))
         return s, out['state'], out['data'], out['meta']
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore raise many kinds)
         if step is not None:
           raise
-        errors.append(f'step {s}: {type(e).__name__}: {e}')
-        logging.error('Cannot restore checkpoint %s/%s (%s); trying an older one.', self.directory, s, e)
+        reason = f'{type(e).__name__}: {_first_line(e)}'
+        errors.append(f'step {s}: {reason}')
+        logging.error('Cannot restore checkpoint %s/%s (%s); trying an older one.', self.directory, s, reason)
+        self.set_aside(s)
     if errors:
-      raise RuntimeError(f'no checkpoint in {self.directory} could be restored:\n  ' + '\n  '.join(errors))
+      raise CheckpointError(f'no checkpoint in {self.directory} could be read (each is set aside as broken_*): '
+                            + '; '.join(errors))
     return None
+
+  def set_aside(self, step: int) -> None:
+    """Renames an unreadable step directory to broken_<step>_<time> (process 0), so that it is no
+    longer the latest and the next save of that step is written afresh."""
+    if jax.process_index() == 0:
+      source = os.path.join(self.directory, str(step))
+      target = os.path.join(self.directory, f'broken_{step}_{time.strftime("%Y%m%d-%H%M%S")}')
+      if os.path.isdir(source):
+        os.replace(source, target)
+        logging.warning('Set the unreadable checkpoint %s aside as %s.', source, target)
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -101,6 +123,12 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _first_line(error: Exception) -> str:
+  """The first line of an error (TensorStore messages run to hundreds of lines)."""
+  text = str(error).strip()
+  return (text.splitlines() or [''])[0][:300]
 
 
 def abstract_like(state: Any, shardings: Any = None) -> Any:

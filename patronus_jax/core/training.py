@@ -388,18 +388,21 @@ def _save_samples(workdir: str, stage: str, step: int, images: np.ndarray, write
 def load_state(workdir: str, stage: str, mesh=None, step: Optional[int] = None) -> tuple[dict, int, dict]:
   """Restores a stage's checkpoint for inference: (state dict, step, meta). No template needed."""
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(workdir, stage), asynchronous=False)
+  target = sharding.replicated(mesh) if mesh is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+  def abstract(s: int):  # the stored tree's shapes: no model template needed
+    tree = checkpointer.manager.item_metadata(s)['state']
+    tree = getattr(tree, 'tree', tree)
+    return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target), tree)
+
   try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
+    restored = checkpointer.restore(abstract, step)
+    if restored is None:
       raise CheckpointError(
           f'no {stage} checkpoint in {ckpt_lib.stage_dir(workdir, stage)}: run '
           f'--mode={"train_latent" if stage == "latent" else "train"} first (or import one with '
           'python -m patronus_jax.convert)')
-    tree = checkpointer.manager.item_metadata(step)['state']
-    tree = getattr(tree, 'tree', tree)
-    target = sharding.replicated(mesh) if mesh is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target), tree)
-    _, state, _, meta = checkpointer.restore(abstract, step)
+    step, state, _, meta = restored
     return state, step, meta
   finally:
     checkpointer.close()
