@@ -158,13 +158,30 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    _main(os.path.abspath(FLAGS.workdir), FLAGS.config, FLAGS.mode)
+    _main(os.path.abspath(FLAGS.workdir), _flag_config(), FLAGS.mode)
   except UserError as e:
     if FLAGS.verbose:
       raise
     # A mistake the user can fix: its message alone (the traceback with --verbose).
     print(f'error: {e}', file=sys.stderr)
     sys.exit(e.exit_status)
+
+
+def _flag_config():
+  """The --config value (None without one); a file that is missing or fails to load is a
+  ConfigError naming it (ml_collections loads it lazily and raises a long OSError)."""
+  if not FLAGS['config'].present:
+    return None
+  spec = config_flags.get_config_filename(FLAGS['config'])
+  path = spec.split(':', 1)[0]
+  if not os.path.isfile(path):
+    raise ConfigError(f'--config: config file {path} not found (from {os.getcwd()}); expected '
+                      'configs/<name>.py[:variant]')
+  try:
+    return FLAGS.config
+  except OSError as e:  # the file raised while loading (e.g. an unknown variant)
+    cause = e.__cause__ or e.__context__ or e
+    raise ConfigError(f'--config={spec}: {type(cause).__name__}: {cause}') from e
 
 
 def _main(workdir: str, config, mode: str) -> None:
@@ -206,6 +223,9 @@ def parse_flags(argv):
       sys.exit(0)
     raise
   except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1:  # e.g. a config file that raised: its flag, then the exception's last line
+      usage_error(f'{lines[0].split(": ")[0]}: {lines[-1]}')
     usage_error(f'{e} (--helpshort lists the flags)')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     usage_error(config_override_error(e, argv))

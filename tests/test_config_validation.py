@@ -89,3 +89,26 @@ def test_a_missing_checkpoint_is_one_line(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: no stage1 checkpoint in') and '--mode=train' in last, last
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('config, expected', [
+    ('configs/nope.py', 'error: --config: config file configs/nope.py not found'),
+    ('configs/shapes.py:bogus', "error: flag --config=configs/shapes.py:bogus: ValueError: unknown variant(s) "
+                                "['bogus'] of configs/shapes.py"),
+])
+def test_a_config_file_that_cannot_be_loaded_is_one_line(tmp_path, config, expected):
+  workdir = tmp_path / 'never'
+  result = subprocess.run([sys.executable, '-m', 'patronus_jax.main', f'--config={config}', f'--workdir={workdir}'],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode == 2
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith(expected), result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr and not workdir.exists()
+
+
+def test_a_truncated_workdir_config_is_named(tmp_path):
+  (tmp_path / 'config.json').write_text('{"name": "x", "mod')
+  result = subprocess.run([sys.executable, '-m', 'patronus_jax.main', f'--workdir={tmp_path}', '--mode=sample'],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path / "config.json"} is not valid JSON')
