@@ -201,7 +201,7 @@ def _format_eta(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-def _state_shardings(state: TrainState, mesh) -> TrainState:
+def train_state_shardings(state: TrainState, mesh) -> TrainState:
   rep = sharding.replicated(mesh)
   return TrainState(
       step=rep, params=sharding.state_shardings(state.params, mesh),
@@ -258,7 +258,7 @@ def restore_or_init(task: Task, tx: optax.GradientTransformation, checkpointer: 
   example_global = sharding.global_batch(example, mesh)
   init = functools.partial(create_train_state, task, tx)
   abstract = jax.eval_shape(init, jax.random.PRNGKey(seed), example_global, extras)
-  shardings = _state_shardings(abstract, mesh)
+  shardings = train_state_shardings(abstract, mesh)
   restored = checkpointer.restore(ckpt_lib.abstract_like(abstract, shardings))
   if restored is not None:
     step, state, data_state, _ = restored
