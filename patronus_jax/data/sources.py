@@ -159,6 +159,18 @@ class TfdsSpec:
   howto: str
 
 
+def _tfds():
+  """TensorFlow Datasets, imported on first use: it takes seconds and only TFDS datasets need it."""
+  from patronus_jax.data.tfds_compat import tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+def _shapes_builder():
+  """The shapes TFDS builder module (imports TFDS), on first use."""
+  from patronus_jax.data import shapes_builder  # pylint: disable=g-import-not-at-top
+  return shapes_builder
+
+
 def tfds_spec(name: str) -> TfdsSpec:
   if name == 'patronus_shapes':
     return TfdsSpec(ShapesConvert(), shapes.FACTOR_NAMES, shapes.FACTOR_VALUES, '')
@@ -182,14 +194,14 @@ def tfds_data_dir(data_cfg) -> str:
   """The directory TFDS reads: config.data.data_dir, else TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   if data_cfg.data_dir:
     return os.path.expanduser(data_cfg.data_dir)
-  from patronus_jax.data.tfds_compat import tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tfds()
   return os.path.expanduser(str(tfds.core.constants.DATA_DIR))
 
 
 def _builder_kwargs(data_cfg) -> dict:
   if data_cfg.name != 'patronus_shapes':
     return {}
-  from patronus_jax.data import shapes_builder  # pylint: disable=g-import-not-at-top
+  shapes_builder = _shapes_builder()
   return {'config': shapes_builder.builder_config_from(data_cfg)}
 
 
@@ -198,8 +210,8 @@ _prepare_lock = threading.Lock()
 
 def prepare_shapes(data_cfg) -> None:
   """Renders and writes the configured shapes dataset if it is not prepared yet (offline)."""
-  from patronus_jax.data import shapes_builder  # pylint: disable=g-import-not-at-top
-  from patronus_jax.data.tfds_compat import tfds  # pylint: disable=g-import-not-at-top
+  shapes_builder = _shapes_builder()
+  tfds = _tfds()
   data_dir = tfds_data_dir(data_cfg)
   config = shapes_builder.builder_config_from(data_cfg)
   with _prepare_lock:
@@ -225,7 +237,7 @@ def prepare_shapes(data_cfg) -> None:
 
 def _missing_tfds_error(data_cfg, split: str, error: Exception) -> DataError:
   """Explains why `tfds.data_source` failed: not prepared, wrong format or unknown split."""
-  from patronus_jax.data.tfds_compat import tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tfds()
   name = data_cfg.name
   data_dir = tfds_data_dir(data_cfg)
   where = (f"config.data.data_dir={data_cfg.data_dir!r}" if data_cfg.data_dir else
@@ -254,7 +266,7 @@ def _missing_tfds_error(data_cfg, split: str, error: Exception) -> DataError:
 
 def open_tfds(data_cfg, split: str, skip_images: bool = False):
   """`tfds.data_source` of one split; DataError (not a TFDS traceback) when it is missing."""
-  from patronus_jax.data.tfds_compat import tfds  # pylint: disable=g-import-not-at-top
+  tfds = _tfds()
   if data_cfg.name == 'patronus_shapes':
     base = split.split('[')[0]
     if base not in shapes.SPLIT_STREAMS or (base == 'test' and data_cfg.shapes.num_test == 0):
