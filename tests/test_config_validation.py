@@ -89,6 +89,18 @@ def test_a_missing_checkpoint_is_one_line(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: no stage1 checkpoint in') and '--mode=train' in last, last
   assert 'Traceback' not in result.stderr
+  assert not (workdir / 'checkpoints').exists()  # a reader creates no checkpoint directories
+
+
+def test_an_empty_checkpoint_directory_is_one_line_without_a_late_traceback(tmp_path):
+  # Orbax's start-up clean-up thread used to print a traceback after the error line (flaky in CI).
+  workdir = tmp_path / 'empty'
+  (workdir / 'checkpoints' / 'stage1').mkdir(parents=True)
+  for _ in range(3):
+    result = _main(tmp_path, f'--workdir={workdir}', '--mode=sample')
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith('error: no stage1 checkpoint in'), result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
 
 
 @pytest.mark.parametrize('config, expected', [

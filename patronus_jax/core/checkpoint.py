@@ -46,11 +46,13 @@ def _complete(step_dir: str) -> bool:
 class Checkpointer:
   """Orbax CheckpointManager for one stage, with validity checks and fallback on restore."""
 
-  def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
+  def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True, writer: bool = True):
+    # A reader (writer=False) creates nothing and leaves temporary directories to the writer:
+    # Orbax cleans them in a background thread that can outlive a short process.
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max(1, int(keep)), create=True, enable_async_checkpointing=asynchronous,
-        cleanup_tmp_directories=True)
+        max_to_keep=max(1, int(keep)), create=writer, enable_async_checkpointing=asynchronous,
+        cleanup_tmp_directories=writer)
     handlers = {'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler(),
                 'meta': ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -122,6 +124,11 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.wait_until_finished()
+    # The start-up clean-up of temporary directories runs in a thread that close() does not join;
+    # a process exiting while it runs prints a traceback after our last line.
+    cleanup = getattr(self.manager, '_cleanup_tmp_directory_future', None)
+    if cleanup is not None:
+      cleanup.result()
     self.manager.close()
 
 

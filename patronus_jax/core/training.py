@@ -385,9 +385,19 @@ def _save_samples(workdir: str, stage: str, step: int, images: np.ndarray, write
 
 # ----------------------------------------------------------------------------- loading
 
+def _missing_checkpoint(workdir: str, stage: str) -> CheckpointError:
+  return CheckpointError(
+      f'no {stage} checkpoint in {ckpt_lib.stage_dir(workdir, stage)}: run '
+      f'--mode={"train_latent" if stage == "latent" else "train"} first (or import one with '
+      'python -m patronus_jax.convert)')
+
+
 def load_state(workdir: str, stage: str, mesh=None, step: Optional[int] = None) -> tuple[dict, int, dict]:
   """Restores a stage's checkpoint for inference: (state dict, step, meta). No template needed."""
-  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(workdir, stage), asynchronous=False)
+  directory = ckpt_lib.stage_dir(workdir, stage)
+  if not os.path.isdir(directory):
+    raise _missing_checkpoint(workdir, stage)
+  checkpointer = ckpt_lib.Checkpointer(directory, asynchronous=False, writer=False)
   target = sharding.replicated(mesh) if mesh is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
   def abstract(s: int):  # the stored tree's shapes: no model template needed
@@ -398,10 +408,7 @@ def load_state(workdir: str, stage: str, mesh=None, step: Optional[int] = None) 
   try:
     restored = checkpointer.restore(abstract, step)
     if restored is None:
-      raise CheckpointError(
-          f'no {stage} checkpoint in {ckpt_lib.stage_dir(workdir, stage)}: run '
-          f'--mode={"train_latent" if stage == "latent" else "train"} first (or import one with '
-          'python -m patronus_jax.convert)')
+      raise _missing_checkpoint(workdir, stage)
     step, state, _, meta = restored
     return state, step, meta
   finally:

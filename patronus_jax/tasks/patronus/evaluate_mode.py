@@ -80,7 +80,7 @@ def _latest_step(workdir: str, stage: str) -> Optional[int]:
   directory = ckpt_lib.stage_dir(workdir, stage)
   if not os.path.isdir(directory):
     return None
-  checkpointer = ckpt_lib.Checkpointer(directory, asynchronous=False)
+  checkpointer = ckpt_lib.Checkpointer(directory, asynchronous=False, writer=False)
   try:
     return checkpointer.latest_step()
   finally:
