@@ -130,28 +130,55 @@ def run(config, workdir: str, mode: str = 'all') -> None:
     logging.info('=== mode %s (%s; %d of %d) ===', m, config.name, i + 1, len(todo))
     run_mode(m, config, workdir, mesh)
     logging.info('=== mode %s done in %.1fs ===%s', m, time.time() - t0,
-                 _job_progress(config, todo[i + 1:], time.time() - job_start))
+                 _job_progress(config, todo[:i + 1], todo[i + 1:], time.time() - job_start))
 
 
-def _mode_size(config, mode: str) -> str:
-  """What a mode still has to do, in the config's own units (for the job progress line)."""
+# A whole-job ETA: each mode's work in image-network calls (one U-Net forward on one image; a training
+# step is ~3 per example), timed by this job's own measured seconds per call so far. The counts
+# mirror what each mode runs; on the quickstart they put the remaining time after stage 1 within
+# ~20% of the measured one (benchmarks/RESULTS.md). Compilation is amortised in the measured rate.
+LATENT_CALL = 1 / 20  # a latent-model call on one s vector, in image calls (measured on the quickstart)
+ENCODER_CALL = 0.3  # the prototype network alone on one image
+TRAIN_SPLIT_SIZES = {'celeb_a': 162_770, 'cifar10': 50_000, 'fashion_mnist': 60_000, 'mnist': 60_000}
+
+
+def mode_work(config, mode: str) -> float:
+  """Estimated image-network calls of one mode (0 for an unknown mode)."""
+  steps = config.diffusion.sample_steps
   if mode == 'train':
-    return f'{config.train.num_steps} steps'
-  if mode == 'train_latent':
-    return f'{config.latent.num_steps} steps'
+    return 3.0 * config.train.num_steps * config.train.batch_size
+  if config.model_type == 'bcos':
+    if mode == 'explain':  # a generation plus the exact contributions at each explained step
+      return 4.0 * config.bcos.num_explain * steps
+    if mode == 'evaluate':
+      return float(config.evaluate.num_samples * steps)
+    return 0.0
+  if mode == 'train_latent':  # s of the training images, then the latent model's steps
+    shapes = config.data.name == 'patronus_shapes'
+    images = config.data.shapes.num_train if shapes else TRAIN_SPLIT_SIZES.get(config.data.name, 0)
+    return ENCODER_CALL * images + 3.0 * LATENT_CALL * config.latent.num_steps * config.latent.batch_size
   if mode == 'sample':
-    return f'{config.sample.num_samples} + {config.sample.num_reconstructions} images'
+    return float((config.sample.num_samples + config.sample.num_reconstructions) * steps)
+  if mode == 'interpret':  # inversion + regeneration of the eval images; each prototype raised and lowered
+    it = config.interpret
+    return it.ddim_steps * (2.0 * it.num_eval_images + 2.0 * config.model.num_prototypes * it.num_diagnosis_samples)
   if mode == 'evaluate':
-    return f'{config.evaluate.num_samples} samples per kind'
-  return ''
+    kinds = len(config.evaluate.samples)
+    return float(config.evaluate.num_samples * kinds * steps)
+  return 0.0
 
 
-def _job_progress(config, remaining: tuple[str, ...], elapsed: float) -> str:
-  """' job: 12.1 min so far; still to run: train_latent (400 steps), ...' ('' when done)."""
+def _job_progress(config, done: tuple[str, ...], remaining: tuple[str, ...], elapsed: float) -> str:
+  """' job: 12.1 min so far; about 9 min still to run (train_latent, sample, ...)' ('... finished' at the end)."""
   if not remaining:
     return f' job finished in {elapsed / 60:.1f} min'
-  parts = [f'{m} ({_mode_size(config, m)})' if _mode_size(config, m) else m for m in remaining]
-  return f' job: {elapsed / 60:.1f} min so far; still to run: {", ".join(parts)}'
+  done_work = sum(mode_work(config, m) for m in done)
+  todo_work = sum(mode_work(config, m) for m in remaining)
+  names = ', '.join(remaining)
+  if done_work <= 0:
+    return f' job: {elapsed / 60:.1f} min so far; still to run: {names}'
+  eta = elapsed / done_work * todo_work
+  return f' job: {elapsed / 60:.1f} min so far; about {eta / 60:.0f} min still to run ({names})'
 
 
 def main(argv) -> None:

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from patronus_jax import config as config_lib
+from patronus_jax import main as main_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,3 +125,17 @@ def test_a_truncated_workdir_config_is_named(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path / "config.json"} is not valid JSON')
+
+
+def test_every_mode_has_a_work_estimate_and_the_job_eta_scales_with_it():
+  for model_type, modes in main_lib.MODES.items():
+    config = config_lib.load('configs/bcos_shapes.py' if model_type == 'bcos' else 'configs/quickstart.py')
+    for mode in modes:
+      assert main_lib.mode_work(config, mode) > 0, (model_type, mode)
+  config = config_lib.load('configs/quickstart.py')
+  done, todo = ('train',), ('train_latent', 'sample', 'interpret', 'evaluate')
+  # 10 min for stage 1 -> the rest at the same seconds per image call
+  expected = 10 * sum(main_lib.mode_work(config, m) for m in todo) / main_lib.mode_work(config, 'train')
+  line = main_lib._job_progress(config, done, todo, 600.0)
+  assert f'about {expected:.0f} min still to run (train_latent, sample, interpret, evaluate)' in line, line
+  assert main_lib._job_progress(config, done + todo, (), 1260.0) == ' job finished in 21.0 min'
