@@ -67,9 +67,15 @@ class PrototypeEncoder(nn.Module):
   strides: Sequence[int]
   paddings: Sequence[int]
   dtype: Dtype = jnp.float32
+  coords: bool = False  # CoordConv: (y, x) in [-1, 1] appended, so a min-pooled patch can say where it is
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.coords:
+      b, h, w, _ = x.shape
+      yy, xx = jnp.meshgrid(jnp.linspace(-1.0, 1.0, h), jnp.linspace(-1.0, 1.0, w), indexing='ij')
+      grid = jnp.broadcast_to(jnp.stack([yy, xx], -1)[None], (b, h, w, 2)).astype(x.dtype)
+      x = jnp.concatenate([x, grid], axis=-1)
     for i, (c, k, s, p) in enumerate(zip(self.channels, self.kernels, self.strides, self.paddings)):
       x = nn.Conv(c, (k, k), strides=(s, s), padding=((p, p), (p, p)), dtype=self.dtype,
                   kernel_init=nn.initializers.normal(0.1), name=f'conv_{i}')(x)
@@ -95,14 +101,23 @@ class PrototypeNetwork(nn.Module):
   paddings: Sequence[int]
   activation: str = 'log'
   dtype: Dtype = jnp.float32
+  # 'none' (the paper): squared L2 between raw features and prototypes; 'unit': both L2-normalised,
+  # so d lies in [0, 4] where log((d+1)/(d+eps)) is steep (raw d ~ 60 leaves s nearly flat).
+  distance_norm: str = 'none'
+  coords: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array) -> PrototypeOutput:
     z = PrototypeEncoder(self.channels, self.kernels, self.strides, self.paddings,
-                         dtype=self.dtype, name='encoder')(images).astype(jnp.float32)
+                         dtype=self.dtype, coords=self.coords, name='encoder')(images).astype(jnp.float32)
     dim = self.channels[-1]
     prototypes = self.param('prototype_vectors', nn.initializers.uniform(1.0),
                             (self.num_prototypes, dim))
+    if self.distance_norm == 'unit':
+      z = z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-6)
+      prototypes = prototypes * jax.lax.rsqrt(jnp.sum(prototypes * prototypes, axis=-1, keepdims=True) + 1e-6)
+    elif self.distance_norm != 'none':
+      raise ValueError(f"unknown distance_norm {self.distance_norm!r}; expected 'none' or 'unit'")
     ones = self.variable('buffers', 'ones', _ones_init, None, (self.num_prototypes, dim)).value
     hp = jax.lax.Precision.HIGHEST
     z_sq = jnp.einsum('bhwc,pc->bhwp', z * z, ones, precision=hp)

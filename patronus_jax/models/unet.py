@@ -171,13 +171,21 @@ class ConditionalUNet(nn.Module):
   time_table_size: int = 1000  # rows of the sinusoid table (official: always 1000)
   remat: bool = False
   dtype: Dtype = jnp.float32
+  s_norm: str = 'none'  # 'layer': LayerNorm over the prototypes of s before the embedding (not in the paper)
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, s: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
+               cond_mask: Optional[jax.Array] = None) -> jax.Array:
     width = self.time_mult * self.base_channels
     t_act = nn.silu(TimestepEmbedding(self.time_table_size, self.base_channels, width, self.dtype,
                                       name='time_embedding')(t))
+    if self.s_norm == 'layer':  # s of all images share an offset and scale; this keeps what differs
+      s = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='s_norm')(s)
+    elif self.s_norm != 'none':
+      raise ValueError(f"unknown s_norm {self.s_norm!r}; expected 'none' or 'layer'")
     s_act = nn.silu(VectorEmbedding(width, self.dtype, name='prototype_embedding')(s))
+    if cond_mask is not None:  # 0 where the example is unconditional (condition dropout, guidance)
+      s_act = s_act * cond_mask[:, None].astype(s_act.dtype)
     block_cls = nn.remat(ResBlock, static_argnums=(4,)) if self.remat else ResBlock
 
     def block(name, channels, attention, h):
@@ -234,21 +242,36 @@ class Patronus(nn.Module):
   time_table_size: int = 1000
   remat: bool = False
   dtype: Dtype = jnp.float32
+  # Beyond the paper (issue 19; the defaults are the official model):
+  distance_norm: str = 'none'  # 'unit': cosine geometry for the prototype distances
+  encoder_coords: bool = False  # CoordConv input to the prototype encoder
+  s_norm: str = 'none'  # 'layer': LayerNorm on s before the U-Net's s-embedding
+  guidance: float = 1.0  # classifier-free guidance weight on s when not training (1: plain conditional)
 
   def setup(self):
     self.prototypes = PrototypeNetwork(
         self.num_prototypes, tuple(self.encoder_channels), tuple(self.encoder_kernels),
-        tuple(self.encoder_strides), tuple(self.encoder_paddings), self.activation, self.dtype)
+        tuple(self.encoder_strides), tuple(self.encoder_paddings), self.activation, self.dtype,
+        distance_norm=self.distance_norm, coords=self.encoder_coords)
     self.unet = ConditionalUNet(
         self.image_channels, self.base_channels, tuple(self.channel_mults), self.num_res_blocks,
         tuple(self.attention), self.num_heads, self.dropout, self.time_mult, self.time_table_size,
-        self.remat, self.dtype)
+        self.remat, self.dtype, s_norm=self.s_norm)
 
   def encode(self, images: jax.Array) -> PrototypeOutput:
     return self.prototypes(images)
 
-  def denoise(self, x_t: jax.Array, t: jax.Array, s: jax.Array, train: bool = False) -> jax.Array:
-    return self.unet(x_t, t, s, train)
+  def denoise(self, x_t: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
+              cond_mask: Optional[jax.Array] = None) -> jax.Array:
+    if train or cond_mask is not None or self.guidance == 1.0:
+      return self.unet(x_t, t, s, train, cond_mask)
+    # Classifier-free guidance: out_u + w (out_c - out_u), both halves in one batched call
+    # (2x the network work; valid for eps, x0 and v alike since each is linear in the score).
+    b = x_t.shape[0]
+    mask = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.zeros((b,), jnp.float32)])
+    out = self.unet(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jnp.concatenate([s, s]), False, mask)
+    cond, uncond = out[:b], out[b:]
+    return uncond + self.guidance * (cond - uncond)
 
   def __call__(self, x_t: jax.Array, t: jax.Array, s: Optional[jax.Array] = None,
                x0: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
@@ -268,4 +291,5 @@ def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:
       activation=m.activation, base_channels=m.base_channels, channel_mults=tuple(m.channel_mults),
       num_res_blocks=m.num_res_blocks, attention=tuple(bool(a) for a in m.attention),
       num_heads=m.num_heads, dropout=m.dropout, time_mult=m.time_mult,
-      time_table_size=m.time_table_size, remat=m.remat, dtype=compute)
+      time_table_size=m.time_table_size, remat=m.remat, dtype=compute, distance_norm=m.distance_norm,
+      encoder_coords=m.encoder_coords, s_norm=m.s_norm, guidance=float(config.diffusion.guidance))

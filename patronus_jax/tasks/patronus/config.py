@@ -26,6 +26,10 @@ def model_config() -> ConfigDict:
       time_mult=4,  # embedding width = time_mult * base_channels
       time_table_size=1000,  # rows of the frozen sinusoid table (official: 1000); >= timesteps
       remat=False,  # jax.checkpoint each residual block (memory for compute)
+      # Beyond the paper (docs/patronus.md, "Prototypes that carry the image"); defaults: official.
+      distance_norm='none',  # 'unit': L2-normalise features and prototypes, d in [0, 4] where s has gradient
+      s_norm='none',  # 'layer': LayerNorm on s before the U-Net's s-embedding (stops prototypes duplicating)
+      encoder_coords=False,  # CoordConv: (y, x) channels appended to the prototype encoder's input
   ))
 
 
@@ -42,6 +46,10 @@ def diffusion_config() -> ConfigDict:
       min_snr_gamma=0.0,
       # with min_snr_gamma: weight clip(SNR, floor, gamma) x x0-error; 1 keeps the noisiest steps at weight 1
       min_snr_floor=0.0,
+      # Classifier-free guidance on s when sampling or inverting (Patronus): out_u + w (out_c - out_u);
+      # 1 = plain conditional (one call per step); other values need train.cond_dropout > 0 and
+      # cost 2 network evaluations per step.
+      guidance=1.0,
   ))
 
 
@@ -59,6 +67,7 @@ def train_config() -> ConfigDict:
       dtype='float32',  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
       distinct_loss_weight=0.0,  # prototype-distinct loss (official default: off)
       distinct_margin=0.2,
+      cond_dropout=0.0,  # probability of training an example without s (the unconditional model for guidance)
       log_every=50,
       checkpoint_every=1000,
       keep_checkpoints=3,
@@ -105,6 +114,8 @@ def validate_patronus_sections(config: ConfigDict) -> None:
   against the schema first); ConfigError names the first impossible one."""
   d = config.diffusion
   one_of(config, 'model.activation', ('log', 'linear'))
+  one_of(config, 'model.distance_norm', ('none', 'unit'))
+  one_of(config, 'model.s_norm', ('none', 'layer'))
   one_of(config, 'diffusion.schedule', ('linear', 'cosine'))
   one_of(config, 'latent.schedule', ('linear', 'cosine'))
   one_of(config, 'diffusion.prediction', ('eps', 'x0', 'v'))
@@ -161,6 +172,10 @@ def _validate_diffusion(config: ConfigDict) -> None:
   require(d.min_snr_floor == 0.0 or 0.0 < d.min_snr_floor <= d.min_snr_gamma,
            "config field 'diffusion.min_snr_floor' must be 0 or in (0, diffusion.min_snr_gamma] "
            f"(it needs min_snr_gamma > 0), got floor {d.min_snr_floor} with gamma {d.min_snr_gamma}")
+  require(d.guidance >= 0.0, f"config field 'diffusion.guidance' must be >= 0 (1: no guidance), got {d.guidance}")
+  require(d.guidance == 1.0 or config.train.cond_dropout > 0.0,
+          f"config field 'diffusion.guidance'={d.guidance} needs a model trained with train.cond_dropout > 0 "
+          '(without it the unconditional half of guidance was never trained); use 1 or train with dropout')
   require(d.clip_x0 >= 0.0, f"config field 'diffusion.clip_x0' must be >= 0 (0: no clipping), got {d.clip_x0}")
   require(0 < lt.sample_steps <= lt.timesteps,
            f"config field 'latent.sample_steps' must be in 1..{lt.timesteps}, got {lt.sample_steps}")
@@ -169,6 +184,7 @@ def _validate_diffusion(config: ConfigDict) -> None:
 def _validate_training(config: ConfigDict) -> None:
   t, lt = config.train, config.latent
   require(0.0 <= t.ema_decay < 1.0, f"config field 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
+  require(0.0 <= t.cond_dropout < 1.0, f"config field 'train.cond_dropout' must be in [0, 1), got {t.cond_dropout}")
   require(0.0 <= lt.ema_decay < 1.0, f"config field 'latent.ema_decay' must be in [0, 1), got {lt.ema_decay}")
   require(config.mesh.model >= 1, f"config field 'mesh.model' must be >= 1, got {config.mesh.model}")
   for name, value in (('train.learning_rate', t.learning_rate), ('latent.learning_rate', lt.learning_rate)):

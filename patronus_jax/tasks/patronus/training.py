@@ -55,8 +55,13 @@ class PatronusTask:
     diff_key, drop_key = jax.random.split(key)
     s = self.model.apply(variables, x0, method=self.model.encode).activations
 
+    p_drop = self.config.train.cond_dropout
+    cond_mask = None
+    if train and p_drop > 0:  # some examples train the unconditional model (guidance at sampling)
+      cond_mask = jax.random.bernoulli(jax.random.fold_in(drop_key, 1), 1.0 - p_drop, (x0.shape[0],))
+
     def denoise(x_t, t):
-      return self.model.apply(variables, x_t, t, s, train, rngs={'dropout': drop_key},
+      return self.model.apply(variables, x_t, t, s, train, cond_mask, rngs={'dropout': drop_key},
                               method=self.model.denoise)
 
     d = self.config.diffusion

@@ -1,0 +1,132 @@
+"""The switches beyond the paper that make s carry the image (docs/patronus.md): cosine prototype
+distances, LayerNorm on s, CoordConv, condition dropout and classifier-free guidance on s."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from patronus_jax import config as config_lib
+from patronus_jax.core import files
+from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.core.errors import ConfigError
+from patronus_jax.models import prototypes as proto_lib
+from patronus_jax.models.unet import patronus_from_config
+from patronus_jax.tasks.patronus.training import PatronusTask
+
+
+def _net(distance_norm='none', coords=False):
+  return proto_lib.PrototypeNetwork(4, (8, 8), (3, 3), (2, 1), (1, 0), 'log', distance_norm=distance_norm,
+                                    coords=coords)
+
+
+def test_unit_distance_is_the_cosine_distance_in_0_4():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), minval=-1, maxval=1)
+  net = _net('unit')
+  variables = net.init(jax.random.PRNGKey(1), x)
+  out = net.apply(variables, x)
+  d = np.asarray(out.distances)
+  z = np.asarray(proto_lib.PrototypeEncoder((8, 8), (3, 3), (2, 1), (1, 0)).apply(
+      {'params': variables['params']['encoder']}, x), np.float64)
+  p = np.asarray(variables['params']['prototype_vectors'], np.float64)
+  zu = z / np.sqrt((z ** 2).sum(-1, keepdims=True) + 1e-6)
+  pu = p / np.sqrt((p ** 2).sum(-1, keepdims=True) + 1e-6)
+  expected = ((zu[..., None, :] - pu) ** 2).sum(-1)
+  np.testing.assert_allclose(d, expected, atol=1e-5)
+  assert d.min() >= 0 and d.max() <= 4 + 1e-5
+  # scaling the prototypes changes the paper's distances, not the cosine ones
+  scaled = jax.tree_util.tree_map(lambda v: v, variables)
+  scaled['params']['prototype_vectors'] = 5.0 * variables['params']['prototype_vectors']
+  np.testing.assert_allclose(np.asarray(net.apply(scaled, x).distances), d, atol=1e-5)
+  raw = _net('none')
+  assert np.abs(np.asarray(raw.apply(scaled, x).distances - raw.apply(variables, x).distances)).max() > 1.0
+
+
+def test_coordinates_make_patches_of_a_constant_image_differ():
+  x = jnp.zeros((1, 16, 16, 3))
+  for coords, moves in ((False, False), (True, True)):
+    net = _net(coords=coords)
+    variables = net.init(jax.random.PRNGKey(1), x)
+    assert variables['params']['encoder']['conv_0']['kernel'].shape[2] == 3 + 2 * coords
+    d = np.asarray(net.apply(variables, x).distances)[0, 2:-2, 2:-2, 0]  # interior: no padding effects
+    assert (np.ptp(d) > 1e-4) == moves
+
+
+def _model(**overrides):
+  config = config_lib.load('configs/quickstart.py:tiny', overrides)
+  model = patronus_from_config(config, dtype='float32')
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 32, 32, 3))
+  t = jnp.array([10, 500])
+  variables = model.init(jax.random.PRNGKey(0), x, t)
+  return config, model, variables, x, t
+
+
+def test_layer_norm_on_s_ignores_a_common_offset_and_scale():
+  _, model, variables, x, t = _model(**{'model.s_norm': 'layer'})
+  p = variables['params']['unet']['prototype_embedding']
+  assert p is not None and 's_norm' in variables['params']['unet']
+  s = jax.random.uniform(jax.random.PRNGKey(5), (2, model.num_prototypes))
+  a = model.apply(variables, x, t, s, method=model.denoise)
+  b = model.apply(variables, x, t, 3.0 * s + 7.0, method=model.denoise)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4)  # LayerNorm eps, float32
+  _, plain, plain_vars, _, _ = _model()
+  c = plain.apply(plain_vars, x, t, s, method=plain.denoise)
+  d = plain.apply(plain_vars, x, t, 3.0 * s + 7.0, method=plain.denoise)
+  assert np.abs(np.asarray(c - d)).max() > 1e-2  # the paper's model does see the offset
+
+
+def test_a_zero_condition_mask_ignores_s_and_guidance_is_the_cfg_combination():
+  _, model, variables, x, t = _model(**{'train.cond_dropout': 0.1})
+  s1 = jnp.ones((2, model.num_prototypes))
+  s2 = jax.random.uniform(jax.random.PRNGKey(5), (2, model.num_prototypes))
+  zero = jnp.zeros((2,))
+  u1 = model.apply(variables, x, t, s1, False, zero, method=model.denoise)
+  u2 = model.apply(variables, x, t, s2, False, zero, method=model.denoise)
+  np.testing.assert_allclose(np.asarray(u1), np.asarray(u2), atol=1e-6)
+  c = model.apply(variables, x, t, s2, method=model.denoise)
+  assert np.abs(np.asarray(c - u2)).max() > 1e-5
+  guided = model.clone(guidance=3.0)
+  g = guided.apply(variables, x, t, s2, method=guided.denoise)
+  np.testing.assert_allclose(np.asarray(g), np.asarray(u2 + 3.0 * (c - u2)), atol=1e-5)
+  _, from_config, _, _, _ = _model(**{'train.cond_dropout': 0.1, 'diffusion.guidance': 3.0})
+  assert from_config.guidance == 3.0
+
+
+def test_condition_dropout_changes_only_the_training_loss():
+  config, _, _, x, _ = _model(**{'train.cond_dropout': 0.5})
+  task, plain_task = PatronusTask(config), PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
+  x = jnp.concatenate([x] * 4)
+  variables = plain_task.init_variables(jax.random.PRNGKey(0), {'image': x})
+  params = variables['params']
+  rest = {k: v for k, v in variables.items() if k != 'params'}
+  batch = {'image': x}
+  key = jax.random.PRNGKey(4)
+  for train, differs in ((True, True), (False, False)):
+    a = task.loss_fn(params, rest, batch, key, train)[0]
+    b = plain_task.loss_fn(params, rest, batch, key, train)[0]
+    assert (abs(float(a) - float(b)) > 1e-6) == differs, (train, float(a), float(b))
+
+
+def test_defaults_are_the_paper_and_guidance_needs_dropout():
+  config = config_lib.load('configs/celeba.py')
+  assert (config.model.distance_norm, config.model.s_norm, config.model.encoder_coords) == ('none', 'none', False)
+  assert config.train.cond_dropout == 0.0 and config.diffusion.guidance == 1.0
+  with pytest.raises(ConfigError, match='diffusion.guidance.*cond_dropout'):
+    config_lib.load('configs/quickstart.py:tiny', {'diffusion.guidance': 3.0})
+  with pytest.raises(ConfigError, match='model.distance_norm'):
+    config_lib.load('configs/quickstart.py:tiny', {'model.distance_norm': 'cosine'})
+
+
+def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
+  config = config_lib.load('configs/quickstart.py:tiny')
+  workdir_lib.check_and_write_config(str(tmp_path), config)
+  old = files.read_json(workdir_lib.config_path(str(tmp_path)))
+  for field in ('distance_norm', 's_norm', 'encoder_coords'):
+    del old['model'][field]  # a config.json from before the field was added
+  files.write_json(workdir_lib.config_path(str(tmp_path)), old)
+  defaults = config_lib.base_config()
+  workdir_lib.check_and_write_config(str(tmp_path), config, defaults=defaults)  # defaults: the old behaviour
+  changed = config_lib.load('configs/quickstart.py:tiny', {'model.s_norm': 'layer'})
+  files.write_json(workdir_lib.config_path(str(tmp_path)), old)
+  with pytest.raises(workdir_lib.ConfigConflict, match='model.s_norm'):
+    workdir_lib.check_and_write_config(str(tmp_path), changed, defaults=defaults)
