@@ -2,11 +2,16 @@
 
 The expected state_dict is written out here from torchvision's `Inception3` constructor with
 pytorch-fid's changes (1008 classes, no aux head), independently of the Flax module. The full
-network is compared with a PyTorch forward only when torch is installed (optional extra).
+network is checked on every run against pool features that pytorch-fid's own InceptionV3 computed
+(tests/fixtures/inception_fid_reference.npz, from seeded weights: make_inception_fixture.py beside
+it), and against a PyTorch transcription when torch is installed (optional extra, slow).
 """
 
+import importlib.util
+import json
 import os
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -195,6 +200,50 @@ def test_npz_loading_and_missing_torch(state_dict, tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # as if torch were not installed
   with pytest.raises(ImportError, match=r'pip install patronus_jax\[torch\]'):
     inception.load_inception_variables(str(pth))
+
+
+def _fixture_recipe(fixtures_dir):
+  """tests/fixtures/make_inception_fixture.py, which makes the fixture's weights (numpy only)."""
+  path = os.path.join(fixtures_dir, 'make_inception_fixture.py')
+  spec = importlib.util.spec_from_file_location('make_inception_fixture', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_full_network_matches_pytorch_fid_fixture(fixtures_dir):
+  """Preprocessing + full forward vs pool3 features of pytorch-fid's InceptionV3 (no torch needed).
+
+  The fixture's weights are regenerated here from its seed; both sides compute in float32, and
+  pytorch-fid's float32 features differ from its float64 ones by ~3e-7 of the feature scale.
+  """
+  recipe = _fixture_recipe(fixtures_dir)
+  with np.load(os.path.join(fixtures_dir, 'inception_fid_reference.npz')) as data:
+    fixture = {k: data[k] for k in data.files}
+  assert str(fixture['recipe']) == recipe.RECIPE, 'fixture made by another recipe: rerun its generator'
+  shapes = json.loads(str(fixture['state_dict_shapes']))  # as pytorch-fid's module reports them
+  assert {k: tuple(v) for k, v in shapes.items()} == inception.state_dict_shapes()
+  state_dict = recipe.state_dict_values(shapes, int(fixture['seed']))
+  np.testing.assert_allclose(recipe.weights_checksum(state_dict), fixture['weights_checksum'], rtol=1e-12,
+                             err_msg='the seeded weights are not those the fixture was made with')
+  images, expected = fixture['images'], fixture['pool_features'].astype(np.float64)
+  assert images.dtype == np.uint8 and images.shape[1:3] != (inception.INPUT_SIZE,) * 2  # resizing is tested
+  assert expected.shape == (images.shape[0], inception.POOL_FEATURES)
+  # The features depend on the image (else a broken input pipeline could pass).
+  assert expected.std(axis=0).mean() > 100 * 1e-4 * np.abs(expected).max()
+
+  start = time.perf_counter()
+  ours = inception.inception_features(inception.variables_from_state_dict(state_dict), images)
+  seconds = time.perf_counter() - start
+  assert ours.shape == expected.shape and ours.dtype == np.float32
+  scale = np.abs(expected).max()
+  err = np.abs(ours - expected).max()
+  print(f'pool features vs pytorch-fid: max abs diff {err:.3g}, max |f| {scale:.3g}, '
+        f'relative {err / scale:.3g} ({seconds:.1f}s)')
+  # float32 through 94 conv layers (fan-in up to 4032): ~4e-7 relative here; 1e-4 leaves room for
+  # other BLAS/XLA summation orders, yet a BN epsilon of 1e-5, Mixed_7c average-pooling, padding
+  # counted in TF's average pools or inputs off by one grey level each give 1e-2 to 3e-1.
+  assert err <= 1e-4 * scale, f'max abs diff {err:.3g} = {err / scale:.3g} of max |f| {scale:.3g}'
 
 
 def _torch_bilinear_299(x):
