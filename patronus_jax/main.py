@@ -163,8 +163,11 @@ def mode_work(config, mode: str) -> float:
     it = config.interpret
     return it.ddim_steps * (2.0 * it.num_eval_images + 2.0 * config.model.num_prototypes * it.num_diagnosis_samples)
   if mode == 'evaluate':
-    kinds = len(config.evaluate.samples)
-    return float(config.evaluate.num_samples * kinds * steps)
+    ev = config.evaluate
+    work = ev.num_samples * len(ev.samples) * steps
+    if 'semantics' in ev.metrics:  # k generations per image and about one edit per attribute (shapes: 6)
+      work += ev.semantics_images * (ev.semantics_generations + 4) * steps
+    return float(work)
   return 0.0
 
 

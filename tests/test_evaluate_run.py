@@ -12,6 +12,8 @@ from patronus_jax.tasks.patronus import evaluate_mode as evaluate
 from patronus_jax import main as main_lib
 from patronus_jax.data import shapes as shapes_data
 from patronus_jax.tasks.patronus import evaluate_mode as run_lib
+from patronus_jax.evaluate import semantics
+from patronus_jax.tasks.patronus import loading
 from patronus_jax.tasks.patronus import training as training_lib
 
 
@@ -32,7 +34,9 @@ def _config(data_dir):
   ev = config.evaluate
   ev.num_samples = 12
   ev.batch_size = 8
-  ev.metrics = ('fid', 'probe', 'tad', 'dci')
+  ev.metrics = ('fid', 'probe', 'tad', 'dci', 'semantics')
+  ev.semantics_images = 8
+  ev.semantics_generations = 2
   ev.probe_folds = 3
   ev.tad_folds = 3
   ev.dci_num_estimators = 5
@@ -108,6 +112,31 @@ def test_metrics_json(evaluated):
   assert os.path.exists(os.path.join(workdir, 'evaluate', 'conditional.png'))
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   assert os.path.exists(os.path.join(workdir, 'status', 'evaluate.json'))
+
+
+def test_semantics_scorecard(evaluated):
+  config, workdir, metrics = evaluated
+  names = set(shapes_data.FACTOR_NAMES)
+  sem = metrics['semantics']
+  for key in ('probe_auroc', 'best_prototype_auroc', 'controlling_prototype', 'keep_rate', 'keep_rate_chance',
+              'edit_success', 'edit_changed_attribute'):
+    assert set(sem[key]) == names, key
+  assert sem['probe_auroc'] == metrics['probe']['auroc']
+  assert sem['num_images'] == 8 and sem['generations_per_image'] == 2
+  assert sem['edited_prototypes'] == sorted(set(sem['controlling_prototype'].values()))
+  for n in names:
+    assert 0.0 <= sem['edit_success'][n] <= sem['edit_changed_attribute'][n] <= 1.0
+    assert 0.0 <= sem['keep_rate'][n] <= 1.0 and 0.0 <= sem['keep_rate_chance'][n] <= 1.0
+    assert sem['keep_rate_above_chance'][n] == pytest.approx(sem['keep_rate'][n] - sem['keep_rate_chance'][n])
+  # the s-only scores, recomputed from the checkpoint and the probe split's labels
+  model, variables, _ = loading.load_stage1_variables(config, workdir)
+  rep = training_lib.compute_activations(config, model, variables, config.evaluate.probe_split, batch_size=16,
+                                         max_examples=metrics['probe']['num_examples'])
+  expected = semantics.representation_scores(rep['s'], rep['attributes'], shapes_data.FACTOR_NAMES)
+  assert sem['alive_prototypes'] == expected['alive_prototypes'] and sem['num_prototypes'] == 8
+  assert sem['duplicate_pairs'] == expected['duplicate_pairs']
+  for n in names:
+    assert sem['best_prototype_auroc'][n] == pytest.approx(expected['best_prototype_auroc'][n], abs=1e-6)
 
 
 def test_second_call_skips(evaluated, monkeypatch):

@@ -12,7 +12,7 @@ import ml_collections
 from patronus_jax.core.config import section_checker
 
 # Metric names `evaluate.metrics` may list.
-METRICS = ('fid', 'fd_classifier', 'probe', 'tad', 'dci')
+METRICS = ('fid', 'fd_classifier', 'probe', 'tad', 'dci', 'semantics')
 SAMPLE_KINDS = ('conditional', 'unconditional')
 
 
@@ -21,7 +21,8 @@ def evaluate_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       # What to compute. 'fid' needs `inception_weights`; without them the evaluate mode
       # reports that FID was not computed and computes 'fd_classifier' instead.
-      metrics=('fid', 'probe', 'tad', 'dci'),
+      # 'semantics': the scorecard of evaluate/semantics.py (datasets with attribute labels).
+      metrics=('fid', 'probe', 'tad', 'dci', 'semantics'),
       samples=SAMPLE_KINDS,  # which generated sets FID is computed on
       num_samples=10_000,  # generated images per sample kind for FID
       batch_size=100,  # images per sampling / feature-extraction call
@@ -48,6 +49,10 @@ def evaluate_config() -> ml_collections.ConfigDict:
       dci_num_estimators=100,  # sklearn GradientBoosting defaults
       dci_max_depth=3,
       dci_learning_rate=0.1,
+      # The semantics scorecard: held-out images of `data.eval_split` whose s is regenerated
+      # `semantics_generations` times with new noise, plus one edit per controlling prototype.
+      semantics_images=256,
+      semantics_generations=2,
       # Attribute classifier (fd_classifier, shortcut diagnosis, prompt adherence).
       classifier_dir='',  # '': <workdir>/classifier
       classifier_widths=(32, 64, 128),  # channels per stage; each stage halves the resolution
@@ -74,6 +79,8 @@ def validate_evaluate_config(evaluate) -> None:
   for field in ('num_samples', 'batch_size', 'probe_max_iter', 'dci_num_estimators', 'dci_max_depth',
                 'classifier_feature_dim', 'classifier_batch_size'):
     require(evaluate[field] > 0, field, 'must be positive')
+  require(evaluate.semantics_images >= 2, 'semantics_images', 'must be >= 2 (keep rates pair images)')
+  require(evaluate.semantics_generations >= 1, 'semantics_generations', 'must be >= 1')
   require(evaluate.num_samples >= 2, 'num_samples', 'must be >= 2 (a covariance needs two samples)')
   for field in ('fid_num_real', 'probe_max_examples', 'tad_max_examples', 'dci_max_examples',
                 'classifier_max_examples'):

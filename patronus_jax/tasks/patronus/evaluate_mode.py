@@ -13,6 +13,9 @@
      samples are from those of real images.
   4. Representation metrics on s of `evaluate.probe_split`: attribute probes (AUROC, 5-fold CV
      on standardised s), TAD and DCI with the dataset's attributes.
+  5. The semantics scorecard (evaluate/semantics.py): single-prototype AUROCs, alive and
+     duplicate prototypes on s of `probe_split`; keep rates against chance and edit success from
+     `semantics_images` eval images regenerated from their s, read by the attribute classifier.
 
 metrics.json holds every number, the feature networks, sample counts, timings and the config
 fields used; `status/evaluate.json` records the checkpoints and evaluate config it came from,
@@ -43,6 +46,7 @@ from patronus_jax.evaluate import disentanglement
 from patronus_jax.evaluate import fid as fid_lib
 from patronus_jax.evaluate import inception
 from patronus_jax.evaluate import probes
+from patronus_jax.evaluate import semantics
 from patronus_jax.evaluate import workdir_classifier
 from patronus_jax.tasks.patronus import loading
 from patronus_jax.tasks.patronus import sample as sample_lib
@@ -53,7 +57,7 @@ OUTPUT_DIR = 'evaluate'  # sample grids
 GENERATE_BLOCK = 2048  # generated images per block (rounded to a multiple of evaluate.batch_size)
 # How categorical attributes enter TAD, which is defined for binary attributes only.
 TAD_BINARISATION = 'one-vs-rest indicator per value of each attribute with more than 2 values'
-REPRESENTATION_METRICS = ('probe', 'tad', 'dci')
+REPRESENTATION_METRICS = ('probe', 'tad', 'dci', 'semantics')
 
 
 class MissingCheckpointError(CheckpointError):
@@ -132,7 +136,7 @@ def _plan(config, has_attributes: bool) -> dict[str, Any]:
     skipped['fd_classifier'] = 'the dataset has no attribute labels to train the attribute classifier on'
     fd_classifier = False
   representation = {}
-  for name in ('probe', 'tad', 'dci'):
+  for name in REPRESENTATION_METRICS:
     if name in wanted:
       if has_attributes:
         representation[name] = True
@@ -140,7 +144,8 @@ def _plan(config, has_attributes: bool) -> dict[str, Any]:
         skipped[name] = 'the dataset has no attribute labels'
   samples = tuple(ev.samples) if (fid or fd_classifier) else ()
   return dict(fid=fid, fd_classifier=fd_classifier, samples=samples,
-              classifier=fd_classifier, skipped=skipped, **{k: True for k in representation})
+              classifier=fd_classifier or bool(representation.get('semantics')), skipped=skipped,
+              **{k: True for k in representation})
 
 
 def _config_fields(config) -> dict[str, Any]:
@@ -150,7 +155,7 @@ def _config_fields(config) -> dict[str, Any]:
   return dict(
       evaluate=json.loads(config.evaluate.to_json_best_effort()),
       data=workdir_classifier.trained_for(config)['data'],
-      image_sampler=dict(sampler=d.sampler, sample_steps=d.sample_steps, eta=d.eta,
+      image_sampler=dict(sampler=d.sampler, sample_steps=d.sample_steps, eta=d.eta, guidance=d.guidance,
                          schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction),
       latent_sampler=dict(sample_steps=lt.sample_steps, eta=lt.eta, schedule=lt.schedule,
                           timesteps=lt.timesteps),
@@ -207,7 +212,10 @@ def _feature_networks(config, workdir: str, plan: dict, timings: dict) -> _Netwo
   ev = config.evaluate
   fns, descriptions, classifier = {}, {}, None
   if plan['classifier']:
-    classifier, descriptions['fd_classifier'] = _classifier_network(config, workdir, timings)
+    classifier, description = _classifier_network(config, workdir, timings)
+    descriptions['attribute_classifier'] = description
+  if plan['fd_classifier']:
+    descriptions['fd_classifier'] = description
     fns['fd_classifier'] = lambda x: clf_lib.features(classifier, _quantized(x, ev), ev.batch_size)
   if plan['fid']:
     with timing.timed(timings, 'load_inception'):
@@ -281,14 +289,20 @@ def _num_eval_images(config, plan: dict) -> int:
   return config.evaluate.num_samples if plan['samples'] else 0
 
 
+def _num_labelled_eval_images(config, plan: dict) -> int:
+  """Real eval images whose classifier labels are needed (samples and the semantics scorecard)."""
+  return max(_num_eval_images(config, plan), config.evaluate.semantics_images if plan.get('semantics') else 0)
+
+
 def _encode_real(config, info, plan: dict, encode, nets: _Networks) -> dict[str, dict]:
   """{split: pass} with s and attributes for the representation metrics (`probe_split`) and the
   samples (`eval_split`, also with features and the classifier's labels); one pass when they agree."""
   ev, eval_split = config.evaluate, config.data.eval_split
   representation = [m for m in REPRESENTATION_METRICS if plan.get(m)]
-  caps = {'probe': ev.probe_max_examples, 'tad': ev.tad_max_examples, 'dci': ev.dci_max_examples}
+  caps = {'probe': ev.probe_max_examples, 'tad': ev.tad_max_examples, 'dci': ev.dci_max_examples,
+          'semantics': ev.probe_max_examples}
   repr_num = None if any(caps[m] == -1 for m in representation) else max([caps[m] for m in representation] or [0])
-  want_eval = _num_eval_images(config, plan)
+  want_eval = _num_labelled_eval_images(config, plan)
   eval_networks = dict(nets.fns)
   if nets.classifier is not None:  # the classifier's reading of the real eval images: its own reference
     eval_networks['predicted_attributes'] = lambda x: _predicted_labels(
@@ -523,6 +537,31 @@ def _representation_metrics(config, plan: dict, rep: dict, names, values, timing
   return out
 
 
+def _semantics_section(config, models: _Models, nets: _Networks, rep: dict, ref: dict, names,
+                       probe: Optional[dict], timings: dict) -> dict[str, Any]:
+  """metrics.json['semantics'] (evaluate/semantics.py): s-only scores on `probe_split`, keep and edit
+  rates from the first `semantics_images` eval images regenerated from their s."""
+  ev = config.evaluate
+  with timing.timed(timings, 'semantics_representation'):
+    out = semantics.representation_scores(rep['s'], rep['attributes'], names)
+  if probe is not None:
+    out['probe_auroc'] = dict(probe['auroc'])
+  n = min(ev.semantics_images, len(ref.get('predicted_attributes', ())))
+  if n < 2:
+    out['generation_not_computed'] = f'{n} labelled eval images (needs >= 2)'
+    return out
+  key = jax.random.PRNGKey(config.seed + 5)
+  generate = lambda s, g: _generate(config, models.model, models.variables, s, jax.random.fold_in(key, g),
+                                    f'evaluate: semantics images (noise {g})')
+  classify = lambda images: _predicted_labels(nets.classifier, images, ev.batch_size)
+  with timing.timed(timings, 'semantics_generation'):
+    out.update(semantics.generation_scores(
+        ref['s'][:n], ref['predicted_attributes'][:n], rep['s'], out['controlling_prototype'], names, generate,
+        classify, ev.semantics_generations, config.seed))
+  out['split'] = dict(representation=ev.probe_split, generation=config.data.eval_split)
+  return out
+
+
 def _write_tensorboard(workdir: str, step: int, metrics: dict) -> None:
   sections = ('fid', 'fd_classifier', 'samples', 'probe', 'tad', 'dci')
   scalars = {f'evaluate/{k}': v for k, v in _scalars({s: metrics[s] for s in sections if s in metrics}).items()
@@ -590,6 +629,10 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
   metrics['sample_counts'] = counts
   if any(plan.get(m) for m in REPRESENTATION_METRICS):
     metrics.update(_representation_metrics(config, plan, passes[ev.probe_split], names, values, timings))
+  if plan.get('semantics'):
+    metrics['semantics'] = _semantics_section(config, models, nets, passes[ev.probe_split],
+                                              passes[config.data.eval_split], names, metrics.get('probe'),
+                                              timings)
   timings['total'] = watch.seconds()
   metrics.update(notes=notes, timings_seconds={k: round(v, 2) for k, v in timings.items()}, config=fields,
                  device=dict(platform=jax.default_backend(), devices=jax.device_count(),

@@ -1,0 +1,138 @@
+"""The semantics scorecard: does s carry the image's content, and does the generator use it?
+
+Patronus promises that a user sees what each prototype depicts and that an image made from a
+held-out image's s keeps that image's content. Each number below tests one part of that promise
+(all in [0, 1]; higher is better unless said otherwise):
+
+  probe_auroc[a]            a linear probe reads attribute a from all of s (the `probe` section;
+                            repeated here). 0.5 = chance.
+  best_prototype_auroc[a]   the single best prototype s_j read as a score for a (per class v of a:
+                            max_j max(AUC, 1 - AUC) of s_j for a == v against the rest, as TAD
+                            computes it; mean over the classes). 0.5 = chance; high means one
+                            prototype stands for a.
+  keep_rate[a]              the attribute classifier's label of a agrees between a held-out image
+                            and an image generated from its s with new noise (k generations per
+                            image, pooled). Compare with
+  keep_rate_chance[a]       the same agreement between an image and a generation from another
+                            image's s: what a generator that ignores s scores.
+  edit_success[a]           the prototype that reads a best (`controlling_prototype[a]`) is moved to
+                            the other end of its range (its 1% / 99% quantile over the held-out s)
+                            with the noise held fixed; success when the classifier's label of a
+                            changes and every other attribute's label stays.
+  alive_prototypes          prototypes whose std over held-out images is >= 10% of the largest std
+                            (of `num_prototypes`); dead prototypes carry nothing.
+  duplicate_pairs           prototype pairs with |corr| > 0.95 over held-out images (0 is good):
+                            copies of one another.
+
+The probes and single-prototype AUROCs read s only; keep and edit rates also need the generator
+and the attribute classifier, so they measure both ends: what s holds and whether the U-Net uses it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from patronus_jax.evaluate.probes import auroc_matrix, encode_labels
+
+ALIVE_FRACTION = 0.1  # a prototype is alive when its std is at least this fraction of the largest
+DUPLICATE_CORRELATION = 0.95
+EDIT_QUANTILES = (0.01, 0.99)
+
+
+def prototype_aurocs(s: np.ndarray, attributes: np.ndarray) -> list[np.ndarray]:
+  """Per attribute, the (classes, prototypes) matrix of max(AUC, 1 - AUC): one row for a binary
+  attribute (its larger value against the other), one per value (one-vs-rest) otherwise."""
+  labels, cards = encode_labels(attributes)
+  out = []
+  for a, card in enumerate(cards):
+    classes = [1] if card == 2 else list(range(card))
+    auc = auroc_matrix(s, np.stack([labels[:, a] == v for v in classes], 1))
+    auc = np.maximum(auc, 1.0 - auc)
+    out.append(np.where(np.isfinite(auc), auc, 0.5))  # a constant attribute or prototype: chance
+  return out
+
+
+def representation_scores(s: np.ndarray, attributes: np.ndarray, names: Sequence[str]) -> dict:
+  """The s-only part: best_prototype_auroc, controlling_prototype, alive_prototypes, duplicate_pairs."""
+  s = np.asarray(s, np.float64)
+  aurocs = prototype_aurocs(s, attributes)
+  best = {n: float(np.mean(m.max(axis=1))) for n, m in zip(names, aurocs)}
+  # the prototype with the strongest single reading of any class of the attribute
+  controlling = {n: int(np.argmax(m.max(axis=0))) for n, m in zip(names, aurocs)}
+  std = s.std(axis=0)
+  alive = int(np.sum(std >= ALIVE_FRACTION * std.max())) if std.max() > 0 else 0
+  live = std > 0
+  duplicates = 0
+  if live.sum() > 1:
+    corr = np.corrcoef(s[:, live].T)
+    upper = np.triu_indices(corr.shape[0], 1)
+    duplicates = int(np.sum(np.abs(corr[upper]) > DUPLICATE_CORRELATION))
+  # constant prototypes are copies of each other too
+  dead = int((~live).sum())
+  duplicates += dead * (dead - 1) // 2
+  return dict(best_prototype_auroc=best, controlling_prototype=controlling,
+              alive_prototypes=alive, num_prototypes=int(s.shape[1]), duplicate_pairs=duplicates)
+
+
+def keep_rates(real_labels: np.ndarray, generated_labels: np.ndarray, names: Sequence[str],
+               seed: int = 0) -> tuple[dict, dict]:
+  """(keep_rate, keep_rate_chance) per attribute.
+
+  real_labels: (N, A) classifier labels of the held-out images; generated_labels: (k, N, A) of the
+  k images generated from each one's s. Chance pairs image i with generation j of a random
+  other image (a derangement per generation round).
+  """
+  k, n, _ = generated_labels.shape
+  if n < 2:
+    raise ValueError(f'keep rates need at least 2 held-out images, got {n}')
+  rng = np.random.default_rng(seed)
+  same = generated_labels == real_labels[None]
+  shifted = []
+  for g in range(k):
+    perm = rng.permutation(n)
+    partner = np.roll(perm, 1)[np.argsort(perm)]  # partner[i] != i: a cycle through a random order
+    shifted.append(generated_labels[g, partner] == real_labels)
+  chance = np.stack(shifted)
+  keep = {name: float(same[..., a].mean()) for a, name in enumerate(names)}
+  keep_chance = {name: float(chance[..., a].mean()) for a, name in enumerate(names)}
+  return keep, keep_chance
+
+
+def edited_activations(s: np.ndarray, prototype: int, reference: np.ndarray) -> np.ndarray:
+  """s with prototype j moved to the far end of its range in `reference` (held-out s):
+  raised to the 99% quantile where it is below the median, else lowered to the 1% quantile."""
+  low, high = np.quantile(reference[:, prototype], EDIT_QUANTILES)
+  median = np.median(reference[:, prototype])
+  out = np.array(s, copy=True)
+  column = out[:, prototype]
+  out[:, prototype] = np.where(column < median, high, low)
+  return out
+
+
+def edit_success(base_labels: np.ndarray, edited_labels: np.ndarray, attribute: int) -> tuple[float, float]:
+  """(success, changed): the attribute's label changed and all others stayed; the attribute changed."""
+  changed = edited_labels[:, attribute] != base_labels[:, attribute]
+  others = np.delete(np.arange(base_labels.shape[1]), attribute)
+  kept = np.all(edited_labels[:, others] == base_labels[:, others], axis=1)
+  return float(np.mean(changed & kept)), float(np.mean(changed))
+
+
+def generation_scores(s: np.ndarray, real_labels: np.ndarray, reference_s: np.ndarray, controlling: dict,
+                      names: Sequence[str], generate: Callable[[np.ndarray, int], np.ndarray],
+                      classify: Callable[[np.ndarray], np.ndarray], generations: int, seed: int) -> dict:
+  """keep_rate(_chance) and edit_success from `generate(s, noise_index) -> images` and
+  `classify(images) -> (N, A) labels`. Generation 0's noise is reused for every edit, so an edit
+  differs from its base image only in s. Prototypes that control several attributes are edited once."""
+  generated = np.stack([classify(generate(s, g)) for g in range(generations)])
+  keep, chance = keep_rates(real_labels, generated, names, seed)
+  success, changed, edited = {}, {}, {}
+  for a, name in enumerate(names):
+    j = controlling[name]
+    if j not in edited:
+      edited[j] = classify(generate(edited_activations(s, j, reference_s), 0))
+    success[name], changed[name] = edit_success(generated[0], edited[j], a)
+  return dict(keep_rate=keep, keep_rate_chance=chance, keep_rate_above_chance={
+      n: keep[n] - chance[n] for n in names}, edit_success=success, edit_changed_attribute=changed,
+      num_images=int(s.shape[0]), generations_per_image=int(generations), edited_prototypes=sorted(edited))
