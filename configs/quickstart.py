@@ -7,7 +7,8 @@ figures and metrics into the workdir (19-24 minutes on 2 CPU cores, install incl
 and 2 and sampling take 13-15 of them, see README). Same architecture family as the
 paper's model, scaled down and trained briefly; statistics (emergence, diagnosis, metrics) are
 computed on small sample counts and are a demonstration, not results (configs/shapes.py is the
-full-length shapes run). Variant ':tiny' is the test-sized smoke run.
+full-length shapes run). Variant ':tiny' is the test-sized smoke run; ':paper' keeps the paper's
+prototype geometry (without shapes.py's informative_s switches), for comparison.
 
 Two departures from the paper's DDPM settings buy sample quality in a short CPU run; both come
 from configs/shapes.py (config fields; the paper's configs keep 'eps' and 'linear'):
@@ -49,6 +50,9 @@ def get_config(arg=None):
   t.sample_every = 0
   config.diffusion.sample_steps = 25
   config.diffusion.min_snr_gamma = 5.0
+  if config.model.s_norm == 'layer':  # with the informative_s switches (not ':paper')
+    # keep weight 1 on the noisiest steps, where only s tells the denoiser what to draw
+    config.diffusion.min_snr_floor = 1.0
   lt = config.latent
   lt.num_steps = 400
   lt.log_every = 100

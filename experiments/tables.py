@@ -43,15 +43,27 @@ COLUMNS = (
     ('fd_classifier_conditional', 'fd_clf cond'),
     ('fd_classifier_unconditional', 'fd_clf uncond'),
     ('fd_classifier_real', 'fd_clf real'),
-    ('auroc', 'AUROC'),
-    ('auroc_all', 'AUROC (all attrs)'),
+    # mean over the binary attributes only (the paper's number; CelebA's 40 are all binary);
+    # on a dataset with few binary attributes read the next column
+    ('auroc', 'probe AUROC (binary attrs)'),
+    ('auroc_all', 'probe AUROC (all attrs)'),
     ('tad', 'TAD'),
     ('tad_captured', 'attrs captured'),
     ('dci_d', 'DCI D'),
     ('dci_c', 'DCI C'),
     ('dci_i', 'DCI I'),
+    # the semantics scorecard (evaluate/semantics.py), means over the attributes
+    ('keep_rate', 'keep'),
+    ('keep_rate_chance', 'keep at chance'),
+    ('edit_success', 'edit success'),
+    ('alive_prototypes', 'alive protos'),
+    ('duplicate_pairs', 'duplicate pairs'),
     ('num_samples', 'samples'),
 )
+
+
+def _mean(d) -> float | None:
+  return float(sum(d.values()) / len(d)) if isinstance(d, dict) and d else None
 
 
 def _get(d, *path):
@@ -77,6 +89,11 @@ def row_from_metrics(run: str, metrics: dict) -> dict:
       tad=_get(metrics, 'tad', 'tad'), tad_captured=_get(metrics, 'tad', 'num_captured'),
       dci_d=_get(metrics, 'dci', 'disentanglement'), dci_c=_get(metrics, 'dci', 'completeness'),
       dci_i=_get(metrics, 'dci', 'informativeness'),
+      keep_rate=_mean(_get(metrics, 'semantics', 'keep_rate')),
+      keep_rate_chance=_mean(_get(metrics, 'semantics', 'keep_rate_chance')),
+      edit_success=_mean(_get(metrics, 'semantics', 'edit_success')),
+      alive_prototypes=_get(metrics, 'semantics', 'alive_prototypes'),
+      duplicate_pairs=_get(metrics, 'semantics', 'duplicate_pairs'),
       num_samples='/'.join(str(counts[k]) for k in ('conditional', 'unconditional') if k in counts) or None,
   )
 

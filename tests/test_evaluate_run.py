@@ -226,6 +226,9 @@ def test_tables_script(evaluated, capsys):
   assert rows[0]['run'] == 'tiny' and rows[0]['tad'] == metrics['tad']['tad']
   assert rows[0]['fid_unconditional'] is None
   assert rows[0]['fd_classifier_unconditional'] == metrics['fd_classifier']['unconditional']
+  keep = metrics['semantics']['keep_rate']
+  assert rows[0]['keep_rate'] == pytest.approx(sum(keep.values()) / len(keep))
+  assert rows[0]['duplicate_pairs'] == metrics['semantics']['duplicate_pairs']
   assert tables.main([str(workdir) + '_missing']) == 1
 
 

@@ -136,3 +136,20 @@ def generation_scores(s: np.ndarray, real_labels: np.ndarray, reference_s: np.nd
   return dict(keep_rate=keep, keep_rate_chance=chance, keep_rate_above_chance={
       n: keep[n] - chance[n] for n in names}, edit_success=success, edit_changed_attribute=changed,
       num_images=int(s.shape[0]), generations_per_image=int(generations), edited_prototypes=sorted(edited))
+
+
+def s_consistency(s_wanted: np.ndarray, s_got: np.ndarray) -> dict[str, float]:
+  """How faithfully generated images carry their conditioning s (s re-encoded from them).
+
+  pearson_pooled correlates all entries at once, so it is dominated by the differences between
+  prototypes' typical values and stays near 1 even when nothing image-specific survives;
+  pearson_per_prototype_mean correlates each prototype across images (what varies between
+  images) and is the one to read.
+  """
+  pooled = float(np.corrcoef(s_wanted.ravel(), s_got.ravel())[0, 1])
+  per_dim = []
+  for j in range(s_wanted.shape[1]):
+    if s_wanted[:, j].std() > 0 and s_got[:, j].std() > 0:
+      per_dim.append(float(np.corrcoef(s_wanted[:, j], s_got[:, j])[0, 1]))
+  return dict(pearson_pooled=pooled, pearson_per_prototype_mean=float(np.mean(per_dim)) if per_dim else float('nan'),
+              mean_abs_error=float(np.mean(np.abs(s_wanted - s_got))))

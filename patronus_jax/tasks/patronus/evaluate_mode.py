@@ -408,7 +408,7 @@ def _kind_metrics(config, kind: str, images: np.ndarray, s_wanted: np.ndarray, i
     kind_metrics.update(_attribute_metrics(probs, index, real['attributes'], real['predicted_attributes'],
                                            names, values))
   s_got = _in_blocks(lambda x: encode(_to_unit_range(x)), images, block, f'evaluate: s of {kind} samples')
-  kind_metrics['s_consistency'] = _s_consistency(s_wanted, s_got)
+  kind_metrics['s_consistency'] = semantics.s_consistency(s_wanted, s_got)
   return kind_metrics, distances
 
 
@@ -476,17 +476,6 @@ def _binarised_attributes(attributes: np.ndarray, names, values) -> tuple[np.nda
 
 def _attribute_frequencies(probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return {name: np.bincount(np.argmax(p, -1), minlength=p.shape[-1]) / p.shape[0] for name, p in probs.items()}
-
-
-def _s_consistency(s_wanted: np.ndarray, s_got: np.ndarray) -> dict[str, float]:
-  """How faithfully generated images carry their conditioning s (s re-encoded from them)."""
-  pooled = float(np.corrcoef(s_wanted.ravel(), s_got.ravel())[0, 1])
-  per_dim = []
-  for j in range(s_wanted.shape[1]):
-    if s_wanted[:, j].std() > 0 and s_got[:, j].std() > 0:
-      per_dim.append(float(np.corrcoef(s_wanted[:, j], s_got[:, j])[0, 1]))
-  return dict(pearson_pooled=pooled, pearson_per_prototype_mean=float(np.mean(per_dim)) if per_dim else float('nan'),
-              mean_abs_error=float(np.mean(np.abs(s_wanted - s_got))))
 
 
 def _scalars(tree: Any, prefix: str = '') -> dict[str, float]:

@@ -24,6 +24,7 @@ from patronus_jax.core import files
 from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.diffusion import SamplerSpec
+from patronus_jax.evaluate import semantics
 from patronus_jax.tasks.patronus.loading import load_latent, load_stage1_variables
 
 
@@ -165,8 +166,11 @@ def sample_mode(config, workdir: str, mesh=None) -> dict:
   if jax.process_index() == 0:
     _write_samples(config, out_dir, dict(unconditional=uncond, s_unconditional=s_uncond, real=real,
                                          reconstruction=recon, s_real=s_real, s_reconstruction=s_recon))
-    faithfulness = float(np.corrcoef(s_real.ravel(), s_recon.ravel())[0, 1])
-    summary = dict(status, seconds=elapsed, s_faithfulness=faithfulness)
+    consistency = semantics.s_consistency(s_real, s_recon)
+    # s_faithfulness (pooled r) stays near 1 when only the prototypes' typical values survive;
+    # s_faithfulness_per_prototype (each prototype across images) says whether the image's own s does
+    summary = dict(status, seconds=elapsed, s_faithfulness=consistency['pearson_pooled'],
+                   s_faithfulness_per_prototype=consistency['pearson_per_prototype_mean'])
     files.write_json(os.path.join(out_dir, 'summary.json'), summary)
     workdir_lib.record_done(workdir, 'sample', status)
     status = summary
