@@ -193,6 +193,18 @@ def test_images_not_in_the_labels_csv_are_counted(good_folder, tmp_path, caplog)
              for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
+def test_a_relative_labels_csv_is_the_data_folders_not_the_working_directorys(good_folder, tmp_path, monkeypatch):
+  (good_folder / 'labels.csv').write_text('path,label\nsub0/000.png,a\nsub1/001.png,b\nsub0/002.png,a\n'
+                                          'sub1/003.png,b\n')
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  (elsewhere / 'labels.csv').write_text('path,label\nsub0/000.png,x\nsub1/001.png,y\nsub0/002.png,z\n')
+  monkeypatch.chdir(elsewhere)  # another dataset's labels.csv in the current directory
+  info = data.get_info(_cfg(good_folder, labels_csv='labels.csv', eval_fraction=0.25))
+  assert sum(info.num_examples.values()) == 4
+  assert info.attribute_values == (('a', 'b'),)
+
+
 def _png_with_undecodable_pixels(path, size=16):
   """A PNG whose header and chunk checksums are valid but whose pixel data is not zlib data."""
   import struct  # pylint: disable=g-import-not-at-top

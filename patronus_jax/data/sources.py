@@ -427,9 +427,11 @@ def _value_index(value: str, names: tuple[str, ...]) -> int:
 
 
 def _resolve_csv(path: str, root: str) -> str:
-  if os.path.isabs(path) or os.path.exists(path):
-    return path
-  return os.path.join(root, path)
+  """A relative CSV path names a file in the data folder first: a same-named file in the
+  current directory (another dataset's train.csv) would label these images with its rows."""
+  if os.path.isabs(path) or os.path.exists(os.path.join(root, path)):
+    return os.path.join(root, path)
+  return path
 
 
 def _read_csv(path: str, field: str) -> tuple[list[str], list[dict[str, str]]]:
