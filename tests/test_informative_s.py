@@ -53,7 +53,7 @@ def test_coordinates_make_patches_of_a_constant_image_differ():
 
 
 def _model(**overrides):
-  config = config_lib.load('configs/quickstart.py:tiny', overrides)
+  config = config_lib.load('configs/quickstart.py:paper,tiny', overrides)
   model = patronus_from_config(config, dtype='float32')
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 32, 32, 3))
   t = jnp.array([10, 500])
@@ -94,7 +94,7 @@ def test_a_zero_condition_mask_ignores_s_and_guidance_is_the_cfg_combination():
 
 def test_condition_dropout_changes_only_the_training_loss():
   config, _, _, x, _ = _model(**{'train.cond_dropout': 0.5})
-  task, plain_task = PatronusTask(config), PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
+  task, plain_task = PatronusTask(config), PatronusTask(config_lib.load('configs/quickstart.py:paper,tiny'))
   x = jnp.concatenate([x] * 4)
   variables = plain_task.init_variables(jax.random.PRNGKey(0), {'image': x})
   params = variables['params']
@@ -111,14 +111,16 @@ def test_defaults_are_the_paper_and_guidance_needs_dropout():
   config = config_lib.load('configs/celeba.py')
   assert (config.model.distance_norm, config.model.s_norm, config.model.encoder_coords) == ('none', 'none', False)
   assert config.train.cond_dropout == 0.0 and config.diffusion.guidance == 1.0
+  shapes = config_lib.load('configs/shapes.py')
+  assert (shapes.model.distance_norm, shapes.model.s_norm, shapes.train.cond_dropout) == ('unit', 'layer', 0.1)
   with pytest.raises(ConfigError, match='diffusion.guidance.*cond_dropout'):
-    config_lib.load('configs/quickstart.py:tiny', {'diffusion.guidance': 3.0})
+    config_lib.load('configs/quickstart.py:paper,tiny', {'diffusion.guidance': 3.0})
   with pytest.raises(ConfigError, match='model.distance_norm'):
     config_lib.load('configs/quickstart.py:tiny', {'model.distance_norm': 'cosine'})
 
 
 def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
-  config = config_lib.load('configs/quickstart.py:tiny')
+  config = config_lib.load('configs/quickstart.py:paper,tiny')
   workdir_lib.check_and_write_config(str(tmp_path), config)
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
   for field in ('distance_norm', 's_norm', 'encoder_coords'):
@@ -126,7 +128,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
   defaults = config_lib.base_config()
   workdir_lib.check_and_write_config(str(tmp_path), config, defaults=defaults)  # defaults: the old behaviour
-  changed = config_lib.load('configs/quickstart.py:tiny', {'model.s_norm': 'layer'})
+  changed = config_lib.load('configs/quickstart.py:paper,tiny', {'model.s_norm': 'layer'})
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
   with pytest.raises(workdir_lib.ConfigConflict, match='model.s_norm'):
     workdir_lib.check_and_write_config(str(tmp_path), changed, defaults=defaults)

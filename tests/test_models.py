@@ -156,7 +156,7 @@ def test_prototype_layer_is_exact_under_jit():
   # trained encoder: the encoder kernels scaled up.
   from patronus_jax import config as config_lib
   from patronus_jax.models import unet as unet_lib
-  config = config_lib.load('configs/quickstart.py')  # (':tiny' is too small to trigger it)
+  config = config_lib.load('configs/quickstart.py:paper')  # raw distances (':tiny' is too small to trigger it)
   model = unet_lib.patronus_from_config(config)
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32))
   t = jnp.full((16,), 500, jnp.int32)
