@@ -263,7 +263,7 @@ def restore_or_init(task: Task, tx: optax.GradientTransformation, checkpointer: 
   if restored is not None:
     step, state, data_state, _ = restored
     if process_data_state and data_state:
-      data_iter.set_state(data_state.get(str(jax.process_index()), data_state))
+      data_iter.set_state(own_data_state(data_state, jax.process_index()))
     logging.info('%s: resumed from step %d of %s.', task.name, step, checkpointer.directory)
     return state, shardings
   logging.info('%s: no checkpoint in %s yet; initialising the parameters.', task.name, checkpointer.directory)
@@ -367,6 +367,19 @@ def train_steps(task: Task, settings: LoopSettings, state: TrainState, step_fn: 
     if step % settings.checkpoint_every == 0 or step == settings.num_steps:
       save(step)
   return state
+
+
+def own_data_state(data_state: dict, process_index: int) -> dict:
+  """This process's iterator position from a checkpoint's data item.
+
+  Orbax writes the JSON item from process 0 only, so a multi-process checkpoint holds just
+  {'0': position}; every process reads the same number of records per step, so process 0's
+  position is every process's (its own share follows from the process index)."""
+  if str(process_index) in data_state:
+    return data_state[str(process_index)]
+  if '0' in data_state:
+    return data_state['0']
+  return data_state  # a single-process checkpoint: the position itself
 
 
 def _data_state(data_iter):
