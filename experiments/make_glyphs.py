@@ -41,6 +41,8 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from patronus_jax import experiment
+
 FONT_ROOTS = ('/usr/share/fonts/truetype/dejavu', '/usr/share/fonts')
 FONT_FILES = {  # (font_style, weight) -> DejaVu file
     ('sans', 'regular'): 'DejaVuSans.ttf', ('sans', 'bold'): 'DejaVuSans-Bold.ttf',
@@ -192,14 +194,9 @@ def main(argv=None) -> int:
   """argv: the arguments after the program name (default: the command line). Returns the exit status."""
   args = define_flags()
   usage = f'usage: {os.path.basename(sys.argv[0])} [flags] OUT_DIR\n{__doc__.splitlines()[0]}'
-  try:
-    positional = args([sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))[1:]
-  except flags.Error as e:
-    print(f'{usage}\nerror: {e}', file=sys.stderr)
-    return 2
-  if args.help:
-    print(f'{usage}\n\n{args.get_help()}')
-    return 0
+  positional, status = experiment.parse_positional(args, argv, usage)
+  if status is not None:
+    return status
   if len(positional) != 1:
     print(f'{usage}\nerror: give exactly one OUT_DIR, got {positional}', file=sys.stderr)
     return 2

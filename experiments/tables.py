@@ -24,6 +24,7 @@ import sys
 from absl import flags
 
 from patronus_jax import config as config_lib
+from patronus_jax import experiment
 from patronus_jax import main as main_lib
 
 # Patronus (ICLR 2026), as /work/shared/DESIGN.md lists them: FID of generated samples, probe
@@ -168,14 +169,9 @@ def main(argv=None) -> int:
   args = define_flags()
   summary = __doc__.split('\n')[0]
   usage = f'usage: {os.path.basename(sys.argv[0])} [flags] WORKDIR|NAME=WORKDIR ...\n{summary}'
-  try:
-    workdirs = args([sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))[1:]
-  except flags.Error as e:
-    print(f'{usage}\nerror: {e}', file=sys.stderr)
-    return 2
-  if args.help:
-    print(f'{usage}\n\nEvaluated workdirs (NAME=PATH names a row).\n\n{args.get_help()}')
-    return 0
+  workdirs, status = experiment.parse_positional(args, argv, usage, 'Evaluated workdirs (NAME=PATH names a row).\n\n')
+  if status is not None:
+    return status
   if not workdirs:
     print(f'{usage}\nerror: give at least one workdir', file=sys.stderr)
     return 2

@@ -59,6 +59,21 @@ FLAGS = flags.FLAGS
 # ----------------------------------------------------------------------------- flags
 
 
+def parse_positional(fv: flags.FlagValues, argv, usage: str, help_intro: str = '') -> tuple[list, int | None]:
+  """(positional arguments, None) of a script with its own FlagValues, or ([], exit status) after
+  printing the help (0) or a usage error (2). argv: the arguments after the program name (None:
+  the command line)."""
+  try:
+    positional = fv([sys.argv[0]] + list(sys.argv[1:] if argv is None else argv))[1:]
+  except flags.Error as e:
+    print(f'{usage}\nerror: {e}', file=sys.stderr)
+    return [], 2
+  if fv.help:
+    print(f'{usage}\n\n{help_intro}{fv.get_help()}')
+    return [], 0
+  return positional, None
+
+
 def repo_config(script: str, spec: str) -> str:
   """'configs/<spec>' of the repository holding `script` (an experiment's default --config)."""
   return os.path.join(os.path.dirname(os.path.abspath(script)), '..', 'configs', spec)
