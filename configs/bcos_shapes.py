@@ -5,6 +5,9 @@
   --config=configs/bcos_shapes.py:tiny      smoke-test size (tests, CI)
   --config=configs/bcos_shapes.py:full      wider, longer; for a GPU / TPU
   --config=configs/bcos_shapes.py:x0        the quickstart predicting x0 instead of eps
+  --config=configs/bcos_shapes.py:compare   the quickstart at 2,000 steps: the B-cos vs vanilla comparison and
+                                            relevance as a prompt-adherence detector (README, B-cos results);
+                                            add --config.bcos.vanilla=True for the vanilla U-Net
 """
 
 from patronus_jax.config import base_config
@@ -12,9 +15,9 @@ from patronus_jax.config import base_config
 
 def get_config(arg=None):
   variant = arg or 'quickstart'
-  if variant not in ('quickstart', 'tiny', 'full', 'x0'):
+  if variant not in ('quickstart', 'tiny', 'full', 'x0', 'compare'):
     raise ValueError(f"configs/bcos_shapes.py: unknown variant {variant!r}; "
-                     "expected 'quickstart', 'tiny', 'full' or 'x0'")
+                     "expected 'quickstart', 'tiny', 'full', 'x0' or 'compare'")
   config = base_config()
   config.name = f'bcos_shapes_{variant}'
   config.model_type = 'bcos'
@@ -54,6 +57,9 @@ def get_config(arg=None):
   config.train.log_every = 50
   config.train.checkpoint_every = 500
 
+  if variant == 'compare':
+    # An early checkpoint on purpose: misses are frequent enough to measure relevance as a detector.
+    config.train.num_steps = 2000
   if variant == 'tiny':
     config.bcos.base_channels = 8
     config.bcos.channel_mults = (1, 2)
