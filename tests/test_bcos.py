@@ -146,18 +146,18 @@ def test_zero_inputs_have_finite_gradients():
 
 def test_masked_softmax_rows_without_keys_are_zero():
   for null in (False, True):
-    w = bcos._masked_softmax(jnp.ones((1, 2, 3)), jnp.zeros((1, 1, 3), bool), null)
+    w = bcos.masked_softmax(jnp.ones((1, 2, 3)), jnp.zeros((1, 1, 3), bool), null)
     np.testing.assert_array_equal(w, 0.0)
 
 
 def test_null_slot_softmax_is_off_by_one():
   logits = jnp.array([[0.5, -1.0, 2.0, 40.0]])
   mask = jnp.array([[True, True, True, False]])
-  w = bcos._masked_softmax(logits, mask, null_slot=True)
+  w = bcos.masked_softmax(logits, mask, null_slot=True)
   e = jnp.exp(logits[:, :3])
   np.testing.assert_allclose(w[:, :3], e / (1.0 + e.sum()), rtol=1e-6)
   assert float(w[0, 3]) == 0.0 and float(w.sum()) < 1.0
-  np.testing.assert_allclose(bcos._masked_softmax(logits, mask)[:, :3], e / e.sum(), rtol=1e-6)
+  np.testing.assert_allclose(bcos.masked_softmax(logits, mask)[:, :3], e / e.sum(), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- tokenizer

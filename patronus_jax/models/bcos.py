@@ -191,7 +191,7 @@ class BiasFreeNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def _masked_softmax(logits: Array, mask: Optional[Array], null_slot: bool = False) -> Array:
+def masked_softmax(logits: Array, mask: Optional[Array], null_slot: bool = False) -> Array:
   """Softmax over the last axis; masked keys get zero weight.
 
   With `null_slot`, one extra implicit key of logit 0 and value 0 takes part in the
@@ -224,7 +224,7 @@ class BcosAttention(nn.Module):
   (explanation mode) the output is linear in Y (through V) and, for self-attention, in X:
   cross-attention to conditioning tokens is a dynamic linear map of the tokens.
   `context_mask` (B, L) marks valid context tokens; masked tokens get zero weight.
-  `null_slot`: the softmax also normalises over an implicit zero-value key (see `_masked_softmax`).
+  `null_slot`: the softmax also normalises over an implicit zero-value key (see `masked_softmax`).
   """
   features: int
   num_heads: int = 4
@@ -250,7 +250,7 @@ class BcosAttention(nn.Module):
     v = split(dense('value')(ctx, explain))
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=HIGHEST) / math.sqrt(head_dim)
     mask = None if context_mask is None else context_mask[:, None, None, :].astype(bool)
-    weights = _detach(_masked_softmax(logits, mask, self.null_slot), explain)
+    weights = _detach(masked_softmax(logits, mask, self.null_slot), explain)
     y = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v, precision=HIGHEST)
     y = BcosDense(x.shape[-1], self.b, self.max_out, dtype=self.dtype, name='out')(
         y.reshape(*y.shape[:-2], self.features), explain)

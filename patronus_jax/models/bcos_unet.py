@@ -40,6 +40,7 @@ import numpy as np
 
 from patronus_jax.models.bcos import BcosAttention, BcosConv, BcosDense, BiasFreeNorm
 from patronus_jax.models.prototypes import PrototypeNetwork
+from patronus_jax.models.vanilla_unet import VanillaUNet
 from patronus_jax.core import diffusion
 
 Dtype = Any
@@ -253,11 +254,18 @@ class BcosDiffusion(nn.Module):
   sigma_data: float = 0.5
   abar_table: tuple = ()  # ᾱ_t for t = 0..T-1 (the diffusion schedule)
   unet: dict = None  # BcosUNet fields except out_channels and dtype
+  # The baseline: the same model with the standard biased U-Net of models/vanilla_unet.py (not W(x) x,
+  # so it cannot be explained); it sees x_t = decode_colors(image).
+  vanilla: bool = False
   prototypes: dict = None  # PrototypeNetwork fields (conditioning='prototypes')
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.denoiser = BcosUNet(self.image_channels, dtype=self.dtype, **(self.unet or {}))
+    if self.vanilla:
+      fields = {k: v for k, v in (self.unet or {}).items() if k not in ('b', 'max_out', 'norm')}
+      self.denoiser = VanillaUNet(self.image_channels, dtype=self.dtype, **fields)
+    else:
+      self.denoiser = BcosUNet(self.image_channels, dtype=self.dtype, **(self.unet or {}))
     if self.conditioning == 'text':
       if self.vocab_size < 2:
         raise ValueError(f'BcosDiffusion: text conditioning needs a vocabulary, got vocab_size={self.vocab_size}')
@@ -304,7 +312,13 @@ class BcosDiffusion(nn.Module):
 
   def network(self, image: Array, time: Array, tokens: Array, token_mask: Array,
               abar: Optional[Array] = None, explain: bool = False) -> Array:
-    out = self.denoiser(image, time, tokens, token_mask, explain)
+    if self.vanilla:
+      if explain:
+        raise ValueError('BcosDiffusion: the vanilla U-Net (bcos.vanilla=True) is not W(x) x and has no '
+                         'explanation mode')
+      out = self.denoiser(decode_colors(image), time, tokens, token_mask)
+    else:
+      out = self.denoiser(image, time, tokens, token_mask, explain)
     if not self.precondition:
       return out
     if abar is None:
@@ -338,4 +352,4 @@ def bcos_model_from_config(config, vocab_size: int = 0, dtype: Optional[str] = N
                        prediction=config.diffusion.prediction, precondition=bc.precondition,
                        sigma_data=float(bc.sigma_data),
                        abar_table=tuple(float(a) for a in np.asarray(schedule.alphas_cumprod)),
-                       unet=unet, prototypes=prototypes, dtype=compute)
+                       unet=unet, vanilla=bool(bc.vanilla), prototypes=prototypes, dtype=compute)

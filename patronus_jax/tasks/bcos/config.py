@@ -26,6 +26,9 @@ def bcos_config() -> ml_collections.ConfigDict:
       norm='centered',  # bias-free group norm: 'centered' (x - mean) / std, 'uncentered' x / std, 'none'
       num_groups=8,
       # U-Net.
+      # The baseline of the B-cos vs vanilla comparison: the same U-Net path with standard biased layers
+      # (models/vanilla_unet.py); trained into <B-cos workdir>/vanilla, evaluate compares the two.
+      vanilla=False,
       base_channels=32,
       channel_mults=(1, 2, 2),
       num_res_blocks=1,
@@ -117,7 +120,7 @@ def validate_bcos_config(bcos) -> None:
     raise ConfigError(f"config field 'bcos.token_dropout' must be in [0, 1), got {bcos.token_dropout}")
   if not 0.0 <= bcos.token_subsample <= 1.0:
     raise ConfigError(f"config field 'bcos.token_subsample' must be in [0, 1] (0 = off), got {bcos.token_subsample}")
-  for name in ('start_token', 'explain_whole'):
+  for name in ('start_token', 'explain_whole', 'vanilla'):
     if not isinstance(bcos[name], bool):
       raise ConfigError(f"config field 'bcos.{name}' must be True or False, got {bcos[name]!r}")
   if bcos.vocab_max_size < 0:
