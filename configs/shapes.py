@@ -6,6 +6,9 @@ ground truth for probes, emergence order and shortcut diagnosis. Variants:
   'bias'    object colour -> shape planted at generation (strength 0.95): diagnosis must find it
   'tiny'    a minute on CPU (tests)
   'paper'   the paper's prototype geometry (no informative_s switches below)
+  'quick'   the quickstart's model and budgets (stage 1 in ~6 min on 2 cores) with the diagnosis
+            at 20 DDIM steps from N(0, I) noise over 48 samples: experiments/shortcut_mitigation.py
+            runs 'bias,quick' and 'quick' (docs/mitigation.md)
   python -m patronus_jax.main --config=configs/shapes.py:bias --workdir=runs/shapes_bias
 
 Prototypes that carry the image (docs/patronus.md, "Prototypes that carry the image"): with the
@@ -28,6 +31,49 @@ def informative_s(config):
   config.model.distance_norm = 'unit'
   config.model.s_norm = 'layer'
   config.train.cond_dropout = 0.1
+  return config
+
+
+def quick_variant(config):
+  """configs/quickstart.py's data size, model and stage-1 budget (4,000 steps of batch 8, about 6
+  minutes on 2 cores), with a diagnosis cheap enough to run three times (before and after each
+  mitigation): 20 DDIM steps from N(0, I) noise (no inversion), 48 paired samples."""
+  config.data.shapes.num_train = 4_000
+  config.data.shapes.num_test = 500
+  config.model.base_channels = 16
+  t = config.train
+  t.batch_size = 8
+  t.num_steps = 4000
+  t.learning_rate = 2e-3
+  t.warmup_steps = 50
+  t.ema_decay = 0.995
+  t.log_every = 100
+  t.checkpoint_every = 1000
+  t.sample_every = 0
+  config.diffusion.sample_steps = 25
+  config.diffusion.min_snr_gamma = 5.0
+  if config.model.s_norm == 'layer':
+    config.diffusion.min_snr_floor = 1.0
+  lt = config.latent
+  lt.num_steps = 400
+  lt.log_every = 100
+  lt.checkpoint_every = 400
+  lt.sample_steps = 25
+  ic = config.interpret
+  ic.ddim_steps = 20
+  ic.num_eval_images = 256
+  ic.num_diagnosis_samples = 48
+  ic.diagnosis_noise = 'random'
+  ic.diagnosis_bootstrap = 300
+  ev = config.evaluate
+  ev.num_samples = 256
+  ev.batch_size = 64
+  ev.fid_num_real = 1000
+  ev.classifier_num_steps = 300
+  ev.classifier_batch_size = 64
+  ev.classifier_widths = (16, 32, 64)
+  ev.classifier_feature_dim = 64
+  ev.classifier_max_examples = 4_000
   return config
 
 
@@ -79,15 +125,17 @@ def get_config(arg=None):
   ic.num_diagnosis_samples = 32
   ic.num_emergence_samples = 64
   variants = set(arg.split(',')) if arg else set()
-  unknown = variants - {'bias', 'tiny', 'paper'}
+  unknown = variants - {'bias', 'tiny', 'paper', 'quick'}
   if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/shapes.py; expected 'bias', 'tiny' "
-                     "and/or 'paper'")
+    raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/shapes.py; expected 'bias', 'tiny', "
+                     "'paper' and/or 'quick'")
   if 'paper' not in variants:
     informative_s(config)
   if 'bias' in variants:
     config.name = 'shapes_bias'
     config.data.shapes.planted_strength = 0.95
+  if 'quick' in variants:
+    quick_variant(config)
   if 'tiny' in variants:
     config_lib.tiny_variant(config)
     config.data.shapes.num_train = 512
