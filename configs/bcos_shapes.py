@@ -5,12 +5,12 @@
   --config=configs/bcos_shapes.py:tiny      smoke-test size (tests, CI)
   --config=configs/bcos_shapes.py:full      wider, longer; for a GPU / TPU
   --config=configs/bcos_shapes.py:x0        the quickstart predicting x0 instead of eps
-  --config=configs/bcos_shapes.py:compare   the quickstart at 2,000 steps: the B-cos vs vanilla comparison and
+  --config=configs/bcos_shapes.py:compare   the quickstart at 1,000 steps: the B-cos vs vanilla comparison and
                                             relevance as a prompt-adherence detector (README, B-cos results);
                                             add --config.bcos.vanilla=True for the vanilla U-Net
 """
 
-from patronus_jax.config import base_config
+from patronus_jax.config import base_config, tiny_variant
 
 
 def get_config(arg=None):
@@ -59,8 +59,9 @@ def get_config(arg=None):
 
   if variant == 'compare':
     # An early checkpoint on purpose: misses are frequent enough to measure relevance as a detector.
-    config.train.num_steps = 2000
+    config.train.num_steps = 1000
   if variant == 'tiny':
+    tiny_variant(config)  # evaluation and its attribute classifier at smoke-test sizes
     config.bcos.base_channels = 8
     config.bcos.channel_mults = (1, 2)
     config.bcos.self_attention = (False, True)

@@ -63,7 +63,10 @@ def bcos_config() -> ml_collections.ConfigDict:
       explain_whole=True,  # also explain each final image over the whole DDIM chain (report 'generation')
       explain_prompts='',  # ';'-separated prompts; '' = captions of the eval split
       num_explain=8,  # generations explained (prompts taken in order)
-      completeness_tolerance=1e-3,  # relative completeness error above which the report warns
+      completeness_tolerance=1e-3,
+      # --mode=evaluate: explain every generation as a whole and measure how well a word's relevance
+      # flags the prompt words the image misses (metrics.json relevance_adherence_auroc).
+      explain_adherence=True,  # relative completeness error above which the report warns
   ))
 
 
@@ -120,7 +123,7 @@ def validate_bcos_config(bcos) -> None:
     raise ConfigError(f"config field 'bcos.token_dropout' must be in [0, 1), got {bcos.token_dropout}")
   if not 0.0 <= bcos.token_subsample <= 1.0:
     raise ConfigError(f"config field 'bcos.token_subsample' must be in [0, 1] (0 = off), got {bcos.token_subsample}")
-  for name in ('start_token', 'explain_whole', 'vanilla'):
+  for name in ('start_token', 'explain_whole', 'vanilla', 'explain_adherence'):
     if not isinstance(bcos[name], bool):
       raise ConfigError(f"config field 'bcos.{name}' must be True or False, got {bcos[name]!r}")
   if bcos.vocab_max_size < 0:

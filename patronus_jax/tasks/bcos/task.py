@@ -193,20 +193,26 @@ class BcosTask:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def generate(task: BcosTask, params, variables: dict, token_ids: np.ndarray, *, seed: int = 0,
-             num_steps: int = 0, batch_size: int = 64) -> np.ndarray:
-  """Images (N, H, W, C) in [-1, 1] for prompts given as token ids, deterministic DDIM."""
-  size, c = task.config.data.image_size, task.config.data.channels
-  fn = jax.jit(lambda p, v, ids, x: task.sample(p, v, {'token_ids': ids}, x, num_steps))
-  out = []
+def generation_batches(config, token_ids: np.ndarray, seed: int, batch_size: int):
+  """(start, n, ids, x_T) of each batch of `generate`: the last batch padded to `batch_size` (one
+  compiled shape), x_T from `seed` folded with the batch's start; explanations of the same
+  generations (`adherence.py`) draw the same x_T from here."""
+  size, c = config.data.image_size, config.data.channels
   for start in range(0, len(token_ids), batch_size):
     ids = np.asarray(token_ids[start:start + batch_size])
     n = len(ids)
-    if n < batch_size and start > 0:  # keep one compiled shape: pad the last batch
+    if n < batch_size and start > 0:
       ids = np.concatenate([ids, np.repeat(ids[-1:], batch_size - n, axis=0)])
     key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
-    x_T = jax.random.normal(key, (len(ids), size, size, c))
-    out.append(np.asarray(fn(params, variables, jnp.asarray(ids), x_T))[:n])
+    yield start, n, jnp.asarray(ids), jax.random.normal(key, (len(ids), size, size, c))
+
+
+def generate(task: BcosTask, params, variables: dict, token_ids: np.ndarray, *, seed: int = 0,
+             num_steps: int = 0, batch_size: int = 64) -> np.ndarray:
+  """Images (N, H, W, C) in [-1, 1] for prompts given as token ids, deterministic DDIM."""
+  fn = jax.jit(lambda p, v, ids, x: task.sample(p, v, {'token_ids': ids}, x, num_steps))
+  out = [np.asarray(fn(params, variables, ids, x_T))[:n]
+         for _, n, ids, x_T in generation_batches(task.config, token_ids, seed, batch_size)]
   return np.concatenate(out)
 
 
