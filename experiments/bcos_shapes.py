@@ -1,7 +1,12 @@
-r"""B-cos diffusion on the shapes dataset: train, then measure the issue's three numbers.
+r"""B-cos diffusion on the shapes dataset: train, then measure adherence, explanations and the comparison
+with a vanilla U-Net.
 
   python experiments/bcos_shapes.py --workdir=runs/bcos_shapes [--config=configs/bcos_shapes.py] \
-      [--config.train.num_steps=3000] [--num_adherence=256] [--num_explain=16]
+      [--config.train.num_steps=3000] [--num_adherence=256] [--num_explain=16] [--vanilla] [--only_evaluate]
+
+  # the poster's two practical claims (README, B-cos results):
+  python experiments/bcos_shapes.py --config=configs/bcos_shapes.py:compare --workdir=runs/bcos_compare \
+      --vanilla --only_evaluate --config.evaluate.num_samples=512 --config.evaluate.batch_size=64
 
 1. Trains the B-cos U-Net on (image, caption) batches through the shared training loop
    (`tasks/bcos/modes.train_mode`: the Task protocol, AdamW, EMA, checkpoints; resumes if stopped).
@@ -13,6 +18,12 @@ r"""B-cos diffusion on the shapes dataset: train, then measure the issue's three
    (x̂0 as the output, one linearisation per step) and the final image over the whole DDIM
    chain, and reports for both the largest completeness error and the mean token relevance
    S_i of content words (colour, shape) against the function words ("a", "on").
+
+4. With --vanilla: trains the vanilla baseline (the same config with bcos.vanilla=True, same data,
+   steps and sampler) into <workdir>/vanilla and runs `--mode=evaluate` (tasks/bcos/modes.py):
+   fd_classifier, prompt adherence and time per DDIM step of both models on the same prompts and
+   noise (`vanilla_comparison`), and how well low token relevance flags the prompt words a
+   generation misses (`relevance_adherence_auroc`). --only_evaluate skips 2 and 3.
 
 Writes <workdir>/bcos_shapes_results.json (and the usual explain/ reports) and prints it.
 """
@@ -32,6 +43,7 @@ from patronus_jax import experiment
 from patronus_jax.core import files as pio
 from patronus_jax.core import sharding
 from patronus_jax.core import timing
+from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.evaluate import classifier as clf_lib
 from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir
 from patronus_jax.tasks.bcos import explain as explain_lib
@@ -44,6 +56,9 @@ FLAGS = flags.FLAGS
 _NUM_ADHERENCE = flags.DEFINE_integer('num_adherence', 256, 'Test prompts generated for prompt adherence.')
 _NUM_EXPLAIN = flags.DEFINE_integer('num_explain', 16, 'Test prompts whose generations are explained.')
 _SKIP_TRAIN = flags.DEFINE_bool('skip_train', False, 'Only measure (the workdir holds a trained model).')
+_VANILLA = flags.DEFINE_bool('vanilla', False, 'Also train the vanilla U-Net into <workdir>/vanilla and compare.')
+_ONLY_EVALUATE = flags.DEFINE_bool('only_evaluate', False, 'Skip the adherence and explanation measurements; '
+                                   'only train and run --mode=evaluate.')
 
 CONTENT = {'colour': ('red', 'green', 'blue', 'yellow'), 'shape': ('circle', 'square', 'triangle')}
 FUNCTION = ('a', 'on')
@@ -105,9 +120,45 @@ def main(argv):
   workdir = FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
   timings = {}
+  mesh = sharding.make_mesh(config.mesh)
   with timing.timed(timings, 'train_s'):
     if not _SKIP_TRAIN.value:
-      bcos_modes.train_mode(config, workdir, sharding.make_mesh(config.mesh))
+      bcos_modes.train_mode(config, workdir, mesh)
+      if _VANILLA.value:
+        bcos_modes.train_mode(_vanilla(config), os.path.join(workdir, 'vanilla'), mesh)
+  results = dict(config=_config_summary(config), timings=timings)
+  if not _ONLY_EVALUATE.value:
+    results.update(_adherence_and_explanations(config, workdir, timings))
+  if _VANILLA.value or _ONLY_EVALUATE.value:
+    with timing.timed(timings, 'evaluate_s'):
+      metrics = bcos_modes.evaluate_mode(config, workdir, mesh)
+    results['evaluate'] = {k: metrics[k] for k in ('step', 'prompt_adherence', 'fd_classifier',
+                                                   'fd_classifier_real_baseline', 'time_per_step',
+                                                   'relevance_adherence_auroc', 'vanilla_comparison')
+                           if k in metrics}
+  pio.write_json(os.path.join(workdir, 'bcos_shapes_results.json'), results)
+  logging.info('results: %s', results)
+  print(pio.json.dumps(pio._jsonable(results), indent=2))  # pylint: disable=protected-access
+
+
+def _vanilla(config):
+  """The same config with the vanilla U-Net (written to <workdir>/vanilla/config.json, which
+  `--mode=evaluate` checks against the B-cos run's)."""
+  vanilla = config.copy_and_resolve_references()
+  vanilla.bcos.vanilla = True
+  workdir_lib.check_and_write_config(os.path.join(FLAGS.workdir, 'vanilla'), vanilla)
+  return vanilla
+
+
+def _config_summary(config) -> dict:
+  return dict(name=config.name, prediction=config.diffusion.prediction,
+              sample_steps=config.diffusion.sample_steps, num_steps=config.train.num_steps,
+              batch_size=config.train.batch_size, base_channels=config.bcos.base_channels,
+              channel_mults=list(config.bcos.channel_mults), b=config.bcos.b, max_out=config.bcos.max_out)
+
+
+def _adherence_and_explanations(config, workdir, timings) -> dict:
+  """Prompt adherence of `--num_adherence` test captions and explanations of `--num_explain`."""
   with timing.timed(timings, 'generate_s'):
     task, params, variables, step = bcos_task.load_trained(config, workdir)
     info = data.get_info(config.data)
@@ -124,17 +175,7 @@ def main(argv):
   with timing.timed(timings, 'explain_s'):
     explanations = _explanations(config, workdir, task, params, variables, captions[:_NUM_EXPLAIN.value],
                                  classifier, info)
-  results = dict(
-      step=step, prompt_adherence=adherence, explanations=explanations,
-      config=dict(name=config.name, prediction=config.diffusion.prediction,
-                  sample_steps=config.diffusion.sample_steps, num_steps=config.train.num_steps,
-                  batch_size=config.train.batch_size, base_channels=config.bcos.base_channels,
-                  channel_mults=list(config.bcos.channel_mults), b=config.bcos.b,
-                  max_out=config.bcos.max_out),
-      timings=timings)
-  pio.write_json(os.path.join(workdir, 'bcos_shapes_results.json'), results)
-  logging.info('results: %s', results)
-  print(pio.json.dumps(pio._jsonable(results), indent=2))  # pylint: disable=protected-access
+  return dict(step=step, prompt_adherence=adherence, explanations=explanations)
 
 
 def _adherence(classifier, clf_metrics, images, test, info) -> dict:

@@ -28,6 +28,7 @@ def tiny_config(data_dir, **train):
   config.train.ema_decay = 0.9  # so that resuming must restore the EMA too
   config.evaluate.num_samples = 16
   config.evaluate.batch_size = 8
+  config.bcos.num_explain = 8  # explain and evaluate then share the whole-generation explanation's compilation
   config.diffusion.sample_steps = 4
   for k, v in train.items():
     config.train[k] = v
@@ -84,6 +85,8 @@ def test_metrics_hold_adherence_relevance_auroc_and_vanilla_comparison(run_dir):
   assert all(0.0 <= v <= 1.0 for v in acc.values()) and m['prompt_adherence']['num_prompts'] == 16
   assert np.isfinite(m['fd_classifier']) and m['fd_classifier'] > 0 and m['fd_classifier_real_baseline'] >= 0
   assert m['time_per_step']['seconds_per_denoiser_call'] > 0
+  assert os.path.exists(os.path.join(workdir, m['relevance_misses_figure'])) or not any(
+      m['relevance_adherence_auroc'][a]['num_missed'] for a in ('color', 'shape'))
   auroc = m['relevance_adherence_auroc']
   for name in ('background', 'shape', 'color', 'size', 'position'):  # every shapes prompt names them
     e = auroc[name]

@@ -16,6 +16,7 @@ import pytest
 from patronus_jax import config as config_lib
 from patronus_jax.tasks.bcos.task import BcosTask, prompt_adherence
 from patronus_jax.data import shapes
+from patronus_jax.tasks.bcos import adherence as adherence_lib
 from patronus_jax.tasks.bcos import explain as explain_lib
 from patronus_jax.models.bcos_unet import decode_colors, encode_colors
 
@@ -360,3 +361,70 @@ def test_start_token_is_never_dropped():
   kept = task.condition({'token_ids': ids}, jax.random.PRNGKey(0), train=True)['token_ids']
   assert bool(jnp.all(kept[:, 0] == task.tokenizer.start_id))
   assert 0 < int(jnp.sum(kept[:, 1:] != 0)) < int(jnp.sum(ids[:, 1:] != 0))
+
+
+# ----------------------------------------------------------------------------- relevance as adherence detector
+
+SHAPE_NAMES = ('background', 'shape', 'color', 'position')
+SHAPE_VALUES = (('dark', 'gray', 'light'), ('circle', 'square', 'triangle'), ('red', 'green', 'blue'),
+                ('top-left', 'top-right'))
+
+
+def test_named_attributes_finds_multi_word_values_and_skips_ambiguous_ones():
+  tokens = 'a red circle in the top left on a dark background'.split()
+  got = adherence_lib.named_attributes(tokens, SHAPE_NAMES, SHAPE_VALUES)
+  assert got == {'color': (0, [1]), 'shape': (0, [2]), 'position': (0, [5, 6]), 'background': (0, [9])}
+  both = adherence_lib.named_attributes('a red green circle'.split(), SHAPE_NAMES, SHAPE_VALUES)
+  assert 'color' not in both and both['shape'] == (0, [3])
+
+
+def test_word_records_sum_the_relevance_of_a_values_words_and_mark_misses():
+  tokens = ['a red circle in the top left on a dark background'.split()]
+  relevance = np.arange(11, dtype=np.float64)[None] / 55.0
+  labels = np.array([[0, 0, 0, 0]])
+  predicted = {'background': np.array([0]), 'shape': np.array([2]), 'color': np.array([0]),
+               'position': np.array([0])}
+  records = {r['attribute']: r for r in adherence_lib.word_records(tokens, relevance, labels, predicted,
+                                                                    SHAPE_NAMES, SHAPE_VALUES)}
+  assert records['position']['relevance'] == pytest.approx((5 + 6) / 55.0)
+  assert records['position']['word'] == 'top left'
+  assert records['shape']['followed'] is False and records['shape']['seen'] == 'triangle'
+  assert records['color']['followed'] is True
+  with pytest.raises(ValueError, match='names color'):
+    adherence_lib.word_records(tokens, relevance, np.array([[0, 0, 1, 0]]), predicted, SHAPE_NAMES, SHAPE_VALUES)
+
+
+def test_relevance_auroc_is_the_mann_whitney_probability_that_a_miss_ranks_lower():
+  # Missed 0.1, 0.3; followed 0.2, 0.4, 0.5: 5 of the 6 (missed, followed) pairs have the miss lower.
+  records = ([dict(attribute='color', relevance=r, followed=False) for r in (0.1, 0.3)]
+             + [dict(attribute='color', relevance=r, followed=True) for r in (0.2, 0.4, 0.5)]
+             + [dict(attribute='shape', relevance=0.2, followed=True)])
+  out = adherence_lib.relevance_auroc(records, num_bootstrap=200)
+  c = out['color']
+  assert c['auroc'] == pytest.approx(5 / 6)
+  assert c['num_missed'] == 2 and c['num_followed'] == 3
+  assert c['mean_relevance_missed'] == pytest.approx(0.2)
+  assert 0.0 <= c['ci_low'] <= c['auroc'] <= c['ci_high'] <= 1.0
+  assert out['shape']['auroc'] is None and out['shape']['num_missed'] == 0  # never missed: no AUROC
+
+
+def test_vanilla_unet_has_biases_same_size_and_no_explanation_mode():
+  config = tiny_config(levels=2)
+  config.bcos.vanilla = True
+  vanilla = BcosTask(config)
+  batch = vanilla.prepare_batch(shapes_batch(2))
+  params = vanilla.init_variables(jax.random.PRNGKey(0), batch)['params']
+  names = {str(getattr(p[-1], 'key', p[-1])) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  assert 'bias' in names
+  bcos_params = BcosTask(tiny_config(levels=2)).init_variables(jax.random.PRNGKey(0), batch)['params']
+  count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))
+  assert abs(count(params) / count(bcos_params) - 1) < 0.1  # same width and depth
+  x, t = jnp.asarray(batch['image']), jnp.array([5, 50])
+  cond = vanilla.condition({k: jnp.asarray(v) for k, v in batch.items()})
+  out = vanilla.apply(params, {}, x, t, cond)
+  assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
+  # Its output depends on the tokens: the cross-attention is wired.
+  other = vanilla.apply(params, {}, x, t, {'token_ids': jnp.roll(cond['token_ids'], 1, axis=0)})
+  assert float(jnp.max(jnp.abs(other - out))) > 1e-6
+  with pytest.raises(ValueError, match='no explanation mode'):
+    vanilla.apply(params, {}, x, t, cond, explain=True)
