@@ -8,6 +8,7 @@ Sections are defined next to the code that reads them and only assembled here:
   data       patronus_jax.data.config           interpret  patronus_jax.interpret.config
   evaluate   patronus_jax.evaluate.config       bcos       patronus_jax.tasks.bcos.config
   model, diffusion, train, latent, sample       patronus_jax.tasks.patronus.config
+  mitigation                                    patronus_jax.tasks.patronus.mitigate_config
   mesh       patronus_jax.core.sharding
 The machinery (field checks, overrides) is `patronus_jax.core.config`.
 """
@@ -26,6 +27,7 @@ from patronus_jax.interpret.config import interpret_config, validate_interpret_c
 from patronus_jax.tasks.bcos.config import bcos_config, validate_bcos_config
 from patronus_jax.tasks.patronus.config import (diffusion_config, latent_config, model_config,  # noqa: F401
                                                 sample_config, train_config, validate_patronus_sections)
+from patronus_jax.tasks.patronus.mitigate_config import mitigation_config, validate_mitigation_config
 
 
 def base_config() -> ConfigDict:
@@ -42,6 +44,7 @@ def base_config() -> ConfigDict:
   config.sample = sample_config()
   config.interpret = interpret_config()
   config.evaluate = evaluate_config()
+  config.mitigation = mitigation_config()
   config.bcos = bcos_config()
   config.mesh = mesh_config()
   return config
@@ -61,6 +64,7 @@ def validate(config: ConfigDict) -> ConfigDict:
   validate_data_config(config.data)
   validate_evaluate_config(config.evaluate)
   validate_interpret_config(config.interpret)
+  validate_mitigation_config(config.mitigation)
   validate_bcos_config(config.bcos)
   return config
 

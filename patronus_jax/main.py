@@ -6,6 +6,9 @@ Modes (each reads and writes the one workdir; each resumes or skips what it alre
   sample        unconditional samples (s from the latent model) and reconstructions
   interpret     prototype visualisation, consistency, emergence, manipulation, shortcut diagnosis
   evaluate      FID (or a named classifier-feature distance), attribute probes, TAD, DCI
+  mitigate      fine-tune stage 1 so that the diagnosed shortcuts go, diagnose again, compare
+                (not part of 'all'; --config.mitigation.use=True runs sample / interpret /
+                evaluate on the mitigated model, in DIR/mitigation/<method>/; docs/mitigation.md)
   explain       B-cos explanations: exact pixel and token contributions
   all           every mode that applies to the model, in order (the default)
 
@@ -36,6 +39,7 @@ from patronus_jax.core.training import Preempted
 from patronus_jax.tasks.bcos import modes as bcos_modes
 from patronus_jax.tasks.patronus import evaluate_mode
 from patronus_jax.tasks.patronus import interpret_mode
+from patronus_jax.tasks.patronus import mitigate_mode
 from patronus_jax.tasks.patronus import sample as sample_lib
 from patronus_jax.tasks.patronus import training as patronus_training
 
@@ -48,6 +52,7 @@ MODES = {
         'sample': sample_lib.sample_mode,
         'interpret': interpret_mode.interpret_mode,
         'evaluate': evaluate_mode.evaluate_mode,
+        'mitigate': mitigate_mode.mitigate_mode,
     },
     'bcos': {
         'train': bcos_modes.train_mode,
@@ -55,9 +60,10 @@ MODES = {
         'evaluate': bcos_modes.evaluate_mode,
     },
 }
-PATRONUS_MODES = tuple(MODES['patronus'])
+NOT_IN_ALL = ('mitigate',)  # changes the model: asked for by name only
+PATRONUS_MODES = tuple(m for m in MODES['patronus'] if m not in NOT_IN_ALL)
 BCOS_MODES = tuple(MODES['bcos'])
-MODE_NAMES = tuple(dict.fromkeys(PATRONUS_MODES + BCOS_MODES)) + ('all',)
+MODE_NAMES = tuple(dict.fromkeys(tuple(MODES['patronus']) + BCOS_MODES)) + ('all',)
 
 
 def define_flags() -> None:
@@ -90,6 +96,10 @@ def run_mode(mode: str, config, workdir: str, mesh) -> None:
     needs = f' (it needs model_type={other!r})' if mode in MODES[other] else ''
     raise app.UsageError(f"--mode={mode} does not apply to model_type={config.model_type!r}{needs}; "
                          f'modes: {", ".join(modes)}')
+  if config.model_type == 'patronus' and config.mitigation.use and mode in mitigate_mode.LATER_MODES:
+    # the mitigated model through its view workdir: the mode unchanged, its outputs apart from the original's
+    config, workdir = mitigate_mode.use_view(config, workdir)
+    logging.info('mitigation.use: --mode=%s on the mitigated model in %s', mode, workdir)
   modes[mode](config, workdir, mesh)
 
 
@@ -162,6 +172,13 @@ def mode_work(config, mode: str) -> float:
   if mode == 'interpret':  # inversion + regeneration of the eval images; each prototype raised and lowered
     it = config.interpret
     return it.ddim_steps * (2.0 * it.num_eval_images + 2.0 * config.model.num_prototypes * it.num_diagnosis_samples)
+  if mode == 'mitigate':  # per method: fine-tuning, stage 2 again, a diagnosis and unconditional samples
+    m = config.mitigation
+    it = config.interpret
+    diagnosis = it.ddim_steps * 2.0 * config.model.num_prototypes * it.num_diagnosis_samples
+    per_method = (mode_work(config, 'train') * m.steps_fraction + mode_work(config, 'train_latent') + diagnosis
+                  + config.evaluate.num_samples * steps)
+    return len(m.methods) * per_method + mode_work(config, 'interpret')
   if mode == 'evaluate':
     ev = config.evaluate
     work = ev.num_samples * len(ev.samples) * steps

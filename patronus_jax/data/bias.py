@@ -273,3 +273,47 @@ def set_celeba_hair_smile(config) -> None:
   bias.strength = 0.95
   bias.out_of_scope = 'drop'
   config.interpret.diagnosis_attributes = ('Smiling', 'Black_Hair', 'Blond_Hair', 'Brown_Hair')
+
+
+# ----------------------------------------------------------------------------- undoing a bias
+
+
+def independence_weights(labels: np.ndarray, pairs: Sequence[tuple[int, int]], num_values: Sequence[int],
+                         iterations: int = 50) -> np.ndarray:
+  """Per-example weights (mean 1) under which the attribute columns of every pair are independent.
+
+  For one pair (a, b) the weight of an example in cell (u, v) is P(a=u) P(b=v) / P(a=u, b=v): the
+  weighted joint is exactly the product of the (unchanged) marginals. Several pairs are raked
+  (iterative proportional fitting, `iterations` rounds): each round applies that factor per pair;
+  pairs that share no attribute are independent after one round. A cell with no example cannot be
+  filled: its share stays 0 and the others' are scaled up (`weighted_table` shows what is achieved).
+  """
+  labels = np.asarray(labels, np.int64)
+  w = np.ones(len(labels), np.float64)
+  for _ in range(iterations if len(pairs) > 1 else 1):
+    for a, b in pairs:
+      joint = weighted_table(labels[:, a], labels[:, b], w, num_values[a], num_values[b])
+      pa, pb = joint.sum(1), joint.sum(0)
+      target = np.outer(pa, pb)
+      # cells with mass are rescaled to the product; empty cells' target goes to the other cells of their row
+      target = np.where(joint > 0, target, 0.0)
+      target *= np.divide(pa, target.sum(1), out=np.zeros_like(pa), where=target.sum(1) > 0)[:, None]
+      factor = np.divide(target, joint, out=np.zeros_like(joint), where=joint > 0)
+      w = w * factor[labels[:, a], labels[:, b]]
+  return w / w.mean()
+
+
+def weighted_table(a: np.ndarray, b: np.ndarray, weights: np.ndarray, num_a: int, num_b: int) -> np.ndarray:
+  """Normalised joint distribution of two attribute columns under per-example weights."""
+  table = np.zeros((num_a, num_b), np.float64)
+  np.add.at(table, (np.asarray(a, np.int64), np.asarray(b, np.int64)), np.asarray(weights, np.float64))
+  return table / table.sum()
+
+
+def resample(weights: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
+  """`num` example indices drawn in proportion to `weights`, shuffled: systematic resampling, so each
+  example appears floor or ceil of its expected count num * w_i / sum(w) times (the cell frequencies
+  of the result are those of the weights up to one example per example, not up to sampling noise)."""
+  cum = np.cumsum(np.asarray(weights, np.float64))
+  positions = (rng.random() + np.arange(num)) * (cum[-1] / num)
+  return rng.permutation(np.minimum(np.searchsorted(cum, positions, side='right'), len(cum) - 1))

@@ -50,6 +50,11 @@ class PatronusTask:
     return self.model.init({'params': key}, x, jnp.zeros((x.shape[0],), jnp.int32))
 
   def loss_fn(self, params, variables, batch, key, train):
+    loss, metrics, _ = self.loss_terms(params, variables, batch, key, train)
+    return loss, metrics
+
+  def loss_terms(self, params, variables, batch, key, train):
+    """(loss, metrics, s of the batch): `loss_fn` and the activations it computed (for penalties on s)."""
     variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
     x0 = batch['image']
     diff_key, drop_key = jax.random.split(key)
@@ -74,7 +79,7 @@ class PatronusTask:
           params['prototypes']['prototype_vectors'], self.config.train.distinct_margin)
       metrics['distinct_loss'] = distinct
       loss = loss + weight * distinct
-    return loss, metrics
+    return loss, metrics, s
 
 
 def make_sample_fn(config, task: PatronusTask, mesh) -> Optional[Callable]:

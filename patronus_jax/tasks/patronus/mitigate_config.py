@@ -1,0 +1,54 @@
+"""The `config.mitigation` section: how `--mode=mitigate` removes a diagnosed shortcut, and which
+model the later modes read (`use`). Read by tasks/patronus/mitigate_mode.py; see docs/mitigation.md."""
+
+from __future__ import annotations
+
+from patronus_jax.core.config import ConfigDict, section_checker
+
+METHODS = ('rebalance', 'decorrelate')
+DEPENDENCE = ('cross_covariance', 'hsic')
+
+
+def mitigation_config() -> ConfigDict:
+  return ConfigDict(dict(
+      # Each method fine-tunes stage 1 from its final checkpoint into checkpoints/stage1_mitigated/<method>:
+      #   rebalance    resample the training set so that every suspected pair (A, B) is independent
+      #                (weights P(a) P(b) / P(a, b) from the dataset's labels)
+      #   decorrelate  keep the data; add weight x dependence(s of the prototypes that control A,
+      #                s of those that predict B) over each batch to the loss
+      methods=METHODS,
+      steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
+      learning_rate=5e-4,  # constant, no warm-up (Adam's moments continue from stage 1)
+      train_encoder=True,  # False: only the U-Net moves (s, its range and the latent model stay valid)
+      penalty_weight=10.0,  # 'decorrelate': weight of the dependence term
+      dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
+      predictor_threshold=0.1,  # eta^2 of s_j with B at which prototype j counts as predicting B
+      max_predictors=4,  # at most this many prototypes per side (the strongest first)
+      retrain_latent=True,  # stage 2 again on the mitigated encoder (unconditional samples need it)
+      # Targets the report checks (issue: co-moved effect -80 %, edit success and fd within 10 %).
+      target_reduction=0.8,
+      target_tolerance=0.1,
+      # Later modes (sample, interpret, evaluate) on a mitigated model: they run in the view workdir
+      # DIR/mitigation/<method>/ (checkpoints linked, outputs kept apart from the original's).
+      use=False,
+      use_method='',  # '' = the method mitigation/report.json selected
+  ))
+
+
+def validate_mitigation_config(m) -> None:
+  """Raises ConfigError naming 'mitigation.<field>' for the first impossible value."""
+  require = section_checker(m, 'mitigation')
+  require(len(m.methods) >= 1 and all(x in METHODS for x in m.methods), 'methods',
+          f'must name one or more of {METHODS}')
+  require(len(set(m.methods)) == len(m.methods), 'methods', 'must not repeat a method')
+  require(0.0 < m.steps_fraction <= 0.25, 'steps_fraction',
+          'must be in (0, 0.25]: fine-tuning may cost at most a quarter of stage 1')
+  require(m.learning_rate > 0.0, 'learning_rate', 'must be positive')
+  require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
+  require(m.dependence in DEPENDENCE, 'dependence', f'must be one of {DEPENDENCE}')
+  require(0.0 <= m.predictor_threshold <= 1.0, 'predictor_threshold', 'must be in [0, 1]')
+  require(m.max_predictors >= 1, 'max_predictors', 'must be >= 1')
+  require(0.0 < m.target_reduction <= 1.0, 'target_reduction', 'must be in (0, 1]')
+  require(0.0 < m.target_tolerance < 1.0, 'target_tolerance', 'must be in (0, 1)')
+  require(m.use_method == '' or m.use_method in METHODS, 'use_method', f"must be '' or one of {METHODS}")
+  require(not (m.use_method and not m.use), 'use_method', 'is set but mitigation.use is False')

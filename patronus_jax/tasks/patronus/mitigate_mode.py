@@ -1,0 +1,464 @@
+"""`--mode=mitigate`: fine-tune stage 1 until the diagnosed shortcuts are gone, and show it.
+
+  1. The diagnosis of DIR (interpret part 'diagnosis'; run first when missing or made with other
+     settings) names suspected pairs (A controlled by an edit, B co-moved). None: the report says
+     so and nothing else is written or trained.
+  2. Per method of `mitigation.methods`, stage 1 is fine-tuned from its final checkpoint for
+     `steps_fraction` x train.num_steps steps into checkpoints/stage1_mitigated/<method> (the
+     original series is only read), then stage 2 is trained again on the new encoder into
+     checkpoints/latent_mitigated/<method>:
+       rebalance    the training stream is resampled with weights P(a) P(b) / P(a, b) from the
+                    dataset's labels, so that A and B are independent in what the model sees
+       decorrelate  the data stay; the loss gains weight x dependence(s_JA, s_JB) over each batch,
+                    JA = the prototypes whose edits showed the pair, JB = those that predict B
+                    (eta^2 of s_j with B on held-out images); no labels of training images used
+  3. Each model (and the original, for the same settings) is read through a view workdir
+     DIR/mitigation/<name>/ whose checkpoints/ link to the series: the diagnosis and the sample
+     quality (fd_classifier of unconditional samples) run there with the unchanged modes.
+  4. DIR/mitigation/report.json: 'before' and 'after' (the selected method) with the suspected
+     pairs as in interpret/diagnosis.json, per method the same edits' effects with CIs, the edit
+     success of A, fd_classifier, the targets met; DIR/mitigation/edits.png: the same edits
+     (same images, same x_T) on the original and each mitigated model.
+
+`--config.mitigation.use=True` makes sample / interpret / evaluate run in the view of the
+selected (or `use_method`) model: its outputs stay apart from the original's (docs/mitigation.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+from absl import logging
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from patronus_jax import data as data_lib
+from patronus_jax.core import checkpoint as ckpt_lib
+from patronus_jax.core import files
+from patronus_jax.core import timing
+from patronus_jax.core import workdir as workdir_lib
+from patronus_jax.core.errors import CheckpointError, ConfigError
+from patronus_jax.core.training import LoopSettings, make_optimizer, restore_or_init, run_training
+from patronus_jax.data import bias as bias_lib
+from patronus_jax.data import pipeline
+from patronus_jax.data import preprocess as preprocess_lib
+from patronus_jax.data import sources
+from patronus_jax.evaluate.workdir_classifier import classifier_dir, classifier_for_workdir
+from patronus_jax.interpret import core as interpret_core
+from patronus_jax.interpret import figures
+from patronus_jax.interpret import stats
+from patronus_jax.tasks.patronus import evaluate_mode
+from patronus_jax.tasks.patronus import interpret_mode
+from patronus_jax.tasks.patronus import loading
+from patronus_jax.tasks.patronus import sample as sample_lib
+from patronus_jax.tasks.patronus import training
+
+OUT_DIR = 'mitigation'
+STAGE1_SERIES = 'stage1_mitigated'
+LATENT_SERIES = 'latent_mitigated'
+ORIGINAL = 'original'
+LATER_MODES = ('sample', 'interpret', 'evaluate')
+
+
+# ----------------------------------------------------------------------------- dependence in s-space
+
+
+def cross_covariance(x: jax.Array, y: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Squared Frobenius norm of the cross-correlation matrix of the columns of x (n, p) and y (n, q)
+  over the batch: 0 iff every column of x is uncorrelated with every column of y."""
+  n = x.shape[0]
+  xs = (x - x.mean(0)) / (x.std(0) + eps)
+  ys = (y - y.mean(0)) / (y.std(0) + eps)
+  return jnp.sum((xs.T @ ys / n) ** 2)
+
+
+def hsic(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Biased HSIC (Gretton et al. 2005) with Gaussian kernels, tr(K H L H) / (n - 1)^2; each kernel's
+  bandwidth is the median squared distance of its rows (held constant for the gradient)."""
+  n = x.shape[0]
+
+  def gram(z):
+    d = jnp.sum((z[:, None, :] - z[None, :, :]) ** 2, -1)
+    scale = jax.lax.stop_gradient(jnp.median(d) + 1e-6)
+    return jnp.exp(-d / scale)
+
+  h = jnp.eye(n) - 1.0 / n
+  return jnp.trace(gram(x) @ h @ gram(y) @ h) / (n - 1) ** 2
+
+
+DEPENDENCE = {'cross_covariance': cross_covariance, 'hsic': hsic}
+
+
+class DecorrelateTask(training.PatronusTask):
+  """Stage 1 with weight x sum over pairs of dependence(s[:, JA], s[:, JB]) added to the loss."""
+
+  def __init__(self, config, groups: list[tuple[list[int], list[int]]], weight: float, dependence: str):
+    super().__init__(config)
+    self.groups = [(jnp.asarray(a, jnp.int32), jnp.asarray(b, jnp.int32)) for a, b in groups]
+    self.weight = float(weight)
+    self.dependence = DEPENDENCE[dependence]
+
+  def loss_fn(self, params, variables, batch, key, train):
+    loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
+    penalty = sum(self.dependence(s[:, a], s[:, b]) for a, b in self.groups)
+    return loss + self.weight * penalty, {**metrics, 'dependence': penalty}
+
+
+# ----------------------------------------------------------------------------- what to decouple
+
+
+def plan_pairs(diagnosis: dict, names, association: np.ndarray, mcfg) -> list[dict]:
+  """Per suspected pair: A (the attribute its edits control most often), B, the edited prototypes
+  JA and the prototypes JB that predict B (eta^2 >= predictor_threshold, strongest first, not in JA;
+  the strongest one when none reaches it)."""
+  plans = []
+  for pair in diagnosis['suspected_correlations']:
+    controlled = [e['controlled'] for e in pair['edits']]
+    a = max(set(controlled), key=controlled.count)
+    b = next(x for x in pair['attributes'] if x != a)
+    ja = sorted({int(e['prototype']) for e in pair['edits'] if e['controlled'] == a})
+    eta = association[list(names).index(b)]
+    order = [int(j) for j in np.argsort(-eta) if int(j) not in ja]
+    jb = [j for j in order if eta[j] >= mcfg.predictor_threshold][:mcfg.max_predictors] or order[:1]
+    plans.append(dict(attributes=pair['attributes'], controlled=a, co_moved=b, prototypes_a=ja,
+                      predictors_b=jb, eta2_b={str(j): float(eta[j]) for j in jb}, edits=pair['edits']))
+  return plans
+
+
+# ----------------------------------------------------------------------------- view workdirs
+
+
+def view_dir(workdir: str, name: str) -> str:
+  return os.path.join(os.path.abspath(workdir), OUT_DIR, name)
+
+
+def _link(link: str, target: str) -> None:
+  """A relative symbolic link (the workdir can move); an existing one must point there already."""
+  rel = os.path.relpath(target, os.path.dirname(link))
+  if os.path.islink(link):
+    if os.readlink(link) != rel:
+      raise CheckpointError(f'{link} points to {os.readlink(link)}, expected {rel}')
+    return
+  os.makedirs(os.path.dirname(link), exist_ok=True)
+  os.symlink(rel, link)
+
+
+def make_view(config, workdir: str, name: str, stage1: str, latent: Optional[str]):
+  """(config, directory) of a workdir that reads checkpoints/<stage1> (and <latent>) of `workdir`
+  as its stage1 (latent) and shares its attribute classifier and real-image statistics.
+
+  latent None: the view keeps its own latent series (stage 2 trained there when needed)."""
+  directory = view_dir(workdir, name)
+  os.makedirs(directory, exist_ok=True)
+  for stage, series in (('stage1', stage1), ('latent', latent)):
+    if series is not None:
+      target = ckpt_lib.stage_dir(workdir, series)
+      os.makedirs(target, exist_ok=True)
+      _link(os.path.join(directory, 'checkpoints', stage), target)
+  c = config.copy_and_resolve_references()
+  c.evaluate.classifier_dir = classifier_dir(config, workdir)
+  c.evaluate.fid_stats_dir = config.evaluate.fid_stats_dir or os.path.join(os.path.abspath(workdir), 'fid_stats')
+  c.mitigation.use = False
+  c.mitigation.use_method = ''
+  if jax.process_index() == 0:
+    workdir_lib.check_and_write_config(directory, c)
+  return c, directory
+
+
+def use_view(config, workdir: str):
+  """(config, directory) of the mitigated model `--config.mitigation.use=True` asks for."""
+  method = config.mitigation.use_method
+  report_path = os.path.join(workdir, OUT_DIR, 'report.json')
+  if not method:
+    if not os.path.exists(report_path):
+      raise CheckpointError(f'mitigation.use=True but {report_path} does not exist: run --mode=mitigate first')
+    report = files.read_json(report_path)
+    method = report.get('selected_method')
+    if not method:
+      raise CheckpointError(f'{report_path} selects no mitigated model ({report.get("reason", "no method ran")})')
+  series = f'{STAGE1_SERIES}/{method}'
+  if not os.path.isdir(ckpt_lib.stage_dir(workdir, series)):
+    raise CheckpointError(f'mitigation.use=True: no checkpoints in {ckpt_lib.stage_dir(workdir, series)}; run '
+                          f"--mode=mitigate with '{method}' in mitigation.methods first")
+  return make_view(config, workdir, method, series, f'{LATENT_SERIES}/{method}')
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def diagnose(config, workdir: str, mesh) -> dict:
+  """The interpret part 'diagnosis' of a workdir (reused when up to date for its checkpoint)."""
+  c = config.copy_and_resolve_references()
+  c.interpret.parts = ('diagnosis',)
+  interpret_mode.interpret_mode(c, workdir, mesh)
+  return files.read_json(os.path.join(workdir, 'interpret', 'diagnosis.json'))
+
+
+def sample_quality(config, workdir: str, mesh) -> dict:
+  """fd_classifier of unconditional samples (evaluate mode restricted to it, in `workdir`)."""
+  c = config.copy_and_resolve_references()
+  c.evaluate.metrics = ('fd_classifier',)
+  c.evaluate.samples = ('unconditional',)
+  metrics = evaluate_mode.evaluate_mode(c, workdir, mesh)
+  fd = metrics['fd_classifier']
+  return {'fd_classifier': fd['unconditional'], 'real_eval_baseline': fd['real_eval_baseline'],
+          'num_samples': fd['num_samples']}
+
+
+def held_out_association(config, model, variables, names, values) -> np.ndarray:
+  """eta^2 (attributes, prototypes) of s with the labels of `interpret.num_eval_images` held-out images."""
+  arrays = data_lib.load_arrays(config.data, config.interpret.eval_split or config.data.eval_split,
+                                max_examples=config.interpret.num_eval_images)
+  s = sample_lib.encode_batched(model, variables, arrays['image'], config.interpret.batch_size)
+  return stats.association_matrix(s, np.asarray(arrays['attributes']), [len(v) for v in values])
+
+
+def rebalancing(config, plans: list[dict], names, values) -> tuple[np.ndarray, dict]:
+  """(weights of the training examples in record order, report of the association before / after)."""
+  split = config.data.train_split
+  labels = training.pass_over_split(config, split, None, 256, label=f'reading the labels of {split}')['attributes']
+  pairs = [(names.index(p['controlled']), names.index(p['co_moved'])) for p in plans]
+  cards = [len(v) for v in values]
+  weights = bias_lib.independence_weights(labels, pairs, cards)
+  report = {}
+  for (a, b), p in zip(pairs, plans):
+    before = bias_lib.weighted_table(labels[:, a], labels[:, b], np.ones(len(labels)), cards[a], cards[b])
+    after = bias_lib.weighted_table(labels[:, a], labels[:, b], weights, cards[a], cards[b])
+    report[' <-> '.join(p['attributes'])] = dict(
+        cramers_v_before=bias_lib.cramers_v(before * len(labels)),
+        cramers_v_after=bias_lib.cramers_v(after * len(labels)),
+        max_abs_dependence_after=float(np.abs(after - np.outer(after.sum(1), after.sum(0))).max()))
+  report['max_weight'] = float(weights.max())
+  report['num_examples'] = int(len(labels))
+  report['labels'] = f'dataset labels of {split}'
+  return weights, report
+
+
+def resampled_iterator(config, weights: np.ndarray, num: int, seed: int):
+  """Batches of `num` training examples drawn in proportion to `weights` (systematic resampling,
+  shuffled), then reshuffled draws again; checkpointable like the training stream."""
+  opened = sources.open_split(config.data, config.data.train_split)
+  order = bias_lib.resample(weights, num, np.random.default_rng([seed, 4099]))
+  ds = grain.MapDataset.source(opened.records.subset(order)).repeat(None)
+  if jax.process_count() > 1:
+    ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.map(pipeline._preprocess(config.data, opened))  # pylint: disable=protected-access
+  it = ds.to_iter_dataset(pipeline._read_options(config.data))  # pylint: disable=protected-access
+  return iter(it.batch(config.train.batch_size // jax.process_count(), drop_remainder=True,
+                       batch_fn=preprocess_lib.stack_examples))
+
+
+def finetune(config, workdir: str, view: str, task, make_iterator, mesh, method: str) -> dict:
+  """Stage 1 of `workdir` fine-tuned with `task` on `make_iterator()` into the series the view links.
+
+  The series starts with a copy of the original's final state (its step number), so the loop
+  resumes from it, and a crash or a second run continues where it stopped."""
+  mcfg = config.mitigation
+  original = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(workdir, 'stage1'), asynchronous=False, writer=False)
+  try:
+    start = original.latest_step()
+    if start is None:
+      raise CheckpointError(f'no stage-1 checkpoint in {ckpt_lib.stage_dir(workdir, "stage1")}: run --mode=train first')
+    steps = max(1, int(round(mcfg.steps_fraction * config.train.num_steps)))
+    settings = dataclasses.replace(LoopSettings.from_section(config.train), num_steps=start + steps,
+                                   learning_rate=float(mcfg.learning_rate), warmup_steps=0, lr_schedule='constant',
+                                   checkpoint_every=steps, keep_checkpoints=2, sample_every=0)
+    tx = make_optimizer(settings)
+    series = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(view, 'stage1'), keep=2, asynchronous=False)
+    try:
+      if series.latest_step() is None:
+        it = make_iterator()
+        state, _ = restore_or_init(task, tx, original, it, seed=config.seed, mesh=mesh, process_data_state=False)
+        series.save(start, state, it.get_state(), {'stage': 'stage1', 'mitigation': method, 'from_step': start,
+                                                   'from': ckpt_lib.stage_dir(workdir, 'stage1')}, force=True)
+    finally:
+      series.close()
+  finally:
+    original.close()
+  watch = timing.Stopwatch()
+  run_training(task, settings, view, make_iterator, seed=config.seed, mesh=mesh,
+               meta={'config': workdir_lib.config_to_dict(config), 'mitigation': method, 'from_step': start})
+  return dict(from_step=start, steps=steps, to_step=start + steps, batch_size=settings.batch_size,
+              learning_rate=settings.learning_rate, cost_fraction=steps / config.train.num_steps,
+              seconds=round(watch.seconds(), 1))
+
+
+# ----------------------------------------------------------------------------- comparing
+
+
+def summary(diagnosis: dict) -> dict:
+  """The diagnosis in the report: its pairs (as in interpret/diagnosis.json) and findings."""
+  keys = ('suspected_pairs', 'suspected_correlations', 'findings', 'num_samples', 'z_critical', 'bystander_effect')
+  out = {k: diagnosis[k] for k in keys if k in diagnosis}
+  out['controls'] = {str(p['prototype']): p['controls'] for p in diagnosis.get('prototypes', [])}
+  return out
+
+
+def _effect(diagnosis: dict, prototype: int, direction: str, attribute: str) -> dict:
+  entry = next(p for p in diagnosis['prototypes'] if p['prototype'] == prototype)
+  e = entry['directions'][direction]['effects'][attribute]
+  return {'effect': e['effect'], 'effect_ci': e['effect_ci'], 'flip_rate': e['flip_rate'],
+          'towards': e['towards'], 'significant': e['significant']}
+
+
+def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, quality_after: dict,
+            mcfg) -> dict:
+  """Per edit of each pair: the co-moved effect and the edit success of A before and after; the
+  targets (pair gone, co-moved effect down by target_reduction, edit success and fd_classifier
+  within target_tolerance)."""
+  edits, gone = [], []
+  for p in plans:
+    gone.append(sorted(p['attributes']) not in [sorted(x) for x in after['suspected_pairs']])
+    for e in p['edits']:
+      j, d = int(e['prototype']), e['direction']
+      co_b, co_a = _effect(before, j, d, e['co_moved']), _effect(after, j, d, e['co_moved'])
+      a_b, a_a = _effect(before, j, d, e['controlled']), _effect(after, j, d, e['controlled'])
+      edits.append(dict(
+          prototype=j, direction=d, controlled=e['controlled'], co_moved=e['co_moved'],
+          co_moved_before=co_b, co_moved_after=co_a,
+          co_moved_reduction=1.0 - co_a['effect'] / max(co_b['effect'], 1e-12),
+          controlled_before=a_b, controlled_after=a_a,
+          edit_success_before=a_b['flip_rate'], edit_success_after=a_a['flip_rate'],
+          edit_success_ratio=a_a['flip_rate'] / max(a_b['flip_rate'], 1e-12)))
+  tol = mcfg.target_tolerance
+  fd_ratio = quality_after['fd_classifier'] / max(quality_before['fd_classifier'], 1e-12)
+  targets = dict(
+      pairs_gone=bool(all(gone)), no_suspected_pair=not after['suspected_pairs'],
+      co_moved_reduction=bool(all(e['co_moved_reduction'] >= mcfg.target_reduction for e in edits)),
+      edit_success_kept=bool(all(e['edit_success_ratio'] >= 1.0 - tol for e in edits)),
+      sample_quality_kept=bool(fd_ratio <= 1.0 + tol))
+  return dict(edits=edits, min_co_moved_reduction=float(min(e['co_moved_reduction'] for e in edits)),
+              min_edit_success_ratio=float(min(e['edit_success_ratio'] for e in edits)),
+              fd_classifier_ratio=float(fd_ratio), targets=targets, all_targets_met=bool(all(targets.values())))
+
+
+def select(results: dict) -> Optional[str]:
+  """The method meeting most targets, then with the largest smallest co-moved reduction."""
+  if not results:
+    return None
+  return max(results, key=lambda m: (sum(results[m]['comparison']['targets'].values()),
+                                     results[m]['comparison']['min_co_moved_reduction']))
+
+
+# ----------------------------------------------------------------------------- the figure
+
+
+def edits_figure(config, views: dict, diagnoses: dict, edit: dict, path: str, num_images: int = 4) -> None:
+  """Rows: the original and each mitigated model; per image: s_j lowered / unchanged / raised (each
+  model's own observed range, as its diagnosis), same held-out images, same x_T; cell titles: the
+  classifier's reading of A and B."""
+  j, names = int(edit['prototype']), (edit['controlled'], edit['co_moved'])
+  vc, _ = next(iter(views.values()))
+  info = data_lib.get_info(config.data)
+  heads = [list(info.attribute_names).index(n) for n in names]
+  images = data_lib.load_arrays(config.data, config.interpret.eval_split or config.data.eval_split,
+                                max_examples=num_images)['image']
+  x_T = np.random.default_rng(config.seed + 43).standard_normal(images.shape).astype(np.float32)
+  clf, _ = classifier_for_workdir(vc, next(iter(views.values()))[1])
+  spec = interpret_core.deterministic_spec(config.diffusion, config.interpret.ddim_steps)
+  table, titles = [], []
+  for name, (c, directory) in views.items():
+    model, variables, _ = loading.load_stage1_variables(c, directory)
+    engine = interpret_core.Engine(model, variables, spec, config.interpret.batch_size, classifier=clf,
+                                   label='mitigation figure')
+    s = engine.encode(images)['s']
+    ranges = diagnoses[name]['edit_values']
+    rows = np.concatenate([s, s, s])
+    rows[:len(s), j] = ranges['lower'][j]
+    rows[2 * len(s):, j] = ranges['raise'][j]
+    out = engine.generate(rows, np.concatenate([x_T] * 3), what=f'{name}: the same edits', classify=True, uint8=True)
+    row, trow = [], []
+    for i in range(len(s)):
+      for k in range(3):
+        r = k * len(s) + i
+        row.append(out['images'][r].astype(np.float32) / 127.5 - 1.0)
+        trow.append(' '.join(info.attribute_values[h][int(np.argmax(out['probs'][h][r]))] for h in heads))
+    table.append(row)
+    titles.append(trow)
+  fig = figures.image_table(
+      table, list(views), [f'img {i} {t}' for i in range(len(images)) for t in ('↓', 'base', '↑')],
+      f'The same edit (prototype {j} lowered / raised) before and after mitigation; cells: {names[0]} {names[1]}',
+      cell_titles=titles)
+  files.save_figure(path, fig)
+
+
+# ----------------------------------------------------------------------------- the mode
+
+
+def _write_report(out_dir: str, report: dict) -> dict:
+  if jax.process_index() == 0:
+    files.write_json(os.path.join(out_dir, 'report.json'), report)
+  return report
+
+
+def mitigate_mode(config, workdir: str, mesh=None) -> dict:
+  """`--mode=mitigate` (module docstring). Returns the report written to DIR/mitigation/report.json."""
+  watch = timing.Stopwatch()
+  mcfg = config.mitigation
+  if mcfg.use:
+    raise ConfigError("config field 'mitigation.use' applies to the later modes (sample, interpret, evaluate); "
+                      '--mode=mitigate always starts from the original stage 1')
+  out_dir = os.path.join(os.path.abspath(workdir), OUT_DIR)
+  before = diagnose(config, workdir, mesh)
+  if 'skipped' in before or not before['suspected_correlations']:
+    reason = (f"diagnosis skipped: {before['skipped']}" if 'skipped' in before else
+              'the diagnosis names no suspected pair: nothing to mitigate, nothing changed')
+    logging.info('mitigate: %s', reason)
+    nothing = summary(before) if 'skipped' not in before else {'suspected_pairs': []}
+    return _write_report(out_dir, {'before': nothing, 'after': nothing, 'mitigated': False, 'reason': reason,
+                                   'methods': {}, 'selected_method': None, 'seconds': round(watch.seconds(), 1)})
+  info = data_lib.get_info(config.data)
+  names, values = list(info.attribute_names), [tuple(v) for v in info.attribute_values]
+  model, variables, _ = loading.load_stage1_variables(config, workdir)
+  plans = plan_pairs(before, names, held_out_association(config, model, variables, names, values), mcfg)
+  logging.info('mitigate: pairs %s', [(p['controlled'], p['co_moved'], p['prototypes_a'], p['predictors_b'])
+                                      for p in plans])
+  has_latent = os.path.isdir(ckpt_lib.stage_dir(workdir, 'latent'))
+  views = {ORIGINAL: make_view(config, workdir, ORIGINAL, 'stage1', 'latent' if has_latent else None)}
+  if not has_latent:  # the original's unconditional samples need a latent model: trained in its view
+    training.train_latent(*views[ORIGINAL], mesh)
+  diagnoses = {ORIGINAL: before}
+  quality = {ORIGINAL: sample_quality(*views[ORIGINAL], mesh)}
+  results = {}
+  for method in mcfg.methods:
+    series = f'{STAGE1_SERIES}/{method}'
+    views[method] = vc, vdir = make_view(config, workdir, method, series, f'{LATENT_SERIES}/{method}')
+    logging.info('mitigate: method %s -> %s', method, ckpt_lib.stage_dir(workdir, series))
+    extra = {}
+    if method == 'rebalance':
+      weights, extra['rebalancing'] = rebalancing(config, plans, names, values)
+      num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
+      task = training.PatronusTask(vc)
+      make_iterator = lambda: resampled_iterator(vc, weights, num, config.seed)
+    else:
+      groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
+      task = DecorrelateTask(vc, groups, mcfg.penalty_weight, mcfg.dependence)
+      extra['penalty'] = dict(groups=groups, weight=mcfg.penalty_weight, dependence=mcfg.dependence)
+      make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
+    ft = finetune(config, workdir, vdir, task, make_iterator, mesh, method)
+    if mcfg.retrain_latent:
+      training.train_latent(vc, vdir, mesh)
+    diagnoses[method] = diagnose(vc, vdir, mesh)
+    quality[method] = sample_quality(vc, vdir, mesh)
+    results[method] = dict(
+        fine_tuning=ft, **extra, checkpoints=ckpt_lib.stage_dir(workdir, series), view=vdir,
+        after=summary(diagnoses[method]), sample_quality=quality[method],
+        comparison=compare(before, diagnoses[method], plans, quality[ORIGINAL], quality[method], mcfg))
+  selected = select(results)
+  strongest = max((e for p in plans for e in p['edits']), key=lambda e: e['effect'])
+  figure = os.path.join(out_dir, 'edits.png')
+  if jax.process_index() == 0:
+    edits_figure(config, views, diagnoses, strongest, figure)
+  report = {
+      'before': dict(summary(before), sample_quality=quality[ORIGINAL]),
+      'after': dict(results[selected]['after'], sample_quality=quality[selected]),
+      'mitigated': True, 'selected_method': selected, 'pairs': plans, 'methods': results,
+      'figure': {'edits.png': f"prototype {strongest['prototype']} {strongest['direction']} (the strongest "
+                              'finding) lowered / unchanged / raised on the same images and x_T, per model'},
+      'seconds': round(watch.seconds(), 1)}
+  logging.info('mitigate: selected %s; %s', selected, {m: r['comparison']['targets'] for m, r in results.items()})
+  return _write_report(out_dir, report)

@@ -1,0 +1,196 @@
+"""--mode=mitigate: rebalancing weights, the s-space dependence penalties, fine-tuning into a new
+checkpoint series that leaves the original untouched, and the no-pair no-op."""
+
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from patronus_jax import config as config_lib
+from patronus_jax import data as data_lib
+from patronus_jax import main as main_lib
+from patronus_jax.core import checkpoint as ckpt_lib
+from patronus_jax.core import sharding
+from patronus_jax.core.errors import ConfigError
+from patronus_jax.core.training import load_state
+from patronus_jax.data import bias as bias_lib
+from patronus_jax.tasks.patronus import loading
+from patronus_jax.tasks.patronus import mitigate_mode
+from patronus_jax.tasks.patronus import training
+
+
+def _biased_labels(n=3000, seed=0):
+  """colour (4 values) -> shape (3 values) at 0.9, plus an unrelated 2-valued column."""
+  rng = np.random.default_rng(seed)
+  colour = rng.integers(0, 4, n)
+  tied = np.array([0, 1, 2, 0])[colour]
+  shape = np.where(rng.random(n) < 0.9, tied, rng.integers(0, 3, n))
+  return np.stack([shape, colour, rng.integers(0, 2, n)], 1)
+
+
+def test_rebalancing_weights_make_the_pair_exactly_independent_and_keep_the_marginals():
+  labels = _biased_labels()
+  w = bias_lib.independence_weights(labels, [(1, 0)], [3, 4, 2])
+  before = bias_lib.weighted_table(labels[:, 1], labels[:, 0], np.ones(len(labels)), 4, 3)
+  after = bias_lib.weighted_table(labels[:, 1], labels[:, 0], w, 4, 3)
+  assert bias_lib.cramers_v(before * len(labels)) > 0.7
+  np.testing.assert_allclose(after, np.outer(after.sum(1), after.sum(0)), atol=1e-15)
+  np.testing.assert_allclose(after.sum(1), before.sum(1), atol=1e-15)  # P(colour) and P(shape) unchanged
+  np.testing.assert_allclose(after.sum(0), before.sum(0), atol=1e-15)
+  assert w.mean() == pytest.approx(1.0)
+  # the closed form for one pair: P(a) P(b) / P(a, b) of the example's cell
+  u, v = labels[0, 1], labels[0, 0]
+  assert w[0] == pytest.approx(before.sum(1)[u] * before.sum(0)[v] / before[u, v] / np.mean(
+      before.sum(1)[labels[:, 1]] * before.sum(0)[labels[:, 0]] / before[labels[:, 1], labels[:, 0]]))
+  # two pairs sharing no attribute with the third column: both independent
+  labels[:, 2] = np.where(np.random.default_rng(1).random(len(labels)) < 0.8, labels[:, 1] % 2, 1 - labels[:, 1] % 2)
+  w2 = bias_lib.independence_weights(labels, [(1, 0), (1, 2)], [3, 4, 2])
+  for a, b, na, nb in ((1, 0, 4, 3), (1, 2, 4, 2)):
+    t = bias_lib.weighted_table(labels[:, a], labels[:, b], w2, na, nb)
+    np.testing.assert_allclose(t, np.outer(t.sum(1), t.sum(0)), atol=1e-9)
+
+
+def test_resampling_follows_the_weights_up_to_one_example_per_example():
+  labels = _biased_labels()
+  w = bias_lib.independence_weights(labels, [(1, 0)], [3, 4, 2])
+  num = 4 * len(labels)
+  idx = bias_lib.resample(w, num, np.random.default_rng(0))
+  counts = np.bincount(idx, minlength=len(labels))
+  expected = num * w / w.sum()
+  assert np.all(np.abs(counts - expected) < 1.0)
+  assert len(idx) == num and not np.all(np.diff(idx) >= 0)  # shuffled
+  table = bias_lib._table(labels[idx, 1], labels[idx, 0], 4, 3)
+  assert bias_lib.cramers_v(table) < 0.01
+
+
+def _finite_difference_check(fn, x, y):
+  g = jax.grad(fn)(x, y)
+  rng = np.random.default_rng(3)
+  for _ in range(4):
+    d = jnp.asarray(rng.standard_normal(x.shape))
+    h = 1e-6
+    fd = (fn(x + h * d, y) - fn(x - h * d, y)) / (2 * h)
+    assert float(jnp.vdot(g, d)) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+
+
+def test_dependence_penalties_values_and_gradients():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((16, 2)))
+    y = jnp.asarray(rng.standard_normal((16, 3)) + 0.8 * np.asarray(x[:, :1]))
+    # closed form: the sum of squared Pearson correlations between the columns
+    corr = np.corrcoef(np.concatenate([x, y], 1).T)[:2, 2:]
+    assert float(mitigate_mode.cross_covariance(x, y, eps=0.0)) == pytest.approx(float((corr ** 2).sum()), rel=1e-10)
+    _finite_difference_check(mitigate_mode.cross_covariance, x, y)
+    # HSIC, with the median bandwidth held constant: the finite difference sees the same constant
+    bandwidth = lambda z: float(jnp.median(jnp.sum((z[:, None] - z[None]) ** 2, -1)) + 1e-6)
+
+    def hsic_fixed(a, b, sa=bandwidth(x), sb=bandwidth(y)):
+      ka = jnp.exp(-jnp.sum((a[:, None] - a[None]) ** 2, -1) / sa)
+      kb = jnp.exp(-jnp.sum((b[:, None] - b[None]) ** 2, -1) / sb)
+      h = jnp.eye(a.shape[0]) - 1.0 / a.shape[0]
+      return jnp.trace(ka @ h @ kb @ h) / (a.shape[0] - 1) ** 2
+
+    assert float(mitigate_mode.hsic(x, y)) == pytest.approx(float(hsic_fixed(x, y)), rel=1e-12)
+    np.testing.assert_allclose(jax.grad(mitigate_mode.hsic)(x, y), jax.grad(hsic_fixed)(x, y), rtol=1e-9)
+    _finite_difference_check(hsic_fixed, x, y)
+    # independent by construction (a column and a function of its sign-flipped twin): ~0 cross-covariance
+    z = jnp.asarray(np.r_[np.arange(8.0), -np.arange(8.0)])[:, None]
+    assert float(mitigate_mode.cross_covariance(z, jnp.abs(z))) < 1e-12
+    dependent = jnp.concatenate([x[:, :1], x[:, 1:] ** 2, -x[:, :1]], 1)  # functions of x: strongly dependent
+    assert float(mitigate_mode.hsic(x, dependent)) > 2 * float(mitigate_mode.hsic(x, jnp.asarray(
+        rng.standard_normal((16, 3)))))
+
+
+def test_mitigation_config_is_validated():
+  config = config_lib.base_config()
+  config.mitigation.steps_fraction = 0.3
+  with pytest.raises(ConfigError, match='mitigation.steps_fraction'):
+    config_lib.validate(config)
+  config = config_lib.base_config()
+  config.mitigation.methods = ('rebalance', 'retrain')
+  with pytest.raises(ConfigError, match='mitigation.methods'):
+    config_lib.validate(config)
+
+
+def _tree_hash(directory: str) -> dict:
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope='module')
+def trained(shapes_config, tmp_path_factory):
+  config = shapes_config.copy_and_resolve_references()
+  config.data.shapes.planted_strength = 0.9
+  config.train.num_steps = 8
+  config.train.checkpoint_every = 8
+  workdir = str(tmp_path_factory.mktemp('mitigate'))
+  main_lib.run(config, workdir, 'train')
+  return config, workdir
+
+
+def test_no_suspected_pair_changes_nothing(trained, monkeypatch):
+  config, workdir = trained
+  before = _tree_hash(workdir)
+  diagnosis = {'suspected_pairs': [], 'suspected_correlations': [], 'findings': [], 'prototypes': []}
+  monkeypatch.setattr(mitigate_mode, 'diagnose', lambda *a: diagnosis)
+  report = mitigate_mode.mitigate_mode(config, workdir)
+  after = _tree_hash(workdir)
+  assert set(after) - set(before) == {'mitigation/report.json'}
+  assert all(after[k] == v for k, v in before.items())
+  written = json.load(open(os.path.join(workdir, 'mitigation', 'report.json')))
+  assert written == json.loads(json.dumps(report))
+  assert not written['mitigated'] and written['before']['suspected_pairs'] == written['after']['suspected_pairs'] == []
+  assert 'nothing to mitigate' in written['reason']
+  os.remove(os.path.join(workdir, 'mitigation', 'report.json'))
+
+
+def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(trained):
+  config, workdir = trained
+  original_dir = ckpt_lib.stage_dir(workdir, 'stage1')
+  before = _tree_hash(original_dir)
+  _, original_vars, original_step = loading.load_stage1_variables(config, workdir)
+  steps = int(round(config.mitigation.steps_fraction * config.train.num_steps))
+  labels = training.pass_over_split(config, 'train', None, 64)['attributes']
+  weights = bias_lib.independence_weights(labels, [(2, 1)], [3, 3, 4, 2, 4, 2])
+  runs = {
+      'rebalance': (training.PatronusTask(config),
+                    lambda: mitigate_mode.resampled_iterator(config, weights, (steps + 2) * 8, 0)),
+      'decorrelate': (mitigate_mode.DecorrelateTask(config, [([0, 1], [2])], 10.0, 'hsic'),
+                      data_lib.training_iterator_factory(config.data, config.train.batch_size, 1)),
+  }
+  for method, (task, make_iterator) in runs.items():
+    vc, view = mitigate_mode.make_view(config, workdir, method, f'stage1_mitigated/{method}',
+                                       f'latent_mitigated/{method}')
+    ft = mitigate_mode.finetune(vc, workdir, view, task, make_iterator, sharding.make_mesh(config.mesh), method)
+    assert ft['from_step'] == original_step and ft['to_step'] == original_step + steps
+    assert ft['cost_fraction'] <= 0.25
+    _, mitigated_vars, step = loading.load_stage1_variables(vc, view)
+    assert step == original_step + steps
+    assert os.path.realpath(ckpt_lib.stage_dir(view, 'stage1')) == os.path.realpath(
+        ckpt_lib.stage_dir(workdir, f'stage1_mitigated/{method}'))
+    diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), mitigated_vars, original_vars)
+    assert max(jax.tree_util.tree_leaves(diff)) > 0
+  assert _tree_hash(original_dir) == before
+  state, step, _ = load_state(workdir, 'stage1')
+  assert step == original_step
+  np.testing.assert_array_equal(np.asarray(jax.tree_util.tree_leaves(state['ema_params'])[0]),
+                                np.asarray(jax.tree_util.tree_leaves(original_vars['params'])[0]))
+  # --config.mitigation.use=True: the later modes read the selected series through the view
+  os.makedirs(os.path.join(workdir, 'mitigation'), exist_ok=True)
+  with open(os.path.join(workdir, 'mitigation', 'report.json'), 'w') as f:
+    json.dump({'selected_method': 'decorrelate'}, f)
+  use = config.copy_and_resolve_references()
+  use.mitigation.use = True
+  vc, view = mitigate_mode.use_view(use, workdir)
+  assert view == mitigate_mode.view_dir(workdir, 'decorrelate') and not vc.mitigation.use
+  assert loading.load_stage1_variables(vc, view)[2] == original_step + steps
