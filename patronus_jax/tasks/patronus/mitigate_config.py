@@ -19,8 +19,7 @@ def mitigation_config() -> ConfigDict:
       methods=METHODS,
       steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
       learning_rate=5e-4,  # constant, no warm-up (Adam's moments continue from stage 1)
-      train_encoder=True,  # False: only the U-Net moves (s, its range and the latent model stay valid)
-      penalty_weight=10.0,  # 'decorrelate': weight of the dependence term
+      penalty_weight=1.0,  # 'decorrelate': weight of the dependence term (the diffusion loss is ~0.03)
       dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
       predictor_threshold=0.1,  # eta^2 of s_j with B at which prototype j counts as predicting B
       max_predictors=4,  # at most this many prototypes per side (the strongest first)
