@@ -68,6 +68,7 @@ def table(report: dict) -> str:
 def main(argv) -> None:
   del argv
   config, workdir = FLAGS.config, FLAGS.workdir
+  main_lib.quiet_library_logs()
   seconds = {}
   for mode in ('train', 'train_latent', 'mitigate'):
     t0 = time.time()

@@ -118,7 +118,7 @@ def plan_pairs(diagnosis: dict, names, association: np.ndarray, mcfg) -> list[di
   plans = []
   for pair in diagnosis['suspected_correlations']:
     controlled = [e['controlled'] for e in pair['edits']]
-    a = max(set(controlled), key=controlled.count)
+    a = max(sorted(set(controlled)), key=controlled.count)  # a tie: the first name (deterministic)
     b = next(x for x in pair['attributes'] if x != a)
     ja = sorted({int(e['prototype']) for e in pair['edits'] if e['controlled'] == a})
     eta = association[list(names).index(b)]
