@@ -30,6 +30,9 @@ def tiny_config(data_dir, **train):
   config.evaluate.batch_size = 8
   config.bcos.num_explain = 8  # explain and evaluate then share the whole-generation explanation's compilation
   config.diffusion.sample_steps = 4
+  # One level (attention in the bottleneck only): half the layers of ':tiny', and XLA's compile time,
+  # not the steps, is what these tests spend.
+  config.bcos.channel_mults, config.bcos.self_attention, config.bcos.cross_attention = (1,), (False,), (False,)
   for k, v in train.items():
     config.train[k] = v
   return config
