@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from patronus_jax.core.config import ConfigDict, section_checker
 
-METHODS = ('rebalance', 'decorrelate')
+METHODS = ('rebalance', 'decorrelate', 'counterfactual')
 DEPENDENCE = ('cross_covariance', 'hsic')
 
 
@@ -16,11 +16,14 @@ def mitigation_config() -> ConfigDict:
       #                (weights P(a) P(b) / P(a, b) from the dataset's labels)
       #   decorrelate  keep the data; add weight x dependence(s of the prototypes that control A,
       #                s of those that predict B) over each batch to the loss
-      methods=METHODS,
+      #   counterfactual  keep the data; add weight x how much the attribute classifier's reading of B on
+      #                x0_hat moves when s_JA is set to its edit values (the diagnosis' edit, in training)
+      methods=('rebalance', 'decorrelate'),
       steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
       learning_rate=5e-4,  # constant, no warm-up (Adam's moments continue from stage 1)
       penalty_weight=1.0,  # 'decorrelate': weight of the dependence term (the diffusion loss is ~0.03)
       dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
+      counterfactual_weight=1.0,  # 'counterfactual': weight of the change of B's probabilities
       predictor_threshold=0.1,  # eta^2 of s_j with B at which prototype j counts as predicting B
       max_predictors=4,  # at most this many prototypes per side (the strongest first)
       retrain_latent=True,  # stage 2 again on the mitigated encoder (unconditional samples need it)
@@ -44,6 +47,7 @@ def validate_mitigation_config(m) -> None:
           'must be in (0, 0.25]: fine-tuning may cost at most a quarter of stage 1')
   require(m.learning_rate > 0.0, 'learning_rate', 'must be positive')
   require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
+  require(m.counterfactual_weight >= 0.0, 'counterfactual_weight', 'must be >= 0')
   require(m.dependence in DEPENDENCE, 'dependence', f'must be one of {DEPENDENCE}')
   require(0.0 <= m.predictor_threshold <= 1.0, 'predictor_threshold', 'must be in [0, 1]')
   require(m.max_predictors >= 1, 'max_predictors', 'must be >= 1')

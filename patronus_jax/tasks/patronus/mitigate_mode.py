@@ -38,6 +38,7 @@ import numpy as np
 
 from patronus_jax import data as data_lib
 from patronus_jax.core import checkpoint as ckpt_lib
+from patronus_jax.core import diffusion
 from patronus_jax.core import files
 from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
@@ -106,6 +107,45 @@ class DecorrelateTask(training.PatronusTask):
     loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
     penalty = sum(self.dependence(s[:, a], s[:, b]) for a, b in self.groups)
     return loss + self.weight * penalty, {**metrics, 'dependence': penalty}
+
+
+class CounterfactualTask(training.PatronusTask):
+  """Stage 1 plus weight x the change of the attribute classifier's reading of B on x0_hat when s_JA
+  is set to its low or high edit value (the diagnosis' own edit, at a random t, same x_t): the
+  model's own counterfactuals, judged while it trains; the edited branch is pulled to the unedited
+  one (held constant). No labels of training images are used."""
+
+  def __init__(self, config, edits: list[tuple[list[int], list[float], list[float], int]], classifier,
+               weight: float):
+    super().__init__(config)
+    self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32), head)
+                  for ja, lo, hi, head in edits]
+    self.classifier = classifier
+    self.weight = float(weight)
+
+  def loss_fn(self, params, variables, batch, key, train):
+    loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
+    full = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    x0 = batch['image']
+    n = x0.shape[0]
+    t_key, n_key, d_key = jax.random.split(jax.random.fold_in(key, 7), 3)
+    t = diffusion.sample_timesteps(t_key, n, self.schedule.timesteps)
+    x_t = diffusion.q_sample(self.schedule, x0, t, jax.random.normal(n_key, x0.shape, x0.dtype))
+    d = self.config.diffusion
+
+    def probs(s_rows):
+      denoise = lambda x, tt: self.model.apply(full, x, tt, s_rows, False, method=self.model.denoise)
+      x0_hat = diffusion.predict(denoise, x_t, t, self.schedule.abar(t), d.prediction, d.clip_x0)[1]
+      _, logits = self.classifier.net.apply({'params': self.classifier.params}, x0_hat)
+      return [jax.nn.softmax(lg, -1) for lg in logits]
+
+    base = jax.lax.stop_gradient(probs(s))
+    penalty = 0.0
+    for i, (ja, low, high, head) in enumerate(self.edits):
+      up = jax.random.bernoulli(jax.random.fold_in(d_key, i), 0.5, (n, 1))
+      edited = probs(s.at[:, ja].set(jnp.where(up, high, low)))[head]
+      penalty = penalty + jnp.mean(jnp.sum(jnp.square(edited - base[head]), -1))
+    return loss + self.weight * penalty, {**metrics, 'counterfactual': penalty}
 
 
 # ----------------------------------------------------------------------------- what to decouple
@@ -434,6 +474,14 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
       num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
       task = training.PatronusTask(vc)
       make_iterator = lambda: resampled_iterator(vc, weights, num, config.seed)
+    elif method == 'counterfactual':
+      clf, _ = classifier_for_workdir(config, workdir)
+      ev = before['edit_values']
+      edits = [(ja, [ev['lower'][j] for j in ja], [ev['raise'][j] for j in ja],
+                list(clf.attribute_names).index(p['co_moved'])) for p in plans for ja in [p['prototypes_a']]]
+      task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight)
+      extra['penalty'] = dict(edits=[(e[0], e[3]) for e in edits], weight=mcfg.counterfactual_weight)
+      make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
     else:
       groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
       task = DecorrelateTask(vc, groups, mcfg.penalty_weight, mcfg.dependence)
