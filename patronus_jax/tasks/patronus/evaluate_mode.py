@@ -152,13 +152,16 @@ def _config_fields(config) -> dict[str, Any]:
   """The config fields the metrics depend on (also the key that decides to skip)."""
   d = config.diffusion
   lt = config.latent
+  # dpmpp2m's spacing (and a non-DDIM latent sampler) enter the key only when used, so that the
+  # keys of DDIM evaluations made before the sampler choice existed stay valid
+  solver = lambda c: dict(sampler=c.sampler, spacing=c.spacing) if c.sampler == 'dpmpp2m' else {}
   return dict(
       evaluate=json.loads(config.evaluate.to_json_best_effort()),
       data=workdir_classifier.trained_for(config)['data'],
       image_sampler=dict(sampler=d.sampler, sample_steps=d.sample_steps, eta=d.eta, guidance=d.guidance,
-                         schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction),
+                         schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction, **solver(d)),
       latent_sampler=dict(sample_steps=lt.sample_steps, eta=lt.eta, schedule=lt.schedule,
-                          timesteps=lt.timesteps),
+                          timesteps=lt.timesteps, **solver(lt)),
       seed=int(config.seed),
   )
 

@@ -1,7 +1,7 @@
 """Sampling: images from prototype activations, s from the latent model, and `--mode=sample`.
 
-  conditional (reconstruction):  s = s(x_real), x_T ~ N(0, I)  -> U-Net DDIM/DDPM -> x
-  unconditional:                 z_T ~ N(0, I) -> latent DDIM (eta) -> s = z * std + mean -> x
+  conditional (reconstruction):  s = s(x_real), x_T ~ N(0, I)  -> U-Net DDIM/DDPM/DPM-Solver++ -> x
+  unconditional:                 z_T ~ N(0, I) -> latent DDIM (eta) or DPM-Solver++ -> s = z * std + mean -> x
 Each call is one jitted program (the whole denoising loop is a lax.scan); batches are split
 in chunks of `config.sample.batch_size` so memory stays bounded.
 """
@@ -19,7 +19,6 @@ import numpy as np
 
 from patronus_jax import data
 from patronus_jax.core import batching
-from patronus_jax.core import diffusion
 from patronus_jax.core import files
 from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
@@ -28,26 +27,19 @@ from patronus_jax.evaluate import semantics
 from patronus_jax.tasks.patronus.loading import load_latent, load_stage1_variables
 
 
-def _run(spec: SamplerSpec, denoise_fn, x_T, key, trajectory_fn=None):
-  schedule = diffusion.make_schedule(spec.schedule, spec.timesteps)
-  return diffusion.sample(denoise_fn, schedule, x_T, sampler=spec.sampler, num_steps=spec.num_steps,
-                          eta=spec.eta, key=key, prediction=spec.prediction, trajectory_fn=trajectory_fn,
-                          clip_x0=spec.clip_x0)
-
-
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def generate(model, variables, s: jax.Array, x_T: jax.Array, key: jax.Array, spec: SamplerSpec) -> jax.Array:
   """Images conditioned on prototype activations s, from the noise x_T."""
   denoise = lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
-  return _run(spec, denoise, x_T, key)
+  return spec.run(denoise, x_T, key)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def invert(model, variables, s: jax.Array, x0: jax.Array, spec: SamplerSpec) -> jax.Array:
-  """Deterministic DDIM inversion x0 -> x_T under conditioning s (same strided steps)."""
-  schedule = diffusion.make_schedule(spec.schedule, spec.timesteps)
+  """Deterministic inversion x0 -> x_T under conditioning s with the spec's sampler (ddim or
+  dpmpp2m; same timesteps as its sampling, which retraces x0)."""
   denoise = lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
-  return diffusion.ddim_invert(denoise, schedule, x0, num_steps=spec.num_steps, prediction=spec.prediction)
+  return spec.invert(denoise, x0)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -62,7 +54,7 @@ def sample_activations(latent_model, latent_variables, stats: dict, key: jax.Arr
   noise_key, loop_key = jax.random.split(key)
   z_T = jax.random.normal(noise_key, (num, stats['s_mean'].shape[0]))
   denoise = lambda z, t: latent_model.apply(latent_variables, z, t)
-  z = _run(spec, denoise, z_T, loop_key)
+  z = spec.run(denoise, z_T, loop_key)
   return z * stats['s_std'] + stats['s_mean']
 
 
@@ -120,7 +112,10 @@ def _sample_status(config, stage1_step: int, latent_step: int) -> dict:
           'num_samples': config.sample.num_samples, 'num_reconstructions': config.sample.num_reconstructions,
           'sampler': config.diffusion.sampler, 'sample_steps': config.diffusion.sample_steps,
           'eta': float(config.diffusion.eta), 'clip_x0': float(config.diffusion.clip_x0),
-          'latent_sample_steps': config.latent.sample_steps, 'seed': config.seed}
+          'latent_sample_steps': config.latent.sample_steps, 'seed': config.seed,
+          **({'spacing': config.diffusion.spacing} if config.diffusion.sampler == 'dpmpp2m' else {}),
+          **({'latent_sampler': config.latent.sampler, 'latent_spacing': config.latent.spacing}
+             if config.latent.sampler == 'dpmpp2m' else {})}
 
 
 def _write_samples(config, out_dir: str, arrays: dict[str, np.ndarray]) -> None:
