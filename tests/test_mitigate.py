@@ -194,3 +194,32 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
   vc, view = mitigate_mode.use_view(use, workdir)
   assert view == mitigate_mode.view_dir(workdir, 'decorrelate') and not vc.mitigation.use
   assert loading.load_stage1_variables(vc, view)[2] == original_step + steps
+
+
+def test_the_counterfactual_penalty_is_the_change_of_b_under_the_edit(trained):
+  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
+  config, workdir = trained
+  net = clf_lib.AttributeClassifierNet((3, 3), (8,), 8)
+  classifier = clf_lib.AttributeClassifier(clf_lib._init_params(jax.random.PRNGKey(1), net, (32, 32, 3)), (3, 3),
+                                           (32, 32, 3), ('a', 'b'), (8,), 8)
+  _, variables, _ = loading.load_stage1_variables(config, workdir, use_ema=False)
+  params = variables['params']
+  others = {k: v for k, v in variables.items() if k != 'params'}
+  image = data_lib.load_arrays(config.data, 'train', max_examples=1)['image']
+  batch = {'image': jnp.asarray(np.repeat(image, 4, 0))}  # one image 4 times: every row has the same s
+  s0 = np.asarray(training.PatronusTask(config).loss_terms(params, others, batch, jax.random.PRNGKey(0), True)[2])[0]
+  key = jax.random.PRNGKey(2)
+
+  def terms(low, high, weight=1.0):
+    task = mitigate_mode.CounterfactualTask(config, [([1, 2], low, high, 1)], classifier, weight)
+    return task.loss_fn(params, others, batch, key, True)
+
+  same = s0[[1, 2]].tolist()
+  loss, metrics = terms(same, same)  # the edit leaves s as it is: nothing can move
+  assert float(metrics['counterfactual']) == 0.0
+  assert float(loss) == pytest.approx(float(training.PatronusTask(config).loss_fn(params, others, batch, key, True)[0]),
+                                      rel=1e-6)
+  loss, metrics = terms([s0[1] - 3.0, s0[2] - 3.0], [s0[1] + 3.0, s0[2] + 3.0], weight=1000.0)
+  assert float(metrics['counterfactual']) > 0.0
+  loss0, _ = terms([s0[1] - 3.0, s0[2] - 3.0], [s0[1] + 3.0, s0[2] + 3.0], weight=0.0)
+  assert float(loss - loss0) == pytest.approx(1000.0 * float(metrics['counterfactual']), rel=1e-4)
