@@ -17,6 +17,7 @@ import pytest
 
 from configs import shapes
 from patronus_jax import config as config_lib
+from patronus_jax.core import diffusion
 from patronus_jax.core import files
 from patronus_jax import main
 from patronus_jax.tasks.patronus import loading
@@ -26,7 +27,8 @@ from patronus_jax.models import unet
 def tiny_config():
   c = shapes.get_config('tiny')
   ic = c.interpret
-  ic.ddim_steps = 2
+  ic.sampler = 'dpmpp2m'  # every inversion, regeneration and trajectory (shapes.py may pick ddim)
+  ic.sample_steps = 3
   ic.batch_size = 8
   ic.num_eval_images = 32
   ic.num_visualize_images = 3
@@ -114,9 +116,13 @@ def test_interpret_mode_writes_report_and_figures(workdir):
     y0, y1, x0, x1 = p['best_box']
     assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
   em = report['emergence']
-  assert em['num_steps'] == 2 and em['source'] == 'data'
+  assert em['num_steps'] == 3 and em['source'] == 'data'
+  # the trajectories are the dpmpp2m loop's: its logSNR-spaced timesteps, noisiest first
+  spec = diffusion.SamplerSpec(c.diffusion.schedule, c.diffusion.timesteps, 'dpmpp2m', 3, spacing='logsnr')
+  assert em['timesteps'] == spec.timesteps_used().tolist() != [999, 500, 0]
+  assert report['sampler'] == 'dpmpp2m' and report['sample_steps'] == 3
   for p in em['prototypes']:
-    assert 0 <= p['step']['mean'] <= 1
+    assert 0 <= p['step']['mean'] <= 2 and 0 <= p['fraction']['mean'] <= 1
   assert sorted(em['attribute_ranking']) == sorted(report['attributes'])
   diag = report['diagnosis']
   assert [p['prototype'] for p in diag['prototypes']] == [0, 1]
@@ -135,7 +141,8 @@ def test_interpret_mode_writes_report_and_figures(workdir):
 
 @pytest.mark.parametrize('field, value, message', [
     ('parts', ('visualize', 'dreams'), 'interpret.parts'),
-    ('ddim_steps', 0, 'interpret.ddim_steps'),
+    ('sample_steps', 0, 'interpret.sample_steps'),
+    ('sampler', 'ddpm', 'interpret.sampler'),
     ('high_quantile', 0.0, 'interpret.low_quantile'),
     ('visualize_scope', 'local', 'interpret.visualize_scope'),
     ('diagnosis_ci_level', 1.0, 'interpret.diagnosis_ci_level'),

@@ -9,7 +9,9 @@ the final one. Both are aggregated over many trajectories with their spread and 
 
 Attributes are ranked by a chance-corrected version of the settling step: per step, Cohen's
 kappa between the class predicted for x0_hat and the final image's class over all
-trajectories, and the attribute's *settling fraction* = mean over steps of (1 - kappa). A raw
+trajectories, and the attribute's *settling fraction* = (1 - kappa) integrated over diffusion
+time (the mean over steps when they are uniform in t, as DDIM's; in time, so that samplers that
+place their steps otherwise, such as DPM-Solver++ in log-SNR, report the same trajectory alike). A raw
 per-trajectory settling step is biased by the classifier's default answer on the blurry,
 noisy x0_hat of the first steps: trajectories whose final class happens to be that default
 (e.g. 'plain' for the stripes) count as settled from step 0; kappa gives such a constant
@@ -58,20 +60,41 @@ def analyse(s_traj: np.ndarray, spread: np.ndarray, tolerance: float, timesteps:
   return report
 
 
+def time_fractions(timesteps: Sequence[int]) -> np.ndarray:
+  """(K,) how far along the trajectory in diffusion time each step is: (t_0 - t_k) / (t_0 - t_{K-1}).
+
+  k / (K-1) on a grid uniform in t (DDIM's); a sampler that places its steps otherwise (DPM-Solver++
+  uniform in log-SNR spends more of them at both ends) still reports the same trajectory the same."""
+  ts = np.asarray(timesteps, np.float64)
+  span = ts[0] - ts[-1]
+  return (ts[0] - ts) / span if len(ts) > 1 and span > 0 else np.zeros(len(ts))
+
+
+def unsettled_time(kappa: np.ndarray, timesteps: Sequence[int]) -> float:
+  """1 - kappa integrated over diffusion time: step k stands for [t_{k+1}, t_k] (`stats.unsettled_fraction`,
+  the mean over all steps but the last, on a grid uniform in t)."""
+  kappa = np.asarray(kappa, np.float64)
+  if len(kappa) < 2:
+    return 0.0
+  width = np.diff(time_fractions(timesteps))
+  return float(np.sum(width * (1.0 - np.clip(kappa[:-1], 0.0, 1.0))))
+
+
 def prototype_emergence(s_traj: np.ndarray, spread: np.ndarray, tolerance: float, timesteps: Sequence[int], *,
                         level: float, num_bootstrap: int, seed: int) -> tuple[dict, np.ndarray]:
-  """(report of each prototype's emergence step, (N, P) emergence fractions k / (K-1))."""
+  """(report of each prototype's emergence step, (N, P) emergence fractions of diffusion time)."""
   s_traj = np.asarray(s_traj, np.float64)
   n, k, p = s_traj.shape
   spread = np.asarray(spread, np.float64)
   steps = stats.emergence_steps(s_traj, tolerance * spread)  # (N, P)
-  frac = steps / max(k - 1, 1)
+  frac = time_fractions(timesteps)[steps]
   ts = [int(t) for t in timesteps]
   normalized = (s_traj - s_traj[:, -1:, :]) / spread  # (N, K, P): 0 at the end
   report = {
       'num_trajectories': n, 'num_steps': k, 'timesteps': ts, 'tolerance': tolerance,
       'convention': ('step k in 0..K-1 in sampling order (0 = noisiest, K-1 = final image); '
-                     'fraction = k / (K-1); timestep = the diffusion t of that step'),
+                     'fraction = (t_0 - t_k) / (t_0 - t_{K-1}), the share of diffusion time (k / (K-1) for '
+                     'steps uniform in t); timestep = the diffusion t of that step'),
       'prototypes': [],
       'curves': {'normalized_mean': normalized.mean(0).T.tolist(),  # (P, K)
                  'normalized_std': normalized.std(0).T.tolist()},
@@ -111,15 +134,15 @@ def attribute_settling(probs_traj: Sequence[np.ndarray], names: Sequence[str], v
   """Per attribute: raw settling steps, kappa curves and settling fractions with CIs; the two
   rankings and the paired differences between attributes."""
   settle = np.stack([stats.settling_steps(pt) for pt in probs_traj], 1)  # (N, A)
-  settle_frac = settle / max(num_steps - 1, 1)
+  settle_frac = time_fractions(ts)[settle]
   attrs = {name: _raw_settling(np.asarray(probs_traj[a]), settle[:, a], settle_frac[:, a],
                                values[a] if len(values) > a else [], level, num_bootstrap, seed + a)
            for a, name in enumerate(names)}
   preds = [np.asarray(pt).argmax(-1) for pt in probs_traj]
   cards = [np.asarray(pt).shape[-1] for pt in probs_traj]
   kappas = [stats.kappa_curve(p, p[:, -1], v) for p, v in zip(preds, cards)]
-  point = np.array([stats.unsettled_fraction(kc) for kc in kappas])
-  boot = _bootstrap_unsettled(preds, cards, num_bootstrap, seed + 500)
+  point = np.array([unsettled_time(kc, ts) for kc in kappas])
+  boot = _bootstrap_unsettled(preds, cards, ts, num_bootstrap, seed + 500)
   alpha = (1.0 - level) / 2.0
   for a, name in enumerate(names):
     kc = kappas[a]
@@ -154,8 +177,8 @@ def _raw_settling(pt: np.ndarray, settle: np.ndarray, settle_frac: np.ndarray, v
           'agreement_curve': agree.tolist(), 'final_class_probability_curve': p_final.mean(0).tolist()}
 
 
-def _bootstrap_unsettled(preds: Sequence[np.ndarray], cards: Sequence[int], num_bootstrap: int,
-                         seed: int) -> np.ndarray:
+def _bootstrap_unsettled(preds: Sequence[np.ndarray], cards: Sequence[int], ts: Sequence[int],
+                         num_bootstrap: int, seed: int) -> np.ndarray:
   """(num_bootstrap, A) unsettled fractions over resampled trajectories: the same resamples for
   every attribute, so that differences between attributes are paired."""
   n = len(preds[0])
@@ -165,7 +188,7 @@ def _bootstrap_unsettled(preds: Sequence[np.ndarray], cards: Sequence[int], num_
     idx = rng.integers(0, n, n)
     for a in range(len(preds)):
       p = preds[a][idx]
-      boot[b, a] = stats.unsettled_fraction(stats.kappa_curve(p, p[:, -1], cards[a]))
+      boot[b, a] = unsettled_time(stats.kappa_curve(p, p[:, -1], cards[a]), ts)
   return boot
 
 

@@ -11,6 +11,7 @@ ones of its recorded run is skipped (its JSON is reused); anything else is recom
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -21,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from patronus_jax import data as data_lib
-from patronus_jax.core import diffusion
 from patronus_jax.core import files
 from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
@@ -63,7 +63,7 @@ class _Context:
       logging.info('interpret: no latent checkpoint in %s (emergence uses s of held-out images)', workdir)
     self.latent_step = self.latent[3] if self.latent is not None else None
     self.split = ic.eval_split or config.data.eval_split
-    self.spec = core.deterministic_spec(config.diffusion, ic.ddim_steps)
+    self.spec = core.deterministic_spec(config.diffusion, ic.sample_steps, ic.sampler)
     self.engine = core.Engine(self.model, self.variables, self.spec, ic.batch_size, mesh=mesh)
     self.rf = proto_lib.receptive_field(config.data.image_size, config.model.encoder_kernels,
                                         config.model.encoder_strides, config.model.encoder_paddings)
@@ -104,7 +104,7 @@ class _Context:
     return self.rng.choice(n, size=k, replace=k > n)
 
   def inversions(self, idx: np.ndarray) -> np.ndarray:
-    """DDIM inversions of held-out images (cached within the run)."""
+    """Inversions of held-out images (cached within the run)."""
     missing = sorted({int(i) for i in idx} - set(self._inversions))
     if missing:
       m = np.asarray(missing)
@@ -171,7 +171,7 @@ def part_visualize(ctx: _Context) -> dict:
         [float(ctx.s[idx[b], j]) for b, j in zip(best, js)], [float(res['s_edited'][a, b]) for a, b in zip(page, best)],
         f'Prototype visualisation: s_j raised to {ic.visualize_scope} plausible max (q={ic.visualize_quantile}); '
         f'best of {len(idx)} inverted held-out images; red box = receptive field of the argmin patch')
-    ctx.save(name, fig, figs, 'per prototype j (column): original x0, x0 regenerated from its DDIM-inverted '
+    ctx.save(name, fig, figs, 'per prototype j (column): original x0, x0 regenerated from its inverted '
              'x_T with s_j raised to the plausible maximum and the box of the most activated patch, the patch')
   c = min(ic.num_consistency_images, len(idx))
   for a, j in enumerate(protos):
@@ -198,9 +198,9 @@ def part_semantics(ctx: _Context) -> dict:
   cols = ['original x0', 'inverted x_T'] + [f'new x_T #{v + 1}' for v in range(ic.num_variations)]
   ctx.save('reconstruction.png', figures.image_table(
       table, [f'image {i}' for i in idx], cols,
-      f"Reconstruction (s of x0, DDIM-inverted x_T; MSE {rec['report']['inversion_mse']:.4f}) and variation "
+      f"Reconstruction (s of x0, inverted x_T; MSE {rec['report']['inversion_mse']:.4f}) and variation "
       f"(same s, new x_T; s correlation {rec['report']['s_correlation_variations']:.2f})"), figs,
-      'rows: held-out images; columns: the original, its regeneration from its own s and DDIM-inverted x_T, '
+      'rows: held-out images; columns: the original, its regeneration from its own s and inverted x_T, '
       'then regenerations from the same s and new noise x_T (variation)')
 
   protos = list(ic.manipulate_prototypes) or list(range(ctx.num_prototypes))
@@ -306,9 +306,9 @@ def part_emergence(ctx: _Context) -> dict:
   else:
     s = ctx.s[ctx.pick(n)]
   x_T = np.random.default_rng(config.seed + 37).standard_normal((n,) + ctx.images.shape[1:]).astype(np.float32)
-  k = ic.emergence_steps if ic.emergence_steps > 0 else ic.ddim_steps
+  k = ic.emergence_steps if ic.emergence_steps > 0 else ic.sample_steps
   out = ctx.engine.trajectory(s, x_T, num_steps=k, what='tracing x0_hat along sampling trajectories')
-  timesteps = diffusion.ddim_timesteps(config.diffusion.timesteps, k)[::-1]
+  timesteps = dataclasses.replace(ctx.spec, num_steps=k).timesteps_used()
   report = emergence_lib.analyse(
       out['s_traj'], ctx.range['spread'], ic.emergence_tolerance, timesteps,
       probs_traj=out.get('probs_traj'), names=ctx.names if clf is not None else (),
@@ -318,7 +318,7 @@ def part_emergence(ctx: _Context) -> dict:
   figs: dict = {}
   labels = ctx.prototype_labels()
   ctx.save('emergence_prototypes.png', figures.emergence_curves(
-      report, labels, f'Emergence of each prototype in x̂0 along {n} {source}-conditioned DDIM trajectories '
+      report, labels, f'Emergence of each prototype in x̂0 along {n} {source}-conditioned {ic.sampler} trajectories '
       f'({k} steps); band: ±1 std; green: tolerance ±{ic.emergence_tolerance:g}; dashed: median emergence'), figs,
       'per prototype: s_j of the predicted x̂0 minus its final value, in units of the observed spread, '
       'along the sampling trajectory (mean ± std), with the tolerance band and the median emergence step')
@@ -331,13 +331,13 @@ def part_emergence(ctx: _Context) -> dict:
         report, f'When each attribute settles in x̂0 (attribute classifier, {n} trajectories): '
         + ' < '.join(report['attribute_ranking'])), figs,
         "left: per attribute and step, Cohen's kappa between the class the attribute classifier gives x̂0 "
-        'and the class of the final image (chance-corrected agreement); right: settling = mean over steps of '
-        '1 − kappa (the fraction of the trajectory before the attribute is fixed) with 95% bootstrap CIs, '
+        'and the class of the final image (chance-corrected agreement); right: settling = 1 − kappa integrated '
+        'over diffusion time (the fraction of the trajectory before the attribute is fixed) with 95% bootstrap CIs, '
         'earliest first')
   shown = min(4, n)
   ctx.save('emergence_snapshots.png', figures.emergence_snapshots(
       out['x0_traj'][:shown], report['timesteps'], 'Predicted x̂0 along sampling trajectories'), figs,
-      'rows: trajectories; columns: the predicted clean image x̂0 at evenly spaced DDIM steps')
+      'rows: trajectories; columns: the predicted clean image x̂0 at evenly spaced sampler steps')
   report['classifier'] = clf_metrics
   report['figures'] = figs
   return report
@@ -431,9 +431,9 @@ PART_FUNCTIONS = {'visualize': part_visualize, 'semantics': part_semantics, 'eme
 # ---------------------------------------------------------------------- the mode
 
 # Bumped whenever what a part computes or writes changes, so that older results are redone.
-RESULTS_VERSION = {'visualize': 1, 'semantics': 1, 'emergence': 2, 'diagnosis': 1}
+RESULTS_VERSION = {'visualize': 1, 'semantics': 1, 'emergence': 3, 'diagnosis': 1}
 # The config.interpret fields each part's results depend on (besides COMMON_FIELDS).
-COMMON_FIELDS = ('ddim_steps', 'eval_split', 'num_eval_images', 'low_quantile', 'high_quantile',
+COMMON_FIELDS = ('sampler', 'sample_steps', 'eval_split', 'num_eval_images', 'low_quantile', 'high_quantile',
                  'association_threshold')
 PART_FIELDS = {
     'visualize': ('visualize_prototypes', 'visualize_scope', 'visualize_quantile', 'num_visualize_images',
@@ -457,7 +457,8 @@ def _key(ctx: _Context, part: str) -> dict:
   if part in ('emergence', 'diagnosis'):
     key['classifier'] = trained_for(cfg)
   if part == 'emergence':
-    key['latent'] = [ctx.latent_step, cfg.latent.eta, cfg.latent.sample_steps]
+    key['latent'] = [ctx.latent_step, cfg.latent.eta, cfg.latent.sample_steps, cfg.latent.sampler,
+                     cfg.latent.spacing]
   return json.loads(json.dumps(key, default=str))
 
 
@@ -537,7 +538,8 @@ def interpret_mode(config, workdir: str, mesh=None) -> dict:
   figures = {name: desc for p in present for name, desc in parts_json[p].get('figures', {}).items()}
   report = {
       'workdir': workdir, 'config_name': config.name, 'stage1_step': ctx.stage1_step,
-      'latent_step': ctx.latent_step, 'ddim_steps': config.interpret.ddim_steps,
+      'latent_step': ctx.latent_step, 'sampler': config.interpret.sampler,
+      'sample_steps': config.interpret.sample_steps,
       'attributes': dict(zip(ctx.names, ctx.values)),
       'summary': _summary(parts_json), 'seconds_this_run': round(watch.seconds(), 2),
       'part_seconds': {p: parts_json[p].get('seconds') for p in present},
