@@ -116,7 +116,7 @@ def _tiny_latent_and_sampling(config: ConfigDict) -> None:
 # Interpretation and evaluation at sizes that exercise every figure and metric in seconds
 # (their statistics are then noisy: the tiny variant is for smoke runs, not for results).
 def _tiny_interpret(ic: ConfigDict) -> None:
-  ic.ddim_steps = 5
+  ic.sample_steps = 5
   ic.batch_size = 16
   ic.num_eval_images = 64
   ic.num_visualize_images = 4

@@ -175,7 +175,7 @@ def mode_work(config, mode: str) -> float:
   if mode == 'mitigate':  # per method: fine-tuning, stage 2 again, a diagnosis and unconditional samples
     m = config.mitigation
     it = config.interpret
-    diagnosis = it.ddim_steps * 2.0 * config.model.num_prototypes * it.num_diagnosis_samples
+    diagnosis = it.sample_steps * 2.0 * config.model.num_prototypes * it.num_diagnosis_samples
     per_method = (mode_work(config, 'train') * m.steps_fraction + mode_work(config, 'train_latent') + diagnosis
                   + config.evaluate.num_samples * steps)
     return len(m.methods) * per_method + mode_work(config, 'interpret')

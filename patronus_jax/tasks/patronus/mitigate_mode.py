@@ -399,7 +399,7 @@ def edits_figure(config, views: dict, diagnoses: dict, edit: dict, path: str, nu
                                 max_examples=num_images)['image']
   x_T = np.random.default_rng(config.seed + 43).standard_normal(images.shape).astype(np.float32)
   clf, _ = classifier_for_workdir(vc, next(iter(views.values()))[1])
-  spec = interpret_core.deterministic_spec(config.diffusion, config.interpret.ddim_steps)
+  spec = interpret_core.deterministic_spec(config.diffusion, config.interpret.sample_steps, config.interpret.sampler)
   table, titles = [], []
   for name, (c, directory) in views.items():
     model, variables, _ = loading.load_stage1_variables(c, directory)
