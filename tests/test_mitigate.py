@@ -15,7 +15,7 @@ from patronus_jax import data as data_lib
 from patronus_jax import main as main_lib
 from patronus_jax.core import checkpoint as ckpt_lib
 from patronus_jax.core import sharding
-from patronus_jax.core.errors import ConfigError
+from patronus_jax.core.errors import ConfigError, WorkdirError
 from patronus_jax.core.training import load_state
 from patronus_jax.data import bias as bias_lib
 from patronus_jax.tasks.patronus import loading
@@ -181,6 +181,13 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
     diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), mitigated_vars, original_vars)
     assert max(jax.tree_util.tree_leaves(diff)) > 0
   assert _tree_hash(original_dir) == before
+  # a second run with another recipe stops instead of resuming a series made differently
+  task, make_iterator = runs['decorrelate']
+  vc, view = mitigate_mode.make_view(config, workdir, 'decorrelate', 'stage1_mitigated/decorrelate',
+                                     'latent_mitigated/decorrelate')
+  with pytest.raises(WorkdirError, match='fine-tuned with other settings'):
+    mitigate_mode.finetune(vc, workdir, view, task, make_iterator, sharding.make_mesh(config.mesh), 'decorrelate',
+                           {'weight': 2.0})
   state, step, _ = load_state(workdir, 'stage1')
   assert step == original_step
   np.testing.assert_array_equal(np.asarray(jax.tree_util.tree_leaves(state['ema_params'])[0]),

@@ -27,6 +27,7 @@ selected (or `use_method`) model: its outputs stay apart from the original's (do
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Optional
 
@@ -42,7 +43,7 @@ from patronus_jax.core import diffusion
 from patronus_jax.core import files
 from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
-from patronus_jax.core.errors import CheckpointError, ConfigError
+from patronus_jax.core.errors import CheckpointError, ConfigError, WorkdirError
 from patronus_jax.core.training import LoopSettings, make_optimizer, restore_or_init, run_training
 from patronus_jax.data import bias as bias_lib
 from patronus_jax.data import pipeline
@@ -292,11 +293,14 @@ def resampled_iterator(config, weights: np.ndarray, num: int, seed: int):
                        batch_fn=preprocess_lib.stack_examples))
 
 
-def finetune(config, workdir: str, view: str, task, make_iterator, mesh, method: str) -> dict:
+def finetune(config, workdir: str, view: str, task, make_iterator, mesh, method: str,
+             recipe: Optional[dict] = None) -> dict:
   """Stage 1 of `workdir` fine-tuned with `task` on `make_iterator()` into the series the view links.
 
   The series starts with a copy of the original's final state (its step number), so the loop
-  resumes from it, and a crash or a second run continues where it stopped."""
+  resumes from it, and a crash or a second run continues where it stopped. `recipe` (what the
+  task and data are made from) is kept in the view's fine_tuning.json with the step settings: a
+  later run with another recipe stops rather than resuming a series made differently."""
   mcfg = config.mitigation
   original = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(workdir, 'stage1'), asynchronous=False, writer=False)
   try:
@@ -308,9 +312,19 @@ def finetune(config, workdir: str, view: str, task, make_iterator, mesh, method:
                                    learning_rate=float(mcfg.learning_rate), warmup_steps=0, lr_schedule='constant',
                                    checkpoint_every=steps, keep_checkpoints=2, sample_every=0)
     tx = make_optimizer(settings)
+    made = json.loads(json.dumps(dict(method=method, from_step=start, steps=steps, learning_rate=settings.learning_rate,
+                                      batch_size=settings.batch_size, recipe=recipe or {}), default=str))
+    made_path = os.path.join(view, 'fine_tuning.json')
     series = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(view, 'stage1'), keep=2, asynchronous=False)
     try:
+      if series.latest_step() is not None and os.path.exists(made_path) and files.read_json(made_path) != made:
+        raise WorkdirError(
+            f'{ckpt_lib.stage_dir(workdir, f"{STAGE1_SERIES}/{method}")} was fine-tuned with other settings '
+            f'({made_path}); delete it, {ckpt_lib.stage_dir(workdir, f"{LATENT_SERIES}/{method}")} and {view} '
+            'to fine-tune again')
       if series.latest_step() is None:
+        if jax.process_index() == 0:
+          files.write_json(made_path, made)
         it = make_iterator()
         state, _ = restore_or_init(task, tx, original, it, seed=config.seed, mesh=mesh, process_data_state=False)
         series.save(start, state, it.get_state(), {'stage': 'stage1', 'mitigation': method, 'from_step': start,
@@ -474,20 +488,21 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
       num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
       task = training.PatronusTask(vc)
       make_iterator = lambda: resampled_iterator(vc, weights, num, config.seed)
+      recipe = {'pairs': [p['attributes'] for p in plans]}
     elif method == 'counterfactual':
       clf, _ = classifier_for_workdir(config, workdir)
       ev = before['edit_values']
       edits = [(ja, [ev['lower'][j] for j in ja], [ev['raise'][j] for j in ja],
                 list(clf.attribute_names).index(p['co_moved'])) for p in plans for ja in [p['prototypes_a']]]
       task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight)
-      extra['penalty'] = dict(edits=[(e[0], e[3]) for e in edits], weight=mcfg.counterfactual_weight)
+      extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight)
       make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
     else:
       groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
       task = DecorrelateTask(vc, groups, mcfg.penalty_weight, mcfg.dependence)
-      extra['penalty'] = dict(groups=groups, weight=mcfg.penalty_weight, dependence=mcfg.dependence)
+      extra['penalty'] = recipe = dict(groups=groups, weight=mcfg.penalty_weight, dependence=mcfg.dependence)
       make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
-    ft = finetune(config, workdir, vdir, task, make_iterator, mesh, method)
+    ft = finetune(config, workdir, vdir, task, make_iterator, mesh, method, recipe)
     if mcfg.retrain_latent:
       training.train_latent(vc, vdir, mesh)
     diagnoses[method] = diagnose(vc, vdir, mesh)
