@@ -198,7 +198,7 @@ def main(argv):
         f'dpmpp2m spacing {config.diffusion.spacing}; {_NUM_INVERT.value} inverted')
   print(f'# device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} CPUs, '
         f'jax {jax.__version__}, {time.strftime("%Y-%m-%d")}', flush=True)
-  rows = image_rows(config, workdir, settings, _NUM.value, _NUM_INVERT.value, _REPEATS.value)
+  rows = image_rows(config, workdir, settings, _NUM.value, _NUM_INVERT.value, _REPEATS.value) if settings else []
   if _LATENT.value:
     rows += latent_rows(config, workdir, parse_settings(_LATENT.value), _NUM_LATENT.value, _REPEATS.value)
   print_tables(rows)

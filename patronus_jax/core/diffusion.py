@@ -315,10 +315,10 @@ def sampling_timesteps(schedule: Schedule, num_steps: int, spacing: str) -> np.n
   """Increasing distinct timesteps from 0 to T-1 at which a deterministic sampler calls the model.
 
   'time' is `ddim_timesteps`; 'logsnr' spaces them uniformly in lambda between lambda(0) and
-  max(lambda(T-1), LOGSNR_FLOOR) (rounded to the nearest timestep, then pushed apart where rounding
-  made two equal), and the noisiest call is at T-1 as always. The floor keeps the cosine
-  schedule's clipped tail (lambda falls from -5 to -9.9 over its last 5 timesteps, where x0_hat is
-  the data mean whatever x_t) from taking 8 of 20 calls; the linear schedule ends above it.
+  lambda(T-1) (rounded to the nearest timestep, then pushed apart where rounding made two equal).
+  A schedule whose lambda(T-1) lies far below LOGSNR_FLOOR has a clipped tail (cosine: lambda falls
+  from -5 to -9.9 over its last 5 timesteps, where x0_hat is the data mean whatever x_t): its grid
+  stops at the floor, else the tail took 8 of 20 calls; the noisiest call is at T-1 as always.
   """
   if spacing == 'time':
     return ddim_timesteps(schedule.timesteps, num_steps)
@@ -328,7 +328,8 @@ def sampling_timesteps(schedule: Schedule, num_steps: int, spacing: str) -> np.n
   if not 0 < num_steps <= T:
     raise ValueError(f'num_steps must be in 1..{T}, got {num_steps}')
   lam = log_snr(schedule.alphas_cumprod)  # decreasing in t
-  targets = np.linspace(lam[0], max(lam[-1], LOGSNR_FLOOR), num_steps)
+  clipped_tail = lam[-1] < LOGSNR_FLOOR - 1.0  # cosine: -9.9; linear: -5.06 (T = 1000), -5.4 (T = 100)
+  targets = np.linspace(lam[0], LOGSNR_FLOOR if clipped_tail else lam[-1], num_steps)
   seq = np.round(np.interp(-targets, -lam, np.arange(T, dtype=np.float64))).astype(np.int64)
   seq = np.clip(seq, np.arange(num_steps), T - num_steps + np.arange(num_steps))  # room for the rest
   seq[0], seq[-1] = 0, T - 1
