@@ -492,8 +492,11 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
     elif method == 'counterfactual':
       clf, _ = classifier_for_workdir(config, workdir)
       ev = before['edit_values']
-      edits = [(ja, [ev['lower'][j] for j in ja], [ev['raise'][j] for j in ja],
-                list(clf.attribute_names).index(p['co_moved'])) for p in plans for ja in [p['prototypes_a']]]
+      # every edit that showed a pair, each judged on the attribute it co-moved (with JA alone, the
+      # shortcut moved to the pair's other prototypes: docs/mitigation.md)
+      heads = list(clf.attribute_names)
+      edits = [([j], [ev['lower'][j]], [ev['raise'][j]], heads.index(co))
+               for j, co in sorted({(int(e['prototype']), e['co_moved']) for p in plans for e in p['edits']})]
       task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight)
       extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight)
       make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
