@@ -396,16 +396,28 @@ def test_word_records_sum_the_relevance_of_a_values_words_and_mark_misses():
 
 def test_relevance_auroc_is_the_mann_whitney_probability_that_a_miss_ranks_lower():
   # Missed 0.1, 0.3; followed 0.2, 0.4, 0.5: 5 of the 6 (missed, followed) pairs have the miss lower.
-  records = ([dict(attribute='color', relevance=r, followed=False) for r in (0.1, 0.3)]
-             + [dict(attribute='color', relevance=r, followed=True) for r in (0.2, 0.4, 0.5)]
-             + [dict(attribute='shape', relevance=0.2, followed=True)])
+  records = ([dict(attribute='color', word='red', relevance=r, followed=False) for r in (0.1, 0.3)]
+             + [dict(attribute='color', word='red', relevance=r, followed=True) for r in (0.2, 0.4, 0.5)]
+             + [dict(attribute='shape', word='circle', relevance=0.2, followed=True)])
   out = adherence_lib.relevance_auroc(records, num_bootstrap=200)
   c = out['color']
-  assert c['auroc'] == pytest.approx(5 / 6)
+  assert c['auroc'] == pytest.approx(5 / 6) and c['auroc_within_word'] == pytest.approx(5 / 6)  # one word
   assert c['num_missed'] == 2 and c['num_followed'] == 3
   assert c['mean_relevance_missed'] == pytest.approx(0.2)
   assert 0.0 <= c['ci_low'] <= c['auroc'] <= c['ci_high'] <= 1.0
   assert out['shape']['auroc'] is None and out['shape']['num_missed'] == 0  # never missed: no AUROC
+
+
+def test_within_word_auroc_compares_a_miss_only_with_the_same_word():
+  # 'yellow' always low, 'blue' always high: pooled, the blue miss (0.5) outranks yellow's followed
+  # ones; within each word every miss is below its word's followed instances.
+  rel = np.array([0.01, 0.02, 0.03, 0.5, 0.6, 0.7])
+  missed = np.array([True, False, False, True, False, False])
+  words = ['yellow'] * 3 + ['blue'] * 3
+  assert adherence_lib.within_word_auroc(rel, missed, words) == pytest.approx(1.0)
+  assert adherence_lib.auroc_missed(rel, missed) == pytest.approx(6 / 8)
+  assert adherence_lib.within_word_auroc(rel, missed, ['a', 'b', 'b', 'c', 'c', 'c']) == pytest.approx(1.0)
+  assert adherence_lib.within_word_auroc(rel, missed, ['a', 'b', 'c', 'd', 'e', 'f']) is None
 
 
 def test_vanilla_unet_has_biases_same_size_and_no_explanation_mode():

@@ -11,7 +11,9 @@ If low relevance flags misses, the AUROC of -S for "missed" is well above 0.5:
                                          (ties count 1/2; 0.5 = no signal, 1 = perfect)
 
 with a percentile bootstrap CI (missed and followed words resampled apart, so that every
-resample has both). `misses_figure` shows the misses the relevance
+resample has both). Relevance differs a lot between the values of one attribute (a colour word
+can carry little in every prompt), so `auroc_within_word` also compares a miss only with followed
+instances of the same word (pairs pooled over words: a stratified AUROC). `misses_figure` shows the misses the relevance
 explains best (lowest S) and worst (highest S).
 """
 
@@ -98,6 +100,19 @@ def stratified_bootstrap_auroc(relevance: np.ndarray, missed: np.ndarray, level:
   return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1.0 - alpha))
 
 
+def within_word_auroc(relevance: np.ndarray, missed: np.ndarray, words: Sequence[str]) -> Optional[float]:
+  """P(S of a miss < S of a followed instance of the same word), ties 1/2, over all such pairs;
+  None when no word was both missed and followed."""
+  good = total = 0.0
+  for word in dict.fromkeys(words):
+    same = np.asarray([w == word for w in words])
+    pos, neg = relevance[same & missed], relevance[same & ~missed]
+    if len(pos) and len(neg):
+      good += np.sum(pos[:, None] < neg[None, :]) + 0.5 * np.sum(pos[:, None] == neg[None, :])
+      total += len(pos) * len(neg)
+  return float(good / total) if total else None
+
+
 def relevance_auroc(records: Sequence[dict], level: float = 0.95, num_bootstrap: int = 1000,
                     seed: int = 0) -> dict[str, dict]:
   """Per attribute: AUROC of low relevance for a missed word with its bootstrap CI, the counts and
@@ -107,12 +122,14 @@ def relevance_auroc(records: Sequence[dict], level: float = 0.95, num_bootstrap:
   for name in dict.fromkeys(r['attribute'] for r in records):
     rel = np.asarray([r['relevance'] for r in records if r['attribute'] == name], np.float64)
     missed = np.asarray([not r['followed'] for r in records if r['attribute'] == name], bool)
-    entry = dict(auroc=None, ci_low=None, ci_high=None, ci_level=level,
+    entry = dict(auroc=None, ci_low=None, ci_high=None, ci_level=level, auroc_within_word=None,
                  num_missed=int(missed.sum()), num_followed=int((~missed).sum()),
                  mean_relevance_missed=float(rel[missed].mean()) if missed.any() else None,
                  mean_relevance_followed=float(rel[~missed].mean()) if (~missed).any() else None)
     if missed.any() and (~missed).any():
       entry['auroc'] = auroc_missed(rel, missed)
+      words = [r['word'] for r in records if r['attribute'] == name]
+      entry['auroc_within_word'] = within_word_auroc(rel, missed, words)
       entry['ci_low'], entry['ci_high'] = stratified_bootstrap_auroc(rel, missed, level, num_bootstrap, seed)
     out[name] = entry
   return out

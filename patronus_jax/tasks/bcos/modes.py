@@ -207,6 +207,7 @@ def _relevance_adherence(config, workdir, task, params, variables, ids, prompts,
   records = adherence_lib.word_records(tokens, relevance, labels, predicted, info.attribute_names,
                                        info.attribute_values)
   out = dict(relevance_adherence_auroc=adherence_lib.relevance_auroc(records, seed=config.seed))
+  pio.write_json(os.path.join(workdir, 'explain', 'relevance_adherence.json'), dict(prompts=prompts, records=records))
   shown = [a for a in ('color', 'shape') if a in info.attribute_names] or list(info.attribute_names)
   figure = adherence_lib.misses_figure(images, prompts, records, shown)
   if figure is not None:
