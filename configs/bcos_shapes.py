@@ -56,6 +56,10 @@ def get_config(arg=None):
   config.train.ema_decay = 0.999
   config.train.log_every = 50
   config.train.checkpoint_every = 500
+  # --mode=evaluate: 512 test captions (not the whole split): explaining every generation for the
+  # relevance-adherence AUROC costs about 19 generations' time (1,734 s against 90 s on 2 shared cores).
+  config.evaluate.num_samples = 512
+  config.evaluate.batch_size = 64
 
   if variant == 'compare':
     # An early checkpoint on purpose: misses are frequent enough to measure relevance as a detector.

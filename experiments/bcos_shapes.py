@@ -6,7 +6,7 @@ with a vanilla U-Net.
 
   # the poster's two practical claims (README, B-cos results):
   python experiments/bcos_shapes.py --config=configs/bcos_shapes.py:compare --workdir=runs/bcos_compare \
-      --vanilla --only_evaluate --config.evaluate.num_samples=512 --config.evaluate.batch_size=64
+      --vanilla --only_evaluate
 
 1. Trains the B-cos U-Net on (image, caption) batches through the shared training loop
    (`tasks/bcos/modes.train_mode`: the Task protocol, AdamW, EMA, checkpoints; resumes if stopped).
