@@ -6,12 +6,12 @@ r"""Emergence of prototypes and attributes along the sampling trajectory (paper 
   # The shapes result (background colour, a global low-frequency factor, settles before the
   # stripe texture, a local high-frequency one): a stage-1 + latent shapes model, then
   python experiments/emergence.py --workdir=/tmp/shapes_plain --config=configs/shapes.py \
-      --config.interpret.ddim_steps=20 --config.interpret.num_emergence_samples=128
+      --config.interpret.sample_steps=20 --config.interpret.num_emergence_samples=128
   # (CPU, 2 cores: see the README's interpret section for the measured times.)
 
   # CelebA ("wearing red" before "curly hair"): one accelerator; not timed here.
   python experiments/emergence.py --workdir=runs/celeba --config=configs/celeba.py \
-      --config.interpret.ddim_steps=100 --config.interpret.num_emergence_samples=256
+      --config.interpret.sample_steps=100 --config.interpret.num_emergence_samples=256
 
 At every DDIM step the predicted x̂0 is encoded (s(t)) and classified by the workdir's
 attribute classifier. A prototype emerges at the first step from which s_j stays within

@@ -8,7 +8,7 @@ r"""Prototype visualisation and consistency (paper Sec. 3.3, Fig. "Prototype vis
   # official script), 100 DDIM steps: (1 + 100) x 20 regenerations + 20 inversions = 204,000
   # U-Net calls at 64x64. Expects one accelerator (a GPU or TPU host); not timed here.
   python experiments/prototype_visualization.py --workdir=runs/celeba --config=configs/celeba.py \
-      --config.interpret.ddim_steps=100 --config.interpret.num_visualize_images=20
+      --config.interpret.sample_steps=100 --config.interpret.num_visualize_images=20
 
 For every prototype j: s_j of held-out images gives the plausible maximum; each image is
 DDIM-inverted under its own s, regenerated from the same x_T with s_j at the maximum, and

@@ -7,7 +7,7 @@ extrapolation, interpolation, manipulation.
   # The paper's CelebA / CheXpert figures from a trained (or imported) workdir; expects one
   # accelerator (GPU or TPU host); not timed here. Choose prototypes and amounts:
   python experiments/semantics.py --workdir=runs/celeba --config=configs/celeba.py \
-      --config.interpret.ddim_steps=100 --config.interpret.manipulate_prototypes='(3,17,42)' \
+      --config.interpret.sample_steps=100 --config.interpret.manipulate_prototypes='(3,17,42)' \
       --config.interpret.manipulate_amounts='(-1.0,-0.5,0.5,1.0,2.0)'
 
 Figures in DIR/interpret/: reconstruction.png (own s + inverted x_T, then new x_T),

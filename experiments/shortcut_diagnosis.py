@@ -7,13 +7,13 @@ r"""Shortcut diagnosis (paper Sec. 4.4 (a)): which attributes move when a protot
   # The shapes result: one model trained with the planted bias, one without (CPU, 2 cores: see
   # the README's interpret section for the training lengths and the measured times).
   python experiments/shortcut_diagnosis.py --workdir=/tmp/shapes_bias --config=configs/shapes.py:bias \
-      --config.interpret.ddim_steps=20 --config.interpret.num_diagnosis_samples=48 --notrain
+      --config.interpret.sample_steps=20 --config.interpret.num_diagnosis_samples=48 --notrain
   python experiments/shortcut_diagnosis.py --workdir=/tmp/shapes_plain --config=configs/shapes.py \
-      --config.interpret.ddim_steps=20 --config.interpret.num_diagnosis_samples=48 --notrain
+      --config.interpret.sample_steps=20 --config.interpret.num_diagnosis_samples=48 --notrain
 
   # The paper's CelebA hair colour <-> smile: one accelerator; not timed here.
   python experiments/shortcut_diagnosis.py --workdir=runs/celeba_bias --config=configs/celeba_bias.py \
-      --config.interpret.ddim_steps=100 --config.interpret.num_diagnosis_samples=128
+      --config.interpret.sample_steps=100 --config.interpret.num_diagnosis_samples=128
 
 For every prototype, s_j is set to the low and the high end of its observed held-out range
 and N held-out images are regenerated from their own DDIM-inverted x_T (all other s_k kept):

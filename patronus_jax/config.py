@@ -166,4 +166,9 @@ def load(spec: str, overrides: dict | None = None, text_overrides: dict | None =
 
 def load_workdir_config(workdir: str) -> ConfigDict:
   """The config a workdir was created with (e.g. by convert), as a ConfigDict."""
-  return workdir_lib.assign_values(base_config(), workdir_lib.read_config_values(workdir))
+  values = workdir_lib.read_config_values(workdir)
+  interpret = values.get('interpret', {})
+  if 'ddim_steps' in interpret:  # written before interpret.sampler existed: DDIM at that many steps
+    interpret['sample_steps'] = interpret.pop('ddim_steps')
+    interpret.setdefault('sampler', 'ddim')
+  return workdir_lib.assign_values(base_config(), values)

@@ -4,7 +4,7 @@ Every script parses its command line the way `python -m patronus_jax.main` does,
 
   --config=configs/<name>.py[:variant]   an ml_collections config file (`config_flags`): its
                                          `get_config(variant)`, with any field overridden by
-                                         --config.interpret.ddim_steps=20 (unknown fields fail)
+                                         --config.interpret.sample_steps=20 (unknown fields fail)
   --workdir=DIR                          the experiment's directory (where one is needed)
   --<script's own flags>                 DEFINE_* at the top of the script (e.g. --num_explain=16,
                                          --batch_sizes=16,64); `--flag=value` and `--flag value`

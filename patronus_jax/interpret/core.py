@@ -3,8 +3,9 @@
 All of them are jitted functions of (variables, batch) with the model, the sampling loop and
 the classifier architecture static, and `Engine` runs them over any number of rows in
 fixed-size chunks (the last one padded), so each compiles once per run whatever the number
-of images. Sampling is deterministic DDIM (eta = 0) over `interpret.ddim_steps` strided steps:
-an inversion followed by a regeneration with the same s retraces the image, and a
+of images. Sampling is deterministic (`interpret.sampler`: DDIM or DPM-Solver++(2M), eta = 0) over
+`interpret.sample_steps` model calls: an inversion followed by a regeneration with the same s
+retraces the image, and a
 regeneration with an edited s from the same x_T is a *paired* counterfactual of it.
 
 The model is anything with `encode(images) -> PrototypeOutput` and
@@ -23,15 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from patronus_jax.core import diffusion
 from patronus_jax.core.diffusion import SamplerSpec
 from patronus_jax.core import sharding
 
 
-def deterministic_spec(diffusion_cfg, num_steps: int) -> SamplerSpec:
-  """DDIM with eta = 0 over `num_steps` steps of the model's noise schedule."""
-  return SamplerSpec(diffusion_cfg.schedule, diffusion_cfg.timesteps, 'ddim', int(num_steps), 0.0,
-                     diffusion_cfg.prediction)
+def deterministic_spec(diffusion_cfg, num_steps: int, sampler: str = 'ddim') -> SamplerSpec:
+  """`sampler` ('ddim' or 'dpmpp2m') with eta = 0 over `num_steps` calls of the model's noise schedule."""
+  return SamplerSpec(diffusion_cfg.schedule, diffusion_cfg.timesteps, sampler, int(num_steps), 0.0,
+                     diffusion_cfg.prediction, spacing=diffusion_cfg.spacing)
 
 
 def _denoiser(model, variables, s):
@@ -57,33 +57,27 @@ def encode_batch(model, variables, images):
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def invert_batch(model, variables, s, x0, spec: SamplerSpec):
-  """x_T of images x0 under their conditioning s (deterministic DDIM inversion)."""
-  schedule = diffusion.make_schedule(spec.schedule, spec.timesteps)
-  return diffusion.ddim_invert(_denoiser(model, variables, s), schedule, x0, num_steps=spec.num_steps,
-                               prediction=spec.prediction)
+  """x_T of images x0 under their conditioning s (the deterministic inversion of spec's sampler)."""
+  return spec.invert(_denoiser(model, variables, s), x0)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def generate_batch(model, variables, s, x_T, spec: SamplerSpec):
-  """Images from (s, x_T) by deterministic DDIM, and their re-encoded s and argmins."""
-  schedule = diffusion.make_schedule(spec.schedule, spec.timesteps)
-  images = diffusion.ddim_sample(_denoiser(model, variables, s), schedule, x_T, num_steps=spec.num_steps,
-                                 prediction=spec.prediction)
+  """Images from (s, x_T) by the deterministic sampler of spec, and their re-encoded s and argmins."""
+  images = spec.run(_denoiser(model, variables, s), x_T)
   images = jnp.clip(images, -1.0, 1.0)
   return {'images': images, **_encoded(model, variables, images)}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def trajectory_batch(model, variables, classifier, s, x_T, spec: SamplerSpec):
-  """Deterministic DDIM from (s, x_T) tracing x0_hat at every step.
+  """The deterministic sampler of spec from (s, x_T), tracing x0_hat at every step.
 
   Returns {'images', 's_final', 's_traj' (B, K, P), 'x0_traj' (B, K, H, W, C) uint8
   [, 'probs_traj' tuple of (B, K, V_a)]}: the prototype activations (and attribute
   probabilities, when a classifier is given) of the predicted clean image x0_hat (clipped to
   [-1, 1]) at each of the K steps, noisiest first, and x0_hat itself in 8 bits.
   """
-  schedule = diffusion.make_schedule(spec.schedule, spec.timesteps)
-
   def trace(x_t, x0_hat, t):
     del x_t, t
     x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
@@ -93,9 +87,7 @@ def trajectory_batch(model, variables, classifier, s, x_T, spec: SamplerSpec):
       out['probs'] = _class_probs(classifier, x0_hat)
     return out
 
-  images, traj = diffusion.ddim_sample(_denoiser(model, variables, s), schedule, x_T,
-                                       num_steps=spec.num_steps, prediction=spec.prediction,
-                                       trajectory_fn=trace)
+  images, traj = spec.run(_denoiser(model, variables, s), x_T, trajectory_fn=trace)
   images = jnp.clip(images, -1.0, 1.0)
   batch_major = lambda a: jnp.swapaxes(a, 0, 1)
   out = {'images': images, 's_final': model.apply(variables, images, method=model.encode).activations,
@@ -136,7 +128,7 @@ class Engine:
   Attributes:
     model: the static module (encode / denoise methods).
     variables: its variables.
-    spec: the deterministic DDIM loop of regenerations and inversions.
+    spec: the deterministic sampling loop of regenerations and inversions.
     batch_size: rows per jitted call.
     classifier: an `AttributeClassifier` (optional: emergence by attribute, diagnosis).
     mesh: optional device mesh; chunks are sharded over its 'data' axis when they divide.
@@ -206,7 +198,7 @@ class Engine:
 
   def generate(self, s, x_T, what: str = 'regenerating', classify: bool = False,
                uint8: bool = False) -> dict:
-    """{'images', 's', 'argmin'[, 'probs']} of deterministic DDIM samples from (s, x_T).
+    """{'images', 's', 'argmin'[, 'probs']} of deterministic samples from (s, x_T).
 
     classify: add the attribute classifier's probabilities of the images (a tuple per
     attribute); uint8: return the images in 8 bits (a quarter of the memory).
