@@ -9,6 +9,8 @@ import pytest
 
 from patronus_jax import config as config_lib
 from patronus_jax import main as main_lib
+from patronus_jax.core import files
+from patronus_jax.core import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,3 +141,15 @@ def test_every_mode_has_a_work_estimate_and_the_job_eta_scales_with_it():
   line = main_lib._job_progress(config, done, todo, 600.0)
   assert f'about {expected:.0f} min still to run (train_latent, sample, interpret, evaluate)' in line, line
   assert main_lib._job_progress(config, done + todo, (), 1260.0) == ' job finished in 21.0 min'
+
+
+def test_a_workdir_written_before_interpret_sampler_loads_as_ddim_at_its_steps(tmp_path):
+  """config.json of older workdirs names interpret.ddim_steps; it means DDIM at that many steps."""
+  values = workdir_lib.config_to_dict(config_lib.base_config())
+  values['interpret'].pop('sampler')
+  values['interpret'].pop('sample_steps')
+  values['interpret']['ddim_steps'] = 37
+  files.write_json(workdir_lib.config_path(str(tmp_path)), values)
+  loaded = config_lib.load_workdir_config(str(tmp_path))
+  assert (loaded.interpret.sampler, loaded.interpret.sample_steps) == ('ddim', 37)
+  assert config_lib.base_config().interpret.sampler == 'dpmpp2m'  # new workdirs: the faster solver
