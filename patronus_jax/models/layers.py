@@ -27,6 +27,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def append_coordinates(x: jax.Array) -> jax.Array:
+  """CoordConv: (y, x) in [-1, 1] appended as two channels of an NHWC batch, so that convolutions
+  (translation-equivariant otherwise) can tell where a feature is or place one where a global code says."""
+  b, h, w, _ = x.shape
+  yy, xx = jnp.meshgrid(jnp.linspace(-1.0, 1.0, h), jnp.linspace(-1.0, 1.0, w), indexing='ij')
+  grid = jnp.broadcast_to(jnp.stack([yy, xx], -1)[None], (b, h, w, 2)).astype(x.dtype)
+  return jnp.concatenate([x, grid], axis=-1)
+
+
 def _group_sums(v: jax.Array, groups: int) -> jax.Array:
   """(B, C) -> (B, G) sums over each group's channels."""
   return v.reshape(v.shape[0], groups, -1).sum(-1)

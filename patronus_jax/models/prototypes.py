@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from patronus_jax.models.layers import append_coordinates
+
 Dtype = Any
 
 ACTIVATION_EPSILON = 1e-4
@@ -72,10 +74,7 @@ class PrototypeEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.coords:
-      b, h, w, _ = x.shape
-      yy, xx = jnp.meshgrid(jnp.linspace(-1.0, 1.0, h), jnp.linspace(-1.0, 1.0, w), indexing='ij')
-      grid = jnp.broadcast_to(jnp.stack([yy, xx], -1)[None], (b, h, w, 2)).astype(x.dtype)
-      x = jnp.concatenate([x, grid], axis=-1)
+      x = append_coordinates(x)
     for i, (c, k, s, p) in enumerate(zip(self.channels, self.kernels, self.strides, self.paddings)):
       x = nn.Conv(c, (k, k), strides=(s, s), padding=((p, p), (p, p)), dtype=self.dtype,
                   kernel_init=nn.initializers.normal(0.1), name=f'conv_{i}')(x)
@@ -131,6 +130,36 @@ class PrototypeNetwork(nn.Module):
     return PrototypeOutput(
         activations=distance_to_activation(min_distances, self.activation),
         min_distances=min_distances, argmin=argmin, distances=distances)
+
+
+class ActivationDecoder(nn.Module):
+  """A small decoder from s to a low-resolution image (not in the paper; train.s_decoder_weight).
+
+  Stage 1's diffusion loss reaches the encoder only through what the U-Net can use, and at a short
+  budget the U-Net draws most of the image from x_t, so s learns little beyond the background. This
+  head's loss  ||dec(s) - avgpool(x0)||^2  asks s directly for the image's layout (where the object
+  is, how big, which colour and outline) from the first step; it is dropped after training.
+  """
+  size: int  # output side in pixels; a power of two >= 4
+  channels: int
+  width: int = 64
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, s: jax.Array) -> jax.Array:
+    h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='norm')(s)
+    h = nn.silu(nn.Dense(4 * 4 * self.width, dtype=self.dtype, name='dense')(h))
+    h = h.reshape(s.shape[0], 4, 4, self.width)
+    for i in range(int(math.log2(self.size // 4))):
+      h = jax.image.resize(h, (h.shape[0], 2 * h.shape[1], 2 * h.shape[2], self.width), 'nearest')
+      h = nn.silu(nn.Conv(self.width, (3, 3), dtype=self.dtype, name=f'conv_{i}')(h))
+    return nn.Conv(self.channels, (3, 3), dtype=self.dtype, name='out')(h).astype(jnp.float32)
+
+
+def downsample_mean(images: jax.Array, size: int) -> jax.Array:
+  """(B, H, W, C) -> (B, size, size, C) by averaging H/size x W/size blocks (H, W multiples of size)."""
+  b, h, w, c = images.shape
+  return images.reshape(b, size, h // size, size, w // size, c).mean(axis=(2, 4))
 
 
 class ReceptiveField(NamedTuple):

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from patronus_jax.models.layers import GroupNormSiLU
-from patronus_jax.models.prototypes import PrototypeNetwork, PrototypeOutput
+from patronus_jax.models.layers import GroupNormSiLU, append_coordinates
+from patronus_jax.models.prototypes import ActivationDecoder, PrototypeNetwork, PrototypeOutput
 
 Dtype = Any
 
@@ -172,6 +172,9 @@ class ConditionalUNet(nn.Module):
   remat: bool = False
   dtype: Dtype = jnp.float32
   s_norm: str = 'none'  # 'layer': LayerNorm over the prototypes of s before the embedding (not in the paper)
+  # CoordConv input (not in the paper): s enters every block as a per-channel bias, the same at every
+  # pixel, so without coordinates the U-Net can say *what* s describes but hardly *where* to draw it.
+  coords: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
@@ -192,6 +195,7 @@ class ConditionalUNet(nn.Module):
       return block_cls(channels, self.dropout, attention, self.num_heads, self.dtype, name=name)(
           h, t_act, s_act, train)
 
+    x = append_coordinates(x) if self.coords else x
     h = _conv3(self.base_channels, self.dtype, 'first')(x.astype(self.dtype))
     skips = [h]
     down, up = unet_layout(len(self.channel_mults), self.num_res_blocks)
@@ -246,6 +250,8 @@ class Patronus(nn.Module):
   distance_norm: str = 'none'  # 'unit': cosine geometry for the prototype distances
   encoder_coords: bool = False  # CoordConv input to the prototype encoder
   s_norm: str = 'none'  # 'layer': LayerNorm on s before the U-Net's s-embedding
+  unet_coords: bool = False  # CoordConv input to the U-Net
+  s_decoder_size: int = 0  # > 0: an ActivationDecoder head s -> (size x size) image, for an auxiliary loss
   guidance: float = 1.0  # classifier-free guidance weight on s when not training (1: plain conditional)
 
   def setup(self):
@@ -256,10 +262,15 @@ class Patronus(nn.Module):
     self.unet = ConditionalUNet(
         self.image_channels, self.base_channels, tuple(self.channel_mults), self.num_res_blocks,
         tuple(self.attention), self.num_heads, self.dropout, self.time_mult, self.time_table_size,
-        self.remat, self.dtype, s_norm=self.s_norm)
+        self.remat, self.dtype, s_norm=self.s_norm, coords=self.unet_coords)
+    if self.s_decoder_size:
+      self.s_decoder = ActivationDecoder(self.s_decoder_size, self.image_channels, dtype=self.dtype)
 
   def encode(self, images: jax.Array) -> PrototypeOutput:
     return self.prototypes(images)
+
+  def decode_activations(self, s: jax.Array) -> jax.Array:
+    return self.s_decoder(s)
 
   def denoise(self, x_t: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
               cond_mask: Optional[jax.Array] = None) -> jax.Array:
@@ -277,6 +288,8 @@ class Patronus(nn.Module):
                x0: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
     if s is None:
       s = self.encode(x_t if x0 is None else x0).activations
+    if self.s_decoder_size and self.is_initializing():  # the auxiliary head's parameters exist from init
+      self.decode_activations(s)
     return self.denoise(x_t, t, s, train)
 
 
@@ -292,4 +305,6 @@ def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:
       num_res_blocks=m.num_res_blocks, attention=tuple(bool(a) for a in m.attention),
       num_heads=m.num_heads, dropout=m.dropout, time_mult=m.time_mult,
       time_table_size=m.time_table_size, remat=m.remat, dtype=compute, distance_norm=m.distance_norm,
-      encoder_coords=m.encoder_coords, s_norm=m.s_norm, guidance=float(config.diffusion.guidance))
+      encoder_coords=m.encoder_coords, s_norm=m.s_norm, unet_coords=m.unet_coords,
+      s_decoder_size=m.s_decoder_size if config.train.s_decoder_weight > 0 else 0,
+      guidance=float(config.diffusion.guidance))

@@ -31,6 +31,8 @@ def model_config() -> ConfigDict:
       distance_norm='none',  # 'unit': L2-normalise features and prototypes, d in [0, 4] where s has gradient
       s_norm='none',  # 'layer': LayerNorm on s before the U-Net's s-embedding (stops prototypes duplicating)
       encoder_coords=False,  # CoordConv: (y, x) channels appended to the prototype encoder's input
+      unet_coords=False,  # CoordConv for the U-Net's input, so that s can say where to draw
+      s_decoder_size=16,  # side of the auxiliary decoder's image (used when train.s_decoder_weight > 0)
   ))
 
 
@@ -73,6 +75,9 @@ def train_config() -> ConfigDict:
       dtype='float32',  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
       distinct_loss_weight=0.0,  # prototype-distinct loss (official default: off)
       distinct_margin=0.2,
+      # > 0: auxiliary loss ||decoder(s) - x0 averaged to model.s_decoder_size||^2 with this weight, which
+      # asks s for the image's layout directly (not in the paper; docs/patronus.md)
+      s_decoder_weight=0.0,
       cond_dropout=0.0,  # probability of training an example without s (the unconditional model for guidance)
       log_every=50,
       checkpoint_every=1000,
@@ -225,3 +230,10 @@ def _check_image_size(config: ConfigDict) -> None:
     features = (features + 2 * p - k) // s + 1
   require(features >= 1, f"config field 'data.image_size' ({size}) is too small for the prototype encoder "
           "(model.encoder_kernels/strides/paddings leave no feature position)")
+  require(config.train.s_decoder_weight >= 0.0,
+          f"config field 'train.s_decoder_weight' must be >= 0 (0: off), got {config.train.s_decoder_weight}")
+  d = m.s_decoder_size
+  if config.train.s_decoder_weight > 0:
+    require(d >= 4 and d & (d - 1) == 0 and size % d == 0,
+            f"config field 'model.s_decoder_size' must be a power of two >= 4 that divides data.image_size "
+            f"({size}), got {d}")

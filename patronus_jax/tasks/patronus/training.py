@@ -73,6 +73,12 @@ class PatronusTask:
     loss = diffusion.diffusion_loss(denoise, self.schedule, x0, diff_key, d.prediction, d.min_snr_gamma,
                                     d.min_snr_floor)
     metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
+    weight = self.config.train.s_decoder_weight
+    if weight > 0:
+      decoded = self.model.apply(variables, s, method=self.model.decode_activations)
+      target = proto_lib.downsample_mean(x0, decoded.shape[1])
+      metrics['s_decoder_loss'] = jnp.mean((decoded - target) ** 2)
+      loss = loss + weight * metrics['s_decoder_loss']
     weight = self.config.train.distinct_loss_weight
     if weight > 0:
       distinct = proto_lib.prototype_distinct_loss(
