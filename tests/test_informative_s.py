@@ -1,5 +1,6 @@
 """The switches beyond the paper that make s carry the image (docs/patronus.md): cosine prototype
-distances, LayerNorm on s, CoordConv, condition dropout and classifier-free guidance on s."""
+distances, LayerNorm on s, CoordConv (encoder and U-Net), the auxiliary decoder from s, condition
+dropout and classifier-free guidance on s."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from patronus_jax.core import files
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.errors import ConfigError
 from patronus_jax.models import prototypes as proto_lib
+from patronus_jax.models.layers import append_coordinates
 from patronus_jax.models.unet import patronus_from_config
 from patronus_jax.tasks.patronus.training import PatronusTask
 
@@ -107,9 +109,60 @@ def test_condition_dropout_changes_only_the_training_loss():
     assert (abs(float(a) - float(b)) > 1e-6) == differs, (train, float(a), float(b))
 
 
+def test_unet_coordinates_are_two_grid_channels_before_the_first_conv():
+  grid = np.asarray(append_coordinates(jnp.zeros((1, 4, 5, 3))))[0]
+  np.testing.assert_allclose(grid[:, 0, 3], np.linspace(-1, 1, 4), atol=1e-6)  # y down the rows
+  np.testing.assert_allclose(grid[0, :, 4], np.linspace(-1, 1, 5), atol=1e-6)  # x along the columns
+  _, model, variables, x, t = _model(**{'model.unet_coords': True})
+  _, plain, plain_vars, _, _ = _model()
+  s = jax.random.uniform(jax.random.PRNGKey(5), (2, model.num_prototypes))
+  kernel = variables['params']['unet']['first']['kernel']
+  assert kernel.shape[2] == 3 + 2 and plain_vars['params']['unet']['first']['kernel'].shape[2] == 3
+  params = jax.tree_util.tree_map(lambda v: v, plain_vars['params'])
+  params['unet']['first'] = dict(params['unet']['first'], kernel=kernel[:, :, :3])
+  shared = {**plain_vars, 'params': params}
+  with_grid = {**variables, 'params': dict(params, unet=dict(params['unet'], first=dict(
+      params['unet']['first'], kernel=kernel)))}
+  without = {**with_grid, 'params': dict(with_grid['params'], unet=dict(with_grid['params']['unet'], first=dict(
+      params['unet']['first'], kernel=kernel.at[:, :, 3:].set(0.0))))}
+  base = np.asarray(plain.apply(shared, x, t, s, method=plain.denoise))
+  np.testing.assert_allclose(np.asarray(model.apply(without, x, t, s, method=model.denoise)), base, atol=1e-5)
+  assert np.abs(np.asarray(model.apply(with_grid, x, t, s, method=model.denoise)) - base).max() > 1e-3
+
+
+def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_encoder():
+  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
+  pooled = np.asarray(proto_lib.downsample_mean(x, 8))
+  np.testing.assert_allclose(pooled[1, 2, 5], np.asarray(x)[1, 8:12, 20:24].mean(axis=(0, 1)), atol=1e-6)
+  config = config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.5, 'model.s_decoder_size': 8})
+  task, plain = PatronusTask(config), PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
+  variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
+  params = variables['params']
+  assert 's_decoder' in params
+  assert 's_decoder' not in plain.init_variables(jax.random.PRNGKey(0), {'image': x})['params']
+  rest = {k: v for k, v in variables.items() if k != 'params'}
+  key = jax.random.PRNGKey(4)
+  loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
+  bare = {k: v for k, v in params.items() if k != 's_decoder'}
+  base, _ = plain.loss_fn(bare, rest, {'image': x}, key, True)
+  s = task.model.apply({'params': params, **rest}, x, method=task.model.encode).activations
+  decoded = task.model.apply({'params': params, **rest}, s, method=task.model.decode_activations)
+  assert decoded.shape == (2, 8, 8, 3)
+  expected = float(np.mean((np.asarray(decoded) - pooled) ** 2))
+  np.testing.assert_allclose(float(metrics['s_decoder_loss']), expected, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(base) + 0.5 * expected, rtol=1e-5)
+  # the decoder's gradient reaches the prototype encoder
+  only_decoder = lambda p: 0.5 * task.loss_fn(p, rest, {'image': x}, key, True)[1]['s_decoder_loss']
+  grads = jax.grad(only_decoder)(params)
+  assert float(jnp.abs(grads['prototypes']['encoder']['conv_0']['kernel']).max()) > 0
+  with pytest.raises(ConfigError, match='model.s_decoder_size'):
+    config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 1.0, 'model.s_decoder_size': 12})
+
+
 def test_defaults_are_the_paper_and_guidance_needs_dropout():
   config = config_lib.load('configs/celeba.py')
   assert (config.model.distance_norm, config.model.s_norm, config.model.encoder_coords) == ('none', 'none', False)
+  assert not config.model.unet_coords and config.train.s_decoder_weight == 0.0
   assert config.train.cond_dropout == 0.0 and config.diffusion.guidance == 1.0
   shapes = config_lib.load('configs/shapes.py')
   assert (shapes.model.distance_norm, shapes.model.s_norm, shapes.train.cond_dropout) == ('unit', 'layer', 0.1)
@@ -123,8 +176,9 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   config = config_lib.load('configs/quickstart.py:paper,tiny')
   workdir_lib.check_and_write_config(str(tmp_path), config)
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
-  for field in ('distance_norm', 's_norm', 'encoder_coords'):
-    del old['model'][field]  # a config.json from before the field was added
+  for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size'):
+    del old['model'][field]
+  del old['train']['s_decoder_weight']  # a config.json from before the field was added
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
   defaults = config_lib.base_config()
   workdir_lib.check_and_write_config(str(tmp_path), config, defaults=defaults)  # defaults: the old behaviour
