@@ -14,6 +14,7 @@ Variants (as configs/quickstart.py):
           red:A, green:E, blue:K, orange:O); keeps about 18% of the training images, so make a
           larger set for it (--num_train=20000 gives about 3,500)
   'tiny'  the test-sized smoke run (configs/shapes.py:tiny's model and lengths)
+  'paper' the paper's prototype geometry and conditioning (quickstart.py:paper), the baseline
 """
 
 import os
@@ -26,11 +27,12 @@ DEFAULT_PATH = '/tmp/glyphs'
 
 def get_config(arg=None):
   variants = set(arg.split(',')) if arg else set()
-  unknown = variants - {'bias', 'tiny'}
+  unknown = variants - {'bias', 'tiny', 'paper'}
   if unknown:
-    raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/glyphs.py; expected 'bias' and/or 'tiny'")
+    raise ValueError(f"unknown variant(s) {sorted(unknown)} of configs/glyphs.py; expected 'bias', 'tiny' and/or "
+                     "'paper'")
   # quickstart.py's get_config, without shapes' planted bias: glyphs plant theirs via data.bias.
-  config = config_lib.config_from_file(f'{QUICKSTART}:{"tiny" if "tiny" in variants else ""}')
+  config = config_lib.config_from_file(f'{QUICKSTART}:{",".join(sorted(variants & {"tiny", "paper"}))}')
   config.name = 'glyphs'
   defaults = config_lib.base_config().data
   config.data.shapes = defaults.shapes  # unused by the folder loader; back to the defaults

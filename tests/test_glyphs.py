@@ -128,6 +128,9 @@ def test_config_variants():
   tiny = config_lib.load(CONFIG + ':tiny')
   assert tiny.train.to_dict() == config_lib.load(os.path.join(ROOT, 'configs', 'quickstart.py:tiny')).train.to_dict()
   assert tiny.data.name == 'folder'
+  paper = config_lib.load(CONFIG + ':paper')  # the baseline: quickstart's ':paper' model on glyphs
+  assert paper.model.to_dict() == config_lib.load(os.path.join(ROOT, 'configs', 'quickstart.py:paper')).model.to_dict()
+  assert paper.model.to_dict() != config.model.to_dict() and paper.data.name == 'folder'
   biased = config_lib.load(CONFIG + ':bias,tiny')
   assert biased.name == 'glyphs_bias' and biased.data.bias.enabled and biased.data.bias.target == 'glyph'
   assert biased.data.shapes.planted_strength == -1.0
