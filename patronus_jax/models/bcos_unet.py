@@ -31,7 +31,7 @@ where x_t = image[:C] - image[C:] is itself linear in the encoded image.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -40,6 +40,7 @@ import numpy as np
 
 from patronus_jax.models.bcos import BcosAttention, BcosConv, BcosDense, BiasFreeNorm
 from patronus_jax.models.prototypes import PrototypeNetwork
+from patronus_jax.models.unet_path import PathBlocks, UNetPath, unet_path
 from patronus_jax.models.vanilla_unet import VanillaUNet
 from patronus_jax.core import diffusion
 
@@ -163,16 +164,8 @@ class BcosAttentionBlock(nn.Module):
     return x
 
 
-class BcosUNet(nn.Module):
-  """output = W(x) x over (colour-encoded image, time vector, tokens); NHWC."""
-  out_channels: int
-  base_channels: int = 32
-  channel_mults: Sequence[int] = (1, 2, 2)
-  num_res_blocks: int = 1
-  self_attention: Sequence[bool] = (False, False, True)
-  cross_attention: Sequence[bool] = (False, True, True)
-  num_heads: int = 4
-  null_slot: bool = True
+class BcosUNet(UNetPath):
+  """output = W(x) x over (colour-encoded image, time vector, tokens); NHWC. Path fields: `UNetPath`."""
   b: float = 2.0
   max_out: int = 1
   norm: str = 'centered'
@@ -190,41 +183,19 @@ class BcosUNet(nn.Module):
     if tokens is not None and token_mask is None:
       token_mask = jnp.ones(tokens.shape[:2], bool)
 
-    def res(name, channels, h):
-      return BcosResBlock(channels, name=name, **blk)(h, t, explain)
+    def upsample(name, h):
+      bsz, hh, ww, c = h.shape
+      h = jnp.broadcast_to(h[:, :, None, :, None, :], (bsz, hh, 2, ww, 2, c)).reshape(bsz, 2 * hh, 2 * ww, c)
+      return BcosConv(c, 3, 1, 1, name=name, **kw)(h, explain)
 
-    def attend(name, level, h, force=False):
-      sa = force or bool(self.self_attention[level])
-      ca = force or bool(self.cross_attention[level])
-      if not (sa or ca):
-        return h
-      return BcosAttentionBlock(sa, ca, self.num_heads, self.null_slot, name=name, **blk)(
-          h, tokens, token_mask, explain)
-
+    blocks = PathBlocks(
+        res=lambda name, channels, h: BcosResBlock(channels, name=name, **blk)(h, t, explain),
+        attention=lambda name, sa, ca, h: BcosAttentionBlock(sa, ca, self.num_heads, self.null_slot, name=name,
+                                                             **blk)(h, tokens, token_mask, explain),
+        downsample=lambda name, h: BcosConv(h.shape[-1], 3, 2, 1, name=name, **kw)(h, explain),
+        upsample=upsample)
     h = BcosConv(self.base_channels, 3, 1, 1, name='first', **kw)(image, explain)
-    skips = [h]
-    levels = len(self.channel_mults)
-    for level, mult in enumerate(self.channel_mults):
-      for i in range(self.num_res_blocks):
-        h = res(f'down_{level}_{i}', self.base_channels * mult, h)
-        h = attend(f'down_{level}_{i}_attention', level, h)
-        skips.append(h)
-      if level != levels - 1:
-        h = BcosConv(h.shape[-1], 3, 2, 1, name=f'downsample_{level}', **kw)(h, explain)
-        skips.append(h)
-    h = res('mid_0', h.shape[-1], h)
-    h = attend('mid_attention', levels - 1, h, force=True)
-    h = res('mid_1', h.shape[-1], h)
-    for level in reversed(range(levels)):
-      for i in range(self.num_res_blocks + 1):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = res(f'up_{level}_{i}', self.base_channels * self.channel_mults[level], h)
-        h = attend(f'up_{level}_{i}_attention', level, h)
-      if level != 0:
-        bsz, hh, ww, c = h.shape
-        h = jnp.broadcast_to(h[:, :, None, :, None, :], (bsz, hh, 2, ww, 2, c)).reshape(
-            bsz, 2 * hh, 2 * ww, c)
-        h = BcosConv(c, 3, 1, 1, name=f'upsample_{level}', **kw)(h, explain)
+    h = unet_path(self, h, blocks)
     h = _Norm(self.norm, self.num_groups, self.dtype, name='final_norm')(h, explain)
     h = BcosConv(self.out_channels, 3, 1, 1, name='final_conv', **kw)(h, explain)
     gain = self.param('output_gain', nn.initializers.ones, (self.out_channels,))

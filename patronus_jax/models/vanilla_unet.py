@@ -20,7 +20,7 @@ embeddings, the preconditioning and the training recipe are those of the B-cos m
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from patronus_jax.models.bcos import masked_softmax
 from patronus_jax.models.layers import GroupNormSiLU
 from patronus_jax.models.unet import Downsample, Upsample
+from patronus_jax.models.unet_path import PathBlocks, UNetPath, unet_path
 
 Dtype = Any
 Array = jax.Array
@@ -98,16 +99,8 @@ class VanillaAttentionBlock(nn.Module):
     return x
 
 
-class VanillaUNet(nn.Module):
+class VanillaUNet(UNetPath):
   """The path of `BcosUNet` with standard layers; (x_t (B, H, W, C), time features, tokens) -> output."""
-  out_channels: int
-  base_channels: int = 32
-  channel_mults: Sequence[int] = (1, 2, 2)
-  num_res_blocks: int = 1
-  self_attention: Sequence[bool] = (False, False, True)
-  cross_attention: Sequence[bool] = (False, True, True)
-  num_heads: int = 4
-  null_slot: bool = True
   num_groups: int = 8
   dtype: Dtype = jnp.float32
 
@@ -119,36 +112,13 @@ class VanillaUNet(nn.Module):
     t_act = nn.silu(nn.Dense(width, dtype=self.dtype, name='time_dense_1')(nn.silu(t)))
     if tokens is not None and token_mask is None:
       token_mask = jnp.ones(tokens.shape[:2], bool)
-    res = lambda name, channels, h: VanillaResBlock(channels, self.num_groups, self.dtype, name=name)(h, t_act)
-
-    def attend(name, level, h, force=False):
-      sa = force or bool(self.self_attention[level])
-      ca = force or bool(self.cross_attention[level])
-      if not (sa or ca):
-        return h
-      return VanillaAttentionBlock(sa, ca, self.num_heads, self.null_slot, self.num_groups, self.dtype,
-                                   name=name)(h, tokens, token_mask)
-
+    blocks = PathBlocks(
+        res=lambda name, channels, h: VanillaResBlock(channels, self.num_groups, self.dtype, name=name)(h, t_act),
+        attention=lambda name, sa, ca, h: VanillaAttentionBlock(
+            sa, ca, self.num_heads, self.null_slot, self.num_groups, self.dtype, name=name)(h, tokens, token_mask),
+        downsample=lambda name, h: Downsample(self.dtype, name=name)(h),
+        upsample=lambda name, h: Upsample(self.dtype, name=name)(h))
     h = nn.Conv(self.base_channels, (3, 3), padding=1, dtype=self.dtype, name='first')(x)
-    skips = [h]
-    levels = len(self.channel_mults)
-    for level, mult in enumerate(self.channel_mults):
-      for i in range(self.num_res_blocks):
-        h = res(f'down_{level}_{i}', self.base_channels * mult, h)
-        h = attend(f'down_{level}_{i}_attention', level, h)
-        skips.append(h)
-      if level != levels - 1:
-        h = Downsample(self.dtype, name=f'downsample_{level}')(h)
-        skips.append(h)
-    h = res('mid_0', h.shape[-1], h)
-    h = attend('mid_attention', levels - 1, h, force=True)
-    h = res('mid_1', h.shape[-1], h)
-    for level in reversed(range(levels)):
-      for i in range(self.num_res_blocks + 1):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = res(f'up_{level}_{i}', self.base_channels * self.channel_mults[level], h)
-        h = attend(f'up_{level}_{i}_attention', level, h)
-      if level != 0:
-        h = Upsample(self.dtype, name=f'upsample_{level}')(h)
+    h = unet_path(self, h, blocks)
     h = GroupNormSiLU(self.num_groups, NORM_EPS, self.dtype, name='final_norm')(h)
     return nn.Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype, name='final_conv')(h).astype(jnp.float32)
