@@ -70,12 +70,17 @@ def _as_prediction(s, eps_fn, prediction):
   return fn
 
 
-@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
-def test_ddim_inversion_regenerates(prediction):
+def _gaussian_problem(prediction, mu=0.3, var=0.25):
+  """(schedule, the exact denoiser of data ~ N(mu, var I) predicting `prediction`, 4 images of such data)."""
   s = diffusion.make_schedule('linear', 1000)
-  mu, var = 0.3, 0.25
   fn = _as_prediction(s, _gaussian_denoiser(s, mu, var), prediction)
   x0 = mu + math.sqrt(var) * jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
+  return s, fn, x0
+
+
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+def test_ddim_inversion_regenerates(prediction):
+  s, fn, x0 = _gaussian_problem(prediction)
   errors = []
   for steps in (100, 200):
     x_T = diffusion.ddim_invert(fn, s, x0, num_steps=steps, prediction=prediction)
@@ -262,10 +267,7 @@ def test_dpm_solver_of_order_one_is_ddim():
 
 @pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
 def test_dpm_solver_inversion_round_trip_beats_ddim_per_call(prediction):
-  s = diffusion.make_schedule('linear', 1000)
-  mu, var = 0.3, 0.25
-  fn = _as_prediction(s, _gaussian_denoiser(s, mu, var), prediction)
-  x0 = mu + math.sqrt(var) * jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
+  s, fn, x0 = _gaussian_problem(prediction)
   errors = {}
   for sampler in ('ddim', 'dpmpp2m'):
     for n in (10, 20, 50):
