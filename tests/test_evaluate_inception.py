@@ -7,6 +7,7 @@ network is checked on every run against pool features that pytorch-fid's own Inc
 it), and against a PyTorch transcription when torch is installed (optional extra, slow).
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -21,75 +22,92 @@ import pytest
 from patronus_jax.evaluate import inception
 
 
-def expected_state_dict_shapes():
-  """Keys and shapes of pytorch-fid's FID Inception state_dict (torchvision layout)."""
-  shapes = {}
+def _add_conv(shapes, name, cin, cout, kh, kw=None):
+  """A BasicConv2d: its conv weight (OIHW) and its BatchNorm's four vectors."""
+  shapes[f'{name}.conv.weight'] = (cout, cin, kh, kw or kh)
+  for leaf in ('weight', 'bias', 'running_mean', 'running_var'):
+    shapes[f'{name}.bn.{leaf}'] = (cout,)
 
-  def conv(name, cin, cout, kh, kw=None):
-    shapes[f'{name}.conv.weight'] = (cout, cin, kh, kw or kh)
-    for leaf in ('weight', 'bias', 'running_mean', 'running_var'):
-      shapes[f'{name}.bn.{leaf}'] = (cout,)
 
-  conv('Conv2d_1a_3x3', 3, 32, 3)
-  conv('Conv2d_2a_3x3', 32, 32, 3)
-  conv('Conv2d_2b_3x3', 32, 64, 3)
-  conv('Conv2d_3b_1x1', 64, 80, 1)
-  conv('Conv2d_4a_3x3', 80, 192, 3)
+def _block_a(conv, n, cin, pool_features):
+  """InceptionA (Mixed_5b-d); returns its output channels."""
+  conv(f'{n}.branch1x1', cin, 64, 1)
+  conv(f'{n}.branch5x5_1', cin, 48, 1)
+  conv(f'{n}.branch5x5_2', 48, 64, 5)
+  conv(f'{n}.branch3x3dbl_1', cin, 64, 1)
+  conv(f'{n}.branch3x3dbl_2', 64, 96, 3)
+  conv(f'{n}.branch3x3dbl_3', 96, 96, 3)
+  conv(f'{n}.branch_pool', cin, pool_features, 1)
+  return 64 + 64 + 96 + pool_features
 
-  def block_a(n, cin, pool_features):
-    conv(f'{n}.branch1x1', cin, 64, 1)
-    conv(f'{n}.branch5x5_1', cin, 48, 1)
-    conv(f'{n}.branch5x5_2', 48, 64, 5)
-    conv(f'{n}.branch3x3dbl_1', cin, 64, 1)
-    conv(f'{n}.branch3x3dbl_2', 64, 96, 3)
-    conv(f'{n}.branch3x3dbl_3', 96, 96, 3)
-    conv(f'{n}.branch_pool', cin, pool_features, 1)
-    return 64 + 64 + 96 + pool_features
 
-  def block_c(n, cin, c7):
-    conv(f'{n}.branch1x1', cin, 192, 1)
-    conv(f'{n}.branch7x7_1', cin, c7, 1)
-    conv(f'{n}.branch7x7_2', c7, c7, 1, 7)
-    conv(f'{n}.branch7x7_3', c7, 192, 7, 1)
-    conv(f'{n}.branch7x7dbl_1', cin, c7, 1)
-    conv(f'{n}.branch7x7dbl_2', c7, c7, 7, 1)
-    conv(f'{n}.branch7x7dbl_3', c7, c7, 1, 7)
-    conv(f'{n}.branch7x7dbl_4', c7, c7, 7, 1)
-    conv(f'{n}.branch7x7dbl_5', c7, 192, 1, 7)
-    conv(f'{n}.branch_pool', cin, 192, 1)
-    return 768
-
-  def block_e(n, cin):
-    conv(f'{n}.branch1x1', cin, 320, 1)
-    conv(f'{n}.branch3x3_1', cin, 384, 1)
-    conv(f'{n}.branch3x3_2a', 384, 384, 1, 3)
-    conv(f'{n}.branch3x3_2b', 384, 384, 3, 1)
-    conv(f'{n}.branch3x3dbl_1', cin, 448, 1)
-    conv(f'{n}.branch3x3dbl_2', 448, 384, 3)
-    conv(f'{n}.branch3x3dbl_3a', 384, 384, 1, 3)
-    conv(f'{n}.branch3x3dbl_3b', 384, 384, 3, 1)
-    conv(f'{n}.branch_pool', cin, 192, 1)
-    return 320 + 768 + 768 + 192
-
-  c = block_a('Mixed_5b', 192, 32)
-  c = block_a('Mixed_5c', c, 64)
-  c = block_a('Mixed_5d', c, 64)
+def _block_b(conv, c):
+  """InceptionB (Mixed_6a)."""
   conv('Mixed_6a.branch3x3', c, 384, 3)
   conv('Mixed_6a.branch3x3dbl_1', c, 64, 1)
   conv('Mixed_6a.branch3x3dbl_2', 64, 96, 3)
   conv('Mixed_6a.branch3x3dbl_3', 96, 96, 3)
-  c = 384 + 96 + c
-  for n, c7 in (('Mixed_6b', 128), ('Mixed_6c', 160), ('Mixed_6d', 160), ('Mixed_6e', 192)):
-    c = block_c(n, c, c7)
+  return 384 + 96 + c
+
+
+def _block_c(conv, n, cin, c7):
+  """InceptionC (Mixed_6b-e)."""
+  conv(f'{n}.branch1x1', cin, 192, 1)
+  conv(f'{n}.branch7x7_1', cin, c7, 1)
+  conv(f'{n}.branch7x7_2', c7, c7, 1, 7)
+  conv(f'{n}.branch7x7_3', c7, 192, 7, 1)
+  conv(f'{n}.branch7x7dbl_1', cin, c7, 1)
+  conv(f'{n}.branch7x7dbl_2', c7, c7, 7, 1)
+  conv(f'{n}.branch7x7dbl_3', c7, c7, 1, 7)
+  conv(f'{n}.branch7x7dbl_4', c7, c7, 7, 1)
+  conv(f'{n}.branch7x7dbl_5', c7, 192, 1, 7)
+  conv(f'{n}.branch_pool', cin, 192, 1)
+  return 768
+
+
+def _block_d(conv, c):
+  """InceptionD (Mixed_7a)."""
   conv('Mixed_7a.branch3x3_1', c, 192, 1)
   conv('Mixed_7a.branch3x3_2', 192, 320, 3)
   conv('Mixed_7a.branch7x7x3_1', c, 192, 1)
   conv('Mixed_7a.branch7x7x3_2', 192, 192, 1, 7)
   conv('Mixed_7a.branch7x7x3_3', 192, 192, 7, 1)
   conv('Mixed_7a.branch7x7x3_4', 192, 192, 3)
-  c = 320 + 192 + c
-  c = block_e('Mixed_7b', c)
-  c = block_e('Mixed_7c', c)
+  return 320 + 192 + c
+
+
+def _block_e(conv, n, cin):
+  """InceptionE (Mixed_7b-c)."""
+  conv(f'{n}.branch1x1', cin, 320, 1)
+  conv(f'{n}.branch3x3_1', cin, 384, 1)
+  conv(f'{n}.branch3x3_2a', 384, 384, 1, 3)
+  conv(f'{n}.branch3x3_2b', 384, 384, 3, 1)
+  conv(f'{n}.branch3x3dbl_1', cin, 448, 1)
+  conv(f'{n}.branch3x3dbl_2', 448, 384, 3)
+  conv(f'{n}.branch3x3dbl_3a', 384, 384, 1, 3)
+  conv(f'{n}.branch3x3dbl_3b', 384, 384, 3, 1)
+  conv(f'{n}.branch_pool', cin, 192, 1)
+  return 320 + 768 + 768 + 192
+
+
+def expected_state_dict_shapes():
+  """Keys and shapes of pytorch-fid's FID Inception state_dict (torchvision layout), in its order."""
+  shapes = {}
+  conv = functools.partial(_add_conv, shapes)
+  conv('Conv2d_1a_3x3', 3, 32, 3)
+  conv('Conv2d_2a_3x3', 32, 32, 3)
+  conv('Conv2d_2b_3x3', 32, 64, 3)
+  conv('Conv2d_3b_1x1', 64, 80, 1)
+  conv('Conv2d_4a_3x3', 80, 192, 3)
+  c = _block_a(conv, 'Mixed_5b', 192, 32)
+  c = _block_a(conv, 'Mixed_5c', c, 64)
+  c = _block_a(conv, 'Mixed_5d', c, 64)
+  c = _block_b(conv, c)
+  for n, c7 in (('Mixed_6b', 128), ('Mixed_6c', 160), ('Mixed_6d', 160), ('Mixed_6e', 192)):
+    c = _block_c(conv, n, c, c7)
+  c = _block_d(conv, c)
+  c = _block_e(conv, 'Mixed_7b', c)
+  c = _block_e(conv, 'Mixed_7c', c)
   assert c == 2048
   shapes['fc.weight'] = (1008, 2048)
   shapes['fc.bias'] = (1008,)
@@ -286,65 +304,86 @@ def test_tf_pooling_quirks():
   assert mx[0, 0, 0, 0] == -1.0 and mx[0, 3, 3, 0] == -11.0  # padding is -inf, not 0
 
 
-@pytest.mark.skipif(os.environ.get('PATRONUS_SLOW_TESTS') != '1', reason='set PATRONUS_SLOW_TESTS=1 (needs torch)')
-def test_full_network_matches_pytorch_forward(state_dict):
-  """Full forward vs a PyTorch functional transcription of torchvision + pytorch-fid (slow)."""
-  torch = pytest.importorskip('torch')
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-  sd = {k: torch.from_numpy(v) for k, v in state_dict.items() if 'num_batches' not in k}
+class _TorchFIDInception:
+  """A PyTorch functional transcription of torchvision's Inception3 with pytorch-fid's changes: pool features."""
 
-  def bc(name, x, stride=1, padding=0):
+  def __init__(self, torch, state_dict):
+    self.torch, self.F = torch, torch.nn.functional
+    self.sd = {k: torch.from_numpy(v) for k, v in state_dict.items() if 'num_batches' not in k}
+
+  def bc(self, name, x, stride=1, padding=0):
+    sd, F = self.sd, self.F
     x = F.conv2d(x, sd[f'{name}.conv.weight'], stride=stride, padding=padding)
     x = F.batch_norm(x, sd[f'{name}.bn.running_mean'], sd[f'{name}.bn.running_var'],
                      sd[f'{name}.bn.weight'], sd[f'{name}.bn.bias'], False, 0.0, 1e-3)
     return F.relu(x)
 
-  def avg(x):
-    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+  def avg(self, x):
+    return self.F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
-  def block_a(n, x):
+  def block_a(self, n, x):
+    bc = self.bc
     b5 = bc(f'{n}.branch5x5_2', bc(f'{n}.branch5x5_1', x), padding=2)
     b3 = bc(f'{n}.branch3x3dbl_3', bc(f'{n}.branch3x3dbl_2', bc(f'{n}.branch3x3dbl_1', x), padding=1), padding=1)
-    return torch.cat([bc(f'{n}.branch1x1', x), b5, b3, bc(f'{n}.branch_pool', avg(x))], 1)
+    return self.torch.cat([bc(f'{n}.branch1x1', x), b5, b3, bc(f'{n}.branch_pool', self.avg(x))], 1)
 
-  def block_c(n, x):
+  def block_b(self, x):
+    bc = self.bc
+    b3 = bc('Mixed_6a.branch3x3', x, stride=2)
+    bd = bc('Mixed_6a.branch3x3dbl_2', bc('Mixed_6a.branch3x3dbl_1', x), padding=1)
+    bd = bc('Mixed_6a.branch3x3dbl_3', bd, stride=2)
+    return self.torch.cat([b3, bd, self.F.max_pool2d(x, 3, 2)], 1)
+
+  def block_c(self, n, x):
+    bc = self.bc
     b7 = bc(f'{n}.branch7x7_1', x)
     b7 = bc(f'{n}.branch7x7_3', bc(f'{n}.branch7x7_2', b7, padding=(0, 3)), padding=(3, 0))
     bd = bc(f'{n}.branch7x7dbl_1', x)
     for i, p in ((2, (3, 0)), (3, (0, 3)), (4, (3, 0)), (5, (0, 3))):
       bd = bc(f'{n}.branch7x7dbl_{i}', bd, padding=p)
-    return torch.cat([bc(f'{n}.branch1x1', x), b7, bd, bc(f'{n}.branch_pool', avg(x))], 1)
+    return self.torch.cat([bc(f'{n}.branch1x1', x), b7, bd, bc(f'{n}.branch_pool', self.avg(x))], 1)
 
-  def block_e(n, x, pool):
-    b3 = bc(f'{n}.branch3x3_1', x)
-    b3 = torch.cat([bc(f'{n}.branch3x3_2a', b3, padding=(0, 1)), bc(f'{n}.branch3x3_2b', b3, padding=(1, 0))], 1)
-    bd = bc(f'{n}.branch3x3dbl_2', bc(f'{n}.branch3x3dbl_1', x), padding=1)
-    bd = torch.cat([bc(f'{n}.branch3x3dbl_3a', bd, padding=(0, 1)), bc(f'{n}.branch3x3dbl_3b', bd, padding=(1, 0))], 1)
-    p = avg(x) if pool == 'avg' else F.max_pool2d(x, 3, 1, 1)
-    return torch.cat([bc(f'{n}.branch1x1', x), b3, bd, bc(f'{n}.branch_pool', p)], 1)
-
-  images = np.random.default_rng(3).integers(0, 256, (2, 37, 45, 3)).astype(np.uint8)
-  with torch.no_grad():
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    x = 2 * F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False) - 1
-    x = bc('Conv2d_2b_3x3', bc('Conv2d_2a_3x3', bc('Conv2d_1a_3x3', x, stride=2)), padding=1)
-    x = bc('Conv2d_4a_3x3', bc('Conv2d_3b_1x1', F.max_pool2d(x, 3, 2)))
-    x = F.max_pool2d(x, 3, 2)
-    for n in ('Mixed_5b', 'Mixed_5c', 'Mixed_5d'):
-      x = block_a(n, x)
-    b3 = bc('Mixed_6a.branch3x3', x, stride=2)
-    bd = bc('Mixed_6a.branch3x3dbl_2', bc('Mixed_6a.branch3x3dbl_1', x), padding=1)
-    bd = bc('Mixed_6a.branch3x3dbl_3', bd, stride=2)
-    x = torch.cat([b3, bd, F.max_pool2d(x, 3, 2)], 1)
-    for n in ('Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e'):
-      x = block_c(n, x)
+  def block_d(self, x):
+    bc = self.bc
     b3 = bc('Mixed_7a.branch3x3_2', bc('Mixed_7a.branch3x3_1', x), stride=2)
     b7 = bc('Mixed_7a.branch7x7x3_1', x)
     b7 = bc('Mixed_7a.branch7x7x3_3', bc('Mixed_7a.branch7x7x3_2', b7, padding=(0, 3)), padding=(3, 0))
     b7 = bc('Mixed_7a.branch7x7x3_4', b7, stride=2)
-    x = torch.cat([b3, b7, F.max_pool2d(x, 3, 2)], 1)
-    x = block_e('Mixed_7c', block_e('Mixed_7b', x, 'avg'), 'max')
-    expected = x.mean(dim=(2, 3)).numpy()
+    return self.torch.cat([b3, b7, self.F.max_pool2d(x, 3, 2)], 1)
+
+  def block_e(self, n, x, pool):
+    bc, cat = self.bc, self.torch.cat
+    b3 = bc(f'{n}.branch3x3_1', x)
+    b3 = cat([bc(f'{n}.branch3x3_2a', b3, padding=(0, 1)), bc(f'{n}.branch3x3_2b', b3, padding=(1, 0))], 1)
+    bd = bc(f'{n}.branch3x3dbl_2', bc(f'{n}.branch3x3dbl_1', x), padding=1)
+    bd = cat([bc(f'{n}.branch3x3dbl_3a', bd, padding=(0, 1)), bc(f'{n}.branch3x3dbl_3b', bd, padding=(1, 0))], 1)
+    p = self.avg(x) if pool == 'avg' else self.F.max_pool2d(x, 3, 1, 1)
+    return cat([bc(f'{n}.branch1x1', x), b3, bd, bc(f'{n}.branch_pool', p)], 1)
+
+  def pool_features(self, images):
+    """uint8 NHWC images -> (N, 2048) numpy, resized by F.interpolate as pytorch-fid does."""
+    bc, F = self.bc, self.F
+    with self.torch.no_grad():
+      x = self.torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+      x = 2 * F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False) - 1
+      x = bc('Conv2d_2b_3x3', bc('Conv2d_2a_3x3', bc('Conv2d_1a_3x3', x, stride=2)), padding=1)
+      x = bc('Conv2d_4a_3x3', bc('Conv2d_3b_1x1', F.max_pool2d(x, 3, 2)))
+      x = F.max_pool2d(x, 3, 2)
+      for n in ('Mixed_5b', 'Mixed_5c', 'Mixed_5d'):
+        x = self.block_a(n, x)
+      x = self.block_b(x)
+      for n in ('Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e'):
+        x = self.block_c(n, x)
+      x = self.block_e('Mixed_7c', self.block_e('Mixed_7b', self.block_d(x), 'avg'), 'max')
+      return x.mean(dim=(2, 3)).numpy()
+
+
+@pytest.mark.skipif(os.environ.get('PATRONUS_SLOW_TESTS') != '1', reason='set PATRONUS_SLOW_TESTS=1 (needs torch)')
+def test_full_network_matches_pytorch_forward(state_dict):
+  """Full forward vs a PyTorch functional transcription of torchvision + pytorch-fid (slow)."""
+  torch = pytest.importorskip('torch')
+  images = np.random.default_rng(3).integers(0, 256, (2, 37, 45, 3)).astype(np.uint8)
+  expected = _TorchFIDInception(torch, state_dict).pool_features(images)
   ours = inception.inception_features(inception.variables_from_state_dict(state_dict), images, batch_size=2)
   assert ours.shape == (2, 2048)
   assert np.abs(ours - expected).max() / np.abs(expected).max() < 1e-5
