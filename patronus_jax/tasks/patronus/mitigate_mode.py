@@ -449,6 +449,74 @@ def _write_report(out_dir: str, report: dict) -> dict:
   return report
 
 
+def _nothing_to_mitigate(out_dir: str, before: dict, watch: timing.Stopwatch) -> dict:
+  """The report when the diagnosis was skipped or names no pair: nothing is trained."""
+  reason = (f"diagnosis skipped: {before['skipped']}" if 'skipped' in before else
+            'the diagnosis names no suspected pair: nothing to mitigate, nothing changed')
+  logging.info('mitigate: %s', reason)
+  nothing = summary(before) if 'skipped' not in before else {'suspected_pairs': []}
+  return _write_report(out_dir, {'before': nothing, 'after': nothing, 'mitigated': False, 'reason': reason,
+                                 'methods': {}, 'selected_method': None, 'seconds': round(watch.seconds(), 1)})
+
+
+def _original(config, workdir: str, mesh) -> tuple[tuple, dict]:
+  """((config, directory) of the original's view, its sample quality)."""
+  has_latent = os.path.isdir(ckpt_lib.stage_dir(workdir, 'latent'))
+  view = make_view(config, workdir, ORIGINAL, 'stage1', 'latent' if has_latent else None)
+  if not has_latent:  # the original's unconditional samples need a latent model: trained in its view
+    training.train_latent(*view, mesh)
+  return view, sample_quality(*view, mesh)
+
+
+def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attributes, before: dict,
+               original_quality: dict) -> tuple[tuple, dict, dict, dict]:
+  """Stage 1 fine-tuned with `method` (and stage 2 again): (its view, its diagnosis, its sample quality,
+  its entry in the report's 'methods'); `attributes` = (names, values) of the dataset's attributes."""
+  mcfg = config.mitigation
+  series = f'{STAGE1_SERIES}/{method}'
+  view = vc, vdir = make_view(config, workdir, method, series, f'{LATENT_SERIES}/{method}')
+  logging.info('mitigate: method %s -> %s', method, ckpt_lib.stage_dir(workdir, series))
+  task, make_iterator, recipe, extra = _method_training(config, workdir, vc, method, plans, attributes, before)
+  ft = finetune(config, workdir, vdir, task, make_iterator, mesh, method, recipe)
+  if mcfg.retrain_latent:
+    training.train_latent(vc, vdir, mesh)
+  diagnosis = diagnose(vc, vdir, mesh)
+  quality = sample_quality(vc, vdir, mesh)
+  result = dict(fine_tuning=ft, **extra, checkpoints=ckpt_lib.stage_dir(workdir, series), view=vdir,
+                after=summary(diagnosis), sample_quality=quality,
+                comparison=compare(before, diagnosis, plans, original_quality, quality, mcfg))
+  return view, diagnosis, quality, result
+
+
+def _method_training(config, workdir: str, vc, method: str, plans: list[dict], attributes, before: dict):
+  """(task, make_iterator, recipe, report entries) of fine-tuning with `method` in the view's config vc."""
+  mcfg = config.mitigation
+  extra = {}
+  if method == 'rebalance':
+    weights, extra['rebalancing'] = rebalancing(config, plans, *attributes)
+    num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
+    task = training.PatronusTask(vc)
+    make_iterator = lambda: resampled_iterator(vc, weights, num, config.seed)
+    recipe = {'pairs': [p['attributes'] for p in plans]}
+  elif method == 'counterfactual':
+    clf, _ = classifier_for_workdir(config, workdir)
+    ev = before['edit_values']
+    # every edit that showed a pair, each judged on the attribute it co-moved (with JA alone, the
+    # shortcut moved to the pair's other prototypes: docs/mitigation.md)
+    heads = list(clf.attribute_names)
+    edits = [([j], [ev['lower'][j]], [ev['raise'][j]], heads.index(co))
+             for j, co in sorted({(int(e['prototype']), e['co_moved']) for p in plans for e in p['edits']})]
+    task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight)
+    extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight)
+    make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
+  else:
+    groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
+    task = DecorrelateTask(vc, groups, mcfg.penalty_weight, mcfg.dependence)
+    extra['penalty'] = recipe = dict(groups=groups, weight=mcfg.penalty_weight, dependence=mcfg.dependence)
+    make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
+  return task, make_iterator, recipe, extra
+
+
 def mitigate_mode(config, workdir: str, mesh=None) -> dict:
   """`--mode=mitigate` (module docstring). Returns the report written to DIR/mitigation/report.json."""
   watch = timing.Stopwatch()
@@ -459,61 +527,18 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
   out_dir = os.path.join(os.path.abspath(workdir), OUT_DIR)
   before = diagnose(config, workdir, mesh)
   if 'skipped' in before or not before['suspected_correlations']:
-    reason = (f"diagnosis skipped: {before['skipped']}" if 'skipped' in before else
-              'the diagnosis names no suspected pair: nothing to mitigate, nothing changed')
-    logging.info('mitigate: %s', reason)
-    nothing = summary(before) if 'skipped' not in before else {'suspected_pairs': []}
-    return _write_report(out_dir, {'before': nothing, 'after': nothing, 'mitigated': False, 'reason': reason,
-                                   'methods': {}, 'selected_method': None, 'seconds': round(watch.seconds(), 1)})
+    return _nothing_to_mitigate(out_dir, before, watch)
   info = data_lib.get_info(config.data)
   names, values = list(info.attribute_names), [tuple(v) for v in info.attribute_values]
   model, variables, _ = loading.load_stage1_variables(config, workdir)
   plans = plan_pairs(before, names, held_out_association(config, model, variables, names, values), mcfg)
   logging.info('mitigate: pairs %s', [(p['controlled'], p['co_moved'], p['prototypes_a'], p['predictors_b'])
                                       for p in plans])
-  has_latent = os.path.isdir(ckpt_lib.stage_dir(workdir, 'latent'))
-  views = {ORIGINAL: make_view(config, workdir, ORIGINAL, 'stage1', 'latent' if has_latent else None)}
-  if not has_latent:  # the original's unconditional samples need a latent model: trained in its view
-    training.train_latent(*views[ORIGINAL], mesh)
-  diagnoses = {ORIGINAL: before}
-  quality = {ORIGINAL: sample_quality(*views[ORIGINAL], mesh)}
-  results = {}
+  views, diagnoses, quality, results = {}, {ORIGINAL: before}, {}, {}
+  views[ORIGINAL], quality[ORIGINAL] = _original(config, workdir, mesh)
   for method in mcfg.methods:
-    series = f'{STAGE1_SERIES}/{method}'
-    views[method] = vc, vdir = make_view(config, workdir, method, series, f'{LATENT_SERIES}/{method}')
-    logging.info('mitigate: method %s -> %s', method, ckpt_lib.stage_dir(workdir, series))
-    extra = {}
-    if method == 'rebalance':
-      weights, extra['rebalancing'] = rebalancing(config, plans, names, values)
-      num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
-      task = training.PatronusTask(vc)
-      make_iterator = lambda: resampled_iterator(vc, weights, num, config.seed)
-      recipe = {'pairs': [p['attributes'] for p in plans]}
-    elif method == 'counterfactual':
-      clf, _ = classifier_for_workdir(config, workdir)
-      ev = before['edit_values']
-      # every edit that showed a pair, each judged on the attribute it co-moved (with JA alone, the
-      # shortcut moved to the pair's other prototypes: docs/mitigation.md)
-      heads = list(clf.attribute_names)
-      edits = [([j], [ev['lower'][j]], [ev['raise'][j]], heads.index(co))
-               for j, co in sorted({(int(e['prototype']), e['co_moved']) for p in plans for e in p['edits']})]
-      task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight)
-      extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight)
-      make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
-    else:
-      groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
-      task = DecorrelateTask(vc, groups, mcfg.penalty_weight, mcfg.dependence)
-      extra['penalty'] = recipe = dict(groups=groups, weight=mcfg.penalty_weight, dependence=mcfg.dependence)
-      make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
-    ft = finetune(config, workdir, vdir, task, make_iterator, mesh, method, recipe)
-    if mcfg.retrain_latent:
-      training.train_latent(vc, vdir, mesh)
-    diagnoses[method] = diagnose(vc, vdir, mesh)
-    quality[method] = sample_quality(vc, vdir, mesh)
-    results[method] = dict(
-        fine_tuning=ft, **extra, checkpoints=ckpt_lib.stage_dir(workdir, series), view=vdir,
-        after=summary(diagnoses[method]), sample_quality=quality[method],
-        comparison=compare(before, diagnoses[method], plans, quality[ORIGINAL], quality[method], mcfg))
+    views[method], diagnoses[method], quality[method], results[method] = _mitigated(
+        config, workdir, mesh, method, plans, (names, values), before, quality[ORIGINAL])
   selected = select(results)
   strongest = max((e for p in plans for e in p['edits']), key=lambda e: e['effect'])
   figure = os.path.join(out_dir, 'edits.png')
