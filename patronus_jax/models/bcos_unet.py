@@ -30,6 +30,7 @@ where x_t = image[:C] - image[C:] is itself linear in the encoded image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple, Optional
 
@@ -113,14 +114,20 @@ class _Norm(nn.Module):
                         name='norm')(x, explain)
 
 
-class BcosResBlock(nn.Module):
-  """norm -> BcosConv3x3 -> + B-cos projection of the time vector -> norm -> BcosConv3x3, + skip."""
-  out_channels: int
+class BcosLayers(nn.Module):
+  """The settings of the B-cos layers, shared by the U-Net and its blocks; keyword-only, so that each
+  subclass's own fields keep their positions."""
+  _: dataclasses.KW_ONLY
   b: float = 2.0
   max_out: int = 1
   norm: str = 'centered'
   num_groups: int = 8
   dtype: Dtype = jnp.float32
+
+
+class BcosResBlock(BcosLayers):
+  """norm -> BcosConv3x3 -> + B-cos projection of the time vector -> norm -> BcosConv3x3, + skip."""
+  out_channels: int
 
   @nn.compact
   def __call__(self, x, time_features, explain: bool = False):
@@ -136,17 +143,12 @@ class BcosResBlock(nn.Module):
     return h + x
 
 
-class BcosAttentionBlock(nn.Module):
+class BcosAttentionBlock(BcosLayers):
   """Residual self-attention over positions and/or cross-attention to the tokens."""
   self_attention: bool = True
   cross_attention: bool = True
   num_heads: int = 4
   null_slot: bool = True  # cross-attention may attend to nothing
-  b: float = 2.0
-  max_out: int = 1
-  norm: str = 'centered'
-  num_groups: int = 8
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, tokens, token_mask, explain: bool = False):
@@ -164,13 +166,8 @@ class BcosAttentionBlock(nn.Module):
     return x
 
 
-class BcosUNet(UNetPath):
-  """output = W(x) x over (colour-encoded image, time vector, tokens); NHWC. Path fields: `UNetPath`."""
-  b: float = 2.0
-  max_out: int = 1
-  norm: str = 'centered'
-  num_groups: int = 8
-  dtype: Dtype = jnp.float32
+class BcosUNet(UNetPath, BcosLayers):
+  """output = W(x) x over (colour-encoded image, time vector, tokens); NHWC. Fields: `UNetPath`, `BcosLayers`."""
 
   @nn.compact
   def __call__(self, image: Array, time: Array, tokens: Optional[Array] = None,
