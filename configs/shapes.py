@@ -26,10 +26,16 @@ from patronus_jax import config as config_lib
 def informative_s(config):
   """The switches that make s carry the image (measured on the quickstart, docs/results.md):
   cosine prototype distances put d in [0, 4] where the log activation has gradient; LayerNorm on
-  s stops the prototypes from being copies of one another; condition dropout trains the
-  unconditional model that `diffusion.guidance` needs at sampling."""
+  s stops the prototypes from being copies of one another and makes the U-Net follow s; the
+  auxiliary decoder asks s for the image's layout from the first step; coordinates let a patch
+  prototype say where it is and the U-Net draw there; condition dropout trains the unconditional
+  model that `diffusion.guidance` needs at sampling."""
   config.model.distance_norm = 'unit'
   config.model.s_norm = 'layer'
+  config.model.encoder_coords = True
+  config.model.unet_coords = True
+  config.model.s_decoder_size = 16
+  config.train.s_decoder_weight = 1.0
   config.train.cond_dropout = 0.1
   return config
 

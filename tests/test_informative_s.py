@@ -134,8 +134,11 @@ def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_enco
   x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
   pooled = np.asarray(proto_lib.downsample_mean(x, 8))
   np.testing.assert_allclose(pooled[1, 2, 5], np.asarray(x)[1, 8:12, 20:24].mean(axis=(0, 1)), atol=1e-6)
+  odd = np.asarray(proto_lib.downsample_mean(jnp.full((1, 40, 40, 3), 0.25), 16))  # 40 is no multiple of 16
+  assert odd.shape == (1, 16, 16, 3) and np.allclose(odd, 0.25, atol=1e-6)
   config = config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.5, 'model.s_decoder_size': 8})
-  task, plain = PatronusTask(config), PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
+  task = PatronusTask(config)
+  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.0}))
   variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
   params = variables['params']
   assert 's_decoder' in params
@@ -166,6 +169,9 @@ def test_defaults_are_the_paper_and_guidance_needs_dropout():
   assert config.train.cond_dropout == 0.0 and config.diffusion.guidance == 1.0
   shapes = config_lib.load('configs/shapes.py')
   assert (shapes.model.distance_norm, shapes.model.s_norm, shapes.train.cond_dropout) == ('unit', 'layer', 0.1)
+  assert shapes.model.unet_coords and shapes.model.encoder_coords and shapes.train.s_decoder_weight == 1.0
+  paper = config_lib.load('configs/shapes.py:paper')
+  assert not paper.model.unet_coords and not paper.model.encoder_coords and paper.train.s_decoder_weight == 0.0
   with pytest.raises(ConfigError, match='diffusion.guidance.*cond_dropout'):
     config_lib.load('configs/quickstart.py:paper,tiny', {'diffusion.guidance': 3.0})
   with pytest.raises(ConfigError, match='model.distance_norm'):

@@ -234,6 +234,5 @@ def _check_image_size(config: ConfigDict) -> None:
           f"config field 'train.s_decoder_weight' must be >= 0 (0: off), got {config.train.s_decoder_weight}")
   d = m.s_decoder_size
   if config.train.s_decoder_weight > 0:
-    require(d >= 4 and d & (d - 1) == 0 and size % d == 0,
-            f"config field 'model.s_decoder_size' must be a power of two >= 4 that divides data.image_size "
-            f"({size}), got {d}")
+    require(d >= 4 and d & (d - 1) == 0 and d <= size,
+            f"config field 'model.s_decoder_size' must be a power of two in 4..data.image_size ({size}), got {d}")
