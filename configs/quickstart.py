@@ -31,33 +31,11 @@ def get_config(arg=None):
   config.name = 'quickstart'
   if arg and 'tiny' in arg.split(','):
     return config
-  config.data.shapes.num_train = 4_000
-  config.data.shapes.num_test = 500
-  m = config.model
-  m.base_channels = 16
+  config_lib.config_module(SHAPES).quick_budget(config)
   t = config.train
-  # Batch 8 makes twice the updates of batch 16 for the same images at the same cost per image
-  # on CPU, and with min-SNR-5 weighting gave the closest samples; 4,000 steps is the most that
-  # keeps stages 1, 2 and sampling under 15 minutes on 2 cores (measurements: README, "What the
-  # quickstart writes").
-  t.batch_size = 8
-  t.num_steps = 4000
-  t.learning_rate = 2e-3
-  t.warmup_steps = 50
-  t.ema_decay = 0.995
   t.log_every = 50
   t.checkpoint_every = 500
-  t.sample_every = 0
-  config.diffusion.sample_steps = 25
-  config.diffusion.min_snr_gamma = 5.0
-  if config.model.s_norm == 'layer':  # with the informative_s switches (not ':paper')
-    # keep weight 1 on the noisiest steps, where only s tells the denoiser what to draw
-    config.diffusion.min_snr_floor = 1.0
-  lt = config.latent
-  lt.num_steps = 400
-  lt.log_every = 100
-  lt.checkpoint_every = 300
-  lt.sample_steps = 25
+  config.latent.checkpoint_every = 300
   config.sample.num_samples = 64
   config.sample.num_reconstructions = 16
   ic = config.interpret
@@ -80,15 +58,9 @@ def get_config(arg=None):
   ic.diagnosis_bootstrap = 300
   ev = config.evaluate
   ev.num_samples = 128
-  ev.batch_size = 64
   ev.fid_num_real = 500
   ev.probe_max_examples = 500
   ev.tad_max_examples = 500
   ev.dci_max_examples = 500
   ev.dci_num_estimators = 30
-  ev.classifier_num_steps = 300
-  ev.classifier_batch_size = 64
-  ev.classifier_widths = (16, 32, 64)
-  ev.classifier_feature_dim = 64
-  ev.classifier_max_examples = 4_000
   return config

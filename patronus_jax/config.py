@@ -16,7 +16,7 @@ The machinery (field checks, overrides) is `patronus_jax.core.config`.
 from __future__ import annotations
 
 from patronus_jax.core import config as config_core
-from patronus_jax.core.config import (ConfigDict, config_from_file, one_of, parse_set_flags,  # noqa: F401
+from patronus_jax.core.config import (ConfigDict, config_from_file, config_module, one_of, parse_set_flags,  # noqa: F401
                                       require, set_field, set_field_from_text)
 from patronus_jax.core.errors import ConfigError  # noqa: F401  (re-exported: patronus_jax.config.ConfigError)
 from patronus_jax.core import workdir as workdir_lib

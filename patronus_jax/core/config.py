@@ -137,13 +137,18 @@ def parse_set_flags(items) -> dict[str, str]:
   return out
 
 
-def config_from_file(spec: str) -> ConfigDict:
-  """`get_config(variant)` of 'configs/<name>.py[:variant]' (not validated)."""
-  path, _, arg = spec.partition(':')
+def config_module(path: str):
+  """The module of a config file (configs are files, not a package), e.g. to share its helpers."""
   if not os.path.isfile(path):
     raise ConfigError(f'config file {path} not found (from {os.getcwd()}); expected configs/<name>.py[:variant]')
   module_spec = importlib.util.spec_from_file_location(
       f'patronus_config_{os.path.splitext(os.path.basename(path))[0]}', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return module
+
+
+def config_from_file(spec: str) -> ConfigDict:
+  """`get_config(variant)` of 'configs/<name>.py[:variant]' (not validated)."""
+  path, _, arg = spec.partition(':')
+  return config_module(path).get_config(arg or None)
