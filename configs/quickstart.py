@@ -3,8 +3,8 @@
   python -m patronus_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
 runs stage 1, stage 2, sampling, interpretation and evaluation, writing samples, prototype
-figures and metrics into the workdir (19-24 minutes on 2 CPU cores, install included; stages 1
-and 2 and sampling take 13-15 of them, see README). Same architecture family as the
+figures and metrics into the workdir (about 14 minutes on 2 CPU cores, install included; stages 1
+and 2 and sampling take 11 of them, see README). Same architecture family as the
 paper's model, scaled down and trained briefly; statistics (emergence, diagnosis, metrics) are
 computed on small sample counts and are a demonstration, not results (configs/shapes.py is the
 full-length shapes run). Variant ':tiny' is the test-sized smoke run; ':paper' keeps the paper's
