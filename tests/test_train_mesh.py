@@ -174,7 +174,8 @@ def test_two_process_distributed_run(shapes_config, tmp_path, monkeypatch):
 
   Measured (JAX 0.10.2, 4 steps): Adam's moments agree to 6.6e-6 of each leaf's largest value
   (1.1e-4 for the second moment of one encoder bias since the recipe's auxiliary decoder adds a
-  gradient path: float32 summation order; hence 1e-3), parameters and EMA to 4.5e-6 (l2, relative). The worst leaf is off by 3.6e-2 of its scale: the
+  gradient path: float32 summation order; hence 1e-3), parameters and EMA to 4.5e-6 (l2,
+  relative). The worst leaf is off by 3.6e-2 of its scale: the
   key bias of the attention starts at zero and has an exactly zero gradient, so its Adam steps are
   +-lr of rounding noise in both runs (max abs diff 1.4e-4). Making process 1 read process 0's
   share fails with 1.4e-2 (params, l2) and a first moment off by more than its scale; summing
