@@ -217,8 +217,9 @@ def test_the_counterfactual_penalty_is_the_change_of_b_under_the_edit(trained):
   s0 = np.asarray(training.PatronusTask(config).loss_terms(params, others, batch, jax.random.PRNGKey(0), True)[2])[0]
   key = jax.random.PRNGKey(2)
 
-  def terms(low, high, weight=1.0):
-    task = mitigate_mode.CounterfactualTask(config, [([1, 2], low, high, 1)], classifier, weight)
+  def terms(low, high, weight=1.0, teacher=None, keep_weight=0.0):
+    task = mitigate_mode.CounterfactualTask(config, [([1, 2], low, high, 0, 1)], classifier, weight, teacher,
+                                            keep_weight)
     return task.loss_fn(params, others, batch, key, True)
 
   same = s0[[1, 2]].tolist()
@@ -226,7 +227,19 @@ def test_the_counterfactual_penalty_is_the_change_of_b_under_the_edit(trained):
   assert float(metrics['counterfactual']) == 0.0
   assert float(loss) == pytest.approx(float(training.PatronusTask(config).loss_fn(params, others, batch, key, True)[0]),
                                       rel=1e-6)
-  loss, metrics = terms([s0[1] - 3.0, s0[2] - 3.0], [s0[1] + 3.0, s0[2] + 3.0], weight=1000.0)
+  low, high = [s0[1] - 3.0, s0[2] - 3.0], [s0[1] + 3.0, s0[2] + 3.0]
+  loss, metrics = terms(low, high, weight=1000.0)
   assert float(metrics['counterfactual']) > 0.0
-  loss0, _ = terms([s0[1] - 3.0, s0[2] - 3.0], [s0[1] + 3.0, s0[2] + 3.0], weight=0.0)
+  loss0, _ = terms(low, high, weight=0.0)
+  assert float(loss - loss0) == pytest.approx(1000.0 * float(metrics['counterfactual']), rel=1e-4)
+  # A under the edit is held to the original model's: with the model itself as the original, that
+  # term is exactly 0 (fine-tuning starts there); another original makes it positive, weighted
+  _, same_teacher = terms(low, high, teacher=variables, keep_weight=5.0)
+  assert float(same_teacher['counterfactual_kept']) == 0.0
+  assert float(same_teacher['counterfactual']) == pytest.approx(float(metrics['counterfactual']), rel=1e-6)
+  other = jax.tree_util.tree_map(lambda v: v * 1.5, variables)
+  _, moved = terms(low, high, teacher=other, keep_weight=5.0)
+  assert float(moved['counterfactual_kept']) > 0.0
+  assert float(moved['counterfactual']) == pytest.approx(
+      float(moved['counterfactual_co_moved']) + 5.0 * float(moved['counterfactual_kept']), rel=1e-6)
   assert float(loss - loss0) == pytest.approx(1000.0 * float(metrics['counterfactual']), rel=1e-4)

@@ -111,18 +111,33 @@ class DecorrelateTask(training.PatronusTask):
 
 
 class CounterfactualTask(training.PatronusTask):
-  """Stage 1 plus weight x the change of the attribute classifier's reading of B on x0_hat when s_JA
-  is set to its low or high edit value (the diagnosis' own edit, at a random t, same x_t): the
-  model's own counterfactuals, judged while it trains; the edited branch is pulled to the unedited
-  one (held constant). No labels of training images are used."""
+  """Stage 1 plus weight x how far the model's own counterfactual strays from the one wanted.
 
-  def __init__(self, config, edits: list[tuple[list[int], list[float], list[float], int]], classifier,
-               weight: float):
+  At a random t and the same x_t, s_JA is set to its low or high edit value (the diagnosis' own
+  edit) and the attribute classifier reads x0_hat. Wanted: B as in the unedited branch (held
+  constant), and A as the original model made it under the same edit (`teacher`, frozen, its own
+  s; weighted by `keep_weight`). Without the A term the cheapest cure is to ignore the edited
+  prototypes altogether (docs/mitigation.md). No labels of training images are used."""
+
+  def __init__(self, config, edits: list[tuple[list[int], list[float], list[float], int, int]], classifier,
+               weight: float, teacher: Optional[dict] = None, keep_weight: float = 0.0):
     super().__init__(config)
-    self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32), head)
-                  for ja, lo, hi, head in edits]
+    self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32), a, b)
+                  for ja, lo, hi, a, b in edits]
     self.classifier = classifier
     self.weight = float(weight)
+    self.keep_weight = float(keep_weight)
+    if self.keep_weight > 0 and teacher is None:
+      raise ValueError('keep_weight > 0 needs the original model (teacher)')
+    self.teacher = teacher
+
+  def _probs(self, variables, s_rows, x_t, t):
+    """The classifier's probabilities (one array per attribute) on x0_hat of `variables` given s_rows."""
+    d = self.config.diffusion
+    denoise = lambda x, tt: self.model.apply(variables, x, tt, s_rows, False, method=self.model.denoise)
+    x0_hat = diffusion.predict(denoise, x_t, t, self.schedule.abar(t), d.prediction, d.clip_x0)[1]
+    _, logits = self.classifier.net.apply({'params': self.classifier.params}, x0_hat)
+    return [jax.nn.softmax(lg, -1) for lg in logits]
 
   def loss_fn(self, params, variables, batch, key, train):
     loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
@@ -132,21 +147,21 @@ class CounterfactualTask(training.PatronusTask):
     t_key, n_key, d_key = jax.random.split(jax.random.fold_in(key, 7), 3)
     t = diffusion.sample_timesteps(t_key, n, self.schedule.timesteps)
     x_t = diffusion.q_sample(self.schedule, x0, t, jax.random.normal(n_key, x0.shape, x0.dtype))
-    d = self.config.diffusion
-
-    def probs(s_rows):
-      denoise = lambda x, tt: self.model.apply(full, x, tt, s_rows, False, method=self.model.denoise)
-      x0_hat = diffusion.predict(denoise, x_t, t, self.schedule.abar(t), d.prediction, d.clip_x0)[1]
-      _, logits = self.classifier.net.apply({'params': self.classifier.params}, x0_hat)
-      return [jax.nn.softmax(lg, -1) for lg in logits]
-
-    base = jax.lax.stop_gradient(probs(s))
-    penalty = 0.0
-    for i, (ja, low, high, head) in enumerate(self.edits):
+    base = jax.lax.stop_gradient(self._probs(full, s, x_t, t))
+    if self.keep_weight > 0:
+      s_teacher = self.model.apply(self.teacher, x0, method=self.model.encode).activations
+    co_moved = kept = 0.0
+    for i, (ja, low, high, a, b) in enumerate(self.edits):
       up = jax.random.bernoulli(jax.random.fold_in(d_key, i), 0.5, (n, 1))
-      edited = probs(s.at[:, ja].set(jnp.where(up, high, low)))[head]
-      penalty = penalty + jnp.mean(jnp.sum(jnp.square(edited - base[head]), -1))
-    return loss + self.weight * penalty, {**metrics, 'counterfactual': penalty}
+      value = jnp.where(up, high, low)
+      edited = self._probs(full, s.at[:, ja].set(value), x_t, t)
+      co_moved = co_moved + jnp.mean(jnp.sum(jnp.square(edited[b] - base[b]), -1))
+      if self.keep_weight > 0:
+        wanted = jax.lax.stop_gradient(self._probs(self.teacher, s_teacher.at[:, ja].set(value), x_t, t)[a])
+        kept = kept + jnp.mean(jnp.sum(jnp.square(edited[a] - wanted), -1))
+    penalty = co_moved + self.keep_weight * kept
+    return (loss + self.weight * penalty,
+            {**metrics, 'counterfactual': penalty, 'counterfactual_co_moved': co_moved, 'counterfactual_kept': kept})
 
 
 # ----------------------------------------------------------------------------- what to decouple
@@ -504,10 +519,13 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
     # every edit that showed a pair, each judged on the attribute it co-moved (with JA alone, the
     # shortcut moved to the pair's other prototypes: docs/mitigation.md)
     heads = list(clf.attribute_names)
-    edits = [([j], [ev['lower'][j]], [ev['raise'][j]], heads.index(co))
-             for j, co in sorted({(int(e['prototype']), e['co_moved']) for p in plans for e in p['edits']})]
-    task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight)
-    extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight)
+    edits = [([j], [ev['lower'][j]], [ev['raise'][j]], heads.index(a), heads.index(b))
+             for j, a, b in sorted({(int(e['prototype']), e['controlled'], e['co_moved'])
+                                    for p in plans for e in p['edits']})]
+    teacher = loading.load_stage1_variables(config, workdir)[1] if mcfg.counterfactual_keep_weight > 0 else None
+    task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight, teacher, mcfg.counterfactual_keep_weight)
+    extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight,
+                                     keep_weight=mcfg.counterfactual_keep_weight)
     make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
   else:
     groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
