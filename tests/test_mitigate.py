@@ -14,6 +14,7 @@ from patronus_jax import config as config_lib
 from patronus_jax import data as data_lib
 from patronus_jax import main as main_lib
 from patronus_jax.core import checkpoint as ckpt_lib
+from patronus_jax.core import diffusion
 from patronus_jax.core import sharding
 from patronus_jax.core.errors import ConfigError, WorkdirError
 from patronus_jax.core.training import load_state
@@ -203,7 +204,7 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
   assert loading.load_stage1_variables(vc, view)[2] == original_step + steps
 
 
-def test_the_counterfactual_penalty_is_the_change_of_b_under_the_edit(trained):
+def test_the_counterfactual_penalty_holds_the_other_attributes_and_a_to_the_original(trained):
   from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
   config, workdir = trained
   net = clf_lib.AttributeClassifierNet((3, 3), (8,), 8)
@@ -217,28 +218,37 @@ def test_the_counterfactual_penalty_is_the_change_of_b_under_the_edit(trained):
   s0 = np.asarray(training.PatronusTask(config).loss_terms(params, others, batch, jax.random.PRNGKey(0), True)[2])[0]
   key = jax.random.PRNGKey(2)
 
-  def terms(low, high, weight=1.0, teacher=None, keep_weight=0.0):
-    task = mitigate_mode.CounterfactualTask(config, [([1, 2], low, high, 0, 1)], classifier, weight, teacher,
-                                            keep_weight)
+  def terms(value, weight=1.0, teacher=None, keep_weight=0.0):
+    task = mitigate_mode.CounterfactualTask(config, [([1, 2], value, [0])], classifier, weight, teacher, keep_weight)
     return task.loss_fn(params, others, batch, key, True)
 
-  same = s0[[1, 2]].tolist()
-  loss, metrics = terms(same, same)  # the edit leaves s as it is: nothing can move
+  loss, metrics = terms(s0[[1, 2]].tolist())  # the edit leaves s as it is: nothing can move
   assert float(metrics['counterfactual']) == 0.0
   assert float(loss) == pytest.approx(float(training.PatronusTask(config).loss_fn(params, others, batch, key, True)[0]),
                                       rel=1e-6)
-  low, high = [s0[1] - 3.0, s0[2] - 3.0], [s0[1] + 3.0, s0[2] + 3.0]
-  loss, metrics = terms(low, high, weight=1000.0)
+  value = [s0[1] + 3.0, s0[2] + 3.0]
+  loss, metrics = terms(value, weight=1000.0)
   assert float(metrics['counterfactual']) > 0.0
-  loss0, _ = terms(low, high, weight=0.0)
+  loss0, _ = terms(value, weight=0.0)
   assert float(loss - loss0) == pytest.approx(1000.0 * float(metrics['counterfactual']), rel=1e-4)
+  # only the attributes the edit does not control ('b' here) are held to the unedited branch
+  probe = mitigate_mode.CounterfactualTask(config, [], classifier, 1.0)
+  t_key, n_key = jax.random.split(jax.random.fold_in(key, 7))
+  t = diffusion.sample_timesteps(t_key, 4, probe.schedule.timesteps)
+  x0 = batch['image']
+  x_t = diffusion.q_sample(probe.schedule, x0, t, jax.random.normal(n_key, x0.shape, x0.dtype))
+  s = jnp.asarray(np.repeat(s0[None], 4, 0))
+  before = probe._probs(variables, s, x_t, t)
+  after = probe._probs(variables, s.at[:, jnp.asarray([1, 2])].set(jnp.asarray(value)), x_t, t)
+  expected = float(jnp.mean(jnp.sum(jnp.square(after[1] - before[1]), -1)))
+  assert float(metrics['counterfactual_co_moved']) == pytest.approx(expected, rel=1e-4)
   # A under the edit is held to the original model's: with the model itself as the original, that
   # term is exactly 0 (fine-tuning starts there); another original makes it positive, weighted
-  _, same_teacher = terms(low, high, teacher=variables, keep_weight=5.0)
+  _, same_teacher = terms(value, teacher=variables, keep_weight=5.0)
   assert float(same_teacher['counterfactual_kept']) == 0.0
   assert float(same_teacher['counterfactual']) == pytest.approx(float(metrics['counterfactual']), rel=1e-6)
   other = jax.tree_util.tree_map(lambda v: v * 1.5, variables)
-  _, moved = terms(low, high, teacher=other, keep_weight=5.0)
+  _, moved = terms(value, teacher=other, keep_weight=5.0)
   assert float(moved['counterfactual_kept']) > 0.0
   assert float(moved['counterfactual']) == pytest.approx(
       float(moved['counterfactual_co_moved']) + 5.0 * float(moved['counterfactual_kept']), rel=1e-6)

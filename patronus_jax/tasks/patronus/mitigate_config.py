@@ -16,16 +16,17 @@ def mitigation_config() -> ConfigDict:
       #                (weights P(a) P(b) / P(a, b) from the dataset's labels)
       #   decorrelate  keep the data; add weight x dependence(s of the prototypes that control A,
       #                s of those that predict B) over each batch to the loss
-      #   counterfactual  keep the data; add weight x how much the attribute classifier's reading of B on
-      #                x0_hat moves when s_JA is set to its edit values (the diagnosis' edit, in training)
+      #   counterfactual  keep the data; make the diagnosis' own edits while training and add weight x how
+      #                far the classifier's reading of x0_hat strays: attributes the edit does not control
+      #                from the unedited branch, the controlled ones from the original model's edit
       methods=('rebalance', 'decorrelate'),
       steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
       learning_rate=5e-4,  # constant, no warm-up (Adam's moments continue from stage 1)
       penalty_weight=1.0,  # 'decorrelate': weight of the dependence term (the diffusion loss is ~0.03)
       dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
-      counterfactual_weight=1.0,  # 'counterfactual': weight of the change of B's probabilities
+      counterfactual_weight=1.0,  # 'counterfactual': weight of the change of the other attributes' probabilities
       # ... and, inside it, of the distance of A's probabilities under the edit to the original model's
-      # under the same edit (0: only B is held, and the edited prototypes tend to fall silent)
+      # under the same edit (0: A is free, and the edited prototypes tend to fall silent)
       counterfactual_keep_weight=1.0,
       predictor_threshold=0.1,  # eta^2 of s_j with B at which prototype j counts as predicting B
       max_predictors=4,  # at most this many prototypes per side (the strongest first)

@@ -111,19 +111,21 @@ class DecorrelateTask(training.PatronusTask):
 
 
 class CounterfactualTask(training.PatronusTask):
-  """Stage 1 plus weight x how far the model's own counterfactual strays from the one wanted.
+  """Stage 1 plus weight x how far the model's own counterfactuals stray from the ones wanted.
 
-  At a random t and the same x_t, s_JA is set to its low or high edit value (the diagnosis' own
-  edit) and the attribute classifier reads x0_hat. Wanted: B as in the unedited branch (held
-  constant), and A as the original model made it under the same edit (`teacher`, frozen, its own
-  s; weighted by `keep_weight`). Without the A term the cheapest cure is to ignore the edited
-  prototypes altogether (docs/mitigation.md). No labels of training images are used."""
+  Each edit (a prototype and direction of the diagnosis that showed a pair) sets s_JA to its edit
+  value at a random t from the same x_t, and the attribute classifier reads x0_hat. Wanted: every
+  attribute but the controlled ones (A) as in the unedited branch (held constant), and A as the
+  original model made it under the same edit (`teacher`, frozen, reading its own s; weighted by
+  `keep_weight`). Without the A term the cheapest cure is to silence the edited prototypes
+  (docs/mitigation.md). No labels of training images are used."""
 
-  def __init__(self, config, edits: list[tuple[list[int], list[float], list[float], int, int]], classifier,
-               weight: float, teacher: Optional[dict] = None, keep_weight: float = 0.0):
+  def __init__(self, config, edits: list[tuple[list[int], list[float], list[int]]], classifier, weight: float,
+               teacher: Optional[dict] = None, keep_weight: float = 0.0):
     super().__init__(config)
-    self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32), a, b)
-                  for ja, lo, hi, a, b in edits]
+    heads = len(classifier.attribute_names)
+    self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(value, jnp.float32),
+                   np.isin(np.arange(heads), controlled)) for ja, value, controlled in edits]
     self.classifier = classifier
     self.weight = float(weight)
     self.keep_weight = float(keep_weight)
@@ -143,22 +145,20 @@ class CounterfactualTask(training.PatronusTask):
     loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
     full = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
     x0 = batch['image']
-    n = x0.shape[0]
-    t_key, n_key, d_key = jax.random.split(jax.random.fold_in(key, 7), 3)
-    t = diffusion.sample_timesteps(t_key, n, self.schedule.timesteps)
+    t_key, n_key = jax.random.split(jax.random.fold_in(key, 7))
+    t = diffusion.sample_timesteps(t_key, x0.shape[0], self.schedule.timesteps)
     x_t = diffusion.q_sample(self.schedule, x0, t, jax.random.normal(n_key, x0.shape, x0.dtype))
     base = jax.lax.stop_gradient(self._probs(full, s, x_t, t))
     if self.keep_weight > 0:
       s_teacher = self.model.apply(self.teacher, x0, method=self.model.encode).activations
+    sq = lambda p, q: jnp.mean(jnp.sum(jnp.square(p - q), -1))
     co_moved = kept = 0.0
-    for i, (ja, low, high, a, b) in enumerate(self.edits):
-      up = jax.random.bernoulli(jax.random.fold_in(d_key, i), 0.5, (n, 1))
-      value = jnp.where(up, high, low)
+    for ja, value, controlled in self.edits:
       edited = self._probs(full, s.at[:, ja].set(value), x_t, t)
-      co_moved = co_moved + jnp.mean(jnp.sum(jnp.square(edited[b] - base[b]), -1))
+      co_moved = co_moved + sum(sq(edited[h], base[h]) for h in np.flatnonzero(~controlled))
       if self.keep_weight > 0:
-        wanted = jax.lax.stop_gradient(self._probs(self.teacher, s_teacher.at[:, ja].set(value), x_t, t)[a])
-        kept = kept + jnp.mean(jnp.sum(jnp.square(edited[a] - wanted), -1))
+        wanted = jax.lax.stop_gradient(self._probs(self.teacher, s_teacher.at[:, ja].set(value), x_t, t))
+        kept = kept + sum(sq(edited[h], wanted[h]) for h in np.flatnonzero(controlled))
     penalty = co_moved + self.keep_weight * kept
     return (loss + self.weight * penalty,
             {**metrics, 'counterfactual': penalty, 'counterfactual_co_moved': co_moved, 'counterfactual_kept': kept})
@@ -519,9 +519,11 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
     # every edit that showed a pair, each judged on the attribute it co-moved (with JA alone, the
     # shortcut moved to the pair's other prototypes: docs/mitigation.md)
     heads = list(clf.attribute_names)
-    edits = [([j], [ev['lower'][j]], [ev['raise'][j]], heads.index(a), heads.index(b))
-             for j, a, b in sorted({(int(e['prototype']), e['controlled'], e['co_moved'])
-                                    for p in plans for e in p['edits']})]
+    # one edit per prototype and direction that showed a pair; its attributes A are the ones it controls
+    found = {}
+    for e in (e for p in plans for e in p['edits']):
+      found.setdefault((int(e['prototype']), e['direction']), set()).add(heads.index(e['controlled']))
+    edits = [([j], [ev[direction][j]], sorted(a)) for (j, direction), a in sorted(found.items())]
     teacher = loading.load_stage1_variables(config, workdir)[1] if mcfg.counterfactual_keep_weight > 0 else None
     task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight, teacher, mcfg.counterfactual_keep_weight)
     extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight,
