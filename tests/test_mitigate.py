@@ -234,7 +234,7 @@ def test_the_counterfactual_penalty_holds_the_other_attributes_and_a_to_the_orig
   # only the attributes the edit does not control ('b' here) are held to the unedited branch
   probe = mitigate_mode.CounterfactualTask(config, [], classifier, 1.0)
   t_key, n_key = jax.random.split(jax.random.fold_in(key, 7))
-  t = diffusion.sample_timesteps(t_key, 4, probe.schedule.timesteps)
+  t = diffusion.sample_timesteps(t_key, 4, probe.max_step)
   x0 = batch['image']
   x_t = diffusion.q_sample(probe.schedule, x0, t, jax.random.normal(n_key, x0.shape, x0.dtype))
   s = jnp.asarray(np.repeat(s0[None], 4, 0))

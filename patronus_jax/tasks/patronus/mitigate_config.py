@@ -28,6 +28,7 @@ def mitigation_config() -> ConfigDict:
       # ... and, inside it, of the distance of A's probabilities under the edit to the original model's
       # under the same edit (0: A is free, and the edited prototypes tend to fall silent)
       counterfactual_keep_weight=1.0,
+      counterfactual_max_t=1.0,  # edits judged at t < max_t x T only (x0_hat at high noise is a blur)
       predictor_threshold=0.1,  # eta^2 of s_j with B at which prototype j counts as predicting B
       max_predictors=4,  # at most this many prototypes per side (the strongest first)
       retrain_latent=True,  # stage 2 again on the mitigated encoder (unconditional samples need it)
@@ -53,6 +54,7 @@ def validate_mitigation_config(m) -> None:
   require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
   require(m.counterfactual_weight >= 0.0, 'counterfactual_weight', 'must be >= 0')
   require(m.counterfactual_keep_weight >= 0.0, 'counterfactual_keep_weight', 'must be >= 0')
+  require(0.0 < m.counterfactual_max_t <= 1.0, 'counterfactual_max_t', 'must be in (0, 1]')
   require(m.dependence in DEPENDENCE, 'dependence', f'must be one of {DEPENDENCE}')
   require(0.0 <= m.predictor_threshold <= 1.0, 'predictor_threshold', 'must be in [0, 1]')
   require(m.max_predictors >= 1, 'max_predictors', 'must be >= 1')

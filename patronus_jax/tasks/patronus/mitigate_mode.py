@@ -121,8 +121,10 @@ class CounterfactualTask(training.PatronusTask):
   (docs/mitigation.md). No labels of training images are used."""
 
   def __init__(self, config, edits: list[tuple[list[int], list[float], list[int]]], classifier, weight: float,
-               teacher: Optional[dict] = None, keep_weight: float = 0.0):
+               teacher: Optional[dict] = None, keep_weight: float = 0.0, max_t: float = 1.0):
     super().__init__(config)
+    # t ~ U{1, ..., max_t T - 1}: at high noise x0_hat is a blur the classifier reads unreliably
+    self.max_step = max(2, int(round(max_t * self.schedule.timesteps)))
     heads = len(classifier.attribute_names)
     self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(value, jnp.float32),
                    np.isin(np.arange(heads), controlled)) for ja, value, controlled in edits]
@@ -146,7 +148,7 @@ class CounterfactualTask(training.PatronusTask):
     full = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
     x0 = batch['image']
     t_key, n_key = jax.random.split(jax.random.fold_in(key, 7))
-    t = diffusion.sample_timesteps(t_key, x0.shape[0], self.schedule.timesteps)
+    t = diffusion.sample_timesteps(t_key, x0.shape[0], self.max_step)
     x_t = diffusion.q_sample(self.schedule, x0, t, jax.random.normal(n_key, x0.shape, x0.dtype))
     base = jax.lax.stop_gradient(self._probs(full, s, x_t, t))
     if self.keep_weight > 0:
@@ -525,9 +527,10 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
       found.setdefault((int(e['prototype']), e['direction']), set()).add(heads.index(e['controlled']))
     edits = [([j], [ev[direction][j]], sorted(a)) for (j, direction), a in sorted(found.items())]
     teacher = loading.load_stage1_variables(config, workdir)[1] if mcfg.counterfactual_keep_weight > 0 else None
-    task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight, teacher, mcfg.counterfactual_keep_weight)
+    task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight, teacher, mcfg.counterfactual_keep_weight,
+                              mcfg.counterfactual_max_t)
     extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight,
-                                     keep_weight=mcfg.counterfactual_keep_weight)
+                                     keep_weight=mcfg.counterfactual_keep_weight, max_t=mcfg.counterfactual_max_t)
     make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
   else:
     groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
