@@ -3,6 +3,7 @@ checkpoint series that leaves the original untouched, and the no-pair no-op."""
 
 import hashlib
 import json
+import math
 import os
 
 import jax
@@ -53,6 +54,17 @@ def test_rebalancing_weights_make_the_pair_exactly_independent_and_keep_the_marg
   for a, b, na, nb in ((1, 0, 4, 3), (1, 2, 4, 2)):
     t = bias_lib.weighted_table(labels[:, a], labels[:, b], w2, na, nb)
     np.testing.assert_allclose(t, np.outer(t.sum(1), t.sum(0)), atol=1e-9)
+
+
+def test_independence_test_matches_the_chi_squared_closed_form():
+  table = np.array([[30, 10, 0], [5, 25, 0]])  # an empty column is ignored
+  t = table[:, :2].astype(float)
+  expected = t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
+  chi2 = ((t - expected) ** 2 / expected).sum()
+  assert bias_lib.independence_p_value(table) == pytest.approx(math.erfc(np.sqrt(chi2 / 2)), rel=1e-9)  # 1 dof
+  assert bias_lib.cramers_v(table) == pytest.approx(np.sqrt(chi2 / t.sum()), rel=1e-12)
+  assert bias_lib.independence_p_value(np.array([[10, 20], [20, 40]])) == pytest.approx(1.0)
+  assert bias_lib.independence_p_value(np.array([[5, 0], [0, 0]])) == 1.0
 
 
 def test_resampling_follows_the_weights_up_to_one_example_per_example():
@@ -152,6 +164,34 @@ def test_no_suspected_pair_changes_nothing(trained, monkeypatch):
   assert written == json.loads(json.dumps(report))
   assert not written['mitigated'] and written['before']['suspected_pairs'] == written['after']['suspected_pairs'] == []
   assert 'nothing to mitigate' in written['reason']
+  os.remove(os.path.join(workdir, 'mitigation', 'report.json'))
+
+
+def test_a_pair_the_training_data_do_not_tie_is_not_mitigated(trained, monkeypatch):
+  # the diagnosis names size <-> stripes (generated independently): entangled prototypes, no shortcut
+  config, workdir = trained
+  attributes = mitigate_mode.training_attributes(config)
+  independent = attributes.dependence('size', 'stripes')
+  assert independent['p_value'] > config.mitigation.data_p_value
+  planted = attributes.dependence('color', 'shape')  # planted at 0.9
+  assert planted['p_value'] < 1e-12 and planted['cramers_v'] > 0.5
+  before = _tree_hash(workdir)
+  edit = {'prototype': 0, 'direction': 'raise', 'controlled': 'size', 'co_moved': 'stripes', 'effect': 0.3}
+  diagnosis = {'suspected_pairs': [['size', 'stripes']], 'findings': [], 'prototypes': [],
+               'suspected_correlations': [{'attributes': ['size', 'stripes'], 'edits': [edit]}]}
+  monkeypatch.setattr(mitigate_mode, 'diagnose', lambda *a: diagnosis)
+  report = mitigate_mode.mitigate_mode(config, workdir)
+  after = _tree_hash(workdir)
+  assert set(after) - set(before) == {'mitigation/report.json'}
+  assert all(after[k] == v for k, v in before.items())
+  assert not report['mitigated'] and report['pairs'] == []
+  assert [p['attributes'] for p in report['entangled']] == [['size', 'stripes']]
+  assert report['entangled'][0]['in_data']['p_value'] == pytest.approx(independent['p_value'])
+  assert 'entangled prototypes' in report['reason']
+  # with the gate open (every suspected pair), the same diagnosis would be mitigated
+  assert mitigate_mode.in_data([['size', 'stripes'], ['color', 'shape']], attributes, 1.0) == [
+      ['size', 'stripes'], ['color', 'shape']]
+  assert mitigate_mode.in_data([['size', 'stripes'], ['color', 'shape']], attributes, 1e-3) == [['color', 'shape']]
   os.remove(os.path.join(workdir, 'mitigation', 'report.json'))
 
 

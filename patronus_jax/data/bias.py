@@ -31,6 +31,7 @@ from typing import Sequence
 
 from absl import logging
 import numpy as np
+import scipy.stats
 
 from patronus_jax.core.errors import ConfigError
 
@@ -120,17 +121,32 @@ def a_codes(labels: np.ndarray, spec: BiasSpec) -> np.ndarray:
   return np.where(members.sum(axis=1) == 1, code, -1)
 
 
-def cramers_v(table: np.ndarray) -> float:
-  """Cramér's V of a contingency table (empty rows/columns ignored); 0 when undefined."""
+def _chi2(table: np.ndarray) -> tuple[float, float, tuple[int, int]]:
+  """(Pearson's chi-squared statistic, n, shape) of a contingency table without its empty rows and
+  columns; (0, n, shape) when fewer than two rows or columns are left."""
   table = np.asarray(table, np.float64)
   table = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
-  n = table.sum()
-  k = min(table.shape) if table.size else 0
-  if n == 0 or k < 2:
-    return 0.0
+  n = float(table.sum())
+  if n == 0 or table.size == 0 or min(table.shape) < 2:
+    return 0.0, n, table.shape
   expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / n
-  chi2 = float(((table - expected) ** 2 / expected).sum())
-  return float(np.sqrt(chi2 / (n * (k - 1))))
+  return float(((table - expected) ** 2 / expected).sum()), n, table.shape
+
+
+def cramers_v(table: np.ndarray) -> float:
+  """Cramér's V of a contingency table (empty rows/columns ignored); 0 when undefined."""
+  chi2, n, shape = _chi2(table)
+  k = min(shape)
+  return float(np.sqrt(chi2 / (n * (k - 1)))) if n > 0 and k >= 2 else 0.0
+
+
+def independence_p_value(table: np.ndarray) -> float:
+  """p-value of Pearson's chi-squared test that the rows and columns of a contingency table are
+  independent (empty rows/columns ignored); 1 when undefined (one row or column left)."""
+  chi2, n, shape = _chi2(table)
+  if n == 0 or min(shape) < 2:
+    return 1.0
+  return float(scipy.stats.chi2.sf(chi2, (shape[0] - 1) * (shape[1] - 1)))
 
 
 def phi(table: np.ndarray) -> float:

@@ -29,6 +29,9 @@ def mitigation_config() -> ConfigDict:
       # under the same edit (0: A is free, and the edited prototypes tend to fall silent)
       counterfactual_keep_weight=1.0,
       counterfactual_max_t=1.0,  # edits judged at t < max_t x T only (x0_hat at high noise is a blur)
+      # a suspected pair is mitigated only when its attributes are dependent in the training labels
+      # (chi-squared test of independence, p <= data_p_value); 1.0: every suspected pair
+      data_p_value=1e-3,
       predictor_threshold=0.1,  # eta^2 of s_j with B at which prototype j counts as predicting B
       max_predictors=4,  # at most this many prototypes per side (the strongest first)
       retrain_latent=True,  # stage 2 again on the mitigated encoder (unconditional samples need it)
@@ -56,6 +59,7 @@ def validate_mitigation_config(m) -> None:
   require(m.counterfactual_keep_weight >= 0.0, 'counterfactual_keep_weight', 'must be >= 0')
   require(0.0 < m.counterfactual_max_t <= 1.0, 'counterfactual_max_t', 'must be in (0, 1]')
   require(m.dependence in DEPENDENCE, 'dependence', f'must be one of {DEPENDENCE}')
+  require(0.0 < m.data_p_value <= 1.0, 'data_p_value', 'must be in (0, 1]')
   require(0.0 <= m.predictor_threshold <= 1.0, 'predictor_threshold', 'must be in [0, 1]')
   require(m.max_predictors >= 1, 'max_predictors', 'must be >= 1')
   require(0.0 < m.target_reduction <= 1.0, 'target_reduction', 'must be in (0, 1]')

@@ -275,10 +275,39 @@ def held_out_association(config, model, variables, names, values) -> np.ndarray:
   return stats.association_matrix(s, np.asarray(arrays['attributes']), [len(v) for v in values])
 
 
-def rebalancing(config, plans: list[dict], names, values) -> tuple[np.ndarray, dict]:
-  """(weights of the training examples in record order, report of the association before / after)."""
+@dataclasses.dataclass(frozen=True)
+class TrainingAttributes:
+  """The dataset's attributes and the labels of its training split (record order)."""
+  names: list[str]
+  values: list[tuple]
+  labels: np.ndarray
+  split: str
+
+  def dependence(self, a: str, b: str) -> dict:
+    """How A and B go together in the training labels: Cramér's V and the chi-squared test's p-value."""
+    i, j = self.names.index(a), self.names.index(b)
+    table = bias_lib.weighted_table(self.labels[:, i], self.labels[:, j], np.ones(len(self.labels)),
+                                    len(self.values[i]), len(self.values[j])) * len(self.labels)
+    return dict(cramers_v=bias_lib.cramers_v(table), p_value=bias_lib.independence_p_value(table),
+                labels=f'dataset labels of {self.split} ({len(self.labels)} examples)')
+
+
+def training_attributes(config) -> TrainingAttributes:
+  info = data_lib.get_info(config.data)
   split = config.data.train_split
   labels = training.pass_over_split(config, split, None, 256, label=f'reading the labels of {split}')['attributes']
+  return TrainingAttributes(list(info.attribute_names), [tuple(v) for v in info.attribute_values],
+                            np.asarray(labels), split)
+
+
+def in_data(pairs: list, attributes: TrainingAttributes, level: float) -> list:
+  """The pairs (attribute name pairs) whose attributes are dependent in the training labels at `level`."""
+  return [p for p in pairs if attributes.dependence(*p)['p_value'] <= level]
+
+
+def rebalancing(plans: list[dict], attributes: TrainingAttributes) -> tuple[np.ndarray, dict]:
+  """(weights of the training examples in record order, report of the association before / after)."""
+  names, values, labels = attributes.names, attributes.values, attributes.labels
   pairs = [(names.index(p['controlled']), names.index(p['co_moved'])) for p in plans]
   cards = [len(v) for v in values]
   weights = bias_lib.independence_weights(labels, pairs, cards)
@@ -292,7 +321,7 @@ def rebalancing(config, plans: list[dict], names, values) -> tuple[np.ndarray, d
         max_abs_dependence_after=float(np.abs(after - np.outer(after.sum(1), after.sum(0))).max()))
   report['max_weight'] = float(weights.max())
   report['num_examples'] = int(len(labels))
-  report['labels'] = f'dataset labels of {split}'
+  report['labels'] = f'dataset labels of {attributes.split}'
   return weights, report
 
 
@@ -377,7 +406,7 @@ def _effect(diagnosis: dict, prototype: int, direction: str, attribute: str) -> 
 
 
 def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, quality_after: dict,
-            mcfg) -> dict:
+            mcfg, attributes: TrainingAttributes) -> dict:
   """Per edit of each pair: the co-moved effect and the edit success of A before and after; the
   targets (pair gone, co-moved effect down by target_reduction, edit success and fd_classifier
   within target_tolerance)."""
@@ -399,6 +428,7 @@ def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, 
   fd_ratio = quality_after['fd_classifier'] / max(quality_before['fd_classifier'], 1e-12)
   targets = dict(
       pairs_gone=bool(all(gone)), no_suspected_pair=not after['suspected_pairs'],
+      no_pair_in_data=not in_data(after['suspected_pairs'], attributes, mcfg.data_p_value),
       co_moved_reduction=bool(all(e['co_moved_reduction'] >= mcfg.target_reduction for e in edits)),
       edit_success_kept=bool(all(e['edit_success_ratio'] >= 1.0 - tol for e in edits)),
       sample_quality_kept=bool(fd_ratio <= 1.0 + tol))
@@ -466,14 +496,22 @@ def _write_report(out_dir: str, report: dict) -> dict:
   return report
 
 
-def _nothing_to_mitigate(out_dir: str, before: dict, watch: timing.Stopwatch) -> dict:
-  """The report when the diagnosis was skipped or names no pair: nothing is trained."""
-  reason = (f"diagnosis skipped: {before['skipped']}" if 'skipped' in before else
-            'the diagnosis names no suspected pair: nothing to mitigate, nothing changed')
+def _nothing_to_mitigate(out_dir: str, before: dict, watch: timing.Stopwatch, entangled: tuple = ()) -> dict:
+  """The report when the diagnosis was skipped or names no pair of attributes that the training data
+  tie together (`entangled`: the plans of the pairs it named all the same): nothing is trained."""
+  if 'skipped' in before:
+    reason = f"diagnosis skipped: {before['skipped']}"
+  elif entangled:
+    reason = ('the attributes of every suspected pair are independent in the training labels (chi-squared '
+              'test, mitigation.data_p_value): the co-movement comes from entangled prototypes, not from a '
+              'correlation of the data; nothing to mitigate, nothing changed')
+  else:
+    reason = 'the diagnosis names no suspected pair: nothing to mitigate, nothing changed'
   logging.info('mitigate: %s', reason)
   nothing = summary(before) if 'skipped' not in before else {'suspected_pairs': []}
   return _write_report(out_dir, {'before': nothing, 'after': nothing, 'mitigated': False, 'reason': reason,
-                                 'methods': {}, 'selected_method': None, 'seconds': round(watch.seconds(), 1)})
+                                 'pairs': [], 'entangled': list(entangled), 'methods': {}, 'selected_method': None,
+                                 'seconds': round(watch.seconds(), 1)})
 
 
 def _original(config, workdir: str, mesh) -> tuple[tuple, dict]:
@@ -485,10 +523,11 @@ def _original(config, workdir: str, mesh) -> tuple[tuple, dict]:
   return view, sample_quality(*view, mesh)
 
 
-def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attributes, before: dict,
+def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attributes: TrainingAttributes,
+               before: dict,
                original_quality: dict) -> tuple[tuple, dict, dict, dict]:
   """Stage 1 fine-tuned with `method` (and stage 2 again): (its view, its diagnosis, its sample quality,
-  its entry in the report's 'methods'); `attributes` = (names, values) of the dataset's attributes."""
+  its entry in the report's 'methods')."""
   mcfg = config.mitigation
   series = f'{STAGE1_SERIES}/{method}'
   view = vc, vdir = make_view(config, workdir, method, series, f'{LATENT_SERIES}/{method}')
@@ -501,16 +540,17 @@ def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attri
   quality = sample_quality(vc, vdir, mesh)
   result = dict(fine_tuning=ft, **extra, checkpoints=ckpt_lib.stage_dir(workdir, series), view=vdir,
                 after=summary(diagnosis), sample_quality=quality,
-                comparison=compare(before, diagnosis, plans, original_quality, quality, mcfg))
+                comparison=compare(before, diagnosis, plans, original_quality, quality, mcfg, attributes))
   return view, diagnosis, quality, result
 
 
-def _method_training(config, workdir: str, vc, method: str, plans: list[dict], attributes, before: dict):
+def _method_training(config, workdir: str, vc, method: str, plans: list[dict], attributes: TrainingAttributes,
+                     before: dict):
   """(task, make_iterator, recipe, report entries) of fine-tuning with `method` in the view's config vc."""
   mcfg = config.mitigation
   extra = {}
   if method == 'rebalance':
-    weights, extra['rebalancing'] = rebalancing(config, plans, *attributes)
+    weights, extra['rebalancing'] = rebalancing(plans, attributes)
     num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
     task = training.PatronusTask(vc)
     make_iterator = lambda: resampled_iterator(vc, weights, num, config.seed)
@@ -551,17 +591,24 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
   before = diagnose(config, workdir, mesh)
   if 'skipped' in before or not before['suspected_correlations']:
     return _nothing_to_mitigate(out_dir, before, watch)
-  info = data_lib.get_info(config.data)
-  names, values = list(info.attribute_names), [tuple(v) for v in info.attribute_values]
+  attributes = training_attributes(config)
+  names, values = attributes.names, attributes.values
   model, variables, _ = loading.load_stage1_variables(config, workdir)
   plans = plan_pairs(before, names, held_out_association(config, model, variables, names, values), mcfg)
+  for p in plans:
+    p['in_data'] = attributes.dependence(*p['attributes'])
+  # only what the data tie together is a shortcut to unlearn; the rest is the prototypes' entanglement
+  entangled = [p for p in plans if p['in_data']['p_value'] > mcfg.data_p_value]
+  plans = [p for p in plans if p['in_data']['p_value'] <= mcfg.data_p_value]
+  if not plans:
+    return _nothing_to_mitigate(out_dir, before, watch, entangled)
   logging.info('mitigate: pairs %s', [(p['controlled'], p['co_moved'], p['prototypes_a'], p['predictors_b'])
                                       for p in plans])
   views, diagnoses, quality, results = {}, {ORIGINAL: before}, {}, {}
   views[ORIGINAL], quality[ORIGINAL] = _original(config, workdir, mesh)
   for method in mcfg.methods:
     views[method], diagnoses[method], quality[method], results[method] = _mitigated(
-        config, workdir, mesh, method, plans, (names, values), before, quality[ORIGINAL])
+        config, workdir, mesh, method, plans, attributes, before, quality[ORIGINAL])
   selected = select(results)
   strongest = max((e for p in plans for e in p['edits']), key=lambda e: e['effect'])
   figure = os.path.join(out_dir, 'edits.png')
@@ -570,7 +617,7 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
   report = {
       'before': dict(summary(before), sample_quality=quality[ORIGINAL]),
       'after': dict(results[selected]['after'], sample_quality=quality[selected]),
-      'mitigated': True, 'selected_method': selected, 'pairs': plans, 'methods': results,
+      'mitigated': True, 'selected_method': selected, 'pairs': plans, 'entangled': entangled, 'methods': results,
       'figure': {'edits.png': f"prototype {strongest['prototype']} {strongest['direction']} (the strongest "
                               'finding) lowered / unchanged / raised on the same images and x_T, per model'},
       'seconds': round(watch.seconds(), 1)}
