@@ -76,7 +76,7 @@ def test_resampling_follows_the_weights_up_to_one_example_per_example():
   expected = num * w / w.sum()
   assert np.all(np.abs(counts - expected) < 1.0)
   assert len(idx) == num and not np.all(np.diff(idx) >= 0)  # shuffled
-  table = bias_lib._table(labels[idx, 1], labels[idx, 0], 4, 3)
+  table = bias_lib.contingency_table(labels[idx, 1], labels[idx, 0], 4, 3)
   assert bias_lib.cramers_v(table) < 0.01
 
 

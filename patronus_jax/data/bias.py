@@ -27,7 +27,7 @@ versa), and phi when both are binary; "natural" values are those before selectio
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -121,32 +121,35 @@ def a_codes(labels: np.ndarray, spec: BiasSpec) -> np.ndarray:
   return np.where(members.sum(axis=1) == 1, code, -1)
 
 
-def _chi2(table: np.ndarray) -> tuple[float, float, tuple[int, int]]:
+def _chi2(table: np.ndarray) -> Optional[tuple[float, float, tuple[int, int]]]:
   """(Pearson's chi-squared statistic, n, shape) of a contingency table without its empty rows and
-  columns; (0, n, shape) when fewer than two rows or columns are left."""
+  columns; None when fewer than two rows or columns are left (independence is then undefined)."""
   table = np.asarray(table, np.float64)
   table = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
+  if table.size == 0 or min(table.shape) < 2:
+    return None
   n = float(table.sum())
-  if n == 0 or table.size == 0 or min(table.shape) < 2:
-    return 0.0, n, table.shape
   expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / n
   return float(((table - expected) ** 2 / expected).sum()), n, table.shape
 
 
 def cramers_v(table: np.ndarray) -> float:
   """Cramér's V of a contingency table (empty rows/columns ignored); 0 when undefined."""
-  chi2, n, shape = _chi2(table)
-  k = min(shape)
-  return float(np.sqrt(chi2 / (n * (k - 1)))) if n > 0 and k >= 2 else 0.0
+  chi2 = _chi2(table)
+  if chi2 is None:
+    return 0.0
+  stat, n, shape = chi2
+  return float(np.sqrt(stat / (n * (min(shape) - 1))))
 
 
 def independence_p_value(table: np.ndarray) -> float:
   """p-value of Pearson's chi-squared test that the rows and columns of a contingency table are
   independent (empty rows/columns ignored); 1 when undefined (one row or column left)."""
-  chi2, n, shape = _chi2(table)
-  if n == 0 or min(shape) < 2:
+  chi2 = _chi2(table)
+  if chi2 is None:
     return 1.0
-  return float(scipy.stats.chi2.sf(chi2, (shape[0] - 1) * (shape[1] - 1)))
+  stat, _, shape = chi2
+  return float(scipy.stats.chi2.sf(stat, (shape[0] - 1) * (shape[1] - 1)))
 
 
 def phi(table: np.ndarray) -> float:
@@ -156,7 +159,8 @@ def phi(table: np.ndarray) -> float:
   return float((a * d - b * c) / denominator) if denominator > 0 else 0.0
 
 
-def _table(a: np.ndarray, b: np.ndarray, num_a: int, num_b: int) -> np.ndarray:
+def contingency_table(a: np.ndarray, b: np.ndarray, num_a: int, num_b: int) -> np.ndarray:
+  """Counts of each (value of a, value of b)."""
   table = np.zeros((num_a, num_b), np.int64)
   np.add.at(table, (a, b), 1)
   return table
@@ -240,8 +244,8 @@ def report(labels: np.ndarray, spec: BiasSpec, keep: np.ndarray, split: str = ''
   agrees = in_scope & (b == target_of[np.clip(codes, 0, None)])
   strength = lambda mask: _strength(agrees, mask)
   scope_after = in_scope & keep
-  before = _table(codes[in_scope], b[in_scope], num_a, num_b)
-  after = _table(codes[scope_after], b[scope_after], num_a, num_b)
+  before = contingency_table(codes[in_scope], b[in_scope], num_a, num_b)
+  after = contingency_table(codes[scope_after], b[scope_after], num_a, num_b)
   rows = sorted(tied)
   two_by_two = len(rows) == 2 and num_b == 2
   result = dict(

@@ -33,7 +33,9 @@ from PIL import Image
 from patronus_jax.data import bias as bias_lib
 from patronus_jax.data import captions as captions_lib
 from patronus_jax.data import shapes
+from patronus_jax.data import shapes_builder
 from patronus_jax.data.errors import DataError
+from patronus_jax.data.tfds_compat import tfds
 from patronus_jax.data.config import validate_data_config
 
 CELEBA_ATTRIBUTES = (
@@ -159,18 +161,6 @@ class TfdsSpec:
   howto: str
 
 
-def _tfds():
-  """TensorFlow Datasets, imported on first use: it takes seconds and only TFDS datasets need it."""
-  from patronus_jax.data.tfds_compat import tfds  # pylint: disable=g-import-not-at-top
-  return tfds
-
-
-def _shapes_builder():
-  """The shapes TFDS builder module (imports TFDS), on first use."""
-  from patronus_jax.data import shapes_builder  # pylint: disable=g-import-not-at-top
-  return shapes_builder
-
-
 def tfds_spec(name: str) -> TfdsSpec:
   if name == 'patronus_shapes':
     return TfdsSpec(ShapesConvert(), shapes.FACTOR_NAMES, shapes.FACTOR_VALUES, '')
@@ -194,14 +184,12 @@ def tfds_data_dir(data_cfg) -> str:
   """The directory TFDS reads: config.data.data_dir, else TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   if data_cfg.data_dir:
     return os.path.expanduser(data_cfg.data_dir)
-  tfds = _tfds()
   return os.path.expanduser(str(tfds.core.constants.DATA_DIR))
 
 
 def _builder_kwargs(data_cfg) -> dict:
   if data_cfg.name != 'patronus_shapes':
     return {}
-  shapes_builder = _shapes_builder()
   return {'config': shapes_builder.builder_config_from(data_cfg)}
 
 
@@ -210,8 +198,6 @@ _prepare_lock = threading.Lock()
 
 def prepare_shapes(data_cfg) -> None:
   """Renders and writes the configured shapes dataset if it is not prepared yet (offline)."""
-  shapes_builder = _shapes_builder()
-  tfds = _tfds()
   data_dir = tfds_data_dir(data_cfg)
   config = shapes_builder.builder_config_from(data_cfg)
   with _prepare_lock:
@@ -237,7 +223,6 @@ def prepare_shapes(data_cfg) -> None:
 
 def _missing_tfds_error(data_cfg, split: str, error: Exception) -> DataError:
   """Explains why `tfds.data_source` failed: not prepared, wrong format or unknown split."""
-  tfds = _tfds()
   name = data_cfg.name
   data_dir = tfds_data_dir(data_cfg)
   where = (f"config.data.data_dir={data_cfg.data_dir!r}" if data_cfg.data_dir else
@@ -266,7 +251,6 @@ def _missing_tfds_error(data_cfg, split: str, error: Exception) -> DataError:
 
 def open_tfds(data_cfg, split: str, skip_images: bool = False):
   """`tfds.data_source` of one split; DataError (not a TFDS traceback) when it is missing."""
-  tfds = _tfds()
   if data_cfg.name == 'patronus_shapes':
     base = split.split('[')[0]
     if base not in shapes.SPLIT_STREAMS or (base == 'test' and data_cfg.shapes.num_test == 0):

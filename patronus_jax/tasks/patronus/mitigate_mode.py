@@ -125,9 +125,9 @@ class CounterfactualTask(training.PatronusTask):
     super().__init__(config)
     # t ~ U{1, ..., max_t T - 1}: at high noise x0_hat is a blur the classifier reads unreliably
     self.max_step = max(2, int(round(max_t * self.schedule.timesteps)))
-    heads = len(classifier.attribute_names)
-    self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(value, jnp.float32),
-                   np.isin(np.arange(heads), controlled)) for ja, value, controlled in edits]
+    heads = range(len(classifier.attribute_names))
+    self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(value, jnp.float32), list(controlled),
+                   [h for h in heads if h not in controlled]) for ja, value, controlled in edits]
     self.classifier = classifier
     self.weight = float(weight)
     self.keep_weight = float(keep_weight)
@@ -155,12 +155,12 @@ class CounterfactualTask(training.PatronusTask):
       s_teacher = self.model.apply(self.teacher, x0, method=self.model.encode).activations
     sq = lambda p, q: jnp.mean(jnp.sum(jnp.square(p - q), -1))
     co_moved = kept = 0.0
-    for ja, value, controlled in self.edits:
+    for ja, value, controlled, others in self.edits:
       edited = self._probs(full, s.at[:, ja].set(value), x_t, t)
-      co_moved = co_moved + sum(sq(edited[h], base[h]) for h in np.flatnonzero(~controlled))
+      co_moved = co_moved + sum(sq(edited[h], base[h]) for h in others)
       if self.keep_weight > 0:
         wanted = jax.lax.stop_gradient(self._probs(self.teacher, s_teacher.at[:, ja].set(value), x_t, t))
-        kept = kept + sum(sq(edited[h], wanted[h]) for h in np.flatnonzero(controlled))
+        kept = kept + sum(sq(edited[h], wanted[h]) for h in controlled)
     penalty = co_moved + self.keep_weight * kept
     return (loss + self.weight * penalty,
             {**metrics, 'counterfactual': penalty, 'counterfactual_co_moved': co_moved, 'counterfactual_kept': kept})
@@ -286,8 +286,7 @@ class TrainingAttributes:
   def dependence(self, a: str, b: str) -> dict:
     """How A and B go together in the training labels: Cramér's V and the chi-squared test's p-value."""
     i, j = self.names.index(a), self.names.index(b)
-    table = bias_lib.weighted_table(self.labels[:, i], self.labels[:, j], np.ones(len(self.labels)),
-                                    len(self.values[i]), len(self.values[j])) * len(self.labels)
+    table = bias_lib.contingency_table(self.labels[:, i], self.labels[:, j], len(self.values[i]), len(self.values[j]))
     return dict(cramers_v=bias_lib.cramers_v(table), p_value=bias_lib.independence_p_value(table),
                 labels=f'dataset labels of {self.split} ({len(self.labels)} examples)')
 
@@ -313,10 +312,9 @@ def rebalancing(plans: list[dict], attributes: TrainingAttributes) -> tuple[np.n
   weights = bias_lib.independence_weights(labels, pairs, cards)
   report = {}
   for (a, b), p in zip(pairs, plans):
-    before = bias_lib.weighted_table(labels[:, a], labels[:, b], np.ones(len(labels)), cards[a], cards[b])
     after = bias_lib.weighted_table(labels[:, a], labels[:, b], weights, cards[a], cards[b])
     report[' <-> '.join(p['attributes'])] = dict(
-        cramers_v_before=bias_lib.cramers_v(before * len(labels)),
+        cramers_v_before=attributes.dependence(*p['attributes'])['cramers_v'],
         cramers_v_after=bias_lib.cramers_v(after * len(labels)),
         max_abs_dependence_after=float(np.abs(after - np.outer(after.sum(1), after.sum(0))).max()))
   report['max_weight'] = float(weights.max())
@@ -524,8 +522,7 @@ def _original(config, workdir: str, mesh) -> tuple[tuple, dict]:
 
 
 def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attributes: TrainingAttributes,
-               before: dict,
-               original_quality: dict) -> tuple[tuple, dict, dict, dict]:
+               before: dict, original_quality: dict) -> tuple[tuple, dict, dict, dict]:
   """Stage 1 fine-tuned with `method` (and stage 2 again): (its view, its diagnosis, its sample quality,
   its entry in the report's 'methods')."""
   mcfg = config.mitigation
@@ -558,8 +555,6 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
   elif method == 'counterfactual':
     clf, _ = classifier_for_workdir(config, workdir)
     ev = before['edit_values']
-    # every edit that showed a pair, each judged on the attribute it co-moved (with JA alone, the
-    # shortcut moved to the pair's other prototypes: docs/mitigation.md)
     heads = list(clf.attribute_names)
     # one edit per prototype and direction that showed a pair; its attributes A are the ones it controls
     found = {}
@@ -598,8 +593,9 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
   for p in plans:
     p['in_data'] = attributes.dependence(*p['attributes'])
   # only what the data tie together is a shortcut to unlearn; the rest is the prototypes' entanglement
-  entangled = [p for p in plans if p['in_data']['p_value'] > mcfg.data_p_value]
-  plans = [p for p in plans if p['in_data']['p_value'] <= mcfg.data_p_value]
+  tied = in_data([p['attributes'] for p in plans], attributes, mcfg.data_p_value)
+  entangled = [p for p in plans if p['attributes'] not in tied]
+  plans = [p for p in plans if p['attributes'] in tied]
   if not plans:
     return _nothing_to_mitigate(out_dir, before, watch, entangled)
   logging.info('mitigate: pairs %s', [(p['controlled'], p['co_moved'], p['prototypes_a'], p['predictors_b'])
