@@ -1,18 +1,23 @@
-r"""Emergence-guided edits against edits from x_T, per prototype (the paper's open question: does
+r"""Emergence-guided edits against edits from x_T, per attribute (the paper's open question: does
 emergence tell where an edit can start?).
 
-  python experiments/emergence_edits.py --workdir=runs/quickstart [--num_images=16]
-      [--num_trajectories=32] [--margin=1] [--sampler=dpmpp2m --steps=15] [--json=OUT.json]
+  python experiments/emergence_edits.py --workdir=runs/quickstart [--num_images=32]
+      [--num_trajectories=64] [--tolerance=0.5] [--margin=1] [--sampler=dpmpp2m --steps=15]
+      [--curve] [--json=OUT.json]
 
 For a trained workdir with its attribute classifier (shapes: `--mode=evaluate` or `interpret`
-trains it): traces `num_trajectories` deterministic trajectories (the workdir's
-interpret.sampler and interpret.sample_steps) to find each prototype's median emergence step,
-then edits `num_images` held-out images per prototype, moving s_j to the far end of its observed
-range, (a) from x_T: full inversion and regeneration, 2K calls, (b) guided: inversion and
-regeneration only from `margin` steps before the prototype's emergence. Prints per prototype
-the attribute it carries (eta^2 on held-out data), the calls of each and, for each, the
-fraction of images whose attribute class the classifier sees change (the intended edit) and the
-fraction of other attributes kept, each against the same path's unedited regeneration.
+trains it). Per attribute, the edit is the scorecard's (`evaluate/semantics.py`): the prototype
+that reads the attribute best is moved to the far end of its held-out range. The edit starts
+  from x_T          full inversion and regeneration, 2K calls;
+  x0_hat emergence  `margin` steps before the step from which x0_hat's label of the attribute is
+                    final (median over `num_trajectories` sampled trajectories; Patronus's reading);
+  commitment        `margin` steps before the step from which switching s to the edited s mid-
+                    trajectory stops changing the attribute (`interpret/guided_edits.py`), measured
+                    on the same sampled trajectories, no held-out image.
+Each edit of `num_images` held-out images (disjoint from the trajectories' s) is judged against
+the same path's unedited regeneration: `success` = the attribute's label changed and every other
+attribute's stayed (the scorecard's edit_success), `changed` = the attribute's label changed.
+`--curve` also edits the held-out images from every start step (what each start would give).
 """
 
 from __future__ import annotations
@@ -27,19 +32,23 @@ import numpy as np
 from patronus_jax import config as config_lib
 from patronus_jax import data
 from patronus_jax import experiment
+from patronus_jax.evaluate import semantics
 from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir
 from patronus_jax.interpret import core
 from patronus_jax.interpret import guided_edits
-from patronus_jax.interpret import stats
 from patronus_jax.tasks.patronus import loading
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir (stage 1 + attribute classifier).', required=True)
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 16, 'Held-out images edited per prototype.')
-_NUM_TRAJ = flags.DEFINE_integer('num_trajectories', 32, 'Trajectories of the emergence steps.')
-_MARGIN = flags.DEFINE_integer('margin', 1, 'Regenerate from this many steps before the emergence step.')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 32, 'Held-out images edited per attribute.')
+_NUM_TRAJ = flags.DEFINE_integer('num_trajectories', 64, 'Sampled trajectories for both emergence readings.')
+_TOLERANCE = flags.DEFINE_float('tolerance', 0.5, 'Committed once a switch changes the attribute in less '
+                                'than (1 - tolerance) of the trajectories a switch at step 0 changes.')
+_MARGIN = flags.DEFINE_integer('margin', 1, 'Start this many steps before the emergence step.')
 _SAMPLER = flags.DEFINE_string('sampler', '', "Deterministic sampler ('': the workdir's interpret.sampler).")
 _STEPS = flags.DEFINE_integer('steps', 0, "Its steps K (0: the workdir's interpret.sample_steps).")
+_CURVE = flags.DEFINE_bool('curve', False, 'Also edit the held-out images from every start step.')
 _JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
+_STARTS = ('from_x_T', 'x0_emergence', 'commitment')
 
 
 def main(argv):
@@ -51,46 +60,65 @@ def main(argv):
   model, variables, step = loading.load_stage1_variables(config, workdir)
   clf, _ = classifier_for_workdir(config, workdir)
   spec = core.deterministic_spec(config.diffusion, _STEPS.value or ic.sample_steps, _SAMPLER.value or ic.sampler)
-  engine = core.Engine(model, variables, spec, batch_size=max(_NUM_IMAGES.value, _NUM_TRAJ.value), classifier=clf)
+  n_img, n_traj, k_steps = _NUM_IMAGES.value, _NUM_TRAJ.value, spec.num_steps
+  engine = core.Engine(model, variables, spec, batch_size=max(n_img, n_traj), classifier=clf)
   arrays = data.load_arrays(config.data, ic.eval_split or config.data.eval_split,
-                            max_examples=max(ic.num_eval_images, _NUM_IMAGES.value + _NUM_TRAJ.value))
+                            max_examples=max(ic.num_eval_images, n_img + n_traj))
   images = np.asarray(arrays['image'], np.float32)
-  s = engine.encode(images)['s']
-  observed = stats.observed_range(s, ic.low_quantile, ic.high_quantile)
-  info = data.get_info(config.data)
-  names = list(info.attribute_names)
-  association = stats.association_matrix(s, np.asarray(arrays['attributes']), [len(v) for v in info.attribute_values])
-  attribute_of = {j: int(np.argmax(association[:, j])) for j in range(s.shape[1])}
+  attributes = np.asarray(arrays['attributes'])
+  s = np.asarray(engine.encode(images)['s'])
+  names = list(data.get_info(config.data).attribute_names)
+  controlling = semantics.representation_scores(s, attributes, names)['controlling_prototype']
 
-  n_img, n_traj = _NUM_IMAGES.value, _NUM_TRAJ.value
+  labels = lambda x: np.stack([np.argmax(np.asarray(p), -1) for p in core.classify_batch(clf, jnp.asarray(x))], 1)
+  s_img, s_traj = s[:n_img], s[n_img:n_img + n_traj]
   x_T = np.random.default_rng(config.seed + 37).standard_normal((n_traj,) + images.shape[1:]).astype(np.float32)
-  traj = engine.trajectory(s[n_img:n_img + n_traj], x_T, what='emergence trajectories')
-  steps = stats.emergence_steps(traj['s_traj'], ic.emergence_tolerance * observed['spread'])  # (N, P)
-  median_step = np.median(steps, 0)
+  probs_traj = engine.trajectory(s_traj, x_T, what='emergence trajectories')['probs_traj']
+  cache: dict = {}
+  rows = []
+  for a, name in enumerate(names):
+    j = controlling[name]
+    edit = lambda x: semantics.edited_activations(x, j, s)
+    judge = lambda base, edited, a=a: dict(zip(('success', 'changed'), semantics.edit_success(base, edited, a)))
+    curve = guided_edits.switch_curve(model, variables, spec, labels, s_traj, edit(s_traj), x_T, a)
+    emerge = {'x0_emergence': guided_edits.x0_emergence_step(probs_traj[a]),
+              'commitment': guided_edits.commitment_step(curve, _TOLERANCE.value)}
+    starts = {'from_x_T': 0, **{k: guided_edits.start_step(v, _MARGIN.value) for k, v in emerge.items()}}
+    run = lambda k: guided_edits.edit_from(model, variables, spec, labels, judge, images[:n_img], s_img,
+                                           edit(s_img), k, cache)
+    row = {'attribute': name, 'prototype': int(j), **{f'{k}_step': v for k, v in emerge.items()},
+           'switch_curve': curve.tolist(), **{k: run(v) for k, v in starts.items()}}
+    if _CURVE.value:
+      row['held_out_curve'] = [run(k) for k in range(k_steps)]
+    rows.append(row)
 
-  classify = lambda x: tuple(np.asarray(p) for p in core.classify_batch(clf, jnp.asarray(x)))
-  rows = guided_edits.edit(model, variables, spec, classify, images[:n_img], s[:n_img], range(s.shape[1]),
-                           median_step, attribute_of, observed['low'], observed['high'], margin=_MARGIN.value)
-  for r in rows:
-    a = r['attribute']
-    r.update(attribute_name=names[a], eta2=float(association[a, r['prototype']]))
-  print(f'# {workdir}: {config.name}, stage-1 step {step}; {spec.sampler} {spec.num_steps} steps '
-        f'(spacing {spec.spacing}); {n_img} images per prototype, emergence from {n_traj} trajectories, '
-        f'margin {_MARGIN.value}')
-  head = (f'{"proto":>5} {"attribute":>10} {"eta2":>5} {"emerge":>6} {"start":>5} | {"calls":>5} {"changed":>7} '
-          f'{"kept":>5} {"shift":>5} | {"calls":>5} {"changed":>7} {"kept":>5} {"shift":>5} {"saved":>5}')
-  print(f'{"":>36}| {"from x_T":^26} | {"emergence-guided":^32}')
+  calibration = n_traj * (k_steps + k_steps * (k_steps + 1) // 2)
+  print(f'# {workdir}: {config.name}, stage-1 step {step}; {spec.sampler} {k_steps} steps (spacing '
+        f'{spec.spacing}, timesteps {spec.timesteps_used().tolist()}); {n_img} held-out images per edit; '
+        f'emergence from {n_traj} trajectories; tolerance {_TOLERANCE.value}, margin {_MARGIN.value}; '
+        f'measuring one commitment costs {calibration} image-calls')
+  head = f'{"attribute":>10} {"proto":>5} {"x0em":>4} {"commit":>6} |' + ''.join(
+      f' {"start":>5} {"calls":>5} {"success":>7} {"changed":>7} |' for _ in _STARTS) + f' {"saved":>5}'
+  print(f'{"":>30}|' + '|'.join(f'{k:^33}' for k in _STARTS) + '|')
   print(head)
   print('-' * len(head))
-  for r in sorted(rows, key=lambda r: r['emergence_step']):
-    f, g = r['from_x_T'], r['guided']
-    print(f'{r["prototype"]:>5} {r["attribute_name"]:>10} {r["eta2"]:>5.2f} {r["emergence_step"]:>6.1f} '
-          f'{r["start_step"]:>5} | {f["calls"]:>5} {f["target_changed"]:>7.2f} {f["others_kept"]:>5.2f} '
-          f'{f["target_shift"]:>5.2f} | {g["calls"]:>5} {g["target_changed"]:>7.2f} {g["others_kept"]:>5.2f} '
-          f'{g["target_shift"]:>5.2f} {r["calls_saved"]:>5.1f}')
+  for r in rows:
+    cells = ''.join(f' {r[k]["start_step"]:>5} {r[k]["calls"]:>5} {r[k]["success"]:>7.2f} {r[k]["changed"]:>7.2f} |'
+                    for k in _STARTS)
+    saved = r['from_x_T']['calls'] / r['commitment']['calls']
+    print(f'{r["attribute"]:>10} {r["prototype"]:>5} {r["x0_emergence_step"]:>4.1f} {r["commitment_step"]:>6} |'
+          f'{cells} {saved:>5.2f}')
+  print('\nswitch curve (fraction of sampled trajectories whose attribute changes when s is switched at step k):')
+  for r in rows:
+    print(f'{r["attribute"]:>10} ' + ' '.join(f'{c:.2f}' for c in r['switch_curve']))
+  if _CURVE.value:
+    print('\nheld-out edits from every start step k (success / changed):')
+    for r in rows:
+      print(f'{r["attribute"]:>10} ' + ' '.join(f'{c["success"]:.2f}/{c["changed"]:.2f}' for c in r['held_out_curve']))
   if _JSON.value:
     with open(_JSON.value, 'w') as fh:
-      json.dump({'sampler': spec.sampler, 'steps': spec.num_steps, 'rows': rows}, fh, indent=2)
+      json.dump({'sampler': spec.sampler, 'steps': k_steps, 'tolerance': _TOLERANCE.value, 'margin': _MARGIN.value,
+                 'calibration_calls': calibration, 'rows': rows}, fh, indent=2)
 
 
 if __name__ == '__main__':

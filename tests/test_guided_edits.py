@@ -1,9 +1,10 @@
-"""Emergence-guided edits: partial inversion + regeneration, call counts, the classifier's view."""
+"""Emergence-guided edits: partial inversion + regeneration, call counts, the commitment step."""
 
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
+from patronus_jax.core import diffusion
 from patronus_jax.core.diffusion import SamplerSpec
 from patronus_jax.interpret import guided_edits
 
@@ -19,39 +20,63 @@ class Brightness(nn.Module):
     return x
 
 
-def test_helpers():
-  assert guided_edits.start_step(7.6) == 6 and guided_edits.start_step(0.0) == 0
-  s = np.array([[0.1, 1.0], [0.9, 1.0]], np.float32)
-  out = guided_edits.edited_activations(s, 0, np.array([0.0, 0.0]), np.array([1.0, 2.0]))
-  np.testing.assert_array_equal(out, [[1.0, 1.0], [0.0, 1.0]])  # each to the far end; s_1 untouched
+class CommitsAt(nn.Module):
+  """x0-prediction that reads s (brightness 10 s_0) while t >= t_commit and below it only x_t (the
+  sign of its brightness): s can change the image only at steps with t >= t_commit."""
+  t_commit: int = 50
+
+  def denoise(self, x_t, t, s):
+    from_s = jnp.broadcast_to(10.0 * s[:, :1, None, None], x_t.shape)
+    from_x = jnp.broadcast_to(jnp.sign(jnp.mean(x_t, (1, 2, 3), keepdims=True)), x_t.shape)
+    return jnp.where((t >= self.t_commit)[:, None, None, None], from_s, from_x)
+
+  def __call__(self, x):
+    return x
 
 
-def test_guided_edit_costs_fewer_calls_for_late_prototypes_and_reaches_the_same_edit():
-  model = Brightness()
-  variables = {}
+def _labels(x):
+  """Two attributes: bright or dark, and one that never changes."""
+  return np.stack([np.mean(x, (1, 2, 3)) >= 0, np.zeros(len(x), bool)], 1).astype(np.int64)
+
+
+def _judge(base, edited):
+  return {'changed': float(np.mean(base[:, 0] != edited[:, 0])), 'kept': float(np.mean(base[:, 1] == edited[:, 1]))}
+
+
+def test_commitment_step_reads_the_switch_curve():
+  assert guided_edits.commitment_step(np.array([0.8, 0.8, 0.5, 0.3, 0.1]), 0.5) == 3  # first below 0.4 for good
+  assert guided_edits.commitment_step(np.array([0.8, 0.3, 0.6, 0.3, 0.1]), 0.5) == 3  # a dip is not a commitment
+  assert guided_edits.commitment_step(np.array([0.8, 0.8, 0.5, 0.3, 0.1]), 0.2) == 2
+  assert guided_edits.commitment_step(np.array([0.8, 0.8, 0.8]), 0.5) == 3  # never commits: any start works
+  assert guided_edits.commitment_step(np.array([0.0, 0.0, 0.0]), 0.5) == 0  # the edit changes nothing
+  assert guided_edits.start_step(7.6) == 6 and guided_edits.start_step(0.0) == 0 and guided_edits.start_step(3, 2) == 1
+
+
+def test_switch_curve_finds_the_step_where_s_stops_acting():
+  model, spec = CommitsAt(t_commit=50), SamplerSpec('linear', 100, 'dpmpp2m', 8, 0.0, 'x0', spacing='time')
+  s = np.array([[-0.5, 0.0], [0.5, 0.0], [-0.4, 0.0], [0.3, 0.0]], np.float32)
+  x_T = np.zeros((4, 4, 4, 3), np.float32)
+  curve = guided_edits.switch_curve(model, {}, spec, _labels, s, -s, x_T, attribute=0)
+  t = spec.timesteps_used()
+  np.testing.assert_array_equal(curve, (t >= 50).astype(np.float64))  # every trajectory flips until t < 50
+  assert guided_edits.commitment_step(curve, 0.5) == int(np.argmax(t < 50))
+
+
+def test_guided_edit_costs_fewer_calls_and_reaches_the_same_edit():
+  model, variables = Brightness(), {}
   spec = SamplerSpec('linear', 100, 'dpmpp2m', 10, 0.0, 'x0', spacing='logsnr')
   s = np.array([[-0.5, 0.0], [0.5, 0.0], [-0.4, 0.0], [0.3, 0.0]], np.float32)
   images = np.broadcast_to(s[:, :1, None, None], (4, 4, 4, 3)).astype(np.float32)
-  # the classifier's one attribute: bright or dark
-  classify = lambda x: (np.stack([np.mean(x, (1, 2, 3)) < 0, np.mean(x, (1, 2, 3)) >= 0], -1).astype(np.float32),
-                        np.ones((len(x), 1), np.float32))
-  rows = guided_edits.edit(model, variables, spec, classify, images, s, [0, 1], np.array([8.0, 0.0]),
-                           {0: 0, 1: 1}, np.array([-1.0, -1.0]), np.array([1.0, 1.0]))
-  late, early = rows
-  assert late['start_step'] == 7 and late['guided']['calls'] == 6 and late['from_x_T']['calls'] == 20
-  assert abs(late['calls_saved'] - 20 / 6) < 1e-9
-  assert early['start_step'] == 0 and early['guided'] == early['from_x_T'] and early['calls_saved'] == 1
-  for r in ('from_x_T', 'guided'):  # every image flips brightness class; the other attribute is kept
-    assert late[r]['target_changed'] == 1.0 and late[r]['others_kept'] == 1.0
-    assert late[r]['fidelity_mse'] < 1e-6
+  cache = {}
+  full = guided_edits.edit_from(model, variables, spec, _labels, _judge, images, s, -s, 0, cache)
+  late = guided_edits.edit_from(model, variables, spec, _labels, _judge, images, s, -s, 7, cache)
+  assert full['calls'] == 20 and late['calls'] == 6 and late['start_step'] == 7 and set(cache) == {10, 3}
+  for r in (full, late):  # every image flips brightness; the other attribute is kept; the round trip is exact
+    assert r['changed'] == 1.0 and r['kept'] == 1.0 and r['fidelity_mse'] < 1e-6
   mid = guided_edits.invert_partly(model, variables, jnp.asarray(s), jnp.asarray(images), spec, 3)
   # x0_hat is constant, so the solver is exact: three calls up, x = sqrt(abar) x0 + sqrt(1 - abar) eps at
   # the third timestep, eps fixed by the first step (an x0-model reads the clean image as the first level)
-  abar = np.asarray(spec_schedule_abar(spec), np.float64)[spec.timesteps_used()[::-1]]
+  abar = np.asarray(diffusion.make_schedule(spec.schedule, spec.timesteps).alphas_cumprod, np.float64)
+  abar = abar[spec.timesteps_used()[::-1]]
   eps = (1 - np.sqrt(abar[0])) / np.sqrt(1 - abar[0]) * images
   np.testing.assert_allclose(np.asarray(mid), np.sqrt(abar[2]) * images + np.sqrt(1 - abar[2]) * eps, atol=1e-5)
-
-
-def spec_schedule_abar(spec):
-  from patronus_jax.core import diffusion
-  return diffusion.make_schedule(spec.schedule, spec.timesteps).alphas_cumprod

@@ -1,26 +1,43 @@
-"""Emergence-guided editing: invert an image only as far as the edited prototype is undecided.
+"""Emergence-guided editing: invert an image only as far as the edited attribute is still open.
 
-Emergence (emergence.py) says at which step k_j of a K-step deterministic sampling trajectory
-(0 = noisiest) prototype j's value is fixed in x0_hat. Changing s_j can only act on the steps
-before that, so an edit need not start from x_T: invert the image for K - k_j + 1 calls, up to
-the level of step k_j - 1 (where j is still open), set s_j there and regenerate the remaining
-K - k_j + 1 steps. A prototype that emerges late (a texture, a shape) then costs a fraction of
-the 2K calls of inverting to x_T and regenerating, and the image's earlier-fixed content (the
-layout, colours) is kept by construction rather than by the accuracy of a full round trip.
+An edit moves a prototype s_j and regenerates. Editing from x_T inverts the image all the way
+(K calls of a K-step deterministic sampler) and regenerates (K calls). But once the sampling
+trajectory has committed to an attribute, changing s no longer changes it; before that, x_t
+does not yet fix it. So an edit of a late-committing attribute (a texture, a shape) can invert
+only up to the level of step k and regenerate from there: 2 (K - k) calls, and the content that
+was fixed earlier (layout, colours) is kept by construction rather than by the accuracy of a full
+round trip.
 
-`edit(...)` runs both, from the same image and s, and reports per prototype the calls and what
-the attribute classifier sees: whether the attribute the prototype carries changed, and whether
-the other attributes stayed.
+Two readings of "where the attribute emerges" give k:
+  x0_hat emergence   Patronus's: the first step from which the attribute classifier's label of
+                     the predicted clean image x0_hat equals the final image's (`stats.settling_steps`).
+                     Along a trajectory conditioned on s, x0_hat shows what s asks for from the
+                     first steps on, so this reading can say "step 0" for everything.
+  commitment         causal: sample trajectories with s, switch s to the edited s at step k and
+                     finish; `switch_curve[k]` is the fraction of trajectories whose attribute
+                     label then changes. The commitment step is the first step from which that
+                     fraction stays below (1 - tolerance) of the switch at step 0: from there on,
+                     x_t has fixed the attribute. Measured once per model and edit on sampled
+                     trajectories (no held-out image), it costs sum_k (K - k) calls per trajectory.
+
+`edit_from(...)` edits held-out images from a given start step and judges each edit against the
+same path's unedited regeneration, so every start is a paired comparison.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from patronus_jax.core.diffusion import SamplerSpec
+from patronus_jax.interpret import stats
+
+Labels = Callable[[np.ndarray], np.ndarray]  # images -> (N, A) attribute labels
+Judge = Callable[[np.ndarray, np.ndarray], dict]  # (base labels, edited labels) -> scores
 
 
 def _denoiser(model, variables, s):
@@ -35,9 +52,16 @@ def invert_partly(model, variables, s, x0, spec: SamplerSpec, calls: int):
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec', 'calls'))
 def regenerate_from(model, variables, s, x_mid, spec: SamplerSpec, calls: int):
-  """The last `calls` steps of the sampler from x_mid (the output of `invert_partly(calls)`)."""
+  """The last `calls` steps of the sampler from x_mid (at the level of step K - calls)."""
   images = spec.run(_denoiser(model, variables, s), x_mid, start=spec.num_steps - calls)
-  return jax.numpy.clip(images, -1.0, 1.0)
+  return jnp.clip(images, -1.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'spec'))
+def sample_states(model, variables, s, x_T, spec: SamplerSpec):
+  """Samples of (s, x_T) and the state x at the level of every step: (images, (K, B, ...))."""
+  images, states = spec.run(_denoiser(model, variables, s), x_T, trajectory_fn=lambda x, x0_hat, t: x)
+  return jnp.clip(images, -1.0, 1.0), states
 
 
 def start_step(emergence_step: float, margin: int = 1) -> int:
@@ -45,59 +69,48 @@ def start_step(emergence_step: float, margin: int = 1) -> int:
   return max(int(np.floor(emergence_step)) - margin, 0)
 
 
-def edited_activations(s: np.ndarray, j: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-  """s with s_j moved to the far end of its observed range (high if below the middle, else low)."""
-  out = np.array(s, np.float32, copy=True)
-  mid = 0.5 * (low[j] + high[j])
-  out[:, j] = np.where(s[:, j] < mid, high[j], low[j])
-  return out
+def switch_curve(model, variables, spec: SamplerSpec, labels: Labels, s, s_edit, x_T, attribute: int) -> np.ndarray:
+  """(K,) fraction of trajectories of (s, x_T) whose label of `attribute` changes when s is
+  switched to s_edit at step k (k = 0: sampled with s_edit throughout)."""
+  k_steps = spec.num_steps
+  images, states = sample_states(model, variables, jnp.asarray(s), jnp.asarray(x_T), spec)
+  base = labels(np.asarray(images))[:, attribute]
+  curve = []
+  for k in range(k_steps):
+    switched = regenerate_from(model, variables, jnp.asarray(s_edit), states[k], spec, k_steps - k)
+    curve.append(float(np.mean(labels(np.asarray(switched))[:, attribute] != base)))
+  return np.asarray(curve)
 
 
-def attribute_changes(classify, base: np.ndarray, edited: np.ndarray, attribute: int) -> dict:
-  """What the classifier sees of an edit: the target attribute's class changed (fraction of
-  images), the other attributes' classes kept (mean fraction), and the target's total-variation
-  shift of probability."""
-  p_base, p_edit = classify(base), classify(edited)
-  changed = [np.argmax(a, -1) != np.argmax(b, -1) for a, b in zip(p_base, p_edit)]
-  others = [c for i, c in enumerate(changed) if i != attribute]
-  return {'target_changed': float(np.mean(changed[attribute])),
-          'others_kept': float(1.0 - np.mean(others)) if others else 1.0,
-          'target_shift': float(0.5 * np.abs(p_base[attribute] - p_edit[attribute]).sum(-1).mean())}
+def commitment_step(curve: np.ndarray, tolerance: float) -> int:
+  """First step from which the switch changes the attribute in less than (1 - tolerance) of the
+  trajectories that a switch at step 0 changes (len(curve) when it never falls; 0 when even the
+  switch at step 0 changes nothing: the edit has nothing to start from)."""
+  curve = np.asarray(curve, np.float64)
+  if curve[0] <= 0:
+    return 0
+  return int(stats.first_stable_index(curve < (1.0 - tolerance) * curve[0]))
 
 
-def edit(model, variables, spec: SamplerSpec, classify, images: np.ndarray, s: np.ndarray, prototypes,
-         emergence_steps: np.ndarray, attribute_of: dict, low: np.ndarray, high: np.ndarray,
-         margin: int = 1) -> list[dict]:
-  """Per prototype: the edit from x_T (full inversion) against the emergence-guided one.
+def x0_emergence_step(probs_trajectory: np.ndarray) -> float:
+  """Median over trajectories of the step from which x0_hat's label equals the final one."""
+  return float(np.median(stats.settling_steps(probs_trajectory)))
 
-  Args:
-    classify: images -> tuple of per-attribute (N, V) class probabilities.
-    emergence_steps: (P,) median emergence step of each prototype along `spec`'s trajectories.
-    attribute_of: prototype -> index of the attribute it carries (the edit's intended change).
-  Each edit is judged against its own unedited regeneration (same path, s unchanged), so both
-  methods are paired comparisons; `fidelity_mse` is that regeneration's error to the image.
-  """
-  k = spec.num_steps
-  x0 = jax.numpy.asarray(images)
-  cache: dict = {}
 
-  def paths(calls):
-    if calls not in cache:
-      mid = invert_partly(model, variables, s, x0, spec, calls)
-      cache[calls] = (mid, np.asarray(regenerate_from(model, variables, s, mid, spec, calls)))
-    return cache[calls]
+def edit_from(model, variables, spec: SamplerSpec, labels: Labels, judge: Judge, images, s, s_edit,
+              start: int, cache: dict | None = None) -> dict:
+  """Edit `images` (their s -> s_edit) by inverting to the level of step `start` and regenerating.
 
-  out = []
-  for j in prototypes:
-    s_edit = edited_activations(s, j, low, high)
-    start = start_step(emergence_steps[j], margin)
-    row = {'prototype': int(j), 'attribute': int(attribute_of[j]), 'emergence_step': float(emergence_steps[j]),
-           'start_step': start}
-    for name, calls in (('from_x_T', k), ('guided', k - start)):
-      mid, base = paths(calls)
-      edited = np.asarray(regenerate_from(model, variables, s_edit, mid, spec, calls))
-      row[name] = dict(attribute_changes(classify, base, edited, attribute_of[j]), calls=2 * calls,
-                       fidelity_mse=float(np.mean((base - images) ** 2)))
-    row['calls_saved'] = row['from_x_T']['calls'] / row['guided']['calls']
-    out.append(row)
-  return out
+  Returns judge(base labels, edited labels) with `calls` (2 (K - start)) and `fidelity_mse` (the
+  unedited regeneration's error to the images). `cache` reuses the inversion and the unedited
+  regeneration across edits from the same start."""
+  calls = spec.num_steps - start
+  cache = {} if cache is None else cache
+  if calls not in cache:
+    mid = invert_partly(model, variables, jnp.asarray(s), jnp.asarray(images), spec, calls)
+    base = np.asarray(regenerate_from(model, variables, jnp.asarray(s), mid, spec, calls))
+    cache[calls] = (mid, base, labels(base))
+  mid, base, base_labels = cache[calls]
+  edited = np.asarray(regenerate_from(model, variables, jnp.asarray(s_edit), mid, spec, calls))
+  return dict(judge(base_labels, labels(edited)), start_step=int(start), calls=2 * calls,
+              fidelity_mse=float(np.mean((base - np.asarray(images)) ** 2)))
