@@ -2,8 +2,8 @@ r"""Emergence-guided edits against edits from x_T, per attribute (the paper's op
 emergence tell where an edit can start?).
 
   python experiments/emergence_edits.py --workdir=runs/quickstart [--num_images=32]
-      [--num_trajectories=64] [--tolerance=0.5] [--margin=1] [--sampler=dpmpp2m --steps=15]
-      [--curve] [--json=OUT.json]
+      [--num_trajectories=64] [--first_image=0] [--tolerance=0.5] [--margin=1]
+      [--sampler=dpmpp2m --steps=15 --spacing=logsnr] [--curve] [--json=OUT.json]
 
 For a trained workdir with its attribute classifier (shapes: `--mode=evaluate` or `interpret`
 trains it). Per attribute, the edit is the scorecard's (`evaluate/semantics.py`): the prototype
@@ -22,6 +22,7 @@ attribute's stayed (the scorecard's edit_success), `changed` = the attribute's l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from absl import app
@@ -41,11 +42,14 @@ from patronus_jax.tasks.patronus import loading
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir (stage 1 + attribute classifier).', required=True)
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 32, 'Held-out images edited per attribute.')
 _NUM_TRAJ = flags.DEFINE_integer('num_trajectories', 64, 'Sampled trajectories for both emergence readings.')
+_FIRST_IMAGE = flags.DEFINE_integer('first_image', 0, "Edit the held-out images from this index on (after the "
+                                    "trajectories' s): a disjoint set checks a tolerance and margin chosen on another.")
 _TOLERANCE = flags.DEFINE_float('tolerance', 0.5, 'Committed once a switch changes the attribute in less '
                                 'than (1 - tolerance) of the trajectories a switch at step 0 changes.')
 _MARGIN = flags.DEFINE_integer('margin', 1, 'Start this many steps before the emergence step.')
 _SAMPLER = flags.DEFINE_string('sampler', '', "Deterministic sampler ('': the workdir's interpret.sampler).")
 _STEPS = flags.DEFINE_integer('steps', 0, "Its steps K (0: the workdir's interpret.sample_steps).")
+_SPACING = flags.DEFINE_enum('spacing', '', ['', 'time', 'logsnr'], "dpmpp2m's timestep grid ('': the workdir's).")
 _CURVE = flags.DEFINE_bool('curve', False, 'Also edit the held-out images from every start step.')
 _JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
 _STARTS = ('from_x_T', 'x0_emergence', 'commitment')
@@ -60,10 +64,11 @@ def main(argv):
   model, variables, step = loading.load_stage1_variables(config, workdir)
   clf, _ = classifier_for_workdir(config, workdir)
   spec = core.deterministic_spec(config.diffusion, _STEPS.value or ic.sample_steps, _SAMPLER.value or ic.sampler)
+  spec = dataclasses.replace(spec, spacing=_SPACING.value or spec.spacing)
   n_img, n_traj, k_steps = _NUM_IMAGES.value, _NUM_TRAJ.value, spec.num_steps
   engine = core.Engine(model, variables, spec, batch_size=max(n_img, n_traj), classifier=clf)
   arrays = data.load_arrays(config.data, ic.eval_split or config.data.eval_split,
-                            max_examples=max(ic.num_eval_images, n_img + n_traj))
+                            max_examples=max(ic.num_eval_images, n_traj + _FIRST_IMAGE.value + n_img))
   images = np.asarray(arrays['image'], np.float32)
   attributes = np.asarray(arrays['attributes'])
   s = np.asarray(engine.encode(images)['s'])
@@ -71,7 +76,11 @@ def main(argv):
   controlling = semantics.representation_scores(s, attributes, names)['controlling_prototype']
 
   labels = lambda x: np.stack([np.argmax(np.asarray(p), -1) for p in core.classify_batch(clf, jnp.asarray(x))], 1)
-  s_img, s_traj = s[:n_img], s[n_img:n_img + n_traj]
+  first = n_traj + _FIRST_IMAGE.value
+  if first + n_img > len(images):
+    raise app.UsageError(f'{len(images)} held-out images; --num_trajectories + --first_image + --num_images needs '
+                         f'{first + n_img}')
+  edited_images, s_img, s_traj = images[first:first + n_img], s[first:first + n_img], s[:n_traj]
   x_T = np.random.default_rng(config.seed + 37).standard_normal((n_traj,) + images.shape[1:]).astype(np.float32)
   probs_traj = engine.trajectory(s_traj, x_T, what='emergence trajectories')['probs_traj']
   cache: dict = {}
@@ -84,7 +93,7 @@ def main(argv):
     emerge = {'x0_emergence': guided_edits.x0_emergence_step(probs_traj[a]),
               'commitment': guided_edits.commitment_step(curve, _TOLERANCE.value)}
     starts = {'from_x_T': 0, **{k: guided_edits.start_step(v, _MARGIN.value) for k, v in emerge.items()}}
-    run = lambda k: guided_edits.edit_from(model, variables, spec, labels, judge, images[:n_img], s_img,
+    run = lambda k: guided_edits.edit_from(model, variables, spec, labels, judge, edited_images, s_img,
                                            edit(s_img), k, cache)
     row = {'attribute': name, 'prototype': int(j), **{f'{k}_step': v for k, v in emerge.items()},
            'switch_curve': curve.tolist(), **{k: run(v) for k, v in starts.items()}}
