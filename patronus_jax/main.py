@@ -66,20 +66,50 @@ BCOS_MODES = tuple(MODES['bcos'])
 MODE_NAMES = tuple(dict.fromkeys(tuple(MODES['patronus']) + BCOS_MODES)) + ('all',)
 
 
-def define_flags() -> None:
+CONFIG_HELP = ('Config file: configs/<name>.py[:variant]. Optional for a workdir that already holds '
+               'config.json (e.g. an imported checkpoint); --config.<field>=<value> then overrides its fields.')
+_workdir_config_flag = False  # --config holds the workdir's config.json (overrides without --config)
+
+
+def define_flags(argv=None) -> None:
   """The command-line flags; only for the command line, so that scripts (experiments/) can
   import this module and define their own --config / --workdir."""
+  global _workdir_config_flag
   if 'workdir' in FLAGS:
     return
-  config_flags.DEFINE_config_file('config', None, 'Config file: configs/<name>.py[:variant]. Optional for a '
-                                  'workdir that already holds config.json (e.g. an imported checkpoint).',
-                                  lock_config=True)
+  workdir_config = _overridden_workdir_config(sys.argv if argv is None else argv)
+  _workdir_config_flag = workdir_config is not None
+  if _workdir_config_flag:  # absl knows --config.<field> only as overrides of a config flag's value
+    try:  # the flag reads the command line's overrides as it is defined
+      config_flags.DEFINE_config_dict('config', workdir_config, CONFIG_HELP, lock_config=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      usage_error(config_override_error(e, sys.argv if argv is None else argv))
+  else:
+    config_flags.DEFINE_config_file('config', None, CONFIG_HELP, lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples, figures, metrics.')
   flags.DEFINE_enum('mode', 'all', list(MODE_NAMES), 'What to run.')
   flags.DEFINE_bool('verbose', False, 'Show the traceback of a user error (bad config, data, workdir, checkpoint) '
                     'too; by default it is reported in one message.')
   flags.mark_flags_as_required(['workdir'])
 
+
+
+def _overridden_workdir_config(argv):
+  """The workdir's config.json when the command line overrides fields (--config.<field>=<value>)
+  without --config; None otherwise, or when it cannot be read (main then reports that in one line)."""
+  args = list(argv[1:])
+  if any(a == '--config' or a.startswith('--config=') for a in args) or not any(
+      a.startswith('--config.') for a in args):
+    return None
+  workdir = next((a.split('=', 1)[1] for a in args if a.startswith('--workdir=')), None)
+  if workdir is None and '--workdir' in args[:-1]:
+    workdir = args[args.index('--workdir') + 1]
+  if not workdir or not os.path.exists(workdir_lib.config_path(os.path.abspath(workdir))):
+    return None
+  try:
+    return config_lib.load_workdir_config(os.path.abspath(workdir))
+  except UserError:
+    return None
 
 
 def modes_for(config, mode: str) -> tuple[str, ...]:
@@ -218,6 +248,8 @@ def main(argv) -> None:
 def _flag_config():
   """The --config value (None without one); a file that is missing or fails to load is a
   ConfigError naming it (ml_collections loads it lazily and raises a long OSError)."""
+  if _workdir_config_flag:
+    return FLAGS.config
   if not FLAGS['config'].present:
     return None
   spec = config_flags.get_config_filename(FLAGS['config'])
@@ -271,6 +303,11 @@ def parse_flags(argv):
       sys.exit(0)
     raise
   except flags.Error as e:
+    if 'config' not in FLAGS or not (FLAGS['config'].present or _workdir_config_flag):
+      override = next((a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')), None)
+      if override and override[2:] in str(e):
+        usage_error(f'{override} overrides a field of --config or of the workdir\'s config.json; give '
+                    '--config=configs/<name>.py[:variant], or a --workdir that holds config.json')
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if len(lines) > 1:  # e.g. a config file that raised: its flag, then the exception's last line
       usage_error(f'{lines[0].split(": ")[0]}: {lines[-1]}')

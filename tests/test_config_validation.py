@@ -153,3 +153,34 @@ def test_a_workdir_written_before_interpret_sampler_loads_as_ddim_at_its_steps(t
   loaded = config_lib.load_workdir_config(str(tmp_path))
   assert (loaded.interpret.sampler, loaded.interpret.sample_steps) == ('ddim', 37)
   assert config_lib.base_config().interpret.sampler == 'dpmpp2m'  # new workdirs: the faster solver
+
+
+def _workdir_with_config(path):
+  files.write_json(workdir_lib.config_path(str(path)), workdir_lib.config_to_dict(_tiny()))
+  return path
+
+
+def test_overrides_without_config_apply_to_the_workdirs_config(tmp_path):
+  workdir = _workdir_with_config(tmp_path)
+  argv = ['main', f'--workdir={workdir}', '--config.diffusion.guidance=2']
+  assert main_lib._overridden_workdir_config(argv).name == _tiny().name  # what the flag then starts from
+  assert main_lib._overridden_workdir_config(argv[:2]) is None  # nothing to override: config.json as is
+  assert main_lib._overridden_workdir_config(argv + ['--config=configs/shapes.py']) is None
+  # the override reaches the config: its validation names it, before any compute
+  result = subprocess.run([sys.executable, '-m', 'patronus_jax.main', '--workdir', str(workdir), '--mode=sample',
+                           '--config.diffusion.guidance=-1'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith("error: config field 'diffusion.guidance' must be >= 0")
+  assert 'Traceback' not in result.stderr and sorted(os.listdir(workdir)) == ['config.json']
+
+
+@pytest.mark.parametrize('holds_config, expected', [
+    (True, "error: unknown config field 'diffusion.guidence'"),
+    (False, "error: --config.diffusion.guidence overrides a field of --config or of the workdir's config.json"),
+])
+def test_a_bad_override_without_config_is_one_line(tmp_path, holds_config, expected):
+  workdir = _workdir_with_config(tmp_path) if holds_config else tmp_path
+  result = subprocess.run([sys.executable, '-m', 'patronus_jax.main', f'--workdir={workdir}', '--mode=sample',
+                           '--config.diffusion.guidence=2'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-2000:]
