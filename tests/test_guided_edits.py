@@ -49,7 +49,10 @@ def test_commitment_step_reads_the_switch_curve():
   assert guided_edits.commitment_step(np.array([0.8, 0.8, 0.5, 0.3, 0.1]), 0.2) == 2
   assert guided_edits.commitment_step(np.array([0.8, 0.8, 0.8]), 0.5) == 3  # never commits: any start works
   assert guided_edits.commitment_step(np.array([0.0, 0.0, 0.0]), 0.5) == 0  # the edit changes nothing
-  assert guided_edits.start_step(7.6) == 6 and guided_edits.start_step(0.0) == 0 and guided_edits.start_step(3, 2) == 1
+  assert guided_edits.commitment_step(np.array([0.2, 0.2, 0.0]), 0.5) == 0  # too weak to read: from x_T
+  assert guided_edits.commitment_step(np.array([0.2, 0.2, 0.0]), 0.5, min_effect=0.1) == 2
+  assert guided_edits.start_step(7.6, 1) == 6 and guided_edits.start_step(0.0, 1) == 0
+  assert guided_edits.start_step(3, 2) == 1
 
 
 def test_switch_curve_finds_the_step_where_s_stops_acting():
