@@ -296,6 +296,10 @@ HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--hel
 def parse_flags(argv):
   """absl flag parsing (main and the scripts): --help exits 0; a bad flag or --config override is
   one line and exit status 2."""
+  overrides = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
+  repeated = sorted({o for o in overrides if overrides.count(o) > 1})
+  if repeated:  # ml_collections would join two tuples (two methods run) and keep the last scalar
+    usage_error(f'{repeated[0]} is given {overrides.count(repeated[0])} times; give each config field once')
   try:
     return FLAGS(argv)
   except SystemExit:

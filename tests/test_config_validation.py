@@ -184,3 +184,13 @@ def test_a_bad_override_without_config_is_one_line(tmp_path, holds_config, expec
                            '--config.diffusion.guidence=2'], capture_output=True, text=True, cwd=ROOT, timeout=300)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-2000:]
+
+
+def test_an_override_given_twice_is_one_line(tmp_path):
+  # ml_collections joins repeated tuple overrides: this ran both mitigation methods
+  result = _main(tmp_path, f'--workdir={tmp_path / "never"}', '--mode=mitigate',
+                 "--config.mitigation.methods=('rebalance',)", "--config.mitigation.methods=('decorrelate',)")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: --config.mitigation.methods is given 2 times; give each config field once'), result.stderr[-2000:]
+  assert not (tmp_path / 'never').exists()
