@@ -87,13 +87,15 @@ def main(argv):
   edited_images, s_img, s_traj = images[first:first + n_img], s[first:first + n_img], s[:n_traj]
   x_T = np.random.default_rng(config.seed + 37).standard_normal((n_traj,) + images.shape[1:]).astype(np.float32)
   probs_traj = engine.trajectory(s_traj, x_T, what='emergence trajectories')['probs_traj']
+  traj_images, states = guided_edits.sample_states(model, variables, jnp.asarray(s_traj), jnp.asarray(x_T), spec)
+  traj_labels = labels(np.asarray(traj_images))
   cache: dict = {}
   rows = []
   for a, name in enumerate(names):
     j = controlling[name]
     edit = lambda x: semantics.edited_activations(x, j, s)
     judge = lambda base, edited, a=a: dict(zip(('success', 'changed'), semantics.edit_success(base, edited, a)))
-    curve = guided_edits.switch_curve(model, variables, spec, labels, s_traj, edit(s_traj), x_T, a)
+    curve = guided_edits.switch_curve(model, variables, spec, labels, states, traj_labels, edit(s_traj), a)
     emerge = {'x0_emergence': guided_edits.x0_emergence_step(probs_traj[a]),
               'commitment': guided_edits.commitment_step(curve, _TOLERANCE.value, _MIN_EFFECT.value)}
     starts = {'from_x_T': 0, **{k: guided_edits.start_step(v, _MARGIN.value) for k, v in emerge.items()}}

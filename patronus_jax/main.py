@@ -71,19 +71,19 @@ CONFIG_HELP = ('Config file: configs/<name>.py[:variant]. Optional for a workdir
 _workdir_config_flag = False  # --config holds the workdir's config.json (overrides without --config)
 
 
-def define_flags(argv=None) -> None:
+def define_flags() -> None:
   """The command-line flags; only for the command line, so that scripts (experiments/) can
   import this module and define their own --config / --workdir."""
   global _workdir_config_flag
   if 'workdir' in FLAGS:
     return
-  workdir_config = _overridden_workdir_config(sys.argv if argv is None else argv)
+  workdir_config = _overridden_workdir_config(sys.argv)
   _workdir_config_flag = workdir_config is not None
   if _workdir_config_flag:  # absl knows --config.<field> only as overrides of a config flag's value
     try:  # the flag reads the command line's overrides as it is defined
       config_flags.DEFINE_config_dict('config', workdir_config, CONFIG_HELP, lock_config=True)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-      usage_error(config_override_error(e, sys.argv if argv is None else argv))
+      usage_error(config_override_error(e, sys.argv))
   else:
     config_flags.DEFINE_config_file('config', None, CONFIG_HELP, lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples, figures, metrics.')
@@ -104,10 +104,11 @@ def _overridden_workdir_config(argv):
   workdir = next((a.split('=', 1)[1] for a in args if a.startswith('--workdir=')), None)
   if workdir is None and '--workdir' in args[:-1]:
     workdir = args[args.index('--workdir') + 1]
-  if not workdir or not os.path.exists(workdir_lib.config_path(os.path.abspath(workdir))):
+  workdir = os.path.abspath(workdir) if workdir else ''
+  if not workdir or not os.path.exists(workdir_lib.config_path(workdir)):
     return None
   try:
-    return config_lib.load_workdir_config(os.path.abspath(workdir))
+    return config_lib.load_workdir_config(workdir)
   except UserError:
     return None
 
@@ -308,7 +309,7 @@ def parse_flags(argv):
     raise
   except flags.Error as e:
     if 'config' not in FLAGS or not (FLAGS['config'].present or _workdir_config_flag):
-      override = next((a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')), None)
+      override = overrides[0] if overrides else None
       if override and override[2:] in str(e):
         usage_error(f'{override} overrides a field of --config or of the workdir\'s config.json; give '
                     '--config=configs/<name>.py[:variant], or a --workdir that holds config.json')

@@ -59,7 +59,8 @@ def test_switch_curve_finds_the_step_where_s_stops_acting():
   model, spec = CommitsAt(t_commit=50), SamplerSpec('linear', 100, 'dpmpp2m', 8, 0.0, 'x0', spacing='time')
   s = np.array([[-0.5, 0.0], [0.5, 0.0], [-0.4, 0.0], [0.3, 0.0]], np.float32)
   x_T = np.zeros((4, 4, 4, 3), np.float32)
-  curve = guided_edits.switch_curve(model, {}, spec, _labels, s, -s, x_T, attribute=0)
+  images, states = guided_edits.sample_states(model, {}, jnp.asarray(s), jnp.asarray(x_T), spec)
+  curve = guided_edits.switch_curve(model, {}, spec, _labels, states, _labels(np.asarray(images)), -s, attribute=0)
   t = spec.timesteps_used()
   np.testing.assert_array_equal(curve, (t >= 50).astype(np.float64))  # every trajectory flips until t < 50
   assert guided_edits.commitment_step(curve, 0.5) == int(np.argmax(t < 50))

@@ -69,16 +69,16 @@ def start_step(emergence_step: float, margin: int) -> int:
   return max(int(np.floor(emergence_step)) - margin, 0)
 
 
-def switch_curve(model, variables, spec: SamplerSpec, labels: Labels, s, s_edit, x_T, attribute: int) -> np.ndarray:
-  """(K,) fraction of trajectories of (s, x_T) whose label of `attribute` changes when s is
-  switched to s_edit at step k (k = 0: sampled with s_edit throughout)."""
-  k_steps = spec.num_steps
-  images, states = sample_states(model, variables, jnp.asarray(s), jnp.asarray(x_T), spec)
-  base = labels(np.asarray(images))[:, attribute]
+def switch_curve(model, variables, spec: SamplerSpec, labels: Labels, states, base_labels: np.ndarray, s_edit,
+                 attribute: int) -> np.ndarray:
+  """(K,) fraction of the trajectories of `sample_states` (their `states`, and `base_labels` the
+  labels of their images) whose label of `attribute` changes when s is switched to s_edit at step
+  k (k = 0: sampled with s_edit throughout). One sampling serves every edit of the same s."""
+  k_steps, s_edit = spec.num_steps, jnp.asarray(s_edit)
   curve = []
   for k in range(k_steps):
-    switched = regenerate_from(model, variables, jnp.asarray(s_edit), states[k], spec, k_steps - k)
-    curve.append(float(np.mean(labels(np.asarray(switched))[:, attribute] != base)))
+    switched = regenerate_from(model, variables, s_edit, states[k], spec, k_steps - k)
+    curve.append(float(np.mean(labels(np.asarray(switched))[:, attribute] != base_labels[:, attribute])))
   return np.asarray(curve)
 
 
