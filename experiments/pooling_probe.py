@@ -22,7 +22,8 @@ Whether that is a limit of the architecture or of the training signal, the last 
 prototypes, the min over patches, the same activation) is trained for --capacity_steps with a
 linear head per attribute on s, on the training split's labels, and its held-out accuracy is
 printed. Near 1.0 there: P pooled patch similarities *can* carry the attribute, and a model whose
-s lacks it was not asked for it by its loss. --capacity_steps=0 skips it.
+s lacks it was not asked for it by its loss. --capacity_steps=0 skips it (the probes alone take
+under a minute on 2 CPU cores; the check at 1,000 steps adds about 2.5 minutes).
 """
 
 from __future__ import annotations
