@@ -84,7 +84,7 @@ def supervised_capacity(config, train: dict, test: dict, num_classes: list[int],
   heads = [nn.Sequential([nn.LayerNorm(), nn.Dense(k)]) for k in num_classes]
   key = jax.random.PRNGKey(seed)
   x_train, y_train = train['image'], train['attributes']
-  init = model.init({'params': key}, x_train[:1], jnp.zeros((1,), jnp.int32))
+  init = model.init({'params': key}, x_train[:1], method=model.encode)  # the prototype network alone
   rest = {k: v for k, v in init.items() if k != 'params'}
   s0 = jnp.zeros((1, config.model.num_prototypes))
   params = {'prototypes': init['params']['prototypes'],
@@ -143,10 +143,8 @@ def main(argv):
   if _CAPACITY.value > 0:
     train = data.load_arrays(config.data, config.data.train_split, max_examples=_TRAIN.value)
     train = {'image': np.asarray(train['image'], np.float32), 'attributes': np.asarray(train['attributes'])}
-    classes = [int(max(train['attributes'][:, a].max(), labels[:, a].max())) + 1
-               for a in range(len(info.attribute_names))]
-    capacity = supervised_capacity(config, train, {'image': images, 'attributes': labels}, classes,
-                                   _CAPACITY.value)
+    capacity = supervised_capacity(config, train, {'image': images, 'attributes': labels},
+                                   [len(v) for v in info.attribute_values], _CAPACITY.value)
     columns.append('supervised s')
   rows = []
   for a, name in enumerate(info.attribute_names):
