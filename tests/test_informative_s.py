@@ -13,7 +13,7 @@ from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.errors import ConfigError
 from patronus_jax.models import prototypes as proto_lib
 from patronus_jax.models.layers import append_coordinates
-from patronus_jax.models.unet import patronus_from_config
+from patronus_jax.models.unet import ResBlock, patronus_from_config
 from patronus_jax.tasks.patronus.training import PatronusTask
 
 
@@ -130,6 +130,30 @@ def test_unet_coordinates_are_two_grid_channels_before_the_first_conv():
   assert np.abs(np.asarray(model.apply(with_grid, x, t, s, method=model.denoise)) - base).max() > 1e-3
 
 
+def test_film_is_a_scale_and_shift_of_the_normalised_features_by_s():
+  """With s's FiLM layer fixed to scale a and shift b, a block is the plain block whose norm_2 has
+  scale (1 + a) gamma and bias (1 + a) beta + b and whose s-bias is zero; and s moves the output."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.float32)
+  t_act, s_act = (jnp.asarray(rng.normal(size=(2, 32)), jnp.float32) for _ in range(2))
+  film, plain = ResBlock(16, 0.0, film=True), ResBlock(16, 0.0)
+  fv = film.init(jax.random.PRNGKey(0), x, t_act, s_act)
+  assert 'proto_proj' not in fv['params'] and 'proto_film' in fv['params']
+  a = jnp.asarray(rng.normal(size=16), jnp.float32)
+  b = jnp.asarray(rng.normal(size=16), jnp.float32)
+  fp = dict(fv['params'], proto_film={'kernel': jnp.zeros((32, 32)), 'bias': jnp.concatenate([a, b])})
+  norm = fv['params']['norm_2']
+  pp = {k: fv['params'][k] for k in fv['params'] if k != 'proto_film'}
+  pp = dict(pp, proto_proj={'kernel': jnp.zeros((32, 16)), 'bias': jnp.zeros(16)},
+            norm_2={'scale': (1 + a) * norm['scale'], 'bias': (1 + a) * norm['bias'] + b})
+  np.testing.assert_allclose(np.asarray(film.apply({'params': fp}, x, t_act, s_act)),
+                             np.asarray(plain.apply({'params': pp}, x, t_act, s_act)), atol=1e-5)
+  moved = film.apply(fv, x, t_act, 2.0 * s_act) - film.apply(fv, x, t_act, s_act)
+  assert float(jnp.abs(moved).max()) > 1e-2
+  _, model, variables, _, _ = _model(**{'model.s_film': True})
+  assert model.s_film and 'proto_film' in variables['params']['unet']['mid_0']
+
+
 def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_encoder():
   x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
   pooled = np.asarray(proto_lib.downsample_mean(x, 8))
@@ -182,7 +206,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   config = config_lib.load('configs/quickstart.py:paper,tiny')
   workdir_lib.check_and_write_config(str(tmp_path), config)
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
-  for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size'):
+  for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size', 's_film'):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)

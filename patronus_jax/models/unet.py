@@ -110,15 +110,25 @@ class ResBlock(nn.Module):
   attention: bool = False
   num_heads: int = 4
   dtype: Dtype = jnp.float32
+  film: bool = False  # s as a scale and shift after norm_2 instead of a bias before it (not in the paper)
 
   @nn.compact
   def __call__(self, x, t_act, s_act, train: bool = False):
     """t_act, s_act: SiLU of the time / prototype embeddings, shared by all blocks."""
-    h = _conv3(self.out_channels, self.dtype, 'conv_1')(_norm_silu(self.dtype, 'norm_1')(x))
-    cond = (nn.Dense(self.out_channels, dtype=self.dtype, name='time_proj')(t_act)
-            + nn.Dense(self.out_channels, dtype=self.dtype, name='proto_proj')(s_act))
+    c = self.out_channels
+    h = _conv3(c, self.dtype, 'conv_1')(_norm_silu(self.dtype, 'norm_1')(x))
+    cond = nn.Dense(c, dtype=self.dtype, name='time_proj')(t_act)
+    if not self.film:
+      cond = cond + nn.Dense(c, dtype=self.dtype, name='proto_proj')(s_act)
     h = h + cond[:, None, None, :]
-    h = _norm_silu(self.dtype, 'norm_2')(h)
+    if self.film:
+      # A bias is the same at every pixel; a scale lets s gate the position-dependent features
+      # (with the U-Net's coordinates), i.e. say where to draw as well as what (ADM's scale-shift).
+      scale, shift = jnp.split(nn.Dense(2 * c, dtype=self.dtype, name='proto_film')(s_act), 2, axis=-1)
+      h = _group_norm(self.dtype, 'norm_2')(h) * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
+      h = nn.silu(h)
+    else:
+      h = _norm_silu(self.dtype, 'norm_2')(h)
     # Dropout2d: whole channels per example.
     h = nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
     h = _conv3(self.out_channels, self.dtype, 'conv_2')(h)
@@ -175,6 +185,7 @@ class ConditionalUNet(nn.Module):
   # CoordConv input (not in the paper): s enters every block as a per-channel bias, the same at every
   # pixel, so without coordinates the U-Net can say *what* s describes but hardly *where* to draw it.
   coords: bool = False
+  s_film: bool = False  # ResBlock.film in every block
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
@@ -192,7 +203,7 @@ class ConditionalUNet(nn.Module):
     block_cls = nn.remat(ResBlock, static_argnums=(4,)) if self.remat else ResBlock
 
     def block(name, channels, attention, h):
-      return block_cls(channels, self.dropout, attention, self.num_heads, self.dtype, name=name)(
+      return block_cls(channels, self.dropout, attention, self.num_heads, self.dtype, self.s_film, name=name)(
           h, t_act, s_act, train)
 
     x = append_coordinates(x) if self.coords else x
@@ -251,6 +262,7 @@ class Patronus(nn.Module):
   encoder_coords: bool = False  # CoordConv input to the prototype encoder
   s_norm: str = 'none'  # 'layer': LayerNorm on s before the U-Net's s-embedding
   unet_coords: bool = False  # CoordConv input to the U-Net
+  s_film: bool = False  # s scales and shifts the U-Net's normalised features instead of adding a bias
   s_decoder_size: int = 0  # > 0: an ActivationDecoder head s -> (size x size) image, for an auxiliary loss
   guidance: float = 1.0  # classifier-free guidance weight on s when not training (1: plain conditional)
 
@@ -262,7 +274,7 @@ class Patronus(nn.Module):
     self.unet = ConditionalUNet(
         self.image_channels, self.base_channels, tuple(self.channel_mults), self.num_res_blocks,
         tuple(self.attention), self.num_heads, self.dropout, self.time_mult, self.time_table_size,
-        self.remat, self.dtype, s_norm=self.s_norm, coords=self.unet_coords)
+        self.remat, self.dtype, s_norm=self.s_norm, coords=self.unet_coords, s_film=self.s_film)
     if self.s_decoder_size:
       self.s_decoder = ActivationDecoder(self.s_decoder_size, self.image_channels, dtype=self.dtype)
 
@@ -305,6 +317,6 @@ def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:
       num_res_blocks=m.num_res_blocks, attention=tuple(bool(a) for a in m.attention),
       num_heads=m.num_heads, dropout=m.dropout, time_mult=m.time_mult,
       time_table_size=m.time_table_size, remat=m.remat, dtype=compute, distance_norm=m.distance_norm,
-      encoder_coords=m.encoder_coords, s_norm=m.s_norm, unet_coords=m.unet_coords,
+      encoder_coords=m.encoder_coords, s_norm=m.s_norm, unet_coords=m.unet_coords, s_film=m.s_film,
       s_decoder_size=m.s_decoder_size if config.train.s_decoder_weight > 0 else 0,
       guidance=float(config.diffusion.guidance))

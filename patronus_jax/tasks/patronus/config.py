@@ -32,6 +32,7 @@ def model_config() -> ConfigDict:
       s_norm='none',  # 'layer': LayerNorm on s before the U-Net's s-embedding (stops prototypes duplicating)
       encoder_coords=False,  # CoordConv: (y, x) channels appended to the prototype encoder's input
       unet_coords=False,  # CoordConv for the U-Net's input, so that s can say where to draw
+      s_film=False,  # s scales and shifts the U-Net blocks' normalised features (FiLM) instead of a bias
       s_decoder_size=16,  # side of the auxiliary decoder's image (used when train.s_decoder_weight > 0)
   ))
 
