@@ -2,6 +2,8 @@
 distances, LayerNorm on s, CoordConv (encoder and U-Net), the auxiliary decoder from s, condition
 dropout and classifier-free guidance on s."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -209,6 +211,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size', 's_film'):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
+  del old['train']['prototype_lr_scale']
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
   defaults = config_lib.base_config()
   workdir_lib.check_and_write_config(str(tmp_path), config, defaults=defaults)  # defaults: the old behaviour
@@ -216,3 +219,28 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
   with pytest.raises(workdir_lib.ConfigConflict, match='model.s_norm'):
     workdir_lib.check_and_write_config(str(tmp_path), changed, defaults=defaults)
+
+
+def test_prototype_lr_scale_multiplies_the_prototype_networks_updates_only():
+  from patronus_jax.core.training import make_optimizer
+  from patronus_jax.tasks.patronus.training import stage1_settings
+  config = config_lib.load('configs/quickstart.py:tiny', {'train.prototype_lr_scale': 3.0})
+  settings = stage1_settings(config)
+  assert settings.lr_scales == (('prototypes', 3.0),)
+  params = {'prototypes': {'w': jnp.array([1.0, -2.0])}, 'unet': {'w': jnp.array([0.5, 4.0])}}
+  grads = {'prototypes': {'w': jnp.array([0.3, -0.1])}, 'unet': {'w': jnp.array([-0.2, 0.7])}}
+  plain = make_optimizer(stage1_settings(config_lib.load('configs/quickstart.py:tiny')))
+  scaled = make_optimizer(settings)
+  state_plain, state_scaled = plain.init(params), scaled.init(params)
+  # the optimizer state is the same, so a checkpoint resumes with or without the scale
+  assert jax.tree_util.tree_structure(state_plain) == jax.tree_util.tree_structure(state_scaled)
+  for _ in range(3):  # Adam's moments are unscaled: every step's update is exactly 3x on the prototypes
+    up_plain, state_plain = plain.update(grads, state_plain, params)
+    up_scaled, state_scaled = scaled.update(grads, state_scaled, params)
+    np.testing.assert_allclose(up_scaled['prototypes']['w'], 3.0 * up_plain['prototypes']['w'], rtol=1e-6)
+    np.testing.assert_array_equal(up_scaled['unet']['w'], up_plain['unet']['w'])
+  with pytest.raises(ValueError, match='nonexistent'):
+    bad = make_optimizer(dataclasses.replace(settings, lr_scales=(('nonexistent', 2.0),)))
+    bad.update(grads, bad.init(params), params)
+  with pytest.raises(ConfigError, match='train.prototype_lr_scale'):
+    config_lib.load('configs/quickstart.py:tiny', {'train.prototype_lr_scale': 0.0})

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Tuple
 
 from absl import logging
 import flax
@@ -84,6 +84,9 @@ class LoopSettings:
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   sample_every: int = 0
+  # (top-level parameter collection, multiplier) pairs: that subtree's updates are scaled (a
+  # separate learning rate for one part of the model); the optimizer state keeps its structure
+  lr_scales: Tuple[Tuple[str, float], ...] = ()
 
   @classmethod
   def from_section(cls, section) -> 'LoopSettings':
@@ -107,9 +110,25 @@ def learning_rate_schedule(s: LoopSettings) -> optax.Schedule:
 
 
 def make_optimizer(s: LoopSettings) -> optax.GradientTransformation:
-  """AdamW (torch defaults: betas (0.9, 0.999), eps 1e-8) with optional global-norm clipping."""
+  """AdamW (torch defaults: betas (0.9, 0.999), eps 1e-8) with optional global-norm clipping,
+  and the updates of the subtrees named in `s.lr_scales` multiplied by their scale."""
   tx = optax.adamw(learning_rate_schedule(s), b1=0.9, b2=0.999, eps=1e-8, weight_decay=s.weight_decay)
-  return optax.chain(optax.clip_by_global_norm(s.grad_clip), tx) if s.grad_clip > 0 else tx
+  tx = optax.chain(optax.clip_by_global_norm(s.grad_clip), tx) if s.grad_clip > 0 else tx
+  scales = {name: float(scale) for name, scale in s.lr_scales if float(scale) != 1.0}
+  if not scales:
+    return tx
+
+  def update(grads, state, params=None):
+    updates, state = tx.update(grads, state, params)
+    missing = sorted(set(scales) - set(updates))
+    if missing:
+      raise ValueError(f'lr_scales name parameter collections the model does not have: {missing}; '
+                       f'it has {sorted(updates)}')
+    scaled = {k: jax.tree_util.tree_map(lambda u, c=scales.get(k, 1.0): u * c, v) for k, v in updates.items()}
+    return type(updates)(scaled), state  # dict or FrozenDict, as the parameters
+
+  # Same init (and so the same optimizer state) as without scales: checkpoints stay interchangeable.
+  return optax.GradientTransformation(tx.init, update)
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:

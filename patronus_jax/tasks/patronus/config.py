@@ -80,6 +80,9 @@ def train_config() -> ConfigDict:
       # asks s for the image's layout directly (not in the paper; docs/patronus.md)
       s_decoder_weight=0.0,
       cond_dropout=0.0,  # probability of training an example without s (the unconditional model for guidance)
+      # x the learning rate of the prototype network (encoder + prototype vectors) against the U-Net's
+      # (not in the paper: one rate for both; docs/patronus.md)
+      prototype_lr_scale=1.0,
       log_every=50,
       checkpoint_every=1000,
       keep_checkpoints=3,
@@ -207,6 +210,8 @@ def _validate_training(config: ConfigDict) -> None:
   t, lt = config.train, config.latent
   require(0.0 <= t.ema_decay < 1.0, f"config field 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
   require(0.0 <= t.cond_dropout < 1.0, f"config field 'train.cond_dropout' must be in [0, 1), got {t.cond_dropout}")
+  require(t.prototype_lr_scale > 0,
+          f"config field 'train.prototype_lr_scale' must be positive (1: the U-Net's rate), got {t.prototype_lr_scale}")
   require(0.0 <= lt.ema_decay < 1.0, f"config field 'latent.ema_decay' must be in [0, 1), got {lt.ema_decay}")
   require(config.mesh.model >= 1, f"config field 'mesh.model' must be >= 1, got {config.mesh.model}")
   for name, value in (('train.learning_rate', t.learning_rate), ('latent.learning_rate', lt.learning_rate)):

@@ -105,6 +105,12 @@ def make_sample_fn(config, task: PatronusTask, mesh) -> Optional[Callable]:
   return fn
 
 
+def stage1_settings(config) -> LoopSettings:
+  """How stage 1 trains: `config.train`, with the prototype network's own learning-rate scale."""
+  return dataclasses.replace(LoopSettings.from_section(config.train),
+                             lr_scales=(('prototypes', float(config.train.prototype_lr_scale)),))
+
+
 def train_stage1(config, workdir: str, mesh) -> TrainState:
   """`--mode=train` for Patronus."""
   info = data.get_info(config.data)
@@ -113,7 +119,7 @@ def train_stage1(config, workdir: str, mesh) -> TrainState:
     files.write_json(os.path.join(workdir, 'data_bias.json'), info.bias_report)
     logging.info('Planted bias: %s', info.bias_report)
   task = PatronusTask(config)
-  settings = LoopSettings.from_section(config.train)
+  settings = stage1_settings(config)
   batches = data.training_iterator_factory(config.data, config.train.batch_size, config.seed)
   return run_training(task, settings, workdir, batches, seed=config.seed,
                       mesh=mesh, meta={'config': workdir_lib.config_to_dict(config)},
