@@ -128,6 +128,10 @@ def test_mitigation_config_is_validated():
   config.mitigation.methods = ('rebalance', 'retrain')
   with pytest.raises(ConfigError, match='mitigation.methods'):
     config_lib.validate(config)
+  config = config_lib.base_config()
+  config.mitigation.prototype_lr_scale = -1.0
+  with pytest.raises(ConfigError, match='mitigation.prototype_lr_scale'):
+    config_lib.validate(config)
 
 
 def _tree_hash(directory: str) -> dict:
@@ -229,6 +233,10 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
   with pytest.raises(WorkdirError, match='fine-tuned with other settings'):
     mitigate_mode.finetune(vc, workdir, view, task, make_iterator, sharding.make_mesh(config.mesh), 'decorrelate',
                            {'weight': 2.0})
+  faster = vc.copy_and_resolve_references()
+  faster.mitigation.prototype_lr_scale = 4.0  # the prototype network's rate is part of how a series was made
+  with pytest.raises(WorkdirError, match='fine-tuned with other settings'):
+    mitigate_mode.finetune(faster, workdir, view, task, make_iterator, sharding.make_mesh(config.mesh), 'decorrelate')
   state, step, _ = load_state(workdir, 'stage1')
   assert step == original_step
   np.testing.assert_array_equal(np.asarray(jax.tree_util.tree_leaves(state['ema_params'])[0]),

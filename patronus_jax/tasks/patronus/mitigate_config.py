@@ -22,6 +22,9 @@ def mitigation_config() -> ConfigDict:
       methods=('rebalance', 'decorrelate'),
       steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
       learning_rate=5e-4,  # constant, no warm-up (Adam's moments continue from stage 1)
+      # x learning_rate for the prototype network (encoder + prototypes), whose detectors of the tied
+      # combinations a short fine-tuning at the U-Net's rate hardly moves
+      prototype_lr_scale=1.0,
       penalty_weight=1.0,  # 'decorrelate': weight of the dependence term (the diffusion loss is ~0.03)
       dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
       counterfactual_weight=1.0,  # 'counterfactual': weight of the change of the other attributes' probabilities
@@ -54,6 +57,7 @@ def validate_mitigation_config(m) -> None:
   require(0.0 < m.steps_fraction <= 0.25, 'steps_fraction',
           'must be in (0, 0.25]: fine-tuning may cost at most a quarter of stage 1')
   require(m.learning_rate > 0.0, 'learning_rate', 'must be positive')
+  require(m.prototype_lr_scale > 0.0, 'prototype_lr_scale', 'must be positive (1: learning_rate)')
   require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
   require(m.counterfactual_weight >= 0.0, 'counterfactual_weight', 'must be >= 0')
   require(m.counterfactual_keep_weight >= 0.0, 'counterfactual_keep_weight', 'must be >= 0')

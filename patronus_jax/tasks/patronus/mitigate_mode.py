@@ -44,7 +44,7 @@ from patronus_jax.core import files
 from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.errors import CheckpointError, ConfigError, WorkdirError
-from patronus_jax.core.training import make_optimizer, restore_or_init, run_training
+from patronus_jax.core.training import LoopSettings, make_optimizer, restore_or_init, run_training
 from patronus_jax.data import bias as bias_lib
 from patronus_jax.data import pipeline
 from patronus_jax.data import preprocess as preprocess_lib
@@ -352,14 +352,15 @@ def finetune(config, workdir: str, view: str, task, make_iterator, mesh, method:
     if start is None:
       raise CheckpointError(f'no stage-1 checkpoint in {ckpt_lib.stage_dir(workdir, "stage1")}: run --mode=train first')
     steps = max(1, int(round(mcfg.steps_fraction * config.train.num_steps)))
-    settings = dataclasses.replace(training.stage1_settings(config), num_steps=start + steps,
+    settings = dataclasses.replace(LoopSettings.from_section(config.train), num_steps=start + steps,
                                    learning_rate=float(mcfg.learning_rate), warmup_steps=0, lr_schedule='constant',
-                                   checkpoint_every=steps, keep_checkpoints=2, sample_every=0)
+                                   checkpoint_every=steps, keep_checkpoints=2, sample_every=0,
+                                   lr_scales=(('prototypes', float(mcfg.prototype_lr_scale)),))
     tx = make_optimizer(settings)
     made = dict(method=method, from_step=start, steps=steps, learning_rate=settings.learning_rate,
                 batch_size=settings.batch_size, recipe=recipe or {})
-    if config.train.prototype_lr_scale != 1.0:  # recorded only when set: older series stay resumable
-      made['prototype_lr_scale'] = float(config.train.prototype_lr_scale)
+    if mcfg.prototype_lr_scale != 1.0:  # recorded only when set: older series stay resumable
+      made['prototype_lr_scale'] = float(mcfg.prototype_lr_scale)
     made = json.loads(json.dumps(made, default=str))
     made_path = os.path.join(view, 'fine_tuning.json')
     series = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(view, 'stage1'), keep=2, asynchronous=False)
