@@ -195,9 +195,11 @@ def test_defaults_are_the_paper_and_guidance_needs_dropout():
   assert config.train.cond_dropout == 0.0 and config.diffusion.guidance == 1.0
   shapes = config_lib.load('configs/shapes.py')
   assert (shapes.model.distance_norm, shapes.model.s_norm, shapes.train.cond_dropout) == ('unit', 'layer', 0.1)
-  assert shapes.model.unet_coords and shapes.model.encoder_coords and shapes.train.s_decoder_weight == 1.0
+  assert shapes.model.unet_coords and shapes.train.s_decoder_weight == 1.0
+  assert shapes.model.s_film and not shapes.model.encoder_coords and shapes.train.prototype_lr_scale == 4.0
   paper = config_lib.load('configs/shapes.py:paper')
   assert not paper.model.unet_coords and not paper.model.encoder_coords and paper.train.s_decoder_weight == 0.0
+  assert not paper.model.s_film and paper.train.prototype_lr_scale == 1.0
   with pytest.raises(ConfigError, match='diffusion.guidance.*cond_dropout'):
     config_lib.load('configs/quickstart.py:paper,tiny', {'diffusion.guidance': 3.0})
   with pytest.raises(ConfigError, match='model.distance_norm'):
@@ -229,7 +231,8 @@ def test_prototype_lr_scale_multiplies_the_prototype_networks_updates_only():
   assert settings.lr_scales == (('prototypes', 3.0),)
   params = {'prototypes': {'w': jnp.array([1.0, -2.0])}, 'unet': {'w': jnp.array([0.5, 4.0])}}
   grads = {'prototypes': {'w': jnp.array([0.3, -0.1])}, 'unet': {'w': jnp.array([-0.2, 0.7])}}
-  plain = make_optimizer(stage1_settings(config_lib.load('configs/quickstart.py:tiny')))
+  unscaled = config_lib.load('configs/quickstart.py:tiny', {'train.prototype_lr_scale': 1.0})
+  plain = make_optimizer(stage1_settings(unscaled))
   scaled = make_optimizer(settings)
   state_plain, state_scaled = plain.init(params), scaled.init(params)
   # the optimizer state is the same, so a checkpoint resumes with or without the scale
