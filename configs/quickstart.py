@@ -3,8 +3,8 @@
   python -m patronus_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
 runs stage 1, stage 2, sampling, interpretation and evaluation, writing samples, prototype
-figures and metrics into the workdir (about 14 minutes on 2 CPU cores, install included; stages 1
-and 2 and sampling take 11 of them, see README). Same architecture family as the
+figures and metrics into the workdir (about 16 minutes on 2 CPU cores, install included; stages 1
+and 2 and sampling take most of them, see README). Same architecture family as the
 paper's model, scaled down and trained briefly; statistics (emergence, diagnosis, metrics) are
 computed on small sample counts and are a demonstration, not results (configs/shapes.py is the
 full-length shapes run). Variant ':tiny' is the test-sized smoke run; ':paper' keeps the paper's
@@ -35,7 +35,8 @@ def get_config(arg=None):
   t = config.train
   # 8,000 stage-1 steps instead of quick_budget's 4,000: with the decoder and coordinates, the
   # keep rates of colour / size / position / stripes rose from .88/.85/.81/.77 to .97/.97/1.0/1.0
-  # and TAD from 0.94 to 1.14 (docs/results.md); stages 1, 2 and sampling stay under 15 minutes.
+  # and TAD from 0.94 to 1.14 (docs/results.md); stages 1, 2 and sampling took 11 minutes at
+  # ee6897a, and FiLM (shapes.py's informative_s) adds ~11% per step.
   t.num_steps = 8000
   t.log_every = 50
   t.checkpoint_every = 500
