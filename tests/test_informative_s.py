@@ -214,6 +214,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
   del old['train']['prototype_lr_scale']
+  del old['train']['s_decorrelation_weight']
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
   defaults = config_lib.base_config()
   workdir_lib.check_and_write_config(str(tmp_path), config, defaults=defaults)  # defaults: the old behaviour
@@ -247,3 +248,39 @@ def test_prototype_lr_scale_multiplies_the_prototype_networks_updates_only():
     bad.update(grads, bad.init(params), params)
   with pytest.raises(ConfigError, match='train.prototype_lr_scale'):
     config_lib.load('configs/quickstart.py:tiny', {'train.prototype_lr_scale': 0.0})
+
+
+def test_decorrelation_loss_is_the_mean_squared_correlation_of_distinct_prototypes():
+  rng = np.random.RandomState(0)
+  s = rng.randn(32, 4).astype(np.float32)
+  s[:, 3] = 2.0 * s[:, 0] + 1.0  # a copy of prototype 0, rescaled
+  corr = np.corrcoef(s.T)
+  expected = (np.sum(corr ** 2) - 4.0) / 12.0
+  np.testing.assert_allclose(float(proto_lib.decorrelation_loss(jnp.asarray(s))), expected, rtol=1e-4)
+  # orthogonal centred columns: no two prototypes co-vary; all copies: 1; a constant prototype adds 0
+  basis = rng.randn(32, 3)
+  centred, _ = np.linalg.qr(basis - basis.mean(0))  # orthonormal columns in the space of centred vectors
+  assert float(proto_lib.decorrelation_loss(jnp.asarray(centred, jnp.float32))) < 1e-3
+  copies = np.repeat(s[:, :1], 3, axis=1) * np.array([1.0, 3.0, -0.5], np.float32)
+  np.testing.assert_allclose(float(proto_lib.decorrelation_loss(jnp.asarray(copies))), 1.0, rtol=1e-4)
+  with_dead = np.concatenate([copies, np.full((32, 1), 0.7, np.float32)], axis=1)
+  np.testing.assert_allclose(float(proto_lib.decorrelation_loss(jnp.asarray(with_dead))), 6.0 / 12.0, rtol=1e-4)
+  # in stage 1's loss: exactly weight x the term on s of the batch, and it trains the encoder
+  x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
+  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decorrelation_weight': 0.3}))
+  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
+  variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
+  params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  key = jax.random.PRNGKey(4)
+  loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
+  base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
+  assert 's_correlation' not in base_metrics
+  s = task.model.apply({'params': params, **rest}, x, method=task.model.encode).activations
+  term = float(proto_lib.decorrelation_loss(s))
+  assert term > 0
+  np.testing.assert_allclose(float(metrics['s_correlation']), term, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(base) + 0.3 * term, rtol=1e-5)
+  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1]['s_correlation'])(params)
+  assert float(jnp.abs(grads['prototypes']['encoder']['conv_0']['kernel']).max()) > 0
+  with pytest.raises(ConfigError, match='train.s_decorrelation_weight'):
+    config_lib.load('configs/quickstart.py:tiny', {'train.s_decorrelation_weight': -1.0})

@@ -205,6 +205,24 @@ def argmin_box(rf: ReceptiveField, flat_index: int, image_size: int) -> tuple[in
   return patch_box(rf, row, col, image_size)
 
 
+def batch_correlation(x: jax.Array, y: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """(p, q) correlations over the batch between the columns of x (n, p) and y (n, q); a column that
+  does not vary has correlation 0 with everything."""
+  xs = (x - x.mean(0)) / (x.std(0) + eps)
+  ys = (y - y.mean(0)) / (y.std(0) + eps)
+  return xs.T @ ys / x.shape[0]
+
+
+def decorrelation_loss(s: jax.Array) -> jax.Array:
+  """Mean over the P (P - 1) ordered pairs of distinct prototypes of their squared correlation over
+  the batch (train.s_decorrelation_weight): 0 when no two prototypes co-vary, 1 when all are copies."""
+  p = s.shape[1]
+  if p < 2:
+    return jnp.zeros((), s.dtype)
+  corr = batch_correlation(s, s)
+  return (jnp.sum(corr ** 2) - jnp.sum(jnp.diag(corr) ** 2)) / (p * (p - 1))
+
+
 def prototype_distinct_loss(prototypes: jax.Array, margin: float = 0.2) -> jax.Array:
   """Mean over prototypes of relu(margin - min_{k!=j} (1 - |cos(p_j, p_k)|)) (official, off by default)."""
   if prototypes.shape[0] < 2:

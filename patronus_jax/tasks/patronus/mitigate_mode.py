@@ -53,6 +53,7 @@ from patronus_jax.evaluate.workdir_classifier import classifier_dir, classifier_
 from patronus_jax.interpret import core as interpret_core
 from patronus_jax.interpret import figures
 from patronus_jax.interpret import stats
+from patronus_jax.models import prototypes as proto_lib
 from patronus_jax.tasks.patronus import evaluate_mode
 from patronus_jax.tasks.patronus import interpret_mode
 from patronus_jax.tasks.patronus import loading
@@ -72,10 +73,7 @@ LATER_MODES = ('sample', 'interpret', 'evaluate')
 def cross_covariance(x: jax.Array, y: jax.Array, eps: float = 1e-6) -> jax.Array:
   """Squared Frobenius norm of the cross-correlation matrix of the columns of x (n, p) and y (n, q)
   over the batch: 0 iff every column of x is uncorrelated with every column of y."""
-  n = x.shape[0]
-  xs = (x - x.mean(0)) / (x.std(0) + eps)
-  ys = (y - y.mean(0)) / (y.std(0) + eps)
-  return jnp.sum((xs.T @ ys / n) ** 2)
+  return jnp.sum(proto_lib.batch_correlation(x, y, eps) ** 2)
 
 
 def hsic(x: jax.Array, y: jax.Array) -> jax.Array:

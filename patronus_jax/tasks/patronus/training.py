@@ -79,6 +79,10 @@ class PatronusTask:
       target = proto_lib.downsample_mean(x0, decoded.shape[1])
       metrics['s_decoder_loss'] = jnp.mean((decoded - target) ** 2)
       loss = loss + weight * metrics['s_decoder_loss']
+    weight = self.config.train.s_decorrelation_weight
+    if weight > 0:
+      metrics['s_correlation'] = proto_lib.decorrelation_loss(s)
+      loss = loss + weight * metrics['s_correlation']
     weight = self.config.train.distinct_loss_weight
     if weight > 0:
       distinct = proto_lib.prototype_distinct_loss(
