@@ -132,6 +132,9 @@ class PrototypeNetwork(nn.Module):
         min_distances=min_distances, argmin=argmin, distances=distances)
 
 
+DECODER_KINDS = ('upsample', 'broadcast')
+
+
 class ActivationDecoder(nn.Module):
   """A small decoder from s to a low-resolution image (not in the paper; train.s_decoder_weight).
 
@@ -139,20 +142,34 @@ class ActivationDecoder(nn.Module):
   budget the U-Net draws most of the image from x_t, so s learns little beyond the background. This
   head's loss  ||dec(s) - avgpool(x0)||^2  asks s directly for the image's layout (where the object
   is, how big, which colour and outline) from the first step; it is dropped after training.
+
+  kind 'upsample': a dense layer to a 4x4 grid, then nearest-neighbour upsampling and 3x3 convs.
+  kind 'broadcast': the spatial broadcast decoder (Watters et al. 2019): s is copied to every pixel
+  of the size x size grid next to its (y, x) coordinates, then 3x3 convs at that size. Placing an
+  object needs only a few numbers of s compared with the coordinates, rather than a template per
+  place, which leaves the rest of s for what the object looks like.
   """
   size: int  # output side in pixels; a power of two >= 4
   channels: int
   width: int = 64
+  kind: str = 'upsample'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, s: jax.Array) -> jax.Array:
     h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='norm')(s)
-    h = nn.silu(nn.Dense(4 * 4 * self.width, dtype=self.dtype, name='dense')(h))
-    h = h.reshape(s.shape[0], 4, 4, self.width)
-    for i in range(int(math.log2(self.size // 4))):
-      h = jax.image.resize(h, (h.shape[0], 2 * h.shape[1], 2 * h.shape[2], self.width), 'nearest')
-      h = nn.silu(nn.Conv(self.width, (3, 3), dtype=self.dtype, name=f'conv_{i}')(h))
+    if self.kind == 'broadcast':
+      h = append_coordinates(jnp.broadcast_to(h[:, None, None, :], (s.shape[0], self.size, self.size, s.shape[-1])))
+      for i in range(3):
+        h = nn.silu(nn.Conv(self.width, (3, 3), dtype=self.dtype, name=f'conv_{i}')(h))
+    elif self.kind == 'upsample':
+      h = nn.silu(nn.Dense(4 * 4 * self.width, dtype=self.dtype, name='dense')(h))
+      h = h.reshape(s.shape[0], 4, 4, self.width)
+      for i in range(int(math.log2(self.size // 4))):
+        h = jax.image.resize(h, (h.shape[0], 2 * h.shape[1], 2 * h.shape[2], self.width), 'nearest')
+        h = nn.silu(nn.Conv(self.width, (3, 3), dtype=self.dtype, name=f'conv_{i}')(h))
+    else:
+      raise ValueError(f'unknown decoder kind {self.kind!r}; expected one of {DECODER_KINDS}')
     return nn.Conv(self.channels, (3, 3), dtype=self.dtype, name='out')(h).astype(jnp.float32)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from patronus_jax.core.config import ConfigDict, one_of, require
 from patronus_jax.core.diffusion import DETERMINISTIC_SAMPLERS, SAMPLERS, SPACINGS
+from patronus_jax.models.prototypes import DECODER_KINDS
 
 
 def model_config() -> ConfigDict:
@@ -34,6 +35,9 @@ def model_config() -> ConfigDict:
       unet_coords=False,  # CoordConv for the U-Net's input, so that s can say where to draw
       s_film=False,  # s scales and shifts the U-Net blocks' normalised features (FiLM) instead of a bias
       s_decoder_size=16,  # side of the auxiliary decoder's image (used when train.s_decoder_weight > 0)
+      # the auxiliary decoder: 'upsample' (dense to 4x4, upsampling convs) or 'broadcast' (s copied to
+      # every pixel beside its coordinates: a spatial broadcast decoder)
+      s_decoder_kind='upsample',
   ))
 
 
@@ -244,6 +248,8 @@ def _check_image_size(config: ConfigDict) -> None:
   require(config.train.s_decoder_weight >= 0.0,
           f"config field 'train.s_decoder_weight' must be >= 0 (0: off), got {config.train.s_decoder_weight}")
   d = m.s_decoder_size
+  require(m.s_decoder_kind in DECODER_KINDS,
+          f"config field 'model.s_decoder_kind' must be one of {DECODER_KINDS}, got {m.s_decoder_kind!r}")
   if config.train.s_decoder_weight > 0:
     require(d >= 4 and d & (d - 1) == 0 and d <= size,
             f"config field 'model.s_decoder_size' must be a power of two in 4..data.image_size ({size}), got {d}")
