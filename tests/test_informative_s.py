@@ -156,13 +156,15 @@ def test_film_is_a_scale_and_shift_of_the_normalised_features_by_s():
   assert model.s_film and 'proto_film' in variables['params']['unet']['mid_0']
 
 
-def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_encoder():
+@pytest.mark.parametrize('kind', proto_lib.DECODER_KINDS)
+def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_encoder(kind):
   x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
   pooled = np.asarray(proto_lib.downsample_mean(x, 8))
   np.testing.assert_allclose(pooled[1, 2, 5], np.asarray(x)[1, 8:12, 20:24].mean(axis=(0, 1)), atol=1e-6)
   odd = np.asarray(proto_lib.downsample_mean(jnp.full((1, 40, 40, 3), 0.25), 16))  # 40 is no multiple of 16
   assert odd.shape == (1, 16, 16, 3) and np.allclose(odd, 0.25, atol=1e-6)
-  config = config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.5, 'model.s_decoder_size': 8})
+  config = config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.5, 'model.s_decoder_size': 8,
+                                                          'model.s_decoder_kind': kind})
   task = PatronusTask(config)
   plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.0}))
   variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
@@ -186,6 +188,29 @@ def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_enco
   assert float(jnp.abs(grads['prototypes']['encoder']['conv_0']['kernel']).max()) > 0
   with pytest.raises(ConfigError, match='model.s_decoder_size'):
     config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 1.0, 'model.s_decoder_size': 12})
+  with pytest.raises(ConfigError, match='model.s_decoder_kind'):
+    config_lib.load('configs/quickstart.py:tiny', {'model.s_decoder_kind': 'mlp'})
+
+
+def test_the_broadcast_decoder_sees_s_at_every_pixel_beside_the_coordinates():
+  size, p = 16, 5
+  decoder = proto_lib.ActivationDecoder(size, 3, width=8, kind='broadcast')
+  s = jax.random.normal(jax.random.PRNGKey(0), (2, p))
+  variables = decoder.init(jax.random.PRNGKey(1), s)
+  assert variables['params']['conv_0']['kernel'].shape == (3, 3, p + 2, 8)  # s, then (y, x)
+  out = np.asarray(decoder.apply(variables, s))
+  assert out.shape == (2, size, size, 3)
+  # 4 convolutions of 3x3 see 4 pixels around; farther from the zero-padded border, only the
+  # coordinates tell two pixels apart
+  inner = slice(4, size - 4)
+  assert np.ptp(out[:, inner, inner], axis=(1, 2)).min() > 1e-4
+  params = jax.tree_util.tree_map(lambda a: a, variables['params'])
+  params['conv_0']['kernel'] = params['conv_0']['kernel'].at[:, :, p:, :].set(0.0)
+  flat = np.asarray(decoder.apply({'params': params}, s))[:, inner, inner]
+  np.testing.assert_allclose(flat, np.broadcast_to(flat[:, :1, :1], flat.shape), atol=1e-6)
+  # one image's output depends on its own s, and on nothing else in the batch
+  assert np.abs(out[0] - out[1]).max() > 1e-3
+  np.testing.assert_allclose(np.asarray(decoder.apply(variables, s[::-1]))[::-1], out, atol=1e-6)
 
 
 def test_defaults_are_the_paper_and_guidance_needs_dropout():
@@ -210,7 +235,8 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   config = config_lib.load('configs/quickstart.py:paper,tiny')
   workdir_lib.check_and_write_config(str(tmp_path), config)
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
-  for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size', 's_film'):
+  for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size', 's_decoder_kind',
+                's_film'):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
   del old['train']['prototype_lr_scale']
