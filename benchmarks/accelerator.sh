@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accelerator rows of RESULTS.md in one command (about 8 minutes on one H100/H200):
+# The accelerator rows of RESULTS.md in one command (272 s on one H200, 2026-12-04):
 #
 #   bash benchmarks/accelerator.sh WORKDIR [OUT_DIR]
 #

@@ -80,7 +80,8 @@ def flops_of(fn, *args) -> float:
   out the cuDNN convolutions, almost all of this model, and the uncompiled one is not implemented
   for plugin backends.)"""
   try:
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if hasattr(x, 'dtype') else x, args)
     with jax.default_device(jax.devices('cpu')[0]):
       cost = jax.jit(fn).lower(*abstract).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
