@@ -140,6 +140,7 @@ def validate_patronus_sections(config: ConfigDict) -> None:
   one_of(config, 'model.activation', ('log', 'linear'))
   one_of(config, 'model.distance_norm', ('none', 'unit'))
   one_of(config, 'model.s_norm', ('none', 'layer'))
+  one_of(config, 'model.s_decoder_kind', DECODER_KINDS)
   one_of(config, 'diffusion.schedule', ('linear', 'cosine'))
   one_of(config, 'latent.schedule', ('linear', 'cosine'))
   one_of(config, 'diffusion.prediction', ('eps', 'x0', 'v'))
@@ -248,8 +249,6 @@ def _check_image_size(config: ConfigDict) -> None:
   require(config.train.s_decoder_weight >= 0.0,
           f"config field 'train.s_decoder_weight' must be >= 0 (0: off), got {config.train.s_decoder_weight}")
   d = m.s_decoder_size
-  require(m.s_decoder_kind in DECODER_KINDS,
-          f"config field 'model.s_decoder_kind' must be one of {DECODER_KINDS}, got {m.s_decoder_kind!r}")
   if config.train.s_decoder_weight > 0:
     require(d >= 4 and d & (d - 1) == 0 and d <= size,
             f"config field 'model.s_decoder_size' must be a power of two in 4..data.image_size ({size}), got {d}")
