@@ -241,6 +241,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
   del old['train']['prototype_lr_scale']
   del old['train']['s_decorrelation_weight']
+  del old['train']['patch_cluster_weight']
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
   defaults = config_lib.base_config()
   workdir_lib.check_and_write_config(str(tmp_path), config, defaults=defaults)  # defaults: the old behaviour
@@ -310,3 +311,35 @@ def test_decorrelation_loss_is_the_mean_squared_correlation_of_distinct_prototyp
   assert float(jnp.abs(grads['prototypes']['encoder']['conv_0']['kernel']).max()) > 0
   with pytest.raises(ConfigError, match='train.s_decorrelation_weight'):
     config_lib.load('configs/quickstart.py:tiny', {'train.s_decorrelation_weight': -1.0})
+
+
+def test_patch_cluster_loss_is_the_k_means_objective_of_the_patches():
+  # closed form: each patch's distance to its nearest prototype, averaged over batch and positions
+  d = np.array([[[[0.5, 2.0, 1.0], [3.0, 0.2, 0.9]]],
+                [[[1.5, 1.5, 0.1], [0.0, 4.0, 2.0]]]], np.float32)  # (B=2, h=1, w=2, P=3)
+  np.testing.assert_allclose(float(proto_lib.patch_cluster_loss(jnp.asarray(d))), (0.5 + 0.2 + 0.1 + 0.0) / 4,
+                             rtol=1e-6)
+  # only the nearest prototype of a patch gets its gradient
+  g = np.asarray(jax.grad(lambda x: proto_lib.patch_cluster_loss(x))(jnp.asarray(d)))
+  np.testing.assert_allclose(g, (d == d.min(-1, keepdims=True)) / 4.0)
+  # in stage 1's loss: exactly weight x the term on the batch's distance map; it moves the prototypes
+  # and the encoder
+  x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
+  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.patch_cluster_weight': 0.5}))
+  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
+  variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
+  params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  key = jax.random.PRNGKey(4)
+  loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
+  base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
+  assert 'patch_cluster_loss' not in base_metrics
+  distances = task.model.apply({'params': params, **rest}, x, method=task.model.encode).distances
+  term = float(jnp.mean(jnp.min(distances, axis=-1)))
+  assert term > 0
+  np.testing.assert_allclose(float(metrics['patch_cluster_loss']), term, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(base) + 0.5 * term, rtol=1e-5)
+  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1]['patch_cluster_loss'])(params)
+  assert float(jnp.abs(grads['prototypes']['prototype_vectors']).max()) > 0
+  assert float(jnp.abs(grads['prototypes']['encoder']['conv_0']['kernel']).max()) > 0
+  with pytest.raises(ConfigError, match='train.patch_cluster_weight'):
+    config_lib.load('configs/quickstart.py:tiny', {'train.patch_cluster_weight': -0.1})

@@ -240,6 +240,15 @@ def decorrelation_loss(s: jax.Array) -> jax.Array:
   return (jnp.sum(corr ** 2) - jnp.sum(jnp.diag(corr) ** 2)) / (p * (p - 1))
 
 
+def patch_cluster_loss(distances: jax.Array) -> jax.Array:
+  """Mean over every patch of the batch of its distance to the nearest prototype
+  (train.patch_cluster_weight): the k-means objective of the patches with the prototypes as
+  centres. Each prototype is pulled only by the patches it is nearest to, so the prototypes spread
+  over the kinds of patch that occur (an apex, a corner, an arc) instead of only what the
+  diffusion loss asks for; `distances` is the map d_j(h, w), (B, h, w, P)."""
+  return jnp.mean(jnp.min(distances, axis=-1))
+
+
 def prototype_distinct_loss(prototypes: jax.Array, margin: float = 0.2) -> jax.Array:
   """Mean over prototypes of relu(margin - min_{k!=j} (1 - |cos(p_j, p_k)|)) (official, off by default)."""
   if prototypes.shape[0] < 2:

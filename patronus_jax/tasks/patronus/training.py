@@ -58,7 +58,8 @@ class PatronusTask:
     variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
     x0 = batch['image']
     diff_key, drop_key = jax.random.split(key)
-    s = self.model.apply(variables, x0, method=self.model.encode).activations
+    encoded = self.model.apply(variables, x0, method=self.model.encode)
+    s = encoded.activations
 
     p_drop = self.config.train.cond_dropout
     cond_mask = None
@@ -83,6 +84,10 @@ class PatronusTask:
     if weight > 0:
       metrics['s_correlation'] = proto_lib.decorrelation_loss(s)
       loss = loss + weight * metrics['s_correlation']
+    weight = self.config.train.patch_cluster_weight
+    if weight > 0:
+      metrics['patch_cluster_loss'] = proto_lib.patch_cluster_loss(encoded.distances)
+      loss = loss + weight * metrics['patch_cluster_loss']
     weight = self.config.train.distinct_loss_weight
     if weight > 0:
       distinct = proto_lib.prototype_distinct_loss(
