@@ -297,3 +297,17 @@ def test_timed_fills_the_dict():
   with timing.timed(timings, 'block'):
     sum(range(1000))
   assert list(timings) == ['block'] and 0 <= timings['block'] < 5
+
+
+def test_the_skip_key_names_the_samplers_and_keeps_the_ddim_key(tmp_path):
+  # DPM-Solver++(2M) for the image and the latent model enters the key with its spacing (it used to
+  # raise TypeError: 'sampler' twice); a DDIM evaluation's key is the one written before solvers existed
+  config = _config(str(tmp_path))
+  plain = evaluate._config_fields(config)
+  assert 'spacing' not in plain['image_sampler'] and plain['image_sampler']['sampler'] == 'ddim'
+  assert 'sampler' not in plain['latent_sampler'] and 'spacing' not in plain['latent_sampler']
+  config.diffusion.sampler = 'dpmpp2m'
+  config.latent.sampler, config.latent.eta = 'dpmpp2m', 0.0
+  fields = evaluate._config_fields(config)
+  assert fields['image_sampler'] == dict(plain['image_sampler'], sampler='dpmpp2m', spacing='logsnr')
+  assert fields['latent_sampler'] == dict(plain['latent_sampler'], eta=0.0, sampler='dpmpp2m', spacing='logsnr')
