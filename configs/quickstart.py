@@ -41,6 +41,12 @@ def get_config(arg=None):
   t.log_every = 50
   t.checkpoint_every = 500
   config.latent.checkpoint_every = 300
+  # Sampling and evaluation with DPM-Solver++(2M) at 15 calls instead of DDIM at 25: on the same
+  # trained workdir fd_classifier 74.8 / 175.7 against 72.9 / 180.7 (conditional / unconditional),
+  # keep rates and edit success within 0.02, s-faithfulness 0.899 against 0.916, evaluation 0.67x the
+  # time (docs/results.md, "Semantics scorecard").
+  config.diffusion.sampler = 'dpmpp2m'
+  config.diffusion.sample_steps = 15
   config.sample.num_samples = 64
   config.sample.num_reconstructions = 16
   ic = config.interpret
