@@ -293,24 +293,8 @@ def test_decorrelation_loss_is_the_mean_squared_correlation_of_distinct_prototyp
   with_dead = np.concatenate([copies, np.full((32, 1), 0.7, np.float32)], axis=1)
   np.testing.assert_allclose(float(proto_lib.decorrelation_loss(jnp.asarray(with_dead))), 6.0 / 12.0, rtol=1e-4)
   # in stage 1's loss: exactly weight x the term on s of the batch, and it trains the encoder
-  x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
-  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decorrelation_weight': 0.3}))
-  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
-  variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
-  params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
-  key = jax.random.PRNGKey(4)
-  loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
-  base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
-  assert 's_correlation' not in base_metrics
-  s = task.model.apply({'params': params, **rest}, x, method=task.model.encode).activations
-  term = float(proto_lib.decorrelation_loss(s))
-  assert term > 0
-  np.testing.assert_allclose(float(metrics['s_correlation']), term, rtol=1e-5)
-  np.testing.assert_allclose(float(loss), float(base) + 0.3 * term, rtol=1e-5)
-  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1]['s_correlation'])(params)
-  assert float(jnp.abs(grads['prototypes']['encoder']['conv_0']['kernel']).max()) > 0
-  with pytest.raises(ConfigError, match='train.s_decorrelation_weight'):
-    config_lib.load('configs/quickstart.py:tiny', {'train.s_decorrelation_weight': -1.0})
+  _check_stage1_term('s_decorrelation_weight', 0.3, 's_correlation',
+                     lambda encoded: proto_lib.decorrelation_loss(encoded.activations))
 
 
 def test_patch_cluster_loss_is_the_k_means_objective_of_the_patches():
@@ -324,22 +308,30 @@ def test_patch_cluster_loss_is_the_k_means_objective_of_the_patches():
   np.testing.assert_allclose(g, (d == d.min(-1, keepdims=True)) / 4.0)
   # in stage 1's loss: exactly weight x the term on the batch's distance map; it moves the prototypes
   # and the encoder
+  grads = _check_stage1_term('patch_cluster_weight', 0.5, 'patch_cluster_loss',
+                             lambda encoded: jnp.mean(jnp.min(encoded.distances, axis=-1)))
+  assert float(jnp.abs(grads['prototypes']['prototype_vectors']).max()) > 0
+
+
+def _check_stage1_term(field: str, weight: float, metric: str, term_of):
+  """Stage 1's loss with train.<field> = weight is the plain loss + weight x term_of(the batch's
+  PrototypeOutput), logged as `metric`; the term trains the encoder, and a negative weight is a
+  ConfigError. Returns the term's gradient for the caller's own checks."""
   x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
-  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.patch_cluster_weight': 0.5}))
+  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {f'train.{field}': weight}))
   plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
   variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
   params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
   key = jax.random.PRNGKey(4)
   loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
   base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
-  assert 'patch_cluster_loss' not in base_metrics
-  distances = task.model.apply({'params': params, **rest}, x, method=task.model.encode).distances
-  term = float(jnp.mean(jnp.min(distances, axis=-1)))
+  assert metric not in base_metrics
+  term = float(term_of(task.model.apply({'params': params, **rest}, x, method=task.model.encode)))
   assert term > 0
-  np.testing.assert_allclose(float(metrics['patch_cluster_loss']), term, rtol=1e-5)
-  np.testing.assert_allclose(float(loss), float(base) + 0.5 * term, rtol=1e-5)
-  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1]['patch_cluster_loss'])(params)
-  assert float(jnp.abs(grads['prototypes']['prototype_vectors']).max()) > 0
+  np.testing.assert_allclose(float(metrics[metric]), term, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(base) + weight * term, rtol=1e-5)
+  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1][metric])(params)
   assert float(jnp.abs(grads['prototypes']['encoder']['conv_0']['kernel']).max()) > 0
-  with pytest.raises(ConfigError, match='train.patch_cluster_weight'):
-    config_lib.load('configs/quickstart.py:tiny', {'train.patch_cluster_weight': -0.1})
+  with pytest.raises(ConfigError, match=f'train.{field}'):
+    config_lib.load('configs/quickstart.py:tiny', {f'train.{field}': -1.0})
+  return grads
