@@ -3,7 +3,7 @@
   python -m patronus_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 
 runs stage 1, stage 2, sampling, interpretation and evaluation, writing samples, prototype
-figures and metrics into the workdir (about 16 minutes on 2 CPU cores, install included; stages 1
+figures and metrics into the workdir (about 15 minutes on 2 CPU cores, install included; stages 1
 and 2 and sampling take most of them, see README). Same architecture family as the
 paper's model, scaled down and trained briefly; statistics (emergence, diagnosis, metrics) are
 computed on small sample counts and are a demonstration, not results (configs/shapes.py is the
