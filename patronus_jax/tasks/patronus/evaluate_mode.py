@@ -158,8 +158,8 @@ def _config_fields(config) -> dict[str, Any]:
   return dict(
       evaluate=json.loads(config.evaluate.to_json_best_effort()),
       data=workdir_classifier.trained_for(config)['data'],
-      image_sampler=dict(dict(sampler=d.sampler, sample_steps=d.sample_steps, eta=d.eta, guidance=d.guidance,
-                              schedule=d.schedule, timesteps=d.timesteps, prediction=d.prediction), **solver(d)),
+      image_sampler={'sampler': d.sampler, 'sample_steps': d.sample_steps, 'eta': d.eta, 'guidance': d.guidance,
+                     'schedule': d.schedule, 'timesteps': d.timesteps, 'prediction': d.prediction, **solver(d)},
       latent_sampler=dict(sample_steps=lt.sample_steps, eta=lt.eta, schedule=lt.schedule,
                           timesteps=lt.timesteps, **solver(lt)),
       seed=int(config.seed),
