@@ -335,3 +335,51 @@ def _check_stage1_term(field: str, weight: float, metric: str, term_of):
   with pytest.raises(ConfigError, match=f'train.{field}'):
     config_lib.load('configs/quickstart.py:tiny', {f'train.{field}': -1.0})
   return grads
+
+
+def test_the_sketch_is_the_decoders_picture_of_s_as_input_channels_and_is_masked_with_s():
+  """model.s_sketch: the U-Net's first conv sees [x_t, resize(decoder(s))]; with that slice of its
+  kernel zeroed it is the U-Net without the sketch; the condition mask hides the sketch too; and the
+  diffusion loss trains the decoder through it."""
+  on = {'model.s_sketch': True, 'train.s_decoder_weight': 1.0, 'train.cond_dropout': 0.1}
+  config, model, variables, x, t = _model(**on)
+  _, plain, plain_vars, _, _ = _model(**{'train.s_decoder_weight': 1.0, 'train.cond_dropout': 0.1})
+  kernel = variables['params']['unet']['first']['kernel']
+  assert kernel.shape[2] == 3 + 3 and plain_vars['params']['unet']['first']['kernel'].shape[2] == 3
+  s = jax.random.uniform(jax.random.PRNGKey(5), (2, model.num_prototypes))
+  picture = model.apply(variables, s, method=model.decode_activations)
+  sketch = model.apply(variables, s, x.shape, method=model.sketch)
+  assert sketch.shape == x.shape
+  np.testing.assert_allclose(np.asarray(sketch[:, ::2, ::2].mean()), np.asarray(picture.mean()), atol=0.05)
+  np.testing.assert_allclose(np.asarray(jax.image.resize(picture, x.shape, 'linear')), np.asarray(sketch), atol=1e-6)
+  blind = jax.tree_util.tree_map(lambda v: v, variables)
+  blind['params']['unet']['first'] = dict(blind['params']['unet']['first'], kernel=kernel.at[:, :, 3:].set(0.0))
+  shared = {**plain_vars, 'params': dict(blind['params'], unet=dict(blind['params']['unet'], first=dict(
+      blind['params']['unet']['first'], kernel=kernel[:, :, :3])))}
+  np.testing.assert_allclose(np.asarray(model.apply(blind, x, t, s, method=model.denoise)),
+                             np.asarray(plain.apply(shared, x, t, s, method=plain.denoise)), atol=1e-5)
+  with_sketch = model.apply(variables, x, t, s, method=model.denoise)
+  assert float(jnp.abs(with_sketch - model.apply(blind, x, t, s, method=model.denoise)).max()) > 1e-3
+  zero = jnp.zeros((2,))
+  u1 = model.apply(variables, x, t, s, False, zero, method=model.denoise)
+  u2 = model.apply(variables, x, t, 3.0 * s[::-1], False, zero, method=model.denoise)
+  np.testing.assert_allclose(np.asarray(u1), np.asarray(u2), atol=1e-6)
+  guided = model.clone(guidance=2.0)
+  g = guided.apply(variables, x, t, s, method=guided.denoise)
+  np.testing.assert_allclose(np.asarray(g), np.asarray(u1 + 2.0 * (with_sketch - u1)), atol=1e-5)
+
+  task = PatronusTask(config)
+  rest = {k: v for k, v in variables.items() if k != 'params'}
+
+  def diffusion_only(params):
+    return task.loss_terms(params, rest, {'image': x}, jax.random.PRNGKey(1), False)[1]['diffusion_loss']
+
+  grads = jax.grad(diffusion_only)(variables['params'])
+  assert float(jnp.abs(grads['s_decoder']['out']['kernel']).max()) > 0.0
+  plain_task = PatronusTask(config_lib.load('configs/quickstart.py:paper,tiny', {'train.s_decoder_weight': 1.0}))
+  plain_rest = {k: v for k, v in plain_vars.items() if k != 'params'}
+  plain_grads = jax.grad(lambda p: plain_task.loss_terms(p, plain_rest, {'image': x}, jax.random.PRNGKey(1), False)[1][
+      'diffusion_loss'])(plain_vars['params'])
+  assert float(jnp.abs(plain_grads['s_decoder']['out']['kernel']).max()) == 0.0
+  with pytest.raises(ConfigError, match='model.s_sketch.*s_decoder_weight'):
+    config_lib.load('configs/quickstart.py:paper,tiny', {'model.s_sketch': True})

@@ -189,7 +189,8 @@ class ConditionalUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
-               cond_mask: Optional[jax.Array] = None) -> jax.Array:
+               cond_mask: Optional[jax.Array] = None, sketch: Optional[jax.Array] = None) -> jax.Array:
+    """sketch: optional (B, H, W, C') channels concatenated with x_t (Patronus.s_sketch: a picture of s)."""
     width = self.time_mult * self.base_channels
     t_act = nn.silu(TimestepEmbedding(self.time_table_size, self.base_channels, width, self.dtype,
                                       name='time_embedding')(t))
@@ -206,6 +207,10 @@ class ConditionalUNet(nn.Module):
       return block_cls(channels, self.dropout, attention, self.num_heads, self.dtype, self.s_film, name=name)(
           h, t_act, s_act, train)
 
+    if sketch is not None:
+      if cond_mask is not None:  # the unconditional model sees no sketch either
+        sketch = sketch * cond_mask[:, None, None, None].astype(sketch.dtype)
+      x = jnp.concatenate([x, sketch.astype(x.dtype)], axis=-1)
     x = append_coordinates(x) if self.coords else x
     h = _conv3(self.base_channels, self.dtype, 'first')(x.astype(self.dtype))
     skips = [h]
@@ -265,6 +270,7 @@ class Patronus(nn.Module):
   s_film: bool = False  # s scales and shifts the U-Net's normalised features instead of adding a bias
   s_decoder_size: int = 0  # > 0: an ActivationDecoder head s -> (size x size) image, for an auxiliary loss
   s_decoder_kind: str = 'upsample'  # its architecture: 'upsample' or 'broadcast' (ActivationDecoder)
+  s_sketch: bool = False  # the decoder's picture of s, resized to x_t, is also the U-Net's input (needs s_decoder_size)
   guidance: float = 1.0  # classifier-free guidance weight on s when not training (1: plain conditional)
 
   def setup(self):
@@ -286,15 +292,31 @@ class Patronus(nn.Module):
   def decode_activations(self, s: jax.Array) -> jax.Array:
     return self.s_decoder(s)
 
+  def sketch(self, s: jax.Array, shape: Sequence[int]) -> Optional[jax.Array]:
+    """With s_sketch: decoder(s) resized to `shape` (B, H, W, C), else None.
+
+    s enters the U-Net's blocks as one vector per image, and a global vector says what to draw more
+    easily than where and in which outline: at 8,000 steps the quickstart's U-Net drew the held-out
+    shape in 63% of images while the decoder's 16x16 picture of the same s showed it in 75%. As
+    input channels (a cascaded-diffusion low-resolution input) the layout that s encodes arrives
+    where convolutions use it directly; the U-Net stays a function of (x_t, t, s) alone.
+    """
+    if not self.s_sketch:
+      return None
+    picture = self.s_decoder(s)
+    return jax.image.resize(picture, (shape[0], shape[1], shape[2], picture.shape[-1]), 'linear')
+
   def denoise(self, x_t: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
               cond_mask: Optional[jax.Array] = None) -> jax.Array:
     if train or cond_mask is not None or self.guidance == 1.0:
-      return self.unet(x_t, t, s, train, cond_mask)
+      return self.unet(x_t, t, s, train, cond_mask, self.sketch(s, x_t.shape))
     # Classifier-free guidance: out_u + w (out_c - out_u), both halves in one batched call
     # (2x the network work; valid for eps, x0 and v alike since each is linear in the score).
     b = x_t.shape[0]
     mask = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.zeros((b,), jnp.float32)])
-    out = self.unet(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), jnp.concatenate([s, s]), False, mask)
+    s2 = jnp.concatenate([s, s])
+    out = self.unet(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), s2, False, mask,
+                    self.sketch(s2, (2 * b,) + x_t.shape[1:]))
     cond, uncond = out[:b], out[b:]
     return uncond + self.guidance * (cond - uncond)
 
@@ -321,5 +343,5 @@ def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:
       time_table_size=m.time_table_size, remat=m.remat, dtype=compute, distance_norm=m.distance_norm,
       encoder_coords=m.encoder_coords, s_norm=m.s_norm, unet_coords=m.unet_coords, s_film=m.s_film,
       s_decoder_size=m.s_decoder_size if config.train.s_decoder_weight > 0 else 0,
-      s_decoder_kind=m.s_decoder_kind,
+      s_decoder_kind=m.s_decoder_kind, s_sketch=m.s_sketch,
       guidance=float(config.diffusion.guidance))

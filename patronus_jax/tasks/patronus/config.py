@@ -38,6 +38,10 @@ def model_config() -> ConfigDict:
       # the auxiliary decoder: 'upsample' (dense to 4x4, upsampling convs) or 'broadcast' (s copied to
       # every pixel beside its coordinates: a spatial broadcast decoder)
       s_decoder_kind='upsample',
+      # the decoder's picture of s (resized to the image) is also the U-Net's input, beside x_t: s says
+      # where and in which outline to draw through convolutions, not only through a per-channel vector
+      # (needs train.s_decoder_weight > 0; docs/patronus.md)
+      s_sketch=False,
   ))
 
 
@@ -254,6 +258,9 @@ def _check_image_size(config: ConfigDict) -> None:
   require(config.train.s_decoder_weight >= 0.0,
           f"config field 'train.s_decoder_weight' must be >= 0 (0: off), got {config.train.s_decoder_weight}")
   d = m.s_decoder_size
+  require(not m.s_sketch or config.train.s_decoder_weight > 0,
+          "config field 'model.s_sketch' needs the decoder it draws with: set 'train.s_decoder_weight' > 0 "
+          f"(got {config.train.s_decoder_weight})")
   if config.train.s_decoder_weight > 0:
     require(d >= 4 and d & (d - 1) == 0 and d <= size,
             f"config field 'model.s_decoder_size' must be a power of two in 4..data.image_size ({size}), got {d}")
