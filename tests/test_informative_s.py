@@ -15,6 +15,7 @@ from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.errors import ConfigError
 from patronus_jax.models import prototypes as proto_lib
 from patronus_jax.models.layers import append_coordinates
+from patronus_jax.models import unet as unet_lib
 from patronus_jax.models.unet import ResBlock, patronus_from_config
 from patronus_jax.tasks.patronus.training import PatronusTask
 
@@ -367,6 +368,9 @@ def test_the_sketch_is_the_decoders_picture_of_s_as_input_channels_and_is_masked
   guided = model.clone(guidance=2.0)
   g = guided.apply(variables, x, t, s, method=guided.denoise)
   np.testing.assert_allclose(np.asarray(g), np.asarray(u1 + 2.0 * (with_sketch - u1)), atol=1e-5)
+  for m in (model, guided):  # the samplers' denoiser decodes the picture once: the same output
+    np.testing.assert_allclose(np.asarray(unet_lib.denoiser(m, variables, s)(x, t)),
+                               np.asarray(m.apply(variables, x, t, s, method=m.denoise)), atol=1e-5)
 
   task = PatronusTask(config)
   rest = {k: v for k, v in variables.items() if k != 'params'}

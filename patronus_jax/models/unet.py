@@ -292,8 +292,9 @@ class Patronus(nn.Module):
   def decode_activations(self, s: jax.Array) -> jax.Array:
     return self.s_decoder(s)
 
-  def sketch(self, s: jax.Array, shape: Sequence[int]) -> Optional[jax.Array]:
-    """With s_sketch: decoder(s) resized to `shape` (B, H, W, C), else None.
+  def sketch(self, s: jax.Array, shape: Sequence[int], picture: Optional[jax.Array] = None) -> Optional[jax.Array]:
+    """With s_sketch: decoder(s) (or `picture`, when the caller has computed it) resized to `shape`
+    (B, H, W, C), else None.
 
     s enters the U-Net's blocks as one vector per image, and a global vector says what to draw more
     easily than where and in which outline: at 8,000 steps the quickstart's U-Net drew the held-out
@@ -303,20 +304,21 @@ class Patronus(nn.Module):
     """
     if not self.s_sketch:
       return None
-    picture = self.s_decoder(s)
+    picture = self.s_decoder(s) if picture is None else picture
     return jax.image.resize(picture, (shape[0], shape[1], shape[2], picture.shape[-1]), 'linear')
 
   def denoise(self, x_t: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
-              cond_mask: Optional[jax.Array] = None) -> jax.Array:
+              cond_mask: Optional[jax.Array] = None, picture: Optional[jax.Array] = None) -> jax.Array:
+    """picture: decoder(s) where the caller has it (training's auxiliary loss), so it runs once."""
     if train or cond_mask is not None or self.guidance == 1.0:
-      return self.unet(x_t, t, s, train, cond_mask, self.sketch(s, x_t.shape))
+      return self.unet(x_t, t, s, train, cond_mask, self.sketch(s, x_t.shape, picture))
     # Classifier-free guidance: out_u + w (out_c - out_u), both halves in one batched call
     # (2x the network work; valid for eps, x0 and v alike since each is linear in the score).
     b = x_t.shape[0]
     mask = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.zeros((b,), jnp.float32)])
-    s2 = jnp.concatenate([s, s])
-    out = self.unet(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]), s2, False, mask,
-                    self.sketch(s2, (2 * b,) + x_t.shape[1:]))
+    twice = lambda a: None if a is None else jnp.concatenate([a, a])
+    out = self.unet(twice(x_t), twice(t), twice(s), False, mask,
+                    self.sketch(twice(s), (2 * b,) + x_t.shape[1:], twice(picture)))
     cond, uncond = out[:b], out[b:]
     return uncond + self.guidance * (cond - uncond)
 
@@ -327,6 +329,15 @@ class Patronus(nn.Module):
     if self.s_decoder_size and self.is_initializing():  # the auxiliary head's parameters exist from init
       self.decode_activations(s)
     return self.denoise(x_t, t, s, train)
+
+
+def denoiser(model, variables, s: jax.Array):
+  """(x_t, t) -> model.denoise(x_t, t, s) for a fixed s, as samplers and inversions call it; a
+  Patronus with s_sketch gets the decoder's picture of s computed once here, not at every step."""
+  if not getattr(model, 's_sketch', False):
+    return lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
+  picture = model.apply(variables, s, method=model.decode_activations)
+  return lambda x, t: model.apply(variables, x, t, s, False, None, picture, method=model.denoise)
 
 
 def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:

@@ -24,13 +24,14 @@ from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.diffusion import SamplerSpec
 from patronus_jax.evaluate import semantics
+from patronus_jax.models import unet as unet_lib
 from patronus_jax.tasks.patronus.loading import load_latent, load_stage1_variables
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def generate(model, variables, s: jax.Array, x_T: jax.Array, key: jax.Array, spec: SamplerSpec) -> jax.Array:
   """Images conditioned on prototype activations s, from the noise x_T."""
-  denoise = lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
+  denoise = unet_lib.denoiser(model, variables, s)
   return spec.run(denoise, x_T, key)
 
 
@@ -38,7 +39,7 @@ def generate(model, variables, s: jax.Array, x_T: jax.Array, key: jax.Array, spe
 def invert(model, variables, s: jax.Array, x0: jax.Array, spec: SamplerSpec) -> jax.Array:
   """Deterministic inversion x0 -> x_T under conditioning s with the spec's sampler (ddim or
   dpmpp2m; same timesteps as its sampling, which retraces x0)."""
-  denoise = lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
+  denoise = unet_lib.denoiser(model, variables, s)
   return spec.invert(denoise, x0)
 
 

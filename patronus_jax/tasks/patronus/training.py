@@ -66,17 +66,18 @@ class PatronusTask:
     if train and p_drop > 0:  # some examples train the unconditional model (guidance at sampling)
       cond_mask = jax.random.bernoulli(jax.random.fold_in(drop_key, 1), 1.0 - p_drop, (x0.shape[0],))
 
-    def denoise(x_t, t):
-      return self.model.apply(variables, x_t, t, s, train, cond_mask, rngs={'dropout': drop_key},
+    weight = self.config.train.s_decoder_weight
+    decoded = self.model.apply(variables, s, method=self.model.decode_activations) if weight > 0 else None
+
+    def denoise(x_t, t):  # with model.s_sketch the U-Net reuses `decoded` as its sketch of s
+      return self.model.apply(variables, x_t, t, s, train, cond_mask, decoded, rngs={'dropout': drop_key},
                               method=self.model.denoise)
 
     d = self.config.diffusion
     loss = diffusion.diffusion_loss(denoise, self.schedule, x0, diff_key, d.prediction, d.min_snr_gamma,
                                     d.min_snr_floor)
     metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
-    weight = self.config.train.s_decoder_weight
     if weight > 0:
-      decoded = self.model.apply(variables, s, method=self.model.decode_activations)
       target = proto_lib.downsample_mean(x0, decoded.shape[1])
       metrics['s_decoder_loss'] = jnp.mean((decoded - target) ** 2)
       loss = loss + weight * metrics['s_decoder_loss']
