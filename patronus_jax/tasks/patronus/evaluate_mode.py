@@ -187,11 +187,13 @@ def _header(config, workdir: str, steps: dict, names, values, plan: dict) -> tup
   return metrics, notes
 
 
-def _load_models(config, workdir: str, plan: dict) -> _Models:
-  model, variables, _ = loading.load_stage1_variables(config, workdir)
+def _load_models(config, workdir: str, plan: dict, timings: dict) -> _Models:
+  with timing.timed(timings, 'load_stage1'):
+    model, variables, _ = loading.load_stage1_variables(config, workdir)
   latent = None
   if 'unconditional' in plan['samples']:
-    latent_model, latent_vars, stats, _ = loading.load_latent(config, workdir)
+    with timing.timed(timings, 'load_latent'):
+      latent_model, latent_vars, stats, _ = loading.load_latent(config, workdir)
     latent = (latent_model, latent_vars, stats)
   return _Models(model, variables, latent)
 
@@ -605,7 +607,7 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
   metrics, notes = _header(config, workdir, steps, names, values, plan)
   timings: dict[str, float] = {}
   with timing.timed(timings, 'load_checkpoints'):
-    models = _load_models(config, workdir, plan)
+    models = _load_models(config, workdir, plan, timings)
   nets = _feature_networks(config, workdir, plan, timings)
   metrics['feature_networks'] = nets.descriptions
   real_stats, caches = _real_statistics(config, workdir, info, fields, nets, timings)
