@@ -165,9 +165,10 @@ def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_enco
   odd = np.asarray(proto_lib.downsample_mean(jnp.full((1, 40, 40, 3), 0.25), 16))  # 40 is no multiple of 16
   assert odd.shape == (1, 16, 16, 3) and np.allclose(odd, 0.25, atol=1e-6)
   config = config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.5, 'model.s_decoder_size': 8,
-                                                          'model.s_decoder_kind': kind})
+                                                          'model.s_decoder_kind': kind, 'model.s_sketch': False})
   task = PatronusTask(config)
-  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.0}))
+  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.0,
+                                                                      'model.s_sketch': False}))
   variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
   params = variables['params']
   assert 's_decoder' in params
@@ -223,9 +224,10 @@ def test_defaults_are_the_paper_and_guidance_needs_dropout():
   assert (shapes.model.distance_norm, shapes.model.s_norm, shapes.train.cond_dropout) == ('unit', 'layer', 0.1)
   assert shapes.model.unet_coords and shapes.train.s_decoder_weight == 1.0
   assert shapes.model.s_film and not shapes.model.encoder_coords and shapes.train.prototype_lr_scale == 4.0
+  assert shapes.model.s_sketch and not config.model.s_sketch
   paper = config_lib.load('configs/shapes.py:paper')
   assert not paper.model.unet_coords and not paper.model.encoder_coords and paper.train.s_decoder_weight == 0.0
-  assert not paper.model.s_film and paper.train.prototype_lr_scale == 1.0
+  assert not paper.model.s_film and paper.train.prototype_lr_scale == 1.0 and not paper.model.s_sketch
   with pytest.raises(ConfigError, match='diffusion.guidance.*cond_dropout'):
     config_lib.load('configs/quickstart.py:paper,tiny', {'diffusion.guidance': 3.0})
   with pytest.raises(ConfigError, match='model.distance_norm'):
@@ -237,7 +239,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   workdir_lib.check_and_write_config(str(tmp_path), config)
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
   for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size', 's_decoder_kind',
-                's_film'):
+                's_film', 's_sketch'):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
   del old['train']['prototype_lr_scale']
