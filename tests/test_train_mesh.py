@@ -49,10 +49,12 @@ def test_eight_devices_match_one(shapes_config, tmp_path, model_axis):
   many = patronus_training.train_stage1(config, str(tmp_path / 'many'), many_mesh)
   assert many.params['unet']['first']['kernel'].sharding.mesh.size == 8
   assert int(one.step) == int(many.step) == 4
-  # Adam turns reduction-order rounding in near-zero gradients into updates of up to lr per step,
-  # hence the absolute tolerance; a sum over devices would scale Adam's moments by 8 and 64.
-  _assert_trees_close(one.params, many.params, 'params', rtol=1e-3, atol=3e-4)
-  _assert_trees_close(one.ema_params, many.ema_params, 'ema_params', rtol=1e-3, atol=3e-4)
+  # Adam turns reduction-order rounding in near-zero gradients into updates of up to lr (1e-3) per
+  # step, hence the absolute tolerance (with the decoder's picture as a U-Net input, one U-Net kernel
+  # element of 9,216 moved 6e-4 apart in 4 steps); a sum over devices would scale Adam's moments by
+  # 8 and 64, which the opt_state check below sees.
+  _assert_trees_close(one.params, many.params, 'params', rtol=1e-3, atol=2e-3)
+  _assert_trees_close(one.ema_params, many.ema_params, 'ema_params', rtol=1e-3, atol=2e-3)
   _assert_trees_close(one.opt_state, many.opt_state, 'opt_state', rtol=2e-2, atol=1e-6)
   # One more step from the same state: loss and gradient norm of the global batch.
   task = patronus_training.PatronusTask(config)
@@ -174,7 +176,8 @@ def test_two_process_distributed_run(shapes_config, tmp_path, monkeypatch):
 
   Measured (JAX 0.10.2, 4 steps): Adam's moments agree to 6.6e-6 of each leaf's largest value
   (1.1e-4 for the second moment of one encoder bias since the recipe's auxiliary decoder adds a
-  gradient path: float32 summation order; hence 1e-3), parameters and EMA to 4.5e-6 (l2,
+  gradient path, 1.7e-3 for the first moment of the encoder's first kernel since the U-Net also reads
+  the decoder's picture: float32 summation order; hence 1e-2), parameters and EMA to 4.5e-6 (l2,
   relative). The worst leaf is off by 3.6e-2 of its scale: the
   key bias of the attention starts at zero and has an exactly zero gradient, so its Adam steps are
   +-lr of rounding noise in both runs (max abs diff 1.4e-4). Making process 1 read process 0's
@@ -209,7 +212,7 @@ def test_two_process_distributed_run(shapes_config, tmp_path, monkeypatch):
   assert one_step == two_step == int(one['step']) == int(two['step']) == steps
   np.testing.assert_array_equal(np.asarray(one['rng']), np.asarray(two['rng']))
   # The moments are functions of the gradients alone: the mean over both processes' rows.
-  _assert_close_to_scale(one['opt_state'], two['opt_state'], 'opt_state', tol=1e-3)
+  _assert_close_to_scale(one['opt_state'], two['opt_state'], 'opt_state', tol=1e-2)
   for key in ('params', 'ema_params'):
     error = _relative_l2(one[key], two[key])
     assert error < 1e-4, f'{key}: 1 and 2 processes differ by {error:.3g} (l2, relative)'
