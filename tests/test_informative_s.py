@@ -371,7 +371,7 @@ def test_the_sketch_is_the_decoders_picture_of_s_as_input_channels_and_is_masked
   g = guided.apply(variables, x, t, s, method=guided.denoise)
   np.testing.assert_allclose(np.asarray(g), np.asarray(u1 + 2.0 * (with_sketch - u1)), atol=1e-5)
   for m in (model, guided):  # the samplers' denoiser decodes the picture once: the same output
-    np.testing.assert_allclose(np.asarray(unet_lib.denoiser(m, variables, s)(x, t)),
+    np.testing.assert_allclose(np.asarray(unet_lib.denoiser(m, variables, s, x.shape)(x, t)),
                                np.asarray(m.apply(variables, x, t, s, method=m.denoise)), atol=1e-5)
 
   task = PatronusTask(config)

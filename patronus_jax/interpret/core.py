@@ -55,13 +55,13 @@ def encode_batch(model, variables, images):
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def invert_batch(model, variables, s, x0, spec: SamplerSpec):
   """x_T of images x0 under their conditioning s (the deterministic inversion of spec's sampler)."""
-  return spec.invert(unet_lib.denoiser(model, variables, s), x0)
+  return spec.invert(unet_lib.denoiser(model, variables, s, x0.shape), x0)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def generate_batch(model, variables, s, x_T, spec: SamplerSpec):
   """Images from (s, x_T) by the deterministic sampler of spec, and their re-encoded s and argmins."""
-  images = spec.run(unet_lib.denoiser(model, variables, s), x_T)
+  images = spec.run(unet_lib.denoiser(model, variables, s, x_T.shape), x_T)
   images = jnp.clip(images, -1.0, 1.0)
   return {'images': images, **_encoded(model, variables, images)}
 
@@ -84,7 +84,7 @@ def trajectory_batch(model, variables, classifier, s, x_T, spec: SamplerSpec):
       out['probs'] = _class_probs(classifier, x0_hat)
     return out
 
-  images, traj = spec.run(unet_lib.denoiser(model, variables, s), x_T, trajectory_fn=trace)
+  images, traj = spec.run(unet_lib.denoiser(model, variables, s, x_T.shape), x_T, trajectory_fn=trace)
   images = jnp.clip(images, -1.0, 1.0)
   batch_major = lambda a: jnp.swapaxes(a, 0, 1)
   out = {'images': images, 's_final': model.apply(variables, images, method=model.encode).activations,

@@ -292,9 +292,8 @@ class Patronus(nn.Module):
   def decode_activations(self, s: jax.Array) -> jax.Array:
     return self.s_decoder(s)
 
-  def sketch(self, s: jax.Array, shape: Sequence[int], picture: Optional[jax.Array] = None) -> Optional[jax.Array]:
-    """With s_sketch: decoder(s) (or `picture`, when the caller has computed it) resized to `shape`
-    (B, H, W, C), else None.
+  def sketch(self, s: jax.Array, shape: Sequence[int]) -> Optional[jax.Array]:
+    """With s_sketch: the decoder's picture of s resized to `shape` (B, H, W, C), else None.
 
     s enters the U-Net's blocks as one vector per image, and a global vector says what to draw more
     easily than where and in which outline: at 8,000 steps the quickstart's U-Net drew the held-out
@@ -302,23 +301,22 @@ class Patronus(nn.Module):
     input channels (a cascaded-diffusion low-resolution input) the layout that s encodes arrives
     where convolutions use it directly; the U-Net stays a function of (x_t, t, s) alone.
     """
-    if not self.s_sketch:
-      return None
-    picture = self.s_decoder(s) if picture is None else picture
-    return jax.image.resize(picture, (shape[0], shape[1], shape[2], picture.shape[-1]), 'linear')
+    return resize_sketch(self.s_decoder(s), shape) if self.s_sketch else None
 
   def denoise(self, x_t: jax.Array, t: jax.Array, s: jax.Array, train: bool = False,
-              cond_mask: Optional[jax.Array] = None, picture: Optional[jax.Array] = None) -> jax.Array:
-    """picture: decoder(s) where the caller has it (training's auxiliary loss), so it runs once."""
+              cond_mask: Optional[jax.Array] = None, sketch: Optional[jax.Array] = None) -> jax.Array:
+    """sketch: `self.sketch(s, x_t.shape)` where the caller has it (once per training step or per
+    sampling loop rather than at every call); computed here when None."""
+    if sketch is None:
+      sketch = self.sketch(s, x_t.shape)
     if train or cond_mask is not None or self.guidance == 1.0:
-      return self.unet(x_t, t, s, train, cond_mask, self.sketch(s, x_t.shape, picture))
+      return self.unet(x_t, t, s, train, cond_mask, sketch)
     # Classifier-free guidance: out_u + w (out_c - out_u), both halves in one batched call
     # (2x the network work; valid for eps, x0 and v alike since each is linear in the score).
     b = x_t.shape[0]
     mask = jnp.concatenate([jnp.ones((b,), jnp.float32), jnp.zeros((b,), jnp.float32)])
     twice = lambda a: None if a is None else jnp.concatenate([a, a])
-    out = self.unet(twice(x_t), twice(t), twice(s), False, mask,
-                    self.sketch(twice(s), (2 * b,) + x_t.shape[1:], twice(picture)))
+    out = self.unet(twice(x_t), twice(t), twice(s), False, mask, twice(sketch))
     cond, uncond = out[:b], out[b:]
     return uncond + self.guidance * (cond - uncond)
 
@@ -331,13 +329,19 @@ class Patronus(nn.Module):
     return self.denoise(x_t, t, s, train)
 
 
-def denoiser(model, variables, s: jax.Array):
-  """(x_t, t) -> model.denoise(x_t, t, s) for a fixed s, as samplers and inversions call it; a
-  Patronus with s_sketch gets the decoder's picture of s computed once here, not at every step."""
+def resize_sketch(picture: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """The decoder's picture (B, h, w, C) at the image's side: (B, H, W, C) for shape (B, H, W, *)."""
+  return jax.image.resize(picture, (shape[0], shape[1], shape[2], picture.shape[-1]), 'linear')
+
+
+def denoiser(model, variables, s: jax.Array, shape: Sequence[int]):
+  """(x_t, t) -> model.denoise(x_t, t, s) for a fixed s and images of `shape`, as samplers and
+  inversions call it; a Patronus with s_sketch gets its sketch of s computed once here, outside
+  the sampling loop."""
   if not getattr(model, 's_sketch', False):
     return lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
-  picture = model.apply(variables, s, method=model.decode_activations)
-  return lambda x, t: model.apply(variables, x, t, s, False, None, picture, method=model.denoise)
+  sketch = model.apply(variables, s, shape, method=model.sketch)
+  return lambda x, t: model.apply(variables, x, t, s, False, None, sketch, method=model.denoise)
 
 
 def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:

@@ -31,7 +31,7 @@ from patronus_jax.tasks.patronus.loading import load_latent, load_stage1_variabl
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def generate(model, variables, s: jax.Array, x_T: jax.Array, key: jax.Array, spec: SamplerSpec) -> jax.Array:
   """Images conditioned on prototype activations s, from the noise x_T."""
-  denoise = unet_lib.denoiser(model, variables, s)
+  denoise = unet_lib.denoiser(model, variables, s, x_T.shape)
   return spec.run(denoise, x_T, key)
 
 
@@ -39,7 +39,7 @@ def generate(model, variables, s: jax.Array, x_T: jax.Array, key: jax.Array, spe
 def invert(model, variables, s: jax.Array, x0: jax.Array, spec: SamplerSpec) -> jax.Array:
   """Deterministic inversion x0 -> x_T under conditioning s with the spec's sampler (ddim or
   dpmpp2m; same timesteps as its sampling, which retraces x0)."""
-  denoise = unet_lib.denoiser(model, variables, s)
+  denoise = unet_lib.denoiser(model, variables, s, x0.shape)
   return spec.invert(denoise, x0)
 
 

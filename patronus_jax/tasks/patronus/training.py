@@ -27,6 +27,7 @@ from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.training import LoopSettings, TrainState, array_iterator, run_training
 from patronus_jax.models import prototypes as proto_lib
 from patronus_jax.models.latent import latent_from_config
+from patronus_jax.models import unet as unet_lib
 from patronus_jax.models.unet import patronus_from_config
 from patronus_jax.tasks.patronus import sample as sample_lib
 from patronus_jax.tasks.patronus.loading import load_stage1_variables
@@ -69,8 +70,11 @@ class PatronusTask:
     weight = self.config.train.s_decoder_weight
     decoded = self.model.apply(variables, s, method=self.model.decode_activations) if weight > 0 else None
 
-    def denoise(x_t, t):  # with model.s_sketch the U-Net reuses `decoded` as its sketch of s
-      return self.model.apply(variables, x_t, t, s, train, cond_mask, decoded, rngs={'dropout': drop_key},
+    # with model.s_sketch the U-Net's sketch is this same picture (the decoder runs once per step)
+    sketch = unet_lib.resize_sketch(decoded, x0.shape) if self.model.s_sketch else None
+
+    def denoise(x_t, t):
+      return self.model.apply(variables, x_t, t, s, train, cond_mask, sketch, rngs={'dropout': drop_key},
                               method=self.model.denoise)
 
     d = self.config.diffusion
