@@ -156,6 +156,20 @@ def test_second_call_skips(evaluated, monkeypatch):
     evaluate.evaluate_mode(changed, workdir, None)
 
 
+def test_real_baseline_counts_as_many_real_images_as_samples(evaluated, tmp_path):
+  """The real-vs-real Fréchet distance uses the first num_samples eval images, however many the
+  semantics scorecard read (it read 8 < 12 in the fixture; here 40 > 12): the same number."""
+  config, workdir, metrics = evaluated
+  other = str(tmp_path / 'workdir')
+  shutil.copytree(workdir, other, ignore=shutil.ignore_patterns('metrics.json'))
+  changed = _config(config.data.data_dir)
+  changed.evaluate.metrics = ('fid', 'semantics')
+  changed.evaluate.semantics_images = 40
+  again = evaluate.evaluate_mode(changed, other, None)
+  assert again['fd_classifier']['real_eval_baseline'] == pytest.approx(
+      metrics['fd_classifier']['real_eval_baseline'], rel=1e-5)
+
+
 def test_missing_checkpoints(trained, tmp_path):
   config, workdir = trained
   with pytest.raises(evaluate.MissingCheckpointError, match='--mode=train\\b') as e:

@@ -452,7 +452,9 @@ def _samples_section(config, workdir: str, plan: dict, models: _Models, nets: _N
                                 timings)
   for m in nets.fns:
     out[m].update(
-        real_eval_baseline=fid_lib.frechet_distance_to_statistics(ref[m], real_stats[m]),
+        # the first n_eval real images, as many as the samples: a Fréchet distance falls with the
+        # count, and the semantics scorecard may have read more of them
+        real_eval_baseline=fid_lib.frechet_distance_to_statistics(ref[m][:n_eval], real_stats[m]),
         network=nets.descriptions[m]['name'],
         reference=dict(split=ev.fid_split, num_examples=int(real_stats[m]['n']), cache=caches[m]),
         num_samples=dict(counts, real_eval_baseline=int(n_eval)))
