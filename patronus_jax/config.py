@@ -103,6 +103,8 @@ def _tiny_latent_and_sampling(config: ConfigDict) -> None:
   lt.base_channels = 16
   lt.channel_mults = (1, 2)
   lt.num_res_blocks = 1
+  lt.mlp_width = 32
+  lt.mlp_depth = 2
   lt.batch_size = 16
   lt.num_steps = 20
   lt.log_every = 5

@@ -506,6 +506,9 @@ def import_official(checkpoint: str, official_config: str, workdir: str,
   for dotted, value in (overrides or {}).items():
     _set_field(cfg, dotted, value)
   config_lib.validate(cfg)
+  if latent_sd is not None and cfg.latent.architecture != 'unet1d':  # before anything is written
+    raise ConversionError(f"an official latent checkpoint holds a UNet1D; --set latent.architecture="
+                          f"{cfg.latent.architecture!r} cannot import it (use 'unet1d')")
   model = patronus_from_config(cfg, dtype='float32')
   variables = import_patronus(state_dict_from_file(checkpoint), model)
   loading.write_imported_stage1(workdir, cfg, variables, source=os.path.abspath(checkpoint))

@@ -26,6 +26,8 @@ def _tiny():
     ('train.log_every', 0, 'must be >= 1'),
     ('latent.checkpoint_every', 0, 'must be >= 1'),
     ('latent.log_every', 0, 'must be >= 1'),
+    ('latent.architecture', 'transformer', "one of \\('unet1d', 'mlp'\\)"),
+    ('latent.mlp_width', 0, 'must be positive'),
     ('data.image_size', 17, 'divisible by 2'),
     ('data.image_size', 4, 'too small for the prototype encoder'),
 ])

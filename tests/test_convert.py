@@ -131,15 +131,11 @@ def test_official_config_that_is_not_a_pickle(tmp_path):
     convert.read_official_config(str(bad))
 
 
-@pytest.mark.parametrize('name, with_latent', [('rgb16', True), ('gray64_k5', False)])
-def test_official_checkpoint_imports_end_to_end(tmp_path, name, with_latent):
-  """A fixture's sd/* as a checkpoint file plus a config.pickle -> `python -m patronus_jax.convert`
-  -> the workdir, read through the normal loaders, reproduces the official outputs."""
+def _official_files(tmp_path, name):
+  """A fixture's sd/* as official checkpoint files plus a config.pickle in tmp_path: (stage-1
+  fixture arrays, latent fixture arrays)."""
   import json  # pylint: disable=g-import-not-at-top
   import pickle  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from patronus_jax.tasks.patronus import loading  # pylint: disable=g-import-not-at-top
   with np.load(os.path.join(FIXTURES, f'patronus_tiny_{name}.npz')) as f:
     data = {k: f[k] for k in f.files}
   with np.load(os.path.join(FIXTURES, f'latent_unet1d_tiny_{name}.npz')) as f:
@@ -157,6 +153,17 @@ def test_official_checkpoint_imports_end_to_end(tmp_path, name, with_latent):
     pickle.dump(official, f)
   np.savez(tmp_path / 'ckpt.npz', **{k[3:]: v for k, v in data.items() if k.startswith('sd/')})
   np.savez(tmp_path / 'latent.npz', **{k[3:]: v for k, v in latent.items() if k.startswith('sd/')})
+  return data, latent
+
+
+@pytest.mark.parametrize('name, with_latent', [('rgb16', True), ('gray64_k5', False)])
+def test_official_checkpoint_imports_end_to_end(tmp_path, name, with_latent):
+  """A fixture's sd/* as a checkpoint file plus a config.pickle -> `python -m patronus_jax.convert`
+  -> the workdir, read through the normal loaders, reproduces the official outputs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from patronus_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax.tasks.patronus import loading  # pylint: disable=g-import-not-at-top
+  data, latent = _official_files(tmp_path, name)
   workdir = str(tmp_path / 'imported')
   # (the gray64 latent fixture was made for another prototype count: stage 1 only there)
   latent_flag = [f'--latent_checkpoint={tmp_path / "latent.npz"}'] if with_latent else []
@@ -177,3 +184,14 @@ def test_official_checkpoint_imports_end_to_end(tmp_path, name, with_latent):
   got = jax.jit(latent_model.apply)(latent_vars, z, latent['in/t'].astype(np.int32))
   want = latent['out/eps'][:, 0, :]
   assert np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want)) < 1e-5
+
+
+
+def test_an_official_latent_checkpoint_needs_the_unet1d(tmp_path):
+  """--set latent.architecture=mlp with --latent_checkpoint: one error before anything is written."""
+  _official_files(tmp_path, 'rgb16')
+  workdir = tmp_path / 'imported'
+  with pytest.raises(convert.ConversionError, match="holds a UNet1D.*'mlp'"):
+    convert.import_official(str(tmp_path / 'ckpt.npz'), str(tmp_path / 'config.pickle'), str(workdir),
+                            latent_checkpoint=str(tmp_path / 'latent.npz'), overrides={'latent.architecture': 'mlp'})
+  assert not workdir.exists()

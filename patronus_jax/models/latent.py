@@ -147,9 +147,49 @@ class LatentUNet1D(nn.Module):
     return out[:, :length].astype(jnp.float32) if self.pad_to_fit else out.astype(jnp.float32)
 
 
-def latent_from_config(config, pad_to_fit: bool = True, dtype: Optional[str] = None) -> LatentUNet1D:
+class LatentMLP(nn.Module):
+  """epsilon_theta(s_t, t) as a residual MLP that sees all P activations at once; s_t: (B, P).
+
+  Not in the official code (`latent.architecture='mlp'`). The official UNet1D convolves along
+  the prototype index, which has no order: its kernels are shared between unrelated prototypes
+  and a k3 conv mixes only neighbours, so the joint structure of s (clusters, one per
+  combination of attributes) is hard for it to learn. On the quickstart's s its samples lay
+  ~4x farther from held-out s than held-out s from each other (docs/results.md); this network
+  mixes every activation in every block.
+
+  block: h + Dense(dropout(SiLU(LN(Dense(SiLU(LN(h))) + Dense(t_emb))))), the last Dense zero-
+  initialised so that each block starts as the identity; output Dense(SiLU(LN(h))), zero-init.
+  """
+  width: int = 256
+  depth: int = 3
+  dropout: float = 0.0
+  num_timesteps: int = 100
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, s_t: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
+    dense = lambda n, name, **kw: nn.Dense(n, dtype=self.dtype, name=name, **kw)
+    table = jnp.asarray(sinusoidal_table(self.num_timesteps, 64))
+    t_emb = jnp.take(table, t.astype(jnp.int32), axis=0)
+    t_emb = dense(self.width, 'time_dense_1')(nn.silu(dense(self.width, 'time_dense_0')(t_emb)))
+    h = dense(self.width, 'input')(s_t.astype(self.dtype))
+    norm = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)
+    for i in range(self.depth):
+      r = dense(self.width, f'block_{i}_dense_0')(nn.silu(norm(f'block_{i}_norm_0')(h)))
+      r = nn.silu(norm(f'block_{i}_norm_1')(r + dense(self.width, f'block_{i}_time')(t_emb)))
+      r = nn.Dropout(self.dropout, deterministic=not train)(r)
+      h = h + dense(self.width, f'block_{i}_dense_1', kernel_init=nn.initializers.zeros)(r)
+    h = nn.silu(norm('output_norm')(h))
+    return dense(s_t.shape[-1], 'output', kernel_init=nn.initializers.zeros)(h).astype(jnp.float32)
+
+
+def latent_from_config(config, pad_to_fit: bool = True, dtype: Optional[str] = None) -> nn.Module:
+  """The stage-2 denoiser named by `latent.architecture`: 'unet1d' (official) or 'mlp'."""
   lt = config.latent
   compute = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype or config.train.dtype]
+  if lt.architecture == 'mlp':
+    return LatentMLP(width=lt.mlp_width, depth=lt.mlp_depth, dropout=lt.dropout,
+                     num_timesteps=lt.timesteps, dtype=compute)
   return LatentUNet1D(
       base_channels=lt.base_channels, channel_mults=tuple(lt.channel_mults),
       num_res_blocks=lt.num_res_blocks, dropout=lt.dropout, num_timesteps=lt.timesteps,

@@ -108,6 +108,10 @@ def train_config() -> ConfigDict:
 def latent_config() -> ConfigDict:
   """Stage 2: the latent DDIM over prototype activations (official UNet1D)."""
   return ConfigDict(dict(
+      # 'unet1d' (official) or 'mlp' (models.latent.LatentMLP: mixes all prototypes; mlp_* below)
+      architecture='unet1d',
+      mlp_width=256,
+      mlp_depth=3,
       base_channels=64,
       channel_mults=(1, 2, 4),
       num_res_blocks=3,
@@ -150,6 +154,7 @@ def validate_patronus_sections(config: ConfigDict) -> None:
   one_of(config, 'model.s_decoder_kind', DECODER_KINDS)
   one_of(config, 'diffusion.schedule', ('linear', 'cosine'))
   one_of(config, 'latent.schedule', ('linear', 'cosine'))
+  one_of(config, 'latent.architecture', ('unet1d', 'mlp'))
   one_of(config, 'diffusion.prediction', ('eps', 'x0', 'v'))
   require(config.model_type != 'bcos' or d.prediction in ('eps', 'x0'),
            "config field 'diffusion.prediction' must be 'eps' or 'x0' for model_type='bcos' "
@@ -187,7 +192,8 @@ def _validate_architecture(config: ConfigDict) -> None:
   for name, value in (('model.num_prototypes', m.num_prototypes), ('model.base_channels', m.base_channels),
                       ('model.num_res_blocks', m.num_res_blocks), ('diffusion.timesteps', d.timesteps),
                       ('train.batch_size', t.batch_size), ('latent.batch_size', lt.batch_size),
-                      ('latent.timesteps', lt.timesteps), ('data.image_size', config.data.image_size)):
+                      ('latent.timesteps', lt.timesteps), ('latent.mlp_width', lt.mlp_width),
+                      ('latent.mlp_depth', lt.mlp_depth), ('data.image_size', config.data.image_size)):
     require(value > 0, f"config field '{name}' must be positive, got {value}")
   for name, value in (('train.num_steps', t.num_steps), ('latent.num_steps', lt.num_steps)):
     require(value >= 0, f"config field '{name}' must be >= 0, got {value}")
