@@ -87,6 +87,9 @@ def train_config() -> ConfigDict:
       # > 0: auxiliary loss ||decoder(s) - x0 averaged to model.s_decoder_size||^2 with this weight, which
       # asks s for the image's layout directly (not in the paper; docs/patronus.md)
       s_decoder_weight=0.0,
+      # > 0: that loss weights each pixel by 1 + this x its target's gradient magnitude (relative to the
+      # image's mean): outlines, where shapes differ, count more than flat areas
+      s_decoder_edge_weight=0.0,
       cond_dropout=0.0,  # probability of training an example without s (the unconditional model for guidance)
       # x the learning rate of the prototype network (encoder + prototype vectors) against the U-Net's
       # (not in the paper: one rate for both; docs/patronus.md)
@@ -263,6 +266,9 @@ def _check_image_size(config: ConfigDict) -> None:
           "(model.encoder_kernels/strides/paddings leave no feature position)")
   require(config.train.s_decoder_weight >= 0.0,
           f"config field 'train.s_decoder_weight' must be >= 0 (0: off), got {config.train.s_decoder_weight}")
+  require(config.train.s_decoder_edge_weight >= 0.0,
+          f"config field 'train.s_decoder_edge_weight' must be >= 0 (0: every pixel alike), "
+          f"got {config.train.s_decoder_edge_weight}")
   d = m.s_decoder_size
   require(not m.s_sketch or config.train.s_decoder_weight > 0,
           "config field 'model.s_sketch' needs the decoder it draws with: set 'train.s_decoder_weight' > 0 "

@@ -83,7 +83,8 @@ class PatronusTask:
     metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
     if weight > 0:
       target = proto_lib.downsample_mean(x0, decoded.shape[1])
-      metrics['s_decoder_loss'] = jnp.mean((decoded - target) ** 2)
+      metrics['s_decoder_loss'] = jnp.mean(
+          proto_lib.edge_weights(target, self.config.train.s_decoder_edge_weight) * (decoded - target) ** 2)
       loss = loss + weight * metrics['s_decoder_loss']
     weight = self.config.train.s_decorrelation_weight
     if weight > 0:
