@@ -39,7 +39,11 @@ def informative_s(config):
   rate .61-.65 -> .64-.70 at the same step time (64: probe .99, but keep .60 and worse edits).
   Then the decoder's picture of s as the U-Net's input (model.s_sketch): the U-Net draws the shape
   that s holds through convolutions rather than a per-channel vector; seed 0 at 8,000 steps: shape
-  keep .68 -> .73, colour edit .35 -> .61 (glyphs: glyph keep .21 -> .40, rotation .33 -> .53)."""
+  keep .68 -> .73, colour edit .35 -> .61 (glyphs: glyph keep .21 -> .40, rotation .33 -> .53).
+  Then outlines weighted 1 + 2 |grad| in the decoder's loss (train.s_decoder_edge_weight): seed 0
+  at 8,000 steps, shape probe .91 -> .97, best shape prototype .64 -> .75, shape keep .73 -> .79,
+  shape edit .32 -> .46, colour edit .61 -> .07, TAD 1.00 -> .65; glyphs: glyph probe .89 -> .94,
+  glyph keep .40 -> .42, TAD .17 -> .63 (weight 4: shape keep .84, TAD .29)."""
   config.model.num_prototypes = 32
   config.model.s_sketch = True
   config.model.distance_norm = 'unit'
@@ -49,6 +53,7 @@ def informative_s(config):
   config.model.s_film = True
   config.model.s_decoder_size = 16
   config.train.s_decoder_weight = 1.0
+  config.train.s_decoder_edge_weight = 2.0
   config.train.cond_dropout = 0.1
   config.train.prototype_lr_scale = 4.0
   mlp_latent(config)

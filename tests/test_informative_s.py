@@ -165,7 +165,8 @@ def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_enco
   odd = np.asarray(proto_lib.downsample_mean(jnp.full((1, 40, 40, 3), 0.25), 16))  # 40 is no multiple of 16
   assert odd.shape == (1, 16, 16, 3) and np.allclose(odd, 0.25, atol=1e-6)
   config = config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.5, 'model.s_decoder_size': 8,
-                                                          'model.s_decoder_kind': kind, 'model.s_sketch': False})
+                                                          'model.s_decoder_kind': kind, 'model.s_sketch': False,
+                                                          'train.s_decoder_edge_weight': 0.0})
   task = PatronusTask(config)
   plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.0,
                                                                       'model.s_sketch': False}))
