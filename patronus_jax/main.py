@@ -216,6 +216,8 @@ def mode_work(config, mode: str) -> float:
     work = ev.num_samples * len(ev.samples) * steps
     if 'semantics' in ev.metrics:  # k generations per image and about one edit per attribute (shapes: 6)
       work += ev.semantics_images * (ev.semantics_generations + 4) * steps
+      # choosing the edited prototypes: each prototype edited on the first selection images
+      work += ev.semantics_selection_images * (config.model.num_prototypes + 1) * steps
     return float(work)
   return 0.0
 

@@ -36,6 +36,7 @@ def _config(data_dir):
   ev.batch_size = 8
   ev.metrics = ('fid', 'probe', 'tad', 'dci', 'semantics')
   ev.semantics_images = 8
+  ev.semantics_selection_images = 3
   ev.semantics_generations = 2
   ev.probe_folds = 3
   ev.tad_folds = 3
@@ -124,6 +125,15 @@ def test_semantics_scorecard(evaluated):
   assert sem['probe_auroc'] == metrics['probe']['auroc']
   assert sem['num_images'] == 8 and sem['generations_per_image'] == 2
   assert sem['edited_prototypes'] == sorted(set(sem['controlling_prototype'].values()))
+  # the first 3 images chose the edited prototypes among the alive ones, the other 5 scored them
+  sel = sem['edit_selection']
+  assert sel['images'] == 3 and sem['edit_images'] == 5
+  assert set(sem['controlling_prototype'].values()) <= set(sel['candidates'])
+  assert len(sel['candidates']) == sem['alive_prototypes']
+  for n in names:
+    assert sel['per_attribute'][n]['prototype'] == sem['controlling_prototype'][n]
+    assert sel['per_attribute'][n]['success'] >= sel['per_attribute'][n]['reading_success']
+    assert sem['reading_prototype'][n] == int(np.argmax(sem['prototype_auroc'][n]))
   for n in names:
     assert 0.0 <= sem['edit_success'][n] <= sem['edit_changed_attribute'][n] <= 1.0
     assert 0.0 <= sem['keep_rate'][n] <= 1.0 and 0.0 <= sem['keep_rate_chance'][n] <= 1.0
@@ -254,8 +264,8 @@ def test_generation_in_quantised_blocks(monkeypatch):
   config.evaluate.batch_size = 4
   calls = []
 
-  def fake_generate_batched(model, variables, s, key, spec, shape, batch_size, label=''):
-    calls.append((len(s), batch_size, label))
+  def fake_generate_batched(model, variables, s, key, spec, shape, batch_size, x_T=None, label=''):
+    calls.append((len(s), batch_size, label, None if x_T is None else x_T[:, 0, 0, 0]))
     return np.broadcast_to(np.tanh(s[:, :1, None, None]), (len(s),) + tuple(shape)).astype(np.float32)
 
   monkeypatch.setattr(sample_lib, 'generate_batched', fake_generate_batched)
@@ -265,6 +275,11 @@ def test_generation_in_quantised_blocks(monkeypatch):
   assert [c[0] for c in calls] == [8, 8, 5] and 'block 3/3' in calls[-1][2]
   assert images.dtype == np.uint8 and images.shape == (21, 32, 32, 3)
   np.testing.assert_array_equal(images[:, 0, 0, 0], np.clip(np.round((np.tanh(s[:, 0]) + 1) * 127.5), 0, 255))
+  # given noise travels with its rows, block by block
+  calls.clear()
+  x_T = np.broadcast_to(np.arange(21.0, dtype=np.float32)[:, None, None, None], (21, 32, 32, 3))
+  run_lib._generate(config, None, None, s, jax.random.PRNGKey(0), 'test', x_T=x_T)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(np.concatenate([c[3] for c in calls]), np.arange(21.0))
 
 
 def test_padded_map_pads_and_cuts():

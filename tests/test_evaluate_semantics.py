@@ -94,3 +94,62 @@ def test_an_edit_that_moves_two_attributes_is_no_success():
   assert scores['edit_changed_attribute'] == {'a': 1.0, 'b': 1.0}
   assert scores['edit_success'] == {'a': 0.0, 'b': 0.0}
   assert scores['edited_prototypes'] == [0]
+
+
+def _causal_data(n=200, seed=3):
+  """Prototype 0 reads attribute a perfectly but the generator ignores it; prototype 1 reads it
+  weakly and is what the generator draws a from; prototype 2 is dead."""
+  rng = np.random.default_rng(seed)
+  a = np.arange(n) % 2
+  s = rng.normal(size=(n, 4))
+  s[:, 0] = a + 0.01 * rng.normal(size=n)
+  s[:, 1] = 0.3 * a + rng.normal(size=n)
+  s[:, 2] = 0.0
+  return s, a[:, None]
+
+
+def _paired(blocks):  # the "image" is s itself; every block row i shares row i's noise trivially
+  return blocks.reshape(-1, blocks.shape[-1])
+
+
+def test_the_edited_prototype_is_the_one_whose_edit_works_not_the_best_reader():
+  s, attrs = _causal_data()
+  names = ('a',)
+  rep = semantics.representation_scores(s, attrs, names)
+  assert rep['reading_prototype']['a'] == 0 and rep['controlling_prototype']['a'] == 0
+  assert np.argmax(rep['prototype_auroc']['a']) == 0
+  median = np.median(s[:, 1])  # the generator draws a from s_1 (the edit moves it across its median)
+  classify = lambda images: (images[:, 1:2] > median).astype(np.int32)
+  chosen, table = semantics.select_controlling(s[:40], s, rep['prototype_auroc'], names, _paired, classify)
+  assert chosen == {'a': 1}
+  assert table['candidates'] == [0, 1, 3]  # the dead prototype is not tried
+  row = table['per_attribute']['a']
+  assert row['reading_prototype'] == 0 and row['reading_success'] == 0.0 and row['success'] == 1.0
+  scores = semantics.generation_scores(s, classify(s), s, chosen, names, lambda x, g: x, classify, generations=1,
+                                       seed=0, edit_from=40)
+  assert scores['edit_success']['a'] == 1.0 and scores['edit_images'] == len(s) - 40
+  reading = semantics.generation_scores(s, classify(s), s, rep['reading_prototype'], names, lambda x, g: x,
+                                        classify, generations=1, seed=0)
+  assert reading['edit_success']['a'] == 0.0
+
+
+def test_without_a_working_edit_the_best_reader_is_kept():
+  s, attrs = _causal_data()
+  rep = semantics.representation_scores(s, attrs, ('a',))
+  constant = lambda images: np.zeros((len(images), 1), np.int32)  # a generator that draws no a at all
+  chosen, table = semantics.select_controlling(s[:20], s, rep['prototype_auroc'], ('a',), _paired, constant)
+  assert chosen == {'a': 0} and table['per_attribute']['a']['success'] == 0.0
+
+
+def test_edits_are_scored_only_after_the_choosing_images():
+  n, k = 30, 10
+  s = np.stack([np.linspace(-1, 1, n), np.arange(n)], 1)  # column 1 carries the row index through edits
+
+  def classify(images):  # a flips with s_0 on the first k rows only
+    return np.where(images[:, 1] < k, images[:, 0] > 0, 0).astype(np.int32)[:, None]
+
+  score = lambda first: semantics.generation_scores(s, classify(s), s, {'a': 0}, ('a',), lambda x, g: x, classify,
+                                                    generations=1, seed=0, edit_from=first)['edit_success']['a']
+  assert score(0) == pytest.approx(k / n) and score(k) == 0.0
+  with pytest.raises(ValueError, match='no image left'):
+    score(n)

@@ -53,6 +53,10 @@ def evaluate_config() -> ml_collections.ConfigDict:
       # `semantics_generations` times with new noise, plus one edit per controlling prototype.
       semantics_images=256,
       semantics_generations=2,
+      # The first this many of them choose each attribute's edited prototype: every alive
+      # prototype is edited on them, the one that changes the attribute alone most often is kept;
+      # edit_success is measured on the rest. 0: edit the prototype that reads it best.
+      semantics_selection_images=16,
       # Attribute classifier (fd_classifier, shortcut diagnosis, prompt adherence).
       classifier_dir='',  # '': <workdir>/classifier
       classifier_widths=(32, 64, 128),  # channels per stage; each stage halves the resolution
@@ -81,6 +85,8 @@ def validate_evaluate_config(evaluate) -> None:
     require(evaluate[field] > 0, field, 'must be positive')
   require(evaluate.semantics_images >= 2, 'semantics_images', 'must be >= 2 (keep rates pair images)')
   require(evaluate.semantics_generations >= 1, 'semantics_generations', 'must be >= 1')
+  require(0 <= evaluate.semantics_selection_images < evaluate.semantics_images, 'semantics_selection_images',
+          f'must be in [0, semantics_images={evaluate.semantics_images}) (images left to score the edits on)')
   require(evaluate.num_samples >= 2, 'num_samples', 'must be >= 2 (a covariance needs two samples)')
   for field in ('fid_num_real', 'probe_max_examples', 'tad_max_examples', 'dci_max_examples',
                 'classifier_max_examples'):

@@ -15,10 +15,17 @@ held-out image's s keeps that image's content. Each number below tests one part 
                             image, pooled). Compare with
   keep_rate_chance[a]       the same agreement between an image and a generation from another
                             image's s: what a generator that ignores s scores.
-  edit_success[a]           the prototype that reads a best (`controlling_prototype[a]`) is moved to
-                            the other end of its range (its 1% / 99% quantile over the held-out s)
-                            with the noise held fixed; success when the classifier's label of a
-                            changes and every other attribute's label stays.
+  edit_success[a]           one prototype, `controlling_prototype[a]`, is moved to the other end of
+                            its range (its 1% / 99% quantile over the held-out s) with the noise held
+                            fixed; success when the classifier's label of a changes and every other
+                            attribute's label stays. The prototype is the one whose edit does that
+                            most often on the first `edit_selection.images` held-out images (every
+                            alive prototype is tried; ties go to the better reader of a); the rate is
+                            measured on the other images. A prototype that reads a well need not move
+                            it (`reading_prototype[a]`, the best single reader, is what was edited
+                            when no images are set aside for the choice).
+  prototype_auroc[a]        per prototype, its best one-vs-rest reading of a (max over classes):
+                            which prototypes read what.
   alive_prototypes          prototypes whose std over held-out images is >= 10% of the largest std
                             (of `num_prototypes`); dead prototypes carry nothing.
   duplicate_pairs           prototype pairs with |corr| > 0.95 over held-out images (0 is good):
@@ -55,14 +62,17 @@ def prototype_aurocs(s: np.ndarray, attributes: np.ndarray) -> list[np.ndarray]:
 
 
 def representation_scores(s: np.ndarray, attributes: np.ndarray, names: Sequence[str]) -> dict:
-  """The s-only part: best_prototype_auroc, controlling_prototype, alive_prototypes, duplicate_pairs."""
+  """The s-only part: best_prototype_auroc, prototype_auroc, reading_prototype, alive_prototypes,
+  duplicate_pairs; controlling_prototype starts as the reading prototype (`select_controlling` replaces
+  it by the prototype whose edit works)."""
   s = np.asarray(s, np.float64)
   aurocs = prototype_aurocs(s, attributes)
   best = {n: float(np.mean(m.max(axis=1))) for n, m in zip(names, aurocs)}
+  per_prototype = {n: m.max(axis=0) for n, m in zip(names, aurocs)}
   # the prototype with the strongest single reading of any class of the attribute
-  controlling = {n: int(np.argmax(m.max(axis=0))) for n, m in zip(names, aurocs)}
+  reading = {n: int(np.argmax(v)) for n, v in per_prototype.items()}
+  alive = int(alive_mask(s).sum())
   std = s.std(axis=0)
-  alive = int(np.sum(std >= ALIVE_FRACTION * std.max())) if std.max() > 0 else 0
   live = std > 0
   duplicates = 0
   if live.sum() > 1:
@@ -72,8 +82,15 @@ def representation_scores(s: np.ndarray, attributes: np.ndarray, names: Sequence
   # constant prototypes are copies of each other too
   dead = int((~live).sum())
   duplicates += dead * (dead - 1) // 2
-  return dict(best_prototype_auroc=best, controlling_prototype=controlling,
+  return dict(best_prototype_auroc=best, reading_prototype=reading, controlling_prototype=dict(reading),
+              prototype_auroc={n: [float(x) for x in v] for n, v in per_prototype.items()},
               alive_prototypes=alive, num_prototypes=int(s.shape[1]), duplicate_pairs=duplicates)
+
+
+def alive_mask(s: np.ndarray) -> np.ndarray:
+  """Prototypes whose std over `s` is at least ALIVE_FRACTION of the largest."""
+  std = np.asarray(s, np.float64).std(axis=0)
+  return std >= ALIVE_FRACTION * std.max() if std.max() > 0 else np.zeros(std.shape, bool)
 
 
 def keep_rates(real_labels: np.ndarray, generated_labels: np.ndarray, names: Sequence[str],
@@ -119,12 +136,44 @@ def edit_success(base_labels: np.ndarray, edited_labels: np.ndarray, attribute: 
   return float(np.mean(changed & kept)), float(np.mean(changed))
 
 
+def select_controlling(s: np.ndarray, reference: np.ndarray, prototype_auroc: dict, names: Sequence[str],
+                       generate_paired: Callable[[np.ndarray], np.ndarray],
+                       classify: Callable[[np.ndarray], np.ndarray]) -> tuple[dict, dict]:
+  """(controlling_prototype, edit_selection): per attribute the alive prototype whose edit
+  (`edited_activations`) changes it alone on the most of these images.
+
+  generate_paired(blocks) takes (m, k, P) activations and returns the m * k images (block-major),
+  block b's row i drawn from the same noise as every other block's row i, so that an edit differs
+  from its base image only in s. Block 0 is s unedited. Ties (and no success at all) go to the
+  prototype that reads the attribute best (`prototype_auroc`), so the reading prototype is kept
+  unless another edit does better.
+  """
+  s = np.asarray(s, np.float32)
+  candidates = [int(j) for j in np.flatnonzero(alive_mask(reference))]
+  blocks = np.stack([s] + [edited_activations(s, j, reference) for j in candidates])
+  labels = np.asarray(classify(generate_paired(blocks))).reshape(len(blocks), s.shape[0], -1)
+  chosen, table = {}, {}
+  for a, name in enumerate(names):
+    success = np.array([edit_success(labels[0], labels[1 + c], a)[0] for c in range(len(candidates))])
+    order = sorted(range(len(candidates)), key=lambda c: -prototype_auroc[name][candidates[c]])
+    c = max(order, key=lambda c: success[c])  # the first of the best in reading order
+    reader = int(np.argmax(prototype_auroc[name]))
+    chosen[name] = candidates[c]
+    table[name] = dict(prototype=candidates[c], success=float(success[c]), reading_prototype=reader,
+                       reading_success=float(success[candidates.index(reader)]) if reader in candidates else 0.0)
+  return chosen, dict(images=int(s.shape[0]), candidates=candidates, per_attribute=table)
+
+
 def generation_scores(s: np.ndarray, real_labels: np.ndarray, reference_s: np.ndarray, controlling: dict,
                       names: Sequence[str], generate: Callable[[np.ndarray, int], np.ndarray],
-                      classify: Callable[[np.ndarray], np.ndarray], generations: int, seed: int) -> dict:
+                      classify: Callable[[np.ndarray], np.ndarray], generations: int, seed: int,
+                      edit_from: int = 0) -> dict:
   """keep_rate(_chance) and edit_success from `generate(s, noise_index) -> images` and
   `classify(images) -> (N, A) labels`. Generation 0's noise is reused for every edit, so an edit
-  differs from its base image only in s. Prototypes that control several attributes are edited once."""
+  differs from its base image only in s. Prototypes that control several attributes are edited once.
+  Edits are scored on images `edit_from:` (the ones before chose the prototypes)."""
+  if s.shape[0] - edit_from < 1:
+    raise ValueError(f'no image left to score the edits on: {s.shape[0]} images, the first {edit_from} chose')
   generated = np.stack([classify(generate(s, g)) for g in range(generations)])
   keep, chance = keep_rates(real_labels, generated, names, seed)
   success, changed, edited = {}, {}, {}
@@ -132,10 +181,11 @@ def generation_scores(s: np.ndarray, real_labels: np.ndarray, reference_s: np.nd
     j = controlling[name]
     if j not in edited:
       edited[j] = classify(generate(edited_activations(s, j, reference_s), 0))
-    success[name], changed[name] = edit_success(generated[0], edited[j], a)
+    success[name], changed[name] = edit_success(generated[0][edit_from:], edited[j][edit_from:], a)
   return dict(keep_rate=keep, keep_rate_chance=chance, keep_rate_above_chance={
       n: keep[n] - chance[n] for n in names}, edit_success=success, edit_changed_attribute=changed,
-      num_images=int(s.shape[0]), generations_per_image=int(generations), edited_prototypes=sorted(edited))
+      num_images=int(s.shape[0]), generations_per_image=int(generations), edited_prototypes=sorted(edited),
+      edit_images=int(s.shape[0] - edit_from))
 
 
 def s_consistency(s_wanted: np.ndarray, s_got: np.ndarray) -> dict[str, float]:

@@ -333,11 +333,12 @@ def _encode_real(config, info, plan: dict, encode, nets: _Networks) -> dict[str,
 # ----------------------------------------------------------------------------- sampling
 
 
-def _generate(config, model, variables, s: np.ndarray, key, label: str) -> np.ndarray:
+def _generate(config, model, variables, s: np.ndarray, key, label: str,
+              x_T: Optional[np.ndarray] = None) -> np.ndarray:
   """Images from s with `sample.generate_batched`, in blocks kept as 8-bit when `fid_quantize`.
 
   Blocks bound the float copies in memory (10k samples of 256x256 would be 8 GB as float32);
-  block j uses fold_in(key, j).
+  block j uses fold_in(key, j), and x_T's rows of the block when given.
   """
   ev = config.evaluate
   shape = (config.data.image_size, config.data.image_size, config.data.channels)
@@ -345,13 +346,23 @@ def _generate(config, model, variables, s: np.ndarray, key, label: str) -> np.nd
   block = ev.batch_size * max(1, GENERATE_BLOCK // ev.batch_size)
   num_blocks = -(-s.shape[0] // block)
 
-  def generate_block(j, s_j):
+  def generate_block(j, s_j, *x_j):
     images = sample_lib.generate_batched(
-        model, variables, s_j, jax.random.fold_in(key, j), spec, shape, ev.batch_size,
+        model, variables, s_j, jax.random.fold_in(key, j), spec, shape, ev.batch_size, x_T=x_j[0] if x_j else None,
         label=label if num_blocks == 1 else f'{label} (block {j + 1}/{num_blocks})')
     return _quantized(images, ev)
 
-  return batching.padded_map(generate_block, s, block, pad=None)
+  return batching.padded_map(generate_block, (s,) if x_T is None else (s, x_T), block, pad=None)
+
+
+def _generate_paired(config, models: _Models, blocks: np.ndarray, key) -> np.ndarray:
+  """Images of (m, k, P) activations, block-major; row i of every block starts from the same x_T."""
+  m, k = blocks.shape[:2]
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  x_T = np.asarray(jax.random.normal(key, (k,) + shape), np.float32)
+  return _generate(config, models.model, models.variables, blocks.reshape(m * k, -1), key,
+                   f'evaluate: semantics, choosing the edited prototypes ({m - 1} edits of {k} images)',
+                   x_T=np.tile(x_T, (m, 1, 1, 1)))
 
 
 def _sample_kind(config, kind: str, key, models: _Models, s_eval: np.ndarray):
@@ -550,10 +561,19 @@ def _semantics_section(config, models: _Models, nets: _Networks, rep: dict, ref:
   generate = lambda s, g: _generate(config, models.model, models.variables, s, jax.random.fold_in(key, g),
                                     f'evaluate: semantics images (noise {g})')
   classify = lambda images: _predicted_labels(nets.classifier, images, ev.batch_size)
+  k = ev.semantics_selection_images if n - ev.semantics_selection_images >= 1 else 0
+  if k:
+    paired_key = jax.random.fold_in(key, ev.semantics_generations)  # noise the keep rates do not use
+    with timing.timed(timings, 'semantics_selection'):
+      out['controlling_prototype'], out['edit_selection'] = semantics.select_controlling(
+          ref['s'][:k], rep['s'], out['prototype_auroc'], names,
+          lambda blocks: _generate_paired(config, models, blocks, paired_key), classify)
+  elif ev.semantics_selection_images:
+    out['edit_selection'] = f'not made: {n} labelled eval images, {ev.semantics_selection_images} to choose with'
   with timing.timed(timings, 'semantics_generation'):
     out.update(semantics.generation_scores(
         ref['s'][:n], ref['predicted_attributes'][:n], rep['s'], out['controlling_prototype'], names, generate,
-        classify, ev.semantics_generations, config.seed))
+        classify, ev.semantics_generations, config.seed, edit_from=k))
   out['split'] = dict(representation=ev.probe_split, generation=config.data.eval_split)
   return out
 
