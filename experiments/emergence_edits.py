@@ -6,8 +6,10 @@ emergence tell where an edit can start?).
       [--sampler=dpmpp2m --steps=15 --spacing=logsnr] [--curve] [--json=OUT.json]
 
 For a trained workdir with its attribute classifier (shapes: `--mode=evaluate` or `interpret`
-trains it). Per attribute, the edit is the scorecard's (`evaluate/semantics.py`): the prototype
-that reads the attribute best is moved to the far end of its held-out range. The edit starts
+trains it). Per attribute, the edit is the scorecard's (`evaluate/semantics.py`): one prototype is
+moved to the far end of its held-out range, by default the scorecard's `controlling_prototype`
+(the one whose edit changed the attribute alone most often; read from the workdir's metrics.json,
+so run `--mode=evaluate` first), with `--prototype=reading` the one that reads it best. The edit starts
   from x_T          full inversion and regeneration, 2K calls;
   x0_hat emergence  `margin` steps before the step from which x0_hat's label of the attribute is
                     final (median over `num_trajectories` sampled trajectories; Patronus's reading);
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 from absl import app
 from absl import flags
@@ -33,6 +36,7 @@ import numpy as np
 from patronus_jax import config as config_lib
 from patronus_jax import data
 from patronus_jax import experiment
+from patronus_jax.core import files as pio
 from patronus_jax.evaluate import semantics
 from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir
 from patronus_jax.interpret import core
@@ -56,7 +60,23 @@ _STEPS = flags.DEFINE_integer('steps', 0, "Its steps K (0: the workdir's interpr
 _SPACING = flags.DEFINE_enum('spacing', '', ['', 'time', 'logsnr'], "dpmpp2m's timestep grid ('': the workdir's).")
 _CURVE = flags.DEFINE_bool('curve', False, 'Also edit the held-out images from every start step.')
 _JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.')
+_PROTOTYPE = flags.DEFINE_enum('prototype', 'effect', ['effect', 'reading'],
+                               "Which prototype an attribute's edit moves: the scorecard's controlling_prototype "
+                               "(metrics.json) or the best single reader of the attribute.")
 _STARTS = ('from_x_T', 'x0_emergence', 'commitment')
+
+
+def _edited_prototypes(workdir: str, s: np.ndarray, attributes: np.ndarray, names) -> dict:
+  """Per attribute the prototype to edit (`--prototype`)."""
+  if _PROTOTYPE.value == 'reading':
+    return semantics.representation_scores(s, attributes, names)['reading_prototype']
+  path = os.path.join(workdir, 'metrics.json')
+  sem = pio.read_json(path).get('semantics', {}) if os.path.exists(path) else {}
+  if not isinstance(sem.get('edit_selection'), dict):
+    raise app.UsageError(f'{path} has no semantics scorecard whose edits were chosen by effect: run --mode=evaluate '
+                         "with 'semantics' in evaluate.metrics and semantics_selection_images > 0, or pass "
+                         '--prototype=reading')
+  return {n: int(sem['controlling_prototype'][n]) for n in names}
 
 
 def main(argv):
@@ -77,7 +97,7 @@ def main(argv):
   attributes = np.asarray(arrays['attributes'])
   s = np.asarray(engine.encode(images)['s'])
   names = list(data.get_info(config.data).attribute_names)
-  controlling = semantics.representation_scores(s, attributes, names)['controlling_prototype']
+  controlling = _edited_prototypes(workdir, s, attributes, names)
 
   labels = lambda x: np.stack([np.argmax(np.asarray(p), -1) for p in core.classify_batch(clf, jnp.asarray(x))], 1)
   first = n_traj + _FIRST_IMAGE.value

@@ -193,6 +193,11 @@ def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_enco
     config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 1.0, 'model.s_decoder_size': 12})
   with pytest.raises(ConfigError, match='model.s_decoder_kind'):
     config_lib.load('configs/quickstart.py:tiny', {'model.s_decoder_kind': 'mlp'})
+  wide = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'model.s_decoder_width': 24}))
+  wide_params = wide.init_variables(jax.random.PRNGKey(0), {'image': x})['params']['s_decoder']
+  assert wide_params['out']['kernel'].shape[2] == 24 and params['s_decoder']['out']['kernel'].shape[2] == 64
+  with pytest.raises(ConfigError, match='model.s_decoder_width'):
+    config_lib.load('configs/quickstart.py:tiny', {'model.s_decoder_width': 0})
 
 
 def test_the_broadcast_decoder_sees_s_at_every_pixel_beside_the_coordinates():
@@ -240,7 +245,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   workdir_lib.check_and_write_config(str(tmp_path), config)
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
   for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size', 's_decoder_kind',
-                's_film', 's_sketch'):
+                's_decoder_width', 's_film', 's_sketch'):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
   del old['train']['prototype_lr_scale']

@@ -270,6 +270,7 @@ class Patronus(nn.Module):
   s_film: bool = False  # s scales and shifts the U-Net's normalised features instead of adding a bias
   s_decoder_size: int = 0  # > 0: an ActivationDecoder head s -> (size x size) image, for an auxiliary loss
   s_decoder_kind: str = 'upsample'  # its architecture: 'upsample' or 'broadcast' (ActivationDecoder)
+  s_decoder_width: int = 64  # its channels
   s_sketch: bool = False  # the decoder's picture of s, resized to x_t, is also the U-Net's input (needs s_decoder_size)
   guidance: float = 1.0  # classifier-free guidance weight on s when not training (1: plain conditional)
 
@@ -283,8 +284,8 @@ class Patronus(nn.Module):
         tuple(self.attention), self.num_heads, self.dropout, self.time_mult, self.time_table_size,
         self.remat, self.dtype, s_norm=self.s_norm, coords=self.unet_coords, s_film=self.s_film)
     if self.s_decoder_size:
-      self.s_decoder = ActivationDecoder(self.s_decoder_size, self.image_channels, kind=self.s_decoder_kind,
-                                         dtype=self.dtype)
+      self.s_decoder = ActivationDecoder(self.s_decoder_size, self.image_channels, width=self.s_decoder_width,
+                                         kind=self.s_decoder_kind, dtype=self.dtype)
 
   def encode(self, images: jax.Array) -> PrototypeOutput:
     return self.prototypes(images)
@@ -358,5 +359,5 @@ def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:
       time_table_size=m.time_table_size, remat=m.remat, dtype=compute, distance_norm=m.distance_norm,
       encoder_coords=m.encoder_coords, s_norm=m.s_norm, unet_coords=m.unet_coords, s_film=m.s_film,
       s_decoder_size=m.s_decoder_size if config.train.s_decoder_weight > 0 else 0,
-      s_decoder_kind=m.s_decoder_kind, s_sketch=m.s_sketch,
+      s_decoder_kind=m.s_decoder_kind, s_decoder_width=m.s_decoder_width, s_sketch=m.s_sketch,
       guidance=float(config.diffusion.guidance))

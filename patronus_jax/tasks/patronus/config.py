@@ -38,6 +38,7 @@ def model_config() -> ConfigDict:
       # the auxiliary decoder: 'upsample' (dense to 4x4, upsampling convs) or 'broadcast' (s copied to
       # every pixel beside its coordinates: a spatial broadcast decoder)
       s_decoder_kind='upsample',
+      s_decoder_width=64,  # the decoder's channels
       # the decoder's picture of s (resized to the image) is also the U-Net's input, beside x_t: s says
       # where and in which outline to draw through convolutions, not only through a per-channel vector
       # (needs train.s_decoder_weight > 0; docs/patronus.md)
@@ -264,6 +265,8 @@ def _check_image_size(config: ConfigDict) -> None:
     features = (features + 2 * p - k) // s + 1
   require(features >= 1, f"config field 'data.image_size' ({size}) is too small for the prototype encoder "
           "(model.encoder_kernels/strides/paddings leave no feature position)")
+  require(config.model.s_decoder_width >= 1,
+          f"config field 'model.s_decoder_width' must be >= 1, got {config.model.s_decoder_width}")
   require(config.train.s_decoder_weight >= 0.0,
           f"config field 'train.s_decoder_weight' must be >= 0 (0: off), got {config.train.s_decoder_weight}")
   require(config.train.s_decoder_edge_weight >= 0.0,
