@@ -41,6 +41,7 @@ from patronus_jax.evaluate import semantics
 from patronus_jax.evaluate.workdir_classifier import classifier_for_workdir
 from patronus_jax.interpret import core
 from patronus_jax.interpret import guided_edits
+from patronus_jax.tasks.patronus import evaluate_mode
 from patronus_jax.tasks.patronus import loading
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir (stage 1 + attribute classifier).', required=True)
@@ -70,7 +71,7 @@ def _edited_prototypes(workdir: str, s: np.ndarray, attributes: np.ndarray, name
   """Per attribute the prototype to edit (`--prototype`)."""
   if _PROTOTYPE.value == 'reading':
     return semantics.representation_scores(s, attributes, names)['reading_prototype']
-  path = os.path.join(workdir, 'metrics.json')
+  path = os.path.join(workdir, evaluate_mode.METRICS_FILENAME)
   sem = pio.read_json(path).get('semantics', {}) if os.path.exists(path) else {}
   if not isinstance(sem.get('edit_selection'), dict):
     raise app.UsageError(f'{path} has no semantics scorecard whose edits were chosen by effect: run --mode=evaluate '

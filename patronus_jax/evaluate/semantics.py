@@ -71,8 +71,8 @@ def representation_scores(s: np.ndarray, attributes: np.ndarray, names: Sequence
   per_prototype = {n: m.max(axis=0) for n, m in zip(names, aurocs)}
   # the prototype with the strongest single reading of any class of the attribute
   reading = {n: int(np.argmax(v)) for n, v in per_prototype.items()}
-  alive = int(alive_mask(s).sum())
   std = s.std(axis=0)
+  alive = int(_alive(std).sum())
   live = std > 0
   duplicates = 0
   if live.sum() > 1:
@@ -89,7 +89,10 @@ def representation_scores(s: np.ndarray, attributes: np.ndarray, names: Sequence
 
 def alive_mask(s: np.ndarray) -> np.ndarray:
   """Prototypes whose std over `s` is at least ALIVE_FRACTION of the largest."""
-  std = np.asarray(s, np.float64).std(axis=0)
+  return _alive(np.asarray(s, np.float64).std(axis=0))
+
+
+def _alive(std: np.ndarray) -> np.ndarray:
   return std >= ALIVE_FRACTION * std.max() if std.max() > 0 else np.zeros(std.shape, bool)
 
 
@@ -155,8 +158,7 @@ def select_controlling(s: np.ndarray, reference: np.ndarray, prototype_auroc: di
   chosen, table = {}, {}
   for a, name in enumerate(names):
     success = np.array([edit_success(labels[0], labels[1 + c], a)[0] for c in range(len(candidates))])
-    order = sorted(range(len(candidates)), key=lambda c: -prototype_auroc[name][candidates[c]])
-    c = max(order, key=lambda c: success[c])  # the first of the best in reading order
+    c = max(range(len(candidates)), key=lambda c: (success[c], prototype_auroc[name][candidates[c]]))
     reader = int(np.argmax(prototype_auroc[name]))
     chosen[name] = candidates[c]
     table[name] = dict(prototype=candidates[c], success=float(success[c]), reading_prototype=reader,
