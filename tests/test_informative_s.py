@@ -47,6 +47,31 @@ def test_unit_distance_is_the_cosine_distance_in_0_4():
   assert np.abs(np.asarray(raw.apply(scaled, x).distances - raw.apply(variables, x).distances)).max() > 1.0
 
 
+def test_channel_weights_are_a_softmax_weighted_cosine_distance_and_start_as_the_plain_one():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), minval=-1, maxval=1)
+  plain = _net('unit')
+  weighted = proto_lib.PrototypeNetwork(4, (8, 8), (3, 3), (2, 1), (1, 0), 'log', distance_norm='unit',
+                                        channel_weights=True)
+  variables = weighted.init(jax.random.PRNGKey(1), x)
+  assert variables['params']['channel_logits'].shape == (4, 8)
+  plain_vars = {'params': {k: v for k, v in variables['params'].items() if k != 'channel_logits'},
+                'buffers': variables['buffers']}
+  np.testing.assert_allclose(np.asarray(weighted.apply(variables, x).distances),
+                             np.asarray(plain.apply(plain_vars, x).distances), atol=1e-6)
+  logits = 3.0 * jax.random.normal(jax.random.PRNGKey(2), (4, 8))
+  variables['params']['channel_logits'] = logits
+  d = np.asarray(weighted.apply(variables, x).distances)
+  z = np.asarray(proto_lib.PrototypeEncoder((8, 8), (3, 3), (2, 1), (1, 0)).apply(
+      {'params': variables['params']['encoder']}, x), np.float64)
+  p = np.asarray(variables['params']['prototype_vectors'], np.float64)
+  zu = z / np.sqrt((z ** 2).sum(-1, keepdims=True) + 1e-6)
+  pu = p / np.sqrt((p ** 2).sum(-1, keepdims=True) + 1e-6)
+  w = 8 * np.asarray(jax.nn.softmax(logits, -1), np.float64)
+  expected = (w * (zu[..., None, :] - pu) ** 2).sum(-1)
+  np.testing.assert_allclose(d, expected, atol=1e-4)
+  assert np.abs(d - np.asarray(plain.apply(plain_vars, x).distances)).max() > 0.05
+
+
 def test_coordinates_make_patches_of_a_constant_image_differ():
   x = jnp.zeros((1, 16, 16, 3))
   for coords, moves in ((False, False), (True, True)):
@@ -244,7 +269,8 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   config = config_lib.load('configs/quickstart.py:paper,tiny')
   workdir_lib.check_and_write_config(str(tmp_path), config)
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
-  for field in ('distance_norm', 's_norm', 'encoder_coords', 'unet_coords', 's_decoder_size', 's_decoder_kind',
+  for field in ('distance_norm', 's_norm', 'encoder_coords', 'prototype_channel_weights',
+                'unet_coords', 's_decoder_size', 's_decoder_kind',
                 's_decoder_width', 's_film', 's_sketch'):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added

@@ -104,6 +104,11 @@ class PrototypeNetwork(nn.Module):
   # so d lies in [0, 4] where log((d+1)/(d+eps)) is steep (raw d ~ 60 leaves s nearly flat).
   distance_norm: str = 'none'
   coords: bool = False
+  # Per-prototype channel weights in the distance, d_j = sum_c w_jc (z_c - p_jc)^2 with
+  # w_j = D softmax(a_j) (a_j learned, 0 at init: the plain distance): a prototype can look at the
+  # channels that hold one factor (an outline) and ignore another (the colour) instead of matching
+  # the conjunction of every channel.
+  channel_weights: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array) -> PrototypeOutput:
@@ -118,10 +123,15 @@ class PrototypeNetwork(nn.Module):
     elif self.distance_norm != 'none':
       raise ValueError(f"unknown distance_norm {self.distance_norm!r}; expected 'none' or 'unit'")
     ones = self.variable('buffers', 'ones', _ones_init, None, (self.num_prototypes, dim)).value
+    weighted = prototypes
+    if self.channel_weights:
+      logits = self.param('channel_logits', nn.initializers.zeros, (self.num_prototypes, dim))
+      ones = dim * jax.nn.softmax(logits, axis=-1)  # takes the place of the official all-ones filter bank
+      weighted = ones * prototypes
     hp = jax.lax.Precision.HIGHEST
     z_sq = jnp.einsum('bhwc,pc->bhwp', z * z, ones, precision=hp)
-    zp = jnp.einsum('bhwc,pc->bhwp', z, prototypes, precision=hp)
-    p_sq = jnp.sum(prototypes * prototypes, axis=-1)
+    zp = jnp.einsum('bhwc,pc->bhwp', z, weighted, precision=hp)
+    p_sq = jnp.sum(weighted * prototypes, axis=-1)
     distances = nn.relu(z_sq - 2.0 * zp + p_sq)
     b, h, w, p = distances.shape
     flat = distances.reshape(b, h * w, p)

@@ -31,6 +31,9 @@ def model_config() -> ConfigDict:
       # Beyond the paper (docs/patronus.md, "Prototypes that carry the image"); defaults: official.
       distance_norm='none',  # 'unit': L2-normalise features and prototypes, d in [0, 4] where s has gradient
       s_norm='none',  # 'layer': LayerNorm on s before the U-Net's s-embedding (stops prototypes duplicating)
+      # per-prototype channel weights D softmax(a_j) in the distance (a_j learned, 0 at init = the
+      # plain distance): a prototype can match one factor's channels and ignore the rest
+      prototype_channel_weights=False,
       encoder_coords=False,  # CoordConv: (y, x) channels appended to the prototype encoder's input
       unet_coords=False,  # CoordConv for the U-Net's input, so that s can say where to draw
       s_film=False,  # s scales and shifts the U-Net blocks' normalised features (FiLM) instead of a bias
