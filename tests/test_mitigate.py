@@ -119,6 +119,30 @@ def test_dependence_penalties_values_and_gradients():
         rng.standard_normal((16, 3)))))
 
 
+def test_the_within_label_share_is_zero_for_a_code_of_the_label_and_one_for_noise():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    labels = jnp.asarray(rng.integers(0, 4, 64))
+    code = jnp.asarray([0.3, -1.0, 2.0, 0.5])[labels][:, None]  # a function of the label
+    mixed = code + 0.5 * jnp.asarray(rng.standard_normal((64, 1)))
+    noise = jnp.asarray(rng.standard_normal((64, 1)))
+    share = lambda x: float(mitigate_mode.within_label_share(x, labels, eps=0.0)[0])
+    assert share(code) == pytest.approx(0.0, abs=1e-12)
+    assert 0.05 < share(mixed) < 0.5
+    assert share(noise) == pytest.approx(1.0, abs=0.2)
+    # closed form on a batch: mean squared difference over same-label pairs / over all pairs
+    x = np.asarray(mixed[:8, 0])
+    lab = np.asarray(labels[:8])
+    pairs = [(i, j) for i in range(8) for j in range(8) if i != j]
+    same = [(x[i] - x[j]) ** 2 for i, j in pairs if lab[i] == lab[j]]
+    every = [(x[i] - x[j]) ** 2 for i, j in pairs]
+    assert float(mitigate_mode.within_label_share(mixed[:8], labels[:8], eps=0.0)[0]) == pytest.approx(
+        np.mean(same) / np.mean(every), rel=1e-12)
+    # no two rows share a label: nothing to measure, 0 (and no NaN)
+    assert float(mitigate_mode.within_label_share(mixed[:4], jnp.arange(4))[0]) == 0.0
+    _finite_difference_check(lambda a, b: jnp.sum(mitigate_mode.within_label_share(a, b)), mixed[:16], labels[:16])
+
+
 def test_mitigation_config_is_validated():
   config = config_lib.base_config()
   config.mitigation.steps_fraction = 0.3
@@ -212,6 +236,8 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
                     lambda: mitigate_mode.resampled_iterator(config, weights, (steps + 2) * 8, 0)),
       'decorrelate': (mitigate_mode.DecorrelateTask(config, [([0, 1], [2])], 10.0, 'hsic'),
                       data_lib.training_iterator_factory(config.data, config.train.batch_size, 1)),
+      'isolate': (mitigate_mode.IsolateTask(config, [(2, [0, 1])], 1.0),
+                  lambda: mitigate_mode.resampled_iterator(config, weights, (steps + 2) * 8, 0)),
   }
   for method, (task, make_iterator) in runs.items():
     vc, view = mitigate_mode.make_view(config, workdir, method, f'stage1_mitigated/{method}',
@@ -301,3 +327,20 @@ def test_the_counterfactual_penalty_holds_the_other_attributes_and_a_to_the_orig
   assert float(moved['counterfactual']) == pytest.approx(
       float(moved['counterfactual_co_moved']) + 5.0 * float(moved['counterfactual_kept']), rel=1e-6)
   assert float(loss - loss0) == pytest.approx(1000.0 * float(metrics['counterfactual']), rel=1e-4)
+
+
+def test_the_isolate_penalty_is_the_within_a_share_of_the_edited_prototypes_added_to_the_loss(trained):
+  config, workdir = trained
+  _, variables, _ = loading.load_stage1_variables(config, workdir, use_ema=False)
+  params = variables['params']
+  others = {k: v for k, v in variables.items() if k != 'params'}
+  arrays = data_lib.load_arrays(config.data, 'train', max_examples=8)
+  batch = {'image': jnp.asarray(arrays['image']), 'attributes': jnp.asarray(arrays['attributes'])}
+  key = jax.random.PRNGKey(2)
+  plain_loss, _, s = training.PatronusTask(config).loss_terms(params, others, batch, key, True)
+  color = 2
+  expected = float(jnp.mean(mitigate_mode.within_label_share(s[:, jnp.asarray([0, 3])], batch['attributes'][:, color])))
+  assert expected > 0.0
+  loss, metrics = mitigate_mode.IsolateTask(config, [(color, [0, 3])], 10.0).loss_fn(params, others, batch, key, True)
+  assert float(metrics['within_a_share']) == pytest.approx(expected, rel=1e-5)
+  assert float(loss) == pytest.approx(float(plain_loss) + 10.0 * expected, rel=1e-5)

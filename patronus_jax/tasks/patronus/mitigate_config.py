@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from patronus_jax.core.config import ConfigDict, section_checker
 
-METHODS = ('rebalance', 'decorrelate', 'counterfactual')
+METHODS = ('rebalance', 'decorrelate', 'counterfactual', 'isolate')
 DEPENDENCE = ('cross_covariance', 'hsic')
 
 
@@ -19,6 +19,9 @@ def mitigation_config() -> ConfigDict:
       #   counterfactual  keep the data; make the diagnosis' own edits while training and add weight x how
       #                far the classifier's reading of x0_hat strays: attributes the edit does not control
       #                from the unedited branch, the controlled ones from the original model's edit
+      #   isolate      the rebalanced stream, and the loss gains isolate_weight x the share of the variation
+      #                of the prototypes that control A found within one value of A (they are made codes of
+      #                A alone, so they stop telling the U-Net about B)
       methods=('rebalance', 'decorrelate'),
       steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
       learning_rate=5e-4,  # constant, no warm-up (Adam's moments continue from stage 1)
@@ -27,6 +30,7 @@ def mitigation_config() -> ConfigDict:
       prototype_lr_scale=1.0,
       penalty_weight=1.0,  # 'decorrelate': weight of the dependence term (the diffusion loss is ~0.03)
       dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
+      isolate_weight=1.0,  # 'isolate': weight of the within-A share (1 at the start, 0 when pure)
       counterfactual_weight=1.0,  # 'counterfactual': weight of the change of the other attributes' probabilities
       # ... and, inside it, of the distance of A's probabilities under the edit to the original model's
       # under the same edit (0: A is free, and the edited prototypes tend to fall silent)
@@ -59,6 +63,7 @@ def validate_mitigation_config(m) -> None:
   require(m.learning_rate > 0.0, 'learning_rate', 'must be positive')
   require(m.prototype_lr_scale > 0.0, 'prototype_lr_scale', 'must be positive (1: learning_rate)')
   require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
+  require(m.isolate_weight >= 0.0, 'isolate_weight', 'must be >= 0')
   require(m.counterfactual_weight >= 0.0, 'counterfactual_weight', 'must be >= 0')
   require(m.counterfactual_keep_weight >= 0.0, 'counterfactual_keep_weight', 'must be >= 0')
   require(0.0 < m.counterfactual_max_t <= 1.0, 'counterfactual_max_t', 'must be in (0, 1]')

@@ -93,6 +93,20 @@ def hsic(x: jax.Array, y: jax.Array) -> jax.Array:
 DEPENDENCE = {'cross_covariance': cross_covariance, 'hsic': hsic}
 
 
+def within_label_share(s: jax.Array, labels: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Per column of s (n, k): the mean squared difference between rows of the same label over the
+  mean over all pairs of rows. 0 when the column is a function of the label, about 1 when it ignores
+  it; 0 for a batch without two rows of one label. Pairs rather than class means, so that a batch
+  of 8 with 4 labels still estimates it."""
+  n = s.shape[0]
+  d2 = jnp.square(s[:, None, :] - s[None, :, :])
+  off = 1.0 - jnp.eye(n, dtype=s.dtype)
+  same = (labels[:, None] == labels[None, :]).astype(s.dtype) * off
+  every = jnp.einsum('ij,ijk->k', off, d2) / jnp.sum(off)
+  within = jnp.einsum('ij,ijk->k', same, d2) / jnp.maximum(jnp.sum(same), 1.0)
+  return within / (every + eps)
+
+
 class DecorrelateTask(training.PatronusTask):
   """Stage 1 with weight x sum over pairs of dependence(s[:, JA], s[:, JB]) added to the loss."""
 
@@ -106,6 +120,29 @@ class DecorrelateTask(training.PatronusTask):
     loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
     penalty = sum(self.dependence(s[:, a], s[:, b]) for a, b in self.groups)
     return loss + self.weight * penalty, {**metrics, 'dependence': penalty}
+
+
+class IsolateTask(training.PatronusTask):
+  """Stage 1 plus weight x the share of the variation of each s_JA within one value of A
+  (`within_label_share`, mean over JA): the prototypes whose edits showed the pair are pulled to
+  depend on A alone, on a stream where A and B are independent (the rebalanced one). Then s_JA no
+  longer tells the U-Net anything about B, and it learns to draw B from the other prototypes.
+  Unlike `decorrelate` it removes B from s_JA without removing A: on biased data an encoding that
+  carries both is dependent, a pure code of A given rebalanced data is not."""
+
+  def __init__(self, config, groups: list[tuple[int, list[int]]], weight: float):
+    super().__init__(config)
+    self.groups = [(int(a), jnp.asarray(ja, jnp.int32)) for a, ja in groups]
+    self.weight = float(weight)
+
+  def prepare_batch(self, batch: dict) -> dict:
+    return {**super().prepare_batch(batch), 'attributes': np.asarray(batch['attributes'], np.int32)}
+
+  def loss_fn(self, params, variables, batch, key, train):
+    loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
+    labels = batch['attributes']
+    penalty = sum(jnp.mean(within_label_share(s[:, ja], labels[:, a])) for a, ja in self.groups)
+    return loss + self.weight * penalty, {**metrics, 'within_a_share': penalty}
 
 
 class CounterfactualTask(training.PatronusTask):
@@ -548,12 +585,18 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
   """(task, make_iterator, recipe, report entries) of fine-tuning with `method` in the view's config vc."""
   mcfg = config.mitigation
   extra = {}
-  if method == 'rebalance':
+  if method in ('rebalance', 'isolate'):
     weights, extra['rebalancing'] = rebalancing(plans, attributes)
     num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
-    task = training.PatronusTask(vc)
     make_iterator = lambda: resampled_iterator(vc, weights, num, config.seed)
     recipe = {'pairs': [p['attributes'] for p in plans]}
+    if method == 'rebalance':
+      task = training.PatronusTask(vc)
+    else:
+      groups = [(attributes.names.index(p['controlled']), p['prototypes_a']) for p in plans]
+      task = IsolateTask(vc, groups, mcfg.isolate_weight)
+      extra['penalty'] = dict(groups=groups, weight=mcfg.isolate_weight)
+      recipe = dict(recipe, **extra['penalty'])
   elif method == 'counterfactual':
     clf, _ = classifier_for_workdir(config, workdir)
     ev = before['edit_values']
