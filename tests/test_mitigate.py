@@ -344,3 +344,22 @@ def test_the_isolate_penalty_is_the_within_a_share_of_the_edited_prototypes_adde
   loss, metrics = mitigate_mode.IsolateTask(config, [(color, [0, 3])], 10.0).loss_fn(params, others, batch, key, True)
   assert float(metrics['within_a_share']) == pytest.approx(expected, rel=1e-5)
   assert float(loss) == pytest.approx(float(plain_loss) + 10.0 * expected, rel=1e-5)
+
+
+def test_a_view_written_before_a_model_field_existed_is_still_used(trained):
+  # a mitigated workdir made by an older version: its view's config.json lacks fields added since
+  import shutil  # pylint: disable=g-import-not-at-top
+  from patronus_jax.core import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config, workdir = trained
+  _, view = mitigate_mode.make_view(config, workdir, 'older', 'stage1', None)
+  path = workdir_lib.config_path(view)
+  old = json.load(open(path))
+  del old['model']['prototype_channel_weights']
+  json.dump(old, open(path, 'w'))
+  mitigate_mode.make_view(config, workdir, 'older', 'stage1', None)  # the default is what the old run did
+  changed = config.copy_and_resolve_references()
+  changed.model.prototype_channel_weights = True
+  json.dump(old, open(path, 'w'))
+  with pytest.raises(workdir_lib.ConfigConflict, match='prototype_channel_weights'):
+    mitigate_mode.make_view(changed, workdir, 'older', 'stage1', None)
+  shutil.rmtree(view)
