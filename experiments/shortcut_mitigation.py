@@ -1,4 +1,5 @@
-r"""Shortcut mitigation, end to end: train, diagnose, mitigate (both methods), diagnose again; the table.
+r"""Shortcut mitigation, end to end: train, diagnose, mitigate (every method of
+`mitigation.methods`), diagnose again; the table.
 
   # shapes with the planted colour -> shape bias (0.95), quickstart-sized (stage 1: 4,000 steps of
   # batch 8, ~6 min alone on 2 CPU cores; each method fine-tunes 1,000 steps = 25 %):

@@ -22,7 +22,8 @@ def mitigation_config() -> ConfigDict:
       #   isolate      the rebalanced stream, and the loss gains isolate_weight x the share of the variation
       #                of the prototypes that control A found within one value of A (they are made codes of
       #                A alone, so they stop telling the U-Net about B)
-      methods=('rebalance', 'decorrelate'),
+      # default: the three that need no second pass of the model per step ('counterfactual' does)
+      methods=('rebalance', 'decorrelate', 'isolate'),
       steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
       learning_rate=5e-4,  # constant, no warm-up (Adam's moments continue from stage 1)
       # x learning_rate for the prototype network (encoder + prototypes), whose detectors of the tied
