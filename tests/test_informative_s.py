@@ -256,9 +256,11 @@ def test_defaults_are_the_paper_and_guidance_needs_dropout():
   assert shapes.model.unet_coords and shapes.train.s_decoder_weight == 1.0
   assert shapes.model.s_film and not shapes.model.encoder_coords and shapes.train.prototype_lr_scale == 4.0
   assert shapes.model.s_sketch and not config.model.s_sketch
+  assert shapes.model.prototype_channel_weights and not config.model.prototype_channel_weights
   paper = config_lib.load('configs/shapes.py:paper')
   assert not paper.model.unet_coords and not paper.model.encoder_coords and paper.train.s_decoder_weight == 0.0
   assert not paper.model.s_film and paper.train.prototype_lr_scale == 1.0 and not paper.model.s_sketch
+  assert not paper.model.prototype_channel_weights
   with pytest.raises(ConfigError, match='diffusion.guidance.*cond_dropout'):
     config_lib.load('configs/quickstart.py:paper,tiny', {'diffusion.guidance': 3.0})
   with pytest.raises(ConfigError, match='model.distance_norm'):
