@@ -354,12 +354,13 @@ def test_a_view_written_before_a_model_field_existed_is_still_used(trained):
   _, view = mitigate_mode.make_view(config, workdir, 'older', 'stage1', None)
   path = workdir_lib.config_path(view)
   old = json.load(open(path))
-  del old['model']['prototype_channel_weights']
+  assert config.model.s_decoder_width == 64  # the field's default: what a run before it existed did
+  del old['model']['s_decoder_width']
   json.dump(old, open(path, 'w'))
-  mitigate_mode.make_view(config, workdir, 'older', 'stage1', None)  # the default is what the old run did
+  mitigate_mode.make_view(config, workdir, 'older', 'stage1', None)
   changed = config.copy_and_resolve_references()
-  changed.model.prototype_channel_weights = True
+  changed.model.s_decoder_width = 128
   json.dump(old, open(path, 'w'))
-  with pytest.raises(workdir_lib.ConfigConflict, match='prototype_channel_weights'):
+  with pytest.raises(workdir_lib.ConfigConflict, match='s_decoder_width'):
     mitigate_mode.make_view(changed, workdir, 'older', 'stage1', None)
   shutil.rmtree(view)
