@@ -122,14 +122,15 @@ class PrototypeNetwork(nn.Module):
       prototypes = prototypes * jax.lax.rsqrt(jnp.sum(prototypes * prototypes, axis=-1, keepdims=True) + 1e-6)
     elif self.distance_norm != 'none':
       raise ValueError(f"unknown distance_norm {self.distance_norm!r}; expected 'none' or 'unit'")
-    ones = self.variable('buffers', 'ones', _ones_init, None, (self.num_prototypes, dim)).value
+    # the official all-ones filter bank (a buffer, so official checkpoints import), or the learned weights
+    channel_weight = self.variable('buffers', 'ones', _ones_init, None, (self.num_prototypes, dim)).value
     weighted = prototypes
     if self.channel_weights:
       logits = self.param('channel_logits', nn.initializers.zeros, (self.num_prototypes, dim))
-      ones = dim * jax.nn.softmax(logits, axis=-1)  # takes the place of the official all-ones filter bank
-      weighted = ones * prototypes
+      channel_weight = dim * jax.nn.softmax(logits, axis=-1)
+      weighted = channel_weight * prototypes
     hp = jax.lax.Precision.HIGHEST
-    z_sq = jnp.einsum('bhwc,pc->bhwp', z * z, ones, precision=hp)
+    z_sq = jnp.einsum('bhwc,pc->bhwp', z * z, channel_weight, precision=hp)
     zp = jnp.einsum('bhwc,pc->bhwp', z, weighted, precision=hp)
     p_sq = jnp.sum(weighted * prototypes, axis=-1)
     distances = nn.relu(z_sq - 2.0 * zp + p_sq)
