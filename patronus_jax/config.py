@@ -50,6 +50,9 @@ def base_config() -> ConfigDict:
   return config
 
 
+workdir_lib.register_schema_defaults(base_config)  # fields added after a workdir was written keep their defaults
+
+
 def check_fields(config: ConfigDict, schema: ConfigDict | None = None, prefix: str = '') -> None:
   """ConfigError for the first field not in the schema (default: the whole schema) or of the wrong
   type."""

@@ -161,7 +161,7 @@ def run(config, workdir: str, mode: str = 'all') -> None:
   mesh = sharding.make_mesh(config.mesh)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
-    changed = workdir_lib.check_and_write_config(workdir, config, defaults=config_lib.base_config())
+    changed = workdir_lib.check_and_write_config(workdir, config)
     for name, old, new in changed:
       logging.info('config field %s changed since the last run: %r -> %r', name, old, new)
   todo = modes_for(config, mode)

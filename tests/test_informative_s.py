@@ -280,12 +280,11 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   del old['train']['s_decorrelation_weight']
   del old['train']['patch_cluster_weight']
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
-  defaults = config_lib.base_config()
-  workdir_lib.check_and_write_config(str(tmp_path), config, defaults=defaults)  # defaults: the old behaviour
+  workdir_lib.check_and_write_config(str(tmp_path), config)  # the schema's defaults: the old behaviour
   changed = config_lib.load('configs/quickstart.py:paper,tiny', {'model.s_norm': 'layer'})
   files.write_json(workdir_lib.config_path(str(tmp_path)), old)
   with pytest.raises(workdir_lib.ConfigConflict, match='model.s_norm'):
-    workdir_lib.check_and_write_config(str(tmp_path), changed, defaults=defaults)
+    workdir_lib.check_and_write_config(str(tmp_path), changed)
 
 
 def test_prototype_lr_scale_multiplies_the_prototype_networks_updates_only():

@@ -297,6 +297,25 @@ def test_workdir_conflicts_name_the_fields(tmp_path):
   assert restored.train.num_steps == 5 and isinstance(restored.model.channel_mults, tuple)
 
 
+
+def test_every_config_comparison_knows_the_defaults_of_fields_added_later(tmp_path):
+  # the B-cos run's check of its vanilla baseline compares configs too (not only main's resume)
+  from patronus_jax.core import files
+  from patronus_jax.tasks.bcos import modes as bcos_modes
+  config = config_lib.load('configs/bcos_shapes.py')
+  vanilla_dir = os.path.join(str(tmp_path), 'vanilla')
+  vanilla = config.copy_and_resolve_references()
+  vanilla.bcos.vanilla = True
+  workdir_lib.check_and_write_config(vanilla_dir, vanilla)
+  old = files.read_json(workdir_lib.config_path(vanilla_dir))
+  del old['model']['s_sketch'], old['model']['s_decoder_width']  # written before these fields existed
+  files.write_json(workdir_lib.config_path(vanilla_dir), old)
+  assert bcos_modes._vanilla_config(config, str(tmp_path)).bcos.vanilla is True
+  other = config.copy_and_resolve_references()
+  other.model.s_sketch = True  # not the default: the baseline was not trained like this
+  with pytest.raises(workdir_lib.WorkdirError, match='model.s_sketch'):
+    bcos_modes._vanilla_config(other, str(tmp_path))
+
 # ----------------------------------------------------------------------------- multi-process
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
@@ -58,11 +58,22 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def differences(old: dict, new: dict, frozen_only: bool = True,
-                defaults: Optional[dict] = None) -> list[tuple[str, Any, Any]]:
+# Builds the whole schema with its defaults; patronus_jax.config registers its base_config, so that
+# every comparison of configs (runs, views, imports, baselines) knows the defaults of new fields.
+_schema_defaults: Optional[Callable[[], ml_collections.ConfigDict]] = None
+
+
+def register_schema_defaults(build: Callable[[], ml_collections.ConfigDict]) -> None:
+  global _schema_defaults
+  _schema_defaults = build
+
+
+def differences(old: dict, new: dict, frozen_only: bool = True) -> list[tuple[str, Any, Any]]:
   """(field, old, new) that differ. A field added to the schema after `old` was written is no
-  difference while `new` keeps its default (`defaults`): the old run used the default behaviour."""
-  a, b, d = _flatten(old), _flatten(new), _flatten(defaults or {})
+  difference while `new` keeps its default (the registered schema's): the old run used the default
+  behaviour."""
+  defaults = config_to_dict(_schema_defaults()) if _schema_defaults is not None else {}
+  a, b, d = _flatten(old), _flatten(new), _flatten(defaults)
   keys = sorted(set(a) | set(b))
   diffs = [(k, a.get(k), b.get(k)) for k in keys
            if a.get(k) != b.get(k) and not (k not in a and k in d and b.get(k) == d[k])]
@@ -73,16 +84,14 @@ class ConfigConflict(WorkdirError):
   """The workdir holds a model trained with a different architecture/data/diffusion."""
 
 
-def check_and_write_config(workdir: str, config: ml_collections.ConfigDict,
-                           defaults: Optional[ml_collections.ConfigDict] = None) -> list:
+def check_and_write_config(workdir: str, config: ml_collections.ConfigDict) -> list:
   """Writes DIR/config.json; if one exists, fails on frozen differences and returns the others."""
   os.makedirs(workdir, exist_ok=True)
   path = config_path(workdir)
   new = config_to_dict(config)
   if os.path.exists(path):
     old = files.read_json(path)
-    frozen = differences(old, new, frozen_only=True,
-                         defaults=config_to_dict(defaults) if defaults is not None else None)
+    frozen = differences(old, new, frozen_only=True)
     if frozen:
       lines = '\n'.join(f'  {k}: workdir has {a!r}, this run has {b!r}' for k, a, b in frozen)
       raise ConfigConflict(

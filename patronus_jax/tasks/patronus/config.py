@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from patronus_jax.core.config import ConfigDict, one_of, require
 from patronus_jax.core.diffusion import DETERMINISTIC_SAMPLERS, SAMPLERS, SPACINGS
-from patronus_jax.data.config import data_config
 from patronus_jax.models.prototypes import DECODER_KINDS
 
 
@@ -150,14 +149,6 @@ def sample_config() -> ConfigDict:
       num_reconstructions=16,  # conditional samples (s of real images, new noise)
       batch_size=64,
   ))
-
-
-def frozen_defaults() -> ConfigDict:
-  """The defaults of the sections whose fields a workdir freezes (model, diffusion, latent, data): a
-  field added after a workdir's config.json was written is no conflict while a run keeps its
-  default (workdir.check_and_write_config's `defaults`)."""
-  return ConfigDict(dict(model=model_config(), diffusion=diffusion_config(), latent=latent_config(),
-                         data=data_config()))
 
 
 def validate_patronus_sections(config: ConfigDict) -> None:

@@ -15,7 +15,6 @@ from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.training import LoopSettings, TrainState, load_for_inference, make_optimizer
 from patronus_jax.models.latent import latent_from_config
 from patronus_jax.models.unet import patronus_from_config
-from patronus_jax.tasks.patronus import config as patronus_config
 
 
 def load_stage1_variables(config, workdir: str, use_ema: bool = True):
@@ -41,7 +40,7 @@ def load_latent(config, workdir: str, use_ema: bool = True):
 
 def write_imported_state(stage: str, workdir: str, config, variables: dict, source: str) -> int:
   """Saves imported weights as a finished checkpoint of `stage` (so later modes just load it)."""
-  workdir_lib.check_and_write_config(workdir, config, defaults=patronus_config.frozen_defaults())
+  workdir_lib.check_and_write_config(workdir, config)
   variables = dict(variables)
   params = variables.pop('params')
   if stage == 'stage1':

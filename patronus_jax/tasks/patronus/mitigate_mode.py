@@ -58,7 +58,6 @@ from patronus_jax.interpret import core as interpret_core
 from patronus_jax.interpret import figures
 from patronus_jax.interpret import stats
 from patronus_jax.models import prototypes as proto_lib
-from patronus_jax.tasks.patronus import config as patronus_config
 from patronus_jax.tasks.patronus import evaluate_mode
 from patronus_jax.tasks.patronus import interpret_mode
 from patronus_jax.tasks.patronus import loading
@@ -263,7 +262,7 @@ def make_view(config, workdir: str, name: str, stage1: str, latent: Optional[str
   c.mitigation.use = False
   c.mitigation.use_method = ''
   if jax.process_index() == 0:
-    workdir_lib.check_and_write_config(directory, c, defaults=patronus_config.frozen_defaults())
+    workdir_lib.check_and_write_config(directory, c)
   return c, directory
 
 
