@@ -70,6 +70,10 @@ def test_channel_weights_are_a_softmax_weighted_cosine_distance_and_start_as_the
   expected = (w * (zu[..., None, :] - pu) ** 2).sum(-1)
   np.testing.assert_allclose(d, expected, atol=1e-4)
   assert np.abs(d - np.asarray(plain.apply(plain_vars, x).distances)).max() > 0.05
+  sharp = proto_lib.PrototypeNetwork(4, (8, 8), (3, 3), (2, 1), (1, 0), 'log', distance_norm='unit',
+                                     channel_weights=True, channel_sharpness=2.5)
+  scaled = {**variables, 'params': {**variables['params'], 'channel_logits': logits / 2.5}}
+  np.testing.assert_allclose(np.asarray(sharp.apply(scaled, x).distances), d, rtol=1e-5, atol=1e-6)
 
 
 def test_coordinates_make_patches_of_a_constant_image_differ():
@@ -265,6 +269,8 @@ def test_defaults_are_the_paper_and_guidance_needs_dropout():
     config_lib.load('configs/quickstart.py:paper,tiny', {'diffusion.guidance': 3.0})
   with pytest.raises(ConfigError, match='model.distance_norm'):
     config_lib.load('configs/quickstart.py:tiny', {'model.distance_norm': 'cosine'})
+  with pytest.raises(ConfigError, match='model.prototype_channel_sharpness.*positive'):
+    config_lib.load('configs/quickstart.py:tiny', {'model.prototype_channel_sharpness': 0.0})
 
 
 def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):

@@ -109,6 +109,9 @@ class PrototypeNetwork(nn.Module):
   # channels that hold one factor (an outline) and ignore another (the colour) instead of matching
   # the conjunction of every channel.
   channel_weights: bool = False
+  # w_j = D softmax(k a_j): with Adam, k times the logits' learning rate, so the weights can turn
+  # sharp (a prototype of a few channels) within a short run; 1 gives the plain softmax.
+  channel_sharpness: float = 1.0
 
   @nn.compact
   def __call__(self, images: jax.Array) -> PrototypeOutput:
@@ -127,7 +130,7 @@ class PrototypeNetwork(nn.Module):
     weighted = prototypes
     if self.channel_weights:
       logits = self.param('channel_logits', nn.initializers.zeros, (self.num_prototypes, dim))
-      channel_weight = dim * jax.nn.softmax(logits, axis=-1)
+      channel_weight = dim * jax.nn.softmax(self.channel_sharpness * logits, axis=-1)
       weighted = channel_weight * prototypes
     hp = jax.lax.Precision.HIGHEST
     z_sq = jnp.einsum('bhwc,pc->bhwp', z * z, channel_weight, precision=hp)

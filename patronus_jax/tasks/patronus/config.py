@@ -34,6 +34,8 @@ def model_config() -> ConfigDict:
       # per-prototype channel weights D softmax(a_j) in the distance (a_j learned, 0 at init = the
       # plain distance): a prototype can match one factor's channels and ignore the rest
       prototype_channel_weights=False,
+      # their softmax(k a_j): k = sharpness (with Adam, k times the logits' learning rate); 1: plain
+      prototype_channel_sharpness=1.0,
       encoder_coords=False,  # CoordConv: (y, x) channels appended to the prototype encoder's input
       unet_coords=False,  # CoordConv for the U-Net's input, so that s can say where to draw
       s_film=False,  # s scales and shifts the U-Net blocks' normalised features (FiLM) instead of a bias
@@ -193,6 +195,9 @@ def _validate_architecture(config: ConfigDict) -> None:
     require(len(m[field]) == n_enc,
              f"config field 'model.{field}' has {len(m[field])} entries but "
              f"'model.encoder_channels' has {n_enc}: one per encoder layer is expected")
+  require(m.prototype_channel_sharpness > 0,
+          f"config field 'model.prototype_channel_sharpness' is {m.prototype_channel_sharpness}: "
+          'a positive scale of the channel weights\' logits is expected (1: the plain softmax)')
   require(len(m.attention) == len(m.channel_mults),
            f"config field 'model.attention' has {len(m.attention)} entries but "
            f"'model.channel_mults' has {len(m.channel_mults)}: one per level is expected")
