@@ -110,6 +110,12 @@ def test_metrics_json(evaluated):
   assert metrics['config']['evaluate']['num_samples'] == 12
   assert metrics['timings_seconds']['total'] > 0
   assert any('FID not computed' in n for n in metrics['notes'])
+  # the 20-step classifier is a weak judge; the note names what it reads badly, with its accuracy
+  accuracy = metrics['feature_networks']['attribute_classifier']['held_out_accuracy']
+  weak = [k for k, v in accuracy.items() if v < 0.9]
+  assert weak
+  note = [n for n in metrics['notes'] if n.startswith('the attribute classifier reads')]
+  assert len(note) == 1 and all(f'{k} {accuracy[k]:.2f}' in note[0] for k in weak)
   assert os.path.exists(os.path.join(workdir, 'evaluate', 'conditional.png'))
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
   assert os.path.exists(os.path.join(workdir, 'status', 'evaluate.json'))

@@ -38,6 +38,21 @@ _DATA_FIELDS_IGNORED = ('data_dir', 'num_workers', 'worker_buffer_size', 'read_t
                         'prefetch_buffer_size', 'strict', 'eval_split')
 # config.evaluate.classifier_* fields that do not change the trained classifier.
 _CLASSIFIER_FIELDS_IGNORED = ('classifier_dir',)
+# Below this held-out accuracy much of what the classifier judges of an attribute is its own error.
+JUDGE_MIN_ACCURACY = 0.9
+
+
+def weak_judge_note(metrics: dict) -> str | None:
+  """A sentence naming the attributes the classifier reads right in fewer than JUDGE_MIN_ACCURACY of
+  held-out real images (None when there are none): keep rates, edit success, the diagnosis and
+  fd_classifier see those attributes through it."""
+  weak = sorted(((v, k) for k, v in (metrics.get('accuracy') or {}).items() if v < JUDGE_MIN_ACCURACY))
+  if not weak:
+    return None
+  listed = ', '.join(f'{k} {v:.2f}' for v, k in weak)
+  return (f'the attribute classifier reads {listed} right in fewer than {JUDGE_MIN_ACCURACY:.0%} of held-out real '
+          'images, and keep rates, edit success, the diagnosis and fd_classifier judge these attributes through it: '
+          'their numbers are partly its errors (more config.evaluate.classifier_num_steps usually helps)')
 
 
 def classifier_dir(config, workdir: str) -> str:
@@ -145,10 +160,13 @@ def classifier_for_workdir(config, workdir: str):
       classifier, metrics = loaded
       logging.info('attribute classifier: loaded %s (held-out mean accuracy %.3f)', path,
                    metrics.get('mean_accuracy', float('nan')))
-      return classifier, dict(metrics, path=path)
-    classifier, metrics = train_for_config(config)
-    metrics['trained_for'] = wanted
-    if jax.process_index() == 0:
-      clf_lib.save_classifier(classifier, directory, metrics)
-      logging.info('attribute classifier: saved %s', path)
+    else:
+      classifier, metrics = train_for_config(config)
+      metrics['trained_for'] = wanted
+      if jax.process_index() == 0:
+        clf_lib.save_classifier(classifier, directory, metrics)
+        logging.info('attribute classifier: saved %s', path)
+  note = weak_judge_note(metrics)
+  if note:
+    logging.warning('%s', note)
   return classifier, dict(metrics, path=path)
