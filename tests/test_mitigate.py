@@ -143,6 +143,21 @@ def test_the_within_label_share_is_zero_for_a_code_of_the_label_and_one_for_nois
     _finite_difference_check(lambda a, b: jnp.sum(mitigate_mode.within_label_share(a, b)), mixed[:16], labels[:16])
 
 
+def test_the_between_label_share_is_one_minus_the_within_share_and_zero_where_nothing_is_measured():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(1)
+    labels = jnp.asarray(rng.integers(0, 3, 16))
+    x = jnp.asarray(rng.standard_normal((16, 3))) + jnp.asarray([1.0, 0.0, -2.0])[labels][:, None]
+    np.testing.assert_allclose(mitigate_mode.between_label_share(x, labels),
+                               1.0 - mitigate_mode.within_label_share(x, labels), rtol=1e-12)
+    code = jnp.asarray([0.3, -1.0, 2.0])[labels][:, None]
+    assert float(mitigate_mode.between_label_share(code, labels)[0]) == pytest.approx(1.0, abs=1e-6)
+    # a constant column, or no two rows of one label: 0, not 1
+    assert float(mitigate_mode.between_label_share(jnp.ones((16, 1)), labels)[0]) == 0.0
+    assert float(mitigate_mode.between_label_share(x[:3], jnp.arange(3))[0]) == 0.0
+    _finite_difference_check(lambda a, b: jnp.sum(mitigate_mode.between_label_share(a, b)), x, labels)
+
+
 def test_mitigation_config_is_validated():
   config = config_lib.base_config()
   config.mitigation.steps_fraction = 0.3
@@ -344,6 +359,14 @@ def test_the_isolate_penalty_is_the_within_a_share_of_the_edited_prototypes_adde
   loss, metrics = mitigate_mode.IsolateTask(config, [(color, [0, 3])], 10.0).loss_fn(params, others, batch, key, True)
   assert float(metrics['within_a_share']) == pytest.approx(expected, rel=1e-5)
   assert float(loss) == pytest.approx(float(plain_loss) + 10.0 * expected, rel=1e-5)
+  # exclusive: every prototype outside JA also pays for its share of variation between colours
+  outside = jnp.asarray([j for j in range(config.model.num_prototypes) if j not in (0, 3)])
+  between = float(jnp.mean(jnp.square(mitigate_mode.between_label_share(s[:, outside], batch['attributes'][:, color]))))
+  assert between > 0.0
+  task = mitigate_mode.IsolateTask(config, [(color, [0, 3])], 10.0, exclusive_weight=3.0)
+  loss, metrics = task.loss_fn(params, others, batch, key, True)
+  assert float(metrics['others_between_a_share_squared']) == pytest.approx(between, rel=1e-5)
+  assert float(loss) == pytest.approx(float(plain_loss) + 10.0 * expected + 3.0 * between, rel=1e-5)
 
 
 def test_a_view_written_before_a_model_field_existed_is_still_used(trained):

@@ -32,6 +32,9 @@ def mitigation_config() -> ConfigDict:
       penalty_weight=1.0,  # 'decorrelate': weight of the dependence term (the diffusion loss is ~0.03)
       dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
       isolate_weight=1.0,  # 'isolate': weight of the within-A share (1 at the start, 0 when pure)
+      # 'isolate': weight of the squared share of every other prototype's variation between values of
+      # A, so that JA alone tells the U-Net about A (0: off)
+      isolate_exclusive_weight=0.0,
       counterfactual_weight=1.0,  # 'counterfactual': weight of the change of the other attributes' probabilities
       # ... and, inside it, of the distance of A's probabilities under the edit to the original model's
       # under the same edit (0: A is free, and the edited prototypes tend to fall silent)
@@ -65,6 +68,7 @@ def validate_mitigation_config(m) -> None:
   require(m.prototype_lr_scale > 0.0, 'prototype_lr_scale', 'must be positive (1: learning_rate)')
   require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
   require(m.isolate_weight >= 0.0, 'isolate_weight', 'must be >= 0')
+  require(m.isolate_exclusive_weight >= 0.0, 'isolate_exclusive_weight', 'must be >= 0')
   require(m.counterfactual_weight >= 0.0, 'counterfactual_weight', 'must be >= 0')
   require(m.counterfactual_keep_weight >= 0.0, 'counterfactual_keep_weight', 'must be >= 0')
   require(0.0 < m.counterfactual_max_t <= 1.0, 'counterfactual_max_t', 'must be in (0, 1]')

@@ -97,18 +97,34 @@ def hsic(x: jax.Array, y: jax.Array) -> jax.Array:
 DEPENDENCE = {'cross_covariance': cross_covariance, 'hsic': hsic}
 
 
-def within_label_share(s: jax.Array, labels: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """Per column of s (n, k): the mean squared difference between rows of the same label over the
-  mean over all pairs of rows. 0 when the column is a function of the label, about 1 when it ignores
-  it; 0 for a batch without two rows of one label. Pairs rather than class means, so that a batch
-  of 8 with 4 labels still estimates it."""
+def _pair_shares(s: jax.Array, labels: jax.Array):
+  """Per column of s (n, k): the mean squared difference over pairs of rows of the same label,
+  over all pairs, and whether the batch has a pair of the same label."""
   n = s.shape[0]
   d2 = jnp.square(s[:, None, :] - s[None, :, :])
   off = 1.0 - jnp.eye(n, dtype=s.dtype)
   same = (labels[:, None] == labels[None, :]).astype(s.dtype) * off
   every = jnp.einsum('ij,ijk->k', off, d2) / jnp.sum(off)
   within = jnp.einsum('ij,ijk->k', same, d2) / jnp.maximum(jnp.sum(same), 1.0)
+  return within, every, jnp.sum(same) > 0
+
+
+def within_label_share(s: jax.Array, labels: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Per column of s (n, k): the mean squared difference between rows of the same label over the
+  mean over all pairs of rows. 0 when the column is a function of the label, about 1 when it ignores
+  it; 0 for a batch without two rows of one label. Pairs rather than class means, so that a batch
+  of 8 with 4 labels still estimates it."""
+  within, every, _ = _pair_shares(s, labels)
   return within / (every + eps)
+
+
+def between_label_share(s: jax.Array, labels: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Per column of s (n, k): 1 - `within_label_share`, the share of its variation between values of
+  the label (about 0 when it ignores the label, 1 when it is a function of it; negative when rows of
+  one label are further apart than the average pair, as happens by chance in small batches). 0 where
+  nothing is measured: a constant column, or a batch without two rows of one label."""
+  within, every, has_same = _pair_shares(s, labels)
+  return jnp.where((every > eps) & has_same, 1.0 - within / (every + eps), 0.0)
 
 
 class DecorrelateTask(training.PatronusTask):
@@ -132,12 +148,20 @@ class IsolateTask(training.PatronusTask):
   depend on A alone, on a stream where A and B are independent (the rebalanced one). Then s_JA no
   longer tells the U-Net anything about B, and it learns to draw B from the other prototypes.
   Unlike `decorrelate` it removes B from s_JA without removing A: on biased data an encoding that
-  carries both is dependent, a pure code of A given rebalanced data is not."""
+  carries both is dependent, a pure code of A given rebalanced data is not.
 
-  def __init__(self, config, groups: list[tuple[int, list[int]]], weight: float):
+  `exclusive_weight` adds the other half: each prototype outside JA pays for the square of the share
+  of its variation *between* values of A (1 - within share). A is then told to the U-Net by JA alone, so
+  moving s_JA is not outvoted by other prototypes that still say the old A."""
+
+  def __init__(self, config, groups: list[tuple[int, list[int]]], weight: float, exclusive_weight: float = 0.0):
     super().__init__(config)
     self.groups = [(int(a), jnp.asarray(ja, jnp.int32)) for a, ja in groups]
+    num = config.model.num_prototypes
+    self.others = [jnp.asarray(sorted(set(range(num)) - set(int(j) for j in ja)), jnp.int32)
+                   for _, ja in groups]
     self.weight = float(weight)
+    self.exclusive_weight = float(exclusive_weight)
 
   def prepare_batch(self, batch: dict) -> dict:
     return {**super().prepare_batch(batch), 'attributes': np.asarray(batch['attributes'], np.int32)}
@@ -146,7 +170,16 @@ class IsolateTask(training.PatronusTask):
     loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
     labels = batch['attributes']
     penalty = sum(jnp.mean(within_label_share(s[:, ja], labels[:, a])) for a, ja in self.groups)
-    return loss + self.weight * penalty, {**metrics, 'within_a_share': penalty}
+    metrics = {**metrics, 'within_a_share': penalty}
+    loss = loss + self.weight * penalty
+    if self.exclusive_weight > 0:
+      # squared: on a batch of 8 the share is often negative (same-A rows further apart than the
+      # average pair), which is as much a dependence on A as a positive share
+      between = sum(jnp.mean(jnp.square(between_label_share(s[:, other], labels[:, a])))
+                    for (a, _), other in zip(self.groups, self.others))
+      metrics['others_between_a_share_squared'] = between
+      loss = loss + self.exclusive_weight * between
+    return loss, metrics
 
 
 class CounterfactualTask(training.PatronusTask):
@@ -598,8 +631,10 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
       task = training.PatronusTask(vc)
     else:
       groups = [(attributes.names.index(p['controlled']), p['prototypes_a']) for p in plans]
-      task = IsolateTask(vc, groups, mcfg.isolate_weight)
+      task = IsolateTask(vc, groups, mcfg.isolate_weight, mcfg.isolate_exclusive_weight)
       extra['penalty'] = dict(groups=groups, weight=mcfg.isolate_weight)
+      if mcfg.isolate_exclusive_weight > 0:  # older series' recipes stay equal
+        extra['penalty']['exclusive_weight'] = mcfg.isolate_exclusive_weight
       recipe = dict(recipe, **extra['penalty'])
   elif method == 'counterfactual':
     clf, _ = classifier_for_workdir(config, workdir)
