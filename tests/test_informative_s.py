@@ -317,6 +317,8 @@ def test_prototype_lr_scale_multiplies_the_prototype_networks_updates_only():
     bad.update(grads, bad.init(params), params)
   with pytest.raises(ConfigError, match='train.prototype_lr_scale'):
     config_lib.load('configs/quickstart.py:tiny', {'train.prototype_lr_scale': 0.0})
+  with pytest.raises(ConfigError, match='train.s_decorrelation_threshold'):
+    config_lib.load('configs/quickstart.py:tiny', {'train.s_decorrelation_threshold': 1.0})
 
 
 def test_decorrelation_loss_is_the_mean_squared_correlation_of_distinct_prototypes():
@@ -334,6 +336,14 @@ def test_decorrelation_loss_is_the_mean_squared_correlation_of_distinct_prototyp
   np.testing.assert_allclose(float(proto_lib.decorrelation_loss(jnp.asarray(copies))), 1.0, rtol=1e-4)
   with_dead = np.concatenate([copies, np.full((32, 1), 0.7, np.float32)], axis=1)
   np.testing.assert_allclose(float(proto_lib.decorrelation_loss(jnp.asarray(with_dead))), 6.0 / 12.0, rtol=1e-4)
+  # with a threshold only the excess of |corr| over it counts: copies still 1, weaker pairs 0
+  np.testing.assert_allclose(float(proto_lib.decorrelation_loss(jnp.asarray(copies), 0.9)), 1.0, rtol=1e-4)
+  partial = np.stack([s[:, 0], s[:, 0] + rng.randn(32).astype(np.float32) * 0.3, s[:, 1]], 1)
+  c = np.abs(np.corrcoef(partial.T))
+  assert 0.9 < c[0, 1] < 1.0 and c[0, 2] < 0.9 and c[1, 2] < 0.9
+  np.testing.assert_allclose(float(proto_lib.decorrelation_loss(jnp.asarray(partial), 0.9)),
+                             2 * ((c[0, 1] - 0.9) / 0.1) ** 2 / 6.0, rtol=1e-3)
+  assert float(proto_lib.decorrelation_loss(jnp.asarray(s[:, 1:3]), 0.9)) == 0.0
   # in stage 1's loss: exactly weight x the term on s of the batch, and it trains the encoder
   _check_stage1_term('s_decorrelation_weight', 0.3, 's_correlation',
                      lambda encoded: proto_lib.decorrelation_loss(encoded.activations))

@@ -261,14 +261,19 @@ def batch_correlation(x: jax.Array, y: jax.Array, eps: float = 1e-6) -> jax.Arra
   return xs.T @ ys / x.shape[0]
 
 
-def decorrelation_loss(s: jax.Array) -> jax.Array:
+def decorrelation_loss(s: jax.Array, threshold: float = 0.0) -> jax.Array:
   """Mean over the P (P - 1) ordered pairs of distinct prototypes of their squared correlation over
-  the batch (train.s_decorrelation_weight): 0 when no two prototypes co-vary, 1 when all are copies."""
+  the batch (train.s_decorrelation_weight): 0 when no two prototypes co-vary, 1 when all are copies.
+
+  threshold > 0 (train.s_decorrelation_threshold) counts only the excess of |corr| over it,
+  (relu(|corr| - threshold) / (1 - threshold))^2: near-copies pay (a copy still 1), prototypes that
+  merely share some of a factor do not."""
   p = s.shape[1]
   if p < 2:
     return jnp.zeros((), s.dtype)
-  corr = batch_correlation(s, s)
-  return (jnp.sum(corr ** 2) - jnp.sum(jnp.diag(corr) ** 2)) / (p * (p - 1))
+  corr = batch_correlation(s, s) * (1.0 - jnp.eye(p, dtype=s.dtype))
+  excess = jax.nn.relu(jnp.abs(corr) - threshold) / (1.0 - threshold)
+  return jnp.sum(excess ** 2) / (p * (p - 1))
 
 
 def patch_cluster_loss(distances: jax.Array) -> jax.Array:

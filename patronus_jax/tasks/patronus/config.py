@@ -103,6 +103,8 @@ def train_config() -> ConfigDict:
       # > 0: this weight x the mean squared correlation between prototypes over the batch, so that no
       # two prototypes carry the same factor (not in the paper; docs/patronus.md)
       s_decorrelation_weight=0.0,
+      # > 0: the decorrelation term counts only the excess of |corr| over this (near-copies only)
+      s_decorrelation_threshold=0.0,
       # > 0: this weight x the mean distance of every patch to its nearest prototype (k-means of the
       # patches), so that prototypes sit on the kinds of patch that occur (not in the paper; docs/patronus.md)
       patch_cluster_weight=0.0,
@@ -247,6 +249,8 @@ def _validate_training(config: ConfigDict) -> None:
           f"config field 'train.prototype_lr_scale' must be positive (1: the U-Net's rate), got {t.prototype_lr_scale}")
   require(t.s_decorrelation_weight >= 0.0,
           f"config field 'train.s_decorrelation_weight' must be >= 0 (0: off), got {t.s_decorrelation_weight}")
+  require(0.0 <= t.s_decorrelation_threshold < 1.0,
+          f"config field 'train.s_decorrelation_threshold' must be in [0, 1), got {t.s_decorrelation_threshold}")
   require(t.patch_cluster_weight >= 0.0,
           f"config field 'train.patch_cluster_weight' must be >= 0 (0: off), got {t.patch_cluster_weight}")
   require(0.0 <= lt.ema_decay < 1.0, f"config field 'latent.ema_decay' must be in [0, 1), got {lt.ema_decay}")
