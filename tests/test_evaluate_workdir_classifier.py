@@ -99,8 +99,8 @@ def test_classifier_dir_override(data_dir, tmp_path):
 
 
 def test_the_weak_judge_note_names_every_attribute_read_below_the_threshold_worst_first():
-  note = wc.weak_judge_note({'accuracy': {'shape': 0.96, 'glyph': 0.72, 'rotation': 0.8, 'ink': 1.0}})
+  note = wc.weak_judge_note({'shape': 0.96, 'glyph': 0.72, 'rotation': 0.8, 'ink': 1.0})
   assert note.startswith('the attribute classifier reads glyph 0.72, rotation 0.80 right in fewer than 90%')
   assert 'shape' not in note and 'ink' not in note
-  assert wc.weak_judge_note({'accuracy': {'shape': 0.9, 'ink': 1.0}}) is None
+  assert wc.weak_judge_note({'shape': 0.9, 'ink': 1.0}) is None
   assert wc.weak_judge_note({}) is None

@@ -42,11 +42,11 @@ _CLASSIFIER_FIELDS_IGNORED = ('classifier_dir',)
 JUDGE_MIN_ACCURACY = 0.9
 
 
-def weak_judge_note(metrics: dict) -> str | None:
-  """A sentence naming the attributes the classifier reads right in fewer than JUDGE_MIN_ACCURACY of
-  held-out real images (None when there are none): keep rates, edit success, the diagnosis and
-  fd_classifier see those attributes through it."""
-  weak = sorted(((v, k) for k, v in (metrics.get('accuracy') or {}).items() if v < JUDGE_MIN_ACCURACY))
+def weak_judge_note(accuracy: dict[str, float]) -> str | None:
+  """A sentence naming the attributes whose held-out accuracy (`metrics['accuracy']` of the
+  classifier) is below JUDGE_MIN_ACCURACY (None when there are none): keep rates, edit success, the
+  diagnosis and fd_classifier see those attributes through it."""
+  weak = sorted((v, k) for k, v in accuracy.items() if v < JUDGE_MIN_ACCURACY)
   if not weak:
     return None
   listed = ', '.join(f'{k} {v:.2f}' for v, k in weak)
@@ -166,7 +166,7 @@ def classifier_for_workdir(config, workdir: str):
       if jax.process_index() == 0:
         clf_lib.save_classifier(classifier, directory, metrics)
         logging.info('attribute classifier: saved %s', path)
-  note = weak_judge_note(metrics)
+  note = weak_judge_note(metrics.get('accuracy') or {})
   if note:
     logging.warning('%s', note)
   return classifier, dict(metrics, path=path)

@@ -633,8 +633,7 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
   nets = _feature_networks(config, workdir, plan, timings)
   metrics['feature_networks'] = nets.descriptions
   if nets.classifier is not None:
-    accuracy = nets.descriptions['attribute_classifier']['held_out_accuracy']
-    note = workdir_classifier.weak_judge_note({'accuracy': accuracy})
+    note = workdir_classifier.weak_judge_note(nets.descriptions['attribute_classifier']['held_out_accuracy'] or {})
     notes += [note] if note else []
   real_stats, caches = _real_statistics(config, workdir, info, fields, nets, timings)
   encode = lambda images: sample_lib.encode_batched(models.model, models.variables, images, ev.batch_size)
