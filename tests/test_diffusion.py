@@ -337,3 +337,29 @@ def test_partial_inversion_and_regeneration_retrace_with_fewer_calls(sampler):
   np.testing.assert_allclose(spec.invert(fn, x0, stop=20), spec.invert(fn, x0), atol=1e-5)
   with pytest.raises(ValueError, match='start'):
     spec.run(fn, mid, start=20)
+
+
+def test_edge_weighted_loss_keeps_the_mean_weight_and_moves_it_onto_outlines():
+  # x0-prediction off by delta on chosen pixels: the loss is delta^2 x the mean of the normalised
+  # edge weights over those pixels (t and noise do not enter), so closed forms for each error map.
+  s = diffusion.make_schedule('linear', 1000)
+  x0 = np.zeros((4, 8, 8, 3), np.float32)
+  x0[:, :, 4:] = 1.0  # a vertical edge between columns 3 and 4; g > 0 on 16 of 64 pixels
+  delta, w = 0.1, 3.0
+  # normalised weights: (1 + 4w) / (1 + w) = 13/4 on the outline, 1 / (1 + w) = 1/4 off it
+  weights = np.asarray(diffusion.edge_weights(jnp.asarray(x0), w)) / (1 + w)
+
+  def loss(where, edge_weight):
+    err = np.zeros_like(x0)
+    err[:, :, where] = delta
+    fn = lambda x, t: jnp.asarray(x0 + err)
+    return float(diffusion.diffusion_loss(fn, s, jnp.asarray(x0), jax.random.PRNGKey(0), 'x0',
+                                          edge_weight=edge_weight))
+
+  everywhere, outline, flat = list(range(8)), [3, 4], [0, 1, 2, 5, 6, 7]
+  np.testing.assert_allclose(weights.mean(), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(loss(everywhere, w), delta ** 2, rtol=1e-5)  # mean weight 1: the plain loss
+  np.testing.assert_allclose(loss(everywhere, 0.0), delta ** 2, rtol=1e-5)
+  np.testing.assert_allclose(loss(outline, w), delta ** 2 * (16 / 64) * (1 + 4 * w) / (1 + w), rtol=1e-5)
+  np.testing.assert_allclose(loss(flat, w), delta ** 2 * (48 / 64) / (1 + w), rtol=1e-5)
+  np.testing.assert_allclose(loss(outline, 0.0), delta ** 2 * 16 / 64, rtol=1e-5)

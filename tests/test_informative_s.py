@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from patronus_jax import config as config_lib
-from patronus_jax.core import files
+from patronus_jax.core import diffusion, files
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.errors import ConfigError
 from patronus_jax.models import prototypes as proto_lib
@@ -443,12 +443,12 @@ def test_the_sketch_is_the_decoders_picture_of_s_as_input_channels_and_is_masked
 def test_edge_weights_count_both_sides_of_an_outline_and_leave_the_plain_loss_alone():
   step = np.zeros((1, 8, 8, 1), np.float32)
   step[:, :, 4:] = 1.0  # a vertical edge between columns 3 and 4
-  w = np.asarray(proto_lib.edge_weights(jnp.asarray(step), 2.0))[0, :, :, 0]
+  w = np.asarray(diffusion.edge_weights(jnp.asarray(step), 2.0))[0, :, :, 0]
   # g = sqrt(1/2) on columns 3 and 4, 0 elsewhere; mean g = 16 sqrt(1/2) / 64: weight 1 + 2 * 4
   np.testing.assert_allclose(w[:, [3, 4]], 9.0, rtol=1e-5)
   np.testing.assert_allclose(np.delete(w, [3, 4], axis=1), 1.0)
-  assert np.all(np.asarray(proto_lib.edge_weights(jnp.ones((2, 4, 4, 3)), 5.0)) == 1.0)  # flat: no edges
-  assert np.all(np.asarray(proto_lib.edge_weights(jnp.asarray(step), 0.0)) == 1.0)
+  assert np.all(np.asarray(diffusion.edge_weights(jnp.ones((2, 4, 4, 3)), 5.0)) == 1.0)  # flat: no edges
+  assert np.all(np.asarray(diffusion.edge_weights(jnp.asarray(step), 0.0)) == 1.0)
   # the weighted decoder loss: the plain one at strength 0, the weighted mean otherwise
   x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
   losses = {}
@@ -462,9 +462,22 @@ def test_edge_weights_count_both_sides_of_an_outline_and_leave_the_plain_loss_al
     s = task.model.apply(variables, x, method=task.model.encode).activations
     decoded = np.asarray(task.model.apply(variables, s, method=task.model.decode_activations))
     target = proto_lib.downsample_mean(x, 8)
-    weights = np.asarray(proto_lib.edge_weights(target, strength))
+    weights = np.asarray(diffusion.edge_weights(target, strength))
     losses[strength] = float(metrics['s_decoder_loss'])
     np.testing.assert_allclose(losses[strength], np.mean(weights * (decoded - np.asarray(target)) ** 2), rtol=1e-5)
   assert losses[1.5] > losses[0.0]
   with pytest.raises(ConfigError, match='train.s_decoder_edge_weight'):
     config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_edge_weight': -1.0})
+
+
+def test_the_edge_weight_of_the_diffusion_loss_reaches_stage_1_and_is_validated():
+  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
+  losses = []
+  for strength in (0.0, 2.0):
+    task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'diffusion.edge_weight': strength}))
+    variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
+    params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+    losses.append(float(task.loss_fn(params, rest, {'image': x}, jax.random.PRNGKey(4), True)[1]['diffusion_loss']))
+  assert abs(losses[1] - losses[0]) > 1e-4 * losses[0]
+  with pytest.raises(ConfigError, match='diffusion.edge_weight'):
+    config_lib.load('configs/quickstart.py:tiny', {'diffusion.edge_weight': -1.0})

@@ -7,7 +7,8 @@ Notation of Ho et al. (2020) and Song et al. (2021); t indexes 0..T-1 as in the 
   q_sample:    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps                          (Ho eq. 4)
   loss:        E_{t ~ U{1..T-1}, eps} ||eps - eps_theta(x_t, t)||^2   (Ho eq. 14; the official
                code draws t from 1..T-1), or ||x_0 - x0_theta||^2 for x0-prediction;
-               optionally min-SNR-gamma weighted (Hang et al. 2023).
+               optionally min-SNR-gamma weighted (Hang et al. 2023) and with more weight on
+               the pixels of outlines (`edge_weights`; not in the paper).
   DDPM:        x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z
                (Ho eq. 11, sigma_t^2 = beta_t), t = T-1..1, no noise at the last step
                (the official `reverse_diffusion`).
@@ -178,16 +179,40 @@ def loss_weight(schedule: Schedule, t: jax.Array, prediction: str, min_snr_gamma
   raise ValueError(f"unknown prediction {prediction!r}; expected {PREDICTIONS}")
 
 
+def edge_weights(images: jax.Array, strength: float) -> jax.Array:
+  """(B, H, W, 1) pixel weights 1 + strength * g / mean g of each image, g the root mean square of
+  the differences to the four neighbours (all channels; both sides of an edge; flat images: 1)."""
+  if strength == 0:
+    return jnp.ones(images.shape[:3] + (1,), images.dtype)
+  sq = 0.0
+  for axis in (1, 2):
+    d2 = jnp.square(jnp.diff(images, axis=axis))
+    after = [(0, 0)] * 4
+    before = [(0, 0)] * 4
+    after[axis], before[axis] = (0, 1), (1, 0)
+    sq = sq + jnp.pad(d2, after) + jnp.pad(d2, before)
+  grad = jnp.sqrt(jnp.sum(sq, axis=-1, keepdims=True) / 2)
+  grad = jax.lax.stop_gradient(grad)
+  return 1.0 + strength * grad / (jnp.mean(grad, axis=(1, 2, 3), keepdims=True) + 1e-6)
+
+
 def diffusion_loss(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, key: jax.Array,
-                   prediction: str = 'eps', min_snr_gamma: float = 0.0, min_snr_floor: float = 0.0) -> jax.Array:
+                   prediction: str = 'eps', min_snr_gamma: float = 0.0, min_snr_floor: float = 0.0,
+                   edge_weight: float = 0.0) -> jax.Array:
   """Mean squared error of the denoiser at a random t (Ho et al. eq. 14, 'simple' loss),
-  optionally min-SNR-gamma weighted per sample (`loss_weight`)."""
+  optionally min-SNR-gamma weighted per sample (`loss_weight`). `edge_weight` > 0 weighs each
+  pixel of an image (x0 NHWC) by `edge_weights(x0, edge_weight)` / (1 + edge_weight): the mean
+  weight of an image with any outline stays 1, and a share edge_weight / (1 + edge_weight) of it
+  sits on the outlines, so a small object's outline counts as much as a large one's."""
   t_key, n_key = jax.random.split(key)
   t = sample_timesteps(t_key, x0.shape[0], schedule.timesteps)
   noise = jax.random.normal(n_key, x0.shape, x0.dtype)
   out = denoise_fn(q_sample(schedule, x0, t, noise), t).astype(jnp.float32)
   goal = target(schedule, x0, t, noise, prediction)
-  per_sample = jnp.mean(jnp.square(out - goal.astype(jnp.float32)).reshape(x0.shape[0], -1), axis=1)
+  err = jnp.square(out - goal.astype(jnp.float32))
+  if edge_weight > 0:
+    err = err * edge_weights(x0.astype(jnp.float32), edge_weight) / (1.0 + edge_weight)
+  per_sample = jnp.mean(err.reshape(x0.shape[0], -1), axis=1)
   return jnp.mean(loss_weight(schedule, t, prediction, min_snr_gamma, min_snr_floor) * per_sample)
 
 

@@ -196,23 +196,6 @@ def downsample_mean(images: jax.Array, size: int) -> jax.Array:
   return images.reshape(b, size, h // size, size, w // size, c).mean(axis=(2, 4))
 
 
-def edge_weights(images: jax.Array, strength: float) -> jax.Array:
-  """(B, H, W, 1) pixel weights 1 + strength * g / mean g of each image, g the root mean square of
-  the differences to the four neighbours (all channels; both sides of an edge; flat images: 1)."""
-  if strength == 0:
-    return jnp.ones(images.shape[:3] + (1,), images.dtype)
-  sq = 0.0
-  for axis in (1, 2):
-    d2 = jnp.square(jnp.diff(images, axis=axis))
-    after = [(0, 0)] * 4
-    before = [(0, 0)] * 4
-    after[axis], before[axis] = (0, 1), (1, 0)
-    sq = sq + jnp.pad(d2, after) + jnp.pad(d2, before)
-  grad = jnp.sqrt(jnp.sum(sq, axis=-1, keepdims=True) / 2)
-  grad = jax.lax.stop_gradient(grad)
-  return 1.0 + strength * grad / (jnp.mean(grad, axis=(1, 2, 3), keepdims=True) + 1e-6)
-
-
 class ReceptiveField(NamedTuple):
   """ProtoPNet's [n_out, jump, size, start] of the prototype layer (input pixels)."""
   n: int  # feature-map side

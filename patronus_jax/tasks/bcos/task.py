@@ -166,7 +166,7 @@ class BcosTask:
     denoise = lambda x_t, t: self.apply(params, variables, x_t, t, cond)
     loss = diffusion.diffusion_loss(denoise, self.schedule, batch['image'].astype(jnp.float32),
                                     loss_key, self.prediction, self.config.diffusion.min_snr_gamma,
-                                    self.config.diffusion.min_snr_floor)
+                                    self.config.diffusion.min_snr_floor, self.config.diffusion.edge_weight)
     return loss, {'loss': loss}
 
   # ------------------------------------------------------------------ sampling

@@ -69,6 +69,10 @@ def diffusion_config() -> ConfigDict:
       min_snr_gamma=0.0,
       # with min_snr_gamma: weight clip(SNR, floor, gamma) x x0-error; 1 keeps the noisiest steps at weight 1
       min_snr_floor=0.0,
+      # > 0: the image denoiser's squared error weighs each pixel by 1 + this x its clean image's gradient
+      # magnitude (relative to the image's mean), normalised to mean 1: outlines, where shapes
+      # differ, count more than flat areas (not in the paper; 0: every pixel alike)
+      edge_weight=0.0,
       # Classifier-free guidance on s when sampling or inverting (Patronus): out_u + w (out_c - out_u);
       # 1 = plain conditional (one call per step); other values need train.cond_dropout > 0 and
       # cost 2 network evaluations per step.
@@ -232,6 +236,8 @@ def _validate_diffusion(config: ConfigDict) -> None:
   require(d.min_snr_floor == 0.0 or 0.0 < d.min_snr_floor <= d.min_snr_gamma,
            "config field 'diffusion.min_snr_floor' must be 0 or in (0, diffusion.min_snr_gamma] "
            f"(it needs min_snr_gamma > 0), got floor {d.min_snr_floor} with gamma {d.min_snr_gamma}")
+  require(d.edge_weight >= 0.0,
+          f"config field 'diffusion.edge_weight' must be >= 0 (0: every pixel alike), got {d.edge_weight}")
   require(d.guidance >= 0.0, f"config field 'diffusion.guidance' must be >= 0 (1: no guidance), got {d.guidance}")
   require(d.guidance == 1.0 or config.train.cond_dropout > 0.0,
           f"config field 'diffusion.guidance'={d.guidance} needs a model trained with train.cond_dropout > 0 "

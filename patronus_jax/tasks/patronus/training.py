@@ -79,12 +79,12 @@ class PatronusTask:
 
     d = self.config.diffusion
     loss = diffusion.diffusion_loss(denoise, self.schedule, x0, diff_key, d.prediction, d.min_snr_gamma,
-                                    d.min_snr_floor)
+                                    d.min_snr_floor, d.edge_weight)
     metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
     if weight > 0:
       target = proto_lib.downsample_mean(x0, decoded.shape[1])
       metrics['s_decoder_loss'] = jnp.mean(
-          proto_lib.edge_weights(target, self.config.train.s_decoder_edge_weight) * (decoded - target) ** 2)
+          diffusion.edge_weights(target, self.config.train.s_decoder_edge_weight) * (decoded - target) ** 2)
       loss = loss + weight * metrics['s_decoder_loss']
     weight = self.config.train.s_decorrelation_weight
     if weight > 0:
