@@ -334,7 +334,7 @@ def test_timed_fills_the_dict():
   assert list(timings) == ['block'] and 0 <= timings['block'] < 5
 
 
-def test_the_skip_key_names_the_samplers_and_keeps_the_ddim_key(tmp_path):
+def test_the_skip_key_names_the_samplers_and_clipping_and_keeps_the_ddim_key(tmp_path):
   # DPM-Solver++(2M) for the image and the latent model enters the key with its spacing (it used to
   # raise TypeError: 'sampler' twice); a DDIM evaluation's key is the one written before solvers existed
   config = _config(str(tmp_path))
@@ -346,3 +346,6 @@ def test_the_skip_key_names_the_samplers_and_keeps_the_ddim_key(tmp_path):
   fields = evaluate._config_fields(config)
   assert fields['image_sampler'] == dict(plain['image_sampler'], sampler='dpmpp2m', spacing='logsnr')
   assert fields['latent_sampler'] == dict(plain['latent_sampler'], eta=0.0, sampler='dpmpp2m', spacing='logsnr')
+  # clipping x0_hat changes every generation: a clipped evaluation is not the unclipped one's (it was)
+  config.diffusion.clip_x0 = 1.0
+  assert evaluate._config_fields(config)['image_sampler'] == dict(fields['image_sampler'], clip_x0=1.0)

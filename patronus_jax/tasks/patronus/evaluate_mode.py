@@ -155,11 +155,14 @@ def _config_fields(config) -> dict[str, Any]:
   # dpmpp2m's spacing (and a non-DDIM latent sampler) enter the key only when used, so that the
   # keys of DDIM evaluations made before the sampler choice existed stay valid
   solver = lambda c: dict(sampler=c.sampler, spacing=c.spacing) if c.sampler == 'dpmpp2m' else {}
+  # clipping x0_hat changes every generation; it enters only when on, for the same reason
+  clip = {'clip_x0': float(d.clip_x0)} if d.clip_x0 else {}
   return dict(
       evaluate=json.loads(config.evaluate.to_json_best_effort()),
       data=workdir_classifier.trained_for(config)['data'],
       image_sampler={'sampler': d.sampler, 'sample_steps': d.sample_steps, 'eta': d.eta, 'guidance': d.guidance,
-                     'schedule': d.schedule, 'timesteps': d.timesteps, 'prediction': d.prediction, **solver(d)},
+                     'schedule': d.schedule, 'timesteps': d.timesteps, 'prediction': d.prediction, **solver(d),
+                     **clip},
       latent_sampler=dict(sample_steps=lt.sample_steps, eta=lt.eta, schedule=lt.schedule,
                           timesteps=lt.timesteps, **solver(lt)),
       seed=int(config.seed),
