@@ -363,3 +363,37 @@ def test_edge_weighted_loss_keeps_the_mean_weight_and_moves_it_onto_outlines():
   np.testing.assert_allclose(loss(outline, w), delta ** 2 * (16 / 64) * (1 + 4 * w) / (1 + w), rtol=1e-5)
   np.testing.assert_allclose(loss(flat, w), delta ** 2 * (48 / 64) / (1 + w), rtol=1e-5)
   np.testing.assert_allclose(loss(outline, 0.0), delta ** 2 * 16 / 64, rtol=1e-5)
+
+
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+def test_low_pass_guidance_sets_the_block_means_of_x0_hat_and_keeps_its_detail(prediction):
+  # A denoiser whose x0_hat is a fixed image, in each parameterisation; the guided one's x0_hat has
+  # (strength 1) the picture's 2x2 block means and the image's own detail, a mix at strength 1/2,
+  # and is the plain one below min_t T.
+  s = diffusion.make_schedule('cosine', 1000)
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(5), 3)
+  image = jax.random.uniform(k1, (2, 8, 8, 3), minval=-1, maxval=1)
+  picture = jax.random.uniform(k2, (2, 4, 4, 3), minval=-1, maxval=1)
+  x_t = jax.random.normal(k3, image.shape)
+
+  def fn(x, t):
+    return diffusion.target(s, image, t, diffusion.eps_from_x0(x, image, s.abar(t)), prediction)
+
+  up = jnp.repeat(jnp.repeat(picture, 2, axis=1), 2, axis=2)
+  detail = image - diffusion.low_pass(image, 2)
+  for strength, min_t in ((1.0, 0.1), (0.5, 0.1)):
+    guided = diffusion.low_pass_guided(fn, s, prediction, picture, strength, min_t)
+    t = jnp.array([500, 99])  # above and below min_t T = 100
+    _, x0 = diffusion.predict(guided, x_t, t, s.abar(t), prediction)
+    want = diffusion.low_pass(image, 2) + strength * (up - diffusion.low_pass(image, 2)) + detail
+    tol = 1e-4 if prediction != 'eps' else 2e-3
+    np.testing.assert_allclose(np.asarray(x0[0]), np.asarray(want[0]), atol=tol)
+    np.testing.assert_allclose(np.asarray(x0[1]), np.asarray(image[1]), atol=tol)
+  # a sampler's result carries the picture's block means when the last step is guided too
+  spec = diffusion.SamplerSpec('cosine', 1000, 'dpmpp2m', 10, prediction=prediction, low_pass_strength=1.0)
+  out = spec.run(spec.guided(fn, picture), x_t)
+  np.testing.assert_allclose(np.asarray(diffusion.low_pass(out, 2)), np.asarray(up), atol=1e-3)
+  plain = diffusion.SamplerSpec('cosine', 1000, 'dpmpp2m', 10, prediction=prediction)
+  assert plain.guided(fn, picture) is fn
+  with pytest.raises(ValueError, match='picture'):
+    spec.guided(fn, None)

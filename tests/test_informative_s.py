@@ -481,3 +481,36 @@ def test_the_edge_weight_of_the_diffusion_loss_reaches_stage_1_and_is_validated(
   assert abs(losses[1] - losses[0]) > 1e-4 * losses[0]
   with pytest.raises(ConfigError, match='diffusion.edge_weight'):
     config_lib.load('configs/quickstart.py:tiny', {'diffusion.edge_weight': -1.0})
+
+
+def test_sketch_consistency_pulls_the_samplers_x0_hat_towards_the_decoders_picture_and_is_validated():
+  config = config_lib.load('configs/quickstart.py:tiny', {'diffusion.sketch_consistency': 1.0})
+  model = patronus_from_config(config)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
+  t = jnp.array([600, 20])  # guided (>= 0.1 T) and not
+  variables = model.init(jax.random.PRNGKey(0), x, t)
+  s = model.apply(variables, x, method=model.encode).activations
+  spec = diffusion.SamplerSpec.images(config.diffusion)
+  assert (spec.low_pass_strength, spec.low_pass_min_t) == (1.0, 0.1)
+  picture = model.apply(variables, s, method=model.decode_activations)  # (2, s_decoder_size, ..., 3)
+  plain = unet_lib.denoiser(model, variables, s, x.shape)
+  guided = unet_lib.denoiser(model, variables, s, x.shape, spec)
+  abar = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.timesteps).abar(t)
+  p = config.diffusion.prediction
+  _, x0_plain = diffusion.predict(plain, x, t, abar, p)
+  _, x0_guided = diffusion.predict(guided, x, t, abar, p)
+  k = 32 // picture.shape[1]
+  np.testing.assert_allclose(np.asarray(diffusion.low_pass(x0_guided, k)[0]),
+                             np.asarray(jnp.repeat(jnp.repeat(picture, k, 1), k, 2)[0]), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(x0_guided[1]), np.asarray(x0_plain[1]), atol=1e-5)
+  off = diffusion.SamplerSpec.images(config_lib.load('configs/quickstart.py:tiny').diffusion)
+  assert off.low_pass_strength == 0.0 and off.low_pass_min_t == 0.0
+  np.testing.assert_allclose(np.asarray(unet_lib.denoiser(model, variables, s, x.shape, off)(x, t)),
+                             np.asarray(plain(x, t)))
+  for overrides, field in (({'diffusion.sketch_consistency': 1.5}, 'diffusion.sketch_consistency'),
+                           ({'diffusion.sketch_consistency_min_t': 1.0}, 'diffusion.sketch_consistency_min_t'),
+                           ({'diffusion.sketch_consistency': 1.0, 'train.s_decoder_weight': 0.0,
+                             'model.s_sketch': False}, 's_decoder_weight'),
+                           ({'diffusion.sketch_consistency': 1.0, 'model.s_decoder_size': 12}, 's_decoder_size')):
+    with pytest.raises(ConfigError, match=field):
+      config_lib.load('configs/quickstart.py:tiny', overrides)

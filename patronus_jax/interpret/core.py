@@ -24,15 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from patronus_jax.core.diffusion import SamplerSpec
+from patronus_jax.core.diffusion import SamplerSpec, low_pass_settings
 from patronus_jax.core import sharding
 from patronus_jax.models import unet as unet_lib
 
 
 def deterministic_spec(diffusion_cfg, num_steps: int, sampler: str = 'ddim') -> SamplerSpec:
   """`sampler` ('ddim' or 'dpmpp2m') with eta = 0 over `num_steps` calls of the model's noise schedule."""
+  strength, min_t = low_pass_settings(diffusion_cfg)
   return SamplerSpec(diffusion_cfg.schedule, diffusion_cfg.timesteps, sampler, int(num_steps), 0.0,
-                     diffusion_cfg.prediction, spacing=diffusion_cfg.spacing)
+                     diffusion_cfg.prediction, spacing=diffusion_cfg.spacing, low_pass_strength=strength,
+                     low_pass_min_t=min_t)
 
 
 def _encoded(model, variables, images):
@@ -55,13 +57,13 @@ def encode_batch(model, variables, images):
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def invert_batch(model, variables, s, x0, spec: SamplerSpec):
   """x_T of images x0 under their conditioning s (the deterministic inversion of spec's sampler)."""
-  return spec.invert(unet_lib.denoiser(model, variables, s, x0.shape), x0)
+  return spec.invert(unet_lib.denoiser(model, variables, s, x0.shape, spec), x0)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def generate_batch(model, variables, s, x_T, spec: SamplerSpec):
   """Images from (s, x_T) by the deterministic sampler of spec, and their re-encoded s and argmins."""
-  images = spec.run(unet_lib.denoiser(model, variables, s, x_T.shape), x_T)
+  images = spec.run(unet_lib.denoiser(model, variables, s, x_T.shape, spec), x_T)
   images = jnp.clip(images, -1.0, 1.0)
   return {'images': images, **_encoded(model, variables, images)}
 
@@ -84,7 +86,7 @@ def trajectory_batch(model, variables, classifier, s, x_T, spec: SamplerSpec):
       out['probs'] = _class_probs(classifier, x0_hat)
     return out
 
-  images, traj = spec.run(unet_lib.denoiser(model, variables, s, x_T.shape), x_T, trajectory_fn=trace)
+  images, traj = spec.run(unet_lib.denoiser(model, variables, s, x_T.shape, spec), x_T, trajectory_fn=trace)
   images = jnp.clip(images, -1.0, 1.0)
   batch_major = lambda a: jnp.swapaxes(a, 0, 1)
   out = {'images': images, 's_final': model.apply(variables, images, method=model.encode).activations,

@@ -44,20 +44,20 @@ Judge = Callable[[np.ndarray, np.ndarray], dict]  # (base labels, edited labels)
 @functools.partial(jax.jit, static_argnames=('model', 'spec', 'calls'))
 def invert_partly(model, variables, s, x0, spec: SamplerSpec, calls: int):
   """x0 inverted under s for the first `calls` steps (least noisy first; calls = K: to x_T)."""
-  return spec.invert(unet_lib.denoiser(model, variables, s, x0.shape), x0, stop=calls)
+  return spec.invert(unet_lib.denoiser(model, variables, s, x0.shape, spec), x0, stop=calls)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec', 'calls'))
 def regenerate_from(model, variables, s, x_mid, spec: SamplerSpec, calls: int):
   """The last `calls` steps of the sampler from x_mid (at the level of step K - calls)."""
-  images = spec.run(unet_lib.denoiser(model, variables, s, x_mid.shape), x_mid, start=spec.num_steps - calls)
+  images = spec.run(unet_lib.denoiser(model, variables, s, x_mid.shape, spec), x_mid, start=spec.num_steps - calls)
   return jnp.clip(images, -1.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def sample_states(model, variables, s, x_T, spec: SamplerSpec):
   """Samples of (s, x_T) and the state x at the level of every step: (images, (K, B, ...))."""
-  denoise = unet_lib.denoiser(model, variables, s, x_T.shape)
+  denoise = unet_lib.denoiser(model, variables, s, x_T.shape, spec)
   images, states = spec.run(denoise, x_T, trajectory_fn=lambda x, x0_hat, t: x)
   return jnp.clip(images, -1.0, 1.0), states
 

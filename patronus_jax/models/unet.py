@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from patronus_jax.core.diffusion import SamplerSpec
 from patronus_jax.models.layers import GroupNormSiLU, append_coordinates
 from patronus_jax.models.prototypes import ActivationDecoder, PrototypeNetwork, PrototypeOutput
 
@@ -339,14 +340,19 @@ def resize_sketch(picture: jax.Array, shape: Sequence[int]) -> jax.Array:
   return jax.image.resize(picture, (shape[0], shape[1], shape[2], picture.shape[-1]), 'linear')
 
 
-def denoiser(model, variables, s: jax.Array, shape: Sequence[int]):
+def denoiser(model, variables, s: jax.Array, shape: Sequence[int], spec: Optional[SamplerSpec] = None):
   """(x_t, t) -> model.denoise(x_t, t, s) for a fixed s and images of `shape`, as samplers and
   inversions call it; a Patronus with s_sketch gets its sketch of s computed once here, outside
-  the sampling loop."""
+  the sampling loop. When `spec` asks for it (`diffusion.sketch_consistency`), x0_hat is pulled
+  towards the decoder's picture of s (`diffusion.low_pass_guided`), also computed once here."""
   if not getattr(model, 's_sketch', False):
-    return lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
-  sketch = model.apply(variables, s, shape, method=model.sketch)
-  return lambda x, t: model.apply(variables, x, t, s, False, None, sketch, method=model.denoise)
+    denoise = lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
+  else:
+    sketch = model.apply(variables, s, shape, method=model.sketch)
+    denoise = lambda x, t: model.apply(variables, x, t, s, False, None, sketch, method=model.denoise)
+  if spec is None or spec.low_pass_strength <= 0:
+    return denoise
+  return spec.guided(denoise, model.apply(variables, s, method=model.decode_activations))
 
 
 def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:

@@ -77,6 +77,15 @@ def diffusion_config() -> ConfigDict:
       # 1 = plain conditional (one call per step); other values need train.cond_dropout > 0 and
       # cost 2 network evaluations per step.
       guidance=1.0,
+      # Patronus with the auxiliary decoder (train.s_decoder_weight > 0): > 0 pulls x0_hat at every sampling
+      # and inversion step towards the decoder's low-resolution picture of s (the sketch): x0_hat's
+      # (image side / model.s_decoder_size)-pixel block means move by this fraction (1: become) the
+      # picture's. No extra network calls; the picture is made from s alone, so generations still come
+      # from s. 0: the denoiser's own x0_hat (official). Not in the paper (docs/patronus.md).
+      sketch_consistency=0.0,
+      # ... only at t >= this fraction of timesteps: below it eps_hat re-derived from a moved x0_hat divides
+      # by a small sigma and the inversion's first steps blow up
+      sketch_consistency_min_t=0.1,
   ))
 
 
@@ -236,6 +245,20 @@ def _validate_diffusion(config: ConfigDict) -> None:
   require(d.min_snr_floor == 0.0 or 0.0 < d.min_snr_floor <= d.min_snr_gamma,
            "config field 'diffusion.min_snr_floor' must be 0 or in (0, diffusion.min_snr_gamma] "
            f"(it needs min_snr_gamma > 0), got floor {d.min_snr_floor} with gamma {d.min_snr_gamma}")
+  require(0.0 <= d.sketch_consistency <= 1.0,
+          f"config field 'diffusion.sketch_consistency' must be in [0, 1] (0: off), got {d.sketch_consistency}")
+  require(0.0 <= d.sketch_consistency_min_t < 1.0,
+          f"config field 'diffusion.sketch_consistency_min_t' must be in [0, 1), got {d.sketch_consistency_min_t}")
+  if d.sketch_consistency > 0:
+    require(config.model_type == 'patronus',
+            f"config field 'diffusion.sketch_consistency' is for model_type='patronus' (the decoder's picture of s), "
+            f"got model_type={config.model_type!r}; set it to 0")
+    require(config.train.s_decoder_weight > 0,
+            "config field 'diffusion.sketch_consistency' needs the decoder's picture of s: set "
+            f"'train.s_decoder_weight' > 0 (got {config.train.s_decoder_weight})")
+    require(config.data.image_size % config.model.s_decoder_size == 0,
+            f"config field 'diffusion.sketch_consistency' needs 'model.s_decoder_size' ({config.model.s_decoder_size}) "
+            f"to divide 'data.image_size' ({config.data.image_size})")
   require(d.edge_weight >= 0.0,
           f"config field 'diffusion.edge_weight' must be >= 0 (0: every pixel alike), got {d.edge_weight}")
   require(d.guidance >= 0.0, f"config field 'diffusion.guidance' must be >= 0 (1: no guidance), got {d.guidance}")

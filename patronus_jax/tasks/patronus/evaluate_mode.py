@@ -155,8 +155,11 @@ def _config_fields(config) -> dict[str, Any]:
   # dpmpp2m's spacing (and a non-DDIM latent sampler) enter the key only when used, so that the
   # keys of DDIM evaluations made before the sampler choice existed stay valid
   solver = lambda c: dict(sampler=c.sampler, spacing=c.spacing) if c.sampler == 'dpmpp2m' else {}
-  # clipping x0_hat changes every generation; it enters only when on, for the same reason
+  # clipping or guiding x0_hat changes every generation; each enters only when on, for the same reason
   clip = {'clip_x0': float(d.clip_x0)} if d.clip_x0 else {}
+  if d.sketch_consistency:
+    clip.update(sketch_consistency=float(d.sketch_consistency),
+                sketch_consistency_min_t=float(d.sketch_consistency_min_t))
   return dict(
       evaluate=json.loads(config.evaluate.to_json_best_effort()),
       data=workdir_classifier.trained_for(config)['data'],

@@ -31,7 +31,7 @@ from patronus_jax.tasks.patronus.loading import load_latent, load_stage1_variabl
 @functools.partial(jax.jit, static_argnames=('model', 'spec'))
 def generate(model, variables, s: jax.Array, x_T: jax.Array, key: jax.Array, spec: SamplerSpec) -> jax.Array:
   """Images conditioned on prototype activations s, from the noise x_T."""
-  denoise = unet_lib.denoiser(model, variables, s, x_T.shape)
+  denoise = unet_lib.denoiser(model, variables, s, x_T.shape, spec)
   return spec.run(denoise, x_T, key)
 
 
@@ -39,7 +39,7 @@ def generate(model, variables, s: jax.Array, x_T: jax.Array, key: jax.Array, spe
 def invert(model, variables, s: jax.Array, x0: jax.Array, spec: SamplerSpec) -> jax.Array:
   """Deterministic inversion x0 -> x_T under conditioning s with the spec's sampler (ddim or
   dpmpp2m; same timesteps as its sampling, which retraces x0)."""
-  denoise = unet_lib.denoiser(model, variables, s, x0.shape)
+  denoise = unet_lib.denoiser(model, variables, s, x0.shape, spec)
   return spec.invert(denoise, x0)
 
 
@@ -114,6 +114,9 @@ def _sample_status(config, stage1_step: int, latent_step: int) -> dict:
           'sampler': config.diffusion.sampler, 'sample_steps': config.diffusion.sample_steps,
           'eta': float(config.diffusion.eta), 'clip_x0': float(config.diffusion.clip_x0),
           'latent_sample_steps': config.latent.sample_steps, 'seed': config.seed,
+          **({'sketch_consistency': float(config.diffusion.sketch_consistency),
+              'sketch_consistency_min_t': float(config.diffusion.sketch_consistency_min_t)}
+             if config.diffusion.sketch_consistency else {}),
           **({'spacing': config.diffusion.spacing} if config.diffusion.sampler == 'dpmpp2m' else {}),
           **({'latent_sampler': config.latent.sampler, 'latent_spacing': config.latent.spacing}
              if config.latent.sampler == 'dpmpp2m' else {})}
