@@ -514,3 +514,24 @@ def test_sketch_consistency_pulls_the_samplers_x0_hat_towards_the_decoders_pictu
                            ({'diffusion.sketch_consistency': 1.0, 'model.s_decoder_size': 12}, 's_decoder_size')):
     with pytest.raises(ConfigError, match=field):
       config_lib.load('configs/quickstart.py:tiny', overrides)
+
+
+def test_emergence_traces_the_unets_own_denoising_when_sampling_keeps_the_sketch():
+  # With the sketch consistency, x0_hat shows the decoder's picture from the first guided step, so the
+  # emergence trajectories run without it: their images are the unguided sampler's, not the guided one's.
+  from patronus_jax.interpret import core as interpret_core  # pylint: disable=g-import-not-at-top
+  config = config_lib.load('configs/quickstart.py:tiny')
+  assert config.diffusion.sketch_consistency == 1.0
+  model = patronus_from_config(config)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
+  variables = model.init(jax.random.PRNGKey(0), x, jnp.zeros((2,), jnp.int32))
+  s = np.asarray(model.apply(variables, x, method=model.encode).activations)
+  guided = interpret_core.deterministic_spec(config.diffusion, 4, 'dpmpp2m')
+  plain = dataclasses.replace(guided, low_pass_strength=0.0, low_pass_min_t=0.0)
+  assert guided.low_pass_strength == 1.0
+  x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(3), x.shape))
+  traced = interpret_core.Engine(model, variables, guided, batch_size=2).trajectory(s, x_T)['images']
+  want = interpret_core.generate_batch(model, variables, jnp.asarray(s), jnp.asarray(x_T), plain)['images']
+  other = interpret_core.generate_batch(model, variables, jnp.asarray(s), jnp.asarray(x_T), guided)['images']
+  np.testing.assert_allclose(np.asarray(traced), np.asarray(want), atol=1e-5)
+  assert float(jnp.abs(other - want).max()) > 1e-3

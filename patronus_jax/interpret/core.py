@@ -220,7 +220,11 @@ class Engine:
     return out
 
   def trajectory(self, s, x_T, num_steps: Optional[int] = None, what: str = 'tracing') -> dict:
-    spec = self.spec if not num_steps else dataclasses.replace(self.spec, num_steps=int(num_steps))
+    """`trajectory_batch` over any number of rows: the U-Net's own denoising, without the sketch
+    consistency of `diffusion.sketch_consistency`, which sets x0_hat's block means to the decoder's
+    picture of s from the first guided step, so every attribute would seem to emerge there."""
+    spec = dataclasses.replace(self.spec, low_pass_strength=0.0, low_pass_min_t=0.0,
+                               num_steps=int(num_steps) if num_steps else self.spec.num_steps)
     out = self.map(lambda a, x: trajectory_batch(self.model, self.variables, self.classifier, a, x, spec),
                    s, x_T, what=what, model_calls_per_row=spec.num_steps)
     if 'probs_traj' in out:

@@ -431,7 +431,8 @@ PART_FUNCTIONS = {'visualize': part_visualize, 'semantics': part_semantics, 'eme
 # ---------------------------------------------------------------------- the mode
 
 # Bumped whenever what a part computes or writes changes, so that older results are redone.
-RESULTS_VERSION = {'visualize': 1, 'semantics': 1, 'emergence': 3, 'diagnosis': 1}
+# emergence 4: its trajectories run without diffusion.sketch_consistency (the U-Net's own denoising)
+RESULTS_VERSION = {'visualize': 1, 'semantics': 1, 'emergence': 4, 'diagnosis': 1}
 # The config.interpret fields each part's results depend on (besides COMMON_FIELDS).
 COMMON_FIELDS = ('sampler', 'sample_steps', 'eval_split', 'num_eval_images', 'low_quantile', 'high_quantile',
                  'association_threshold')
