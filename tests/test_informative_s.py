@@ -189,16 +189,17 @@ def test_film_is_a_scale_and_shift_of_the_normalised_features_by_s():
 @pytest.mark.parametrize('kind', proto_lib.DECODER_KINDS)
 def test_the_decoder_loss_is_the_mse_to_the_block_mean_image_and_trains_the_encoder(kind):
   x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3), minval=-1, maxval=1)
-  pooled = np.asarray(proto_lib.downsample_mean(x, 8))
+  pooled = np.asarray(diffusion.downsample_mean(x, 8))
   np.testing.assert_allclose(pooled[1, 2, 5], np.asarray(x)[1, 8:12, 20:24].mean(axis=(0, 1)), atol=1e-6)
-  odd = np.asarray(proto_lib.downsample_mean(jnp.full((1, 40, 40, 3), 0.25), 16))  # 40 is no multiple of 16
+  odd = np.asarray(diffusion.downsample_mean(jnp.full((1, 40, 40, 3), 0.25), 16))  # 40 is no multiple of 16
   assert odd.shape == (1, 16, 16, 3) and np.allclose(odd, 0.25, atol=1e-6)
   config = config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.5, 'model.s_decoder_size': 8,
                                                           'model.s_decoder_kind': kind, 'model.s_sketch': False,
                                                           'train.s_decoder_edge_weight': 0.0})
   task = PatronusTask(config)
   plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_weight': 0.0,
-                                                                      'model.s_sketch': False}))
+                                                                      'model.s_sketch': False,
+                                                                      'diffusion.sketch_consistency': 0.0}))
   variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
   params = variables['params']
   assert 's_decoder' in params
@@ -461,7 +462,7 @@ def test_edge_weights_count_both_sides_of_an_outline_and_leave_the_plain_loss_al
     _, metrics = task.loss_fn(params, rest, {'image': x}, jax.random.PRNGKey(4), True)
     s = task.model.apply(variables, x, method=task.model.encode).activations
     decoded = np.asarray(task.model.apply(variables, s, method=task.model.decode_activations))
-    target = proto_lib.downsample_mean(x, 8)
+    target = diffusion.downsample_mean(x, 8)
     weights = np.asarray(diffusion.edge_weights(target, strength))
     losses[strength] = float(metrics['s_decoder_loss'])
     np.testing.assert_allclose(losses[strength], np.mean(weights * (decoded - np.asarray(target)) ** 2), rtol=1e-5)
@@ -500,10 +501,11 @@ def test_sketch_consistency_pulls_the_samplers_x0_hat_towards_the_decoders_pictu
   _, x0_plain = diffusion.predict(plain, x, t, abar, p)
   _, x0_guided = diffusion.predict(guided, x, t, abar, p)
   k = 32 // picture.shape[1]
-  np.testing.assert_allclose(np.asarray(diffusion.low_pass(x0_guided, k)[0]),
+  np.testing.assert_allclose(np.asarray(diffusion.low_pass(x0_guided, picture.shape[1])[0]),
                              np.asarray(jnp.repeat(jnp.repeat(picture, k, 1), k, 2)[0]), atol=1e-4)
   np.testing.assert_allclose(np.asarray(x0_guided[1]), np.asarray(x0_plain[1]), atol=1e-5)
-  off = diffusion.SamplerSpec.images(config_lib.load('configs/quickstart.py:tiny').diffusion)
+  off = diffusion.SamplerSpec.images(
+      config_lib.load('configs/quickstart.py:tiny', {'diffusion.sketch_consistency': 0.0}).diffusion)
   assert off.low_pass_strength == 0.0 and off.low_pass_min_t == 0.0
   np.testing.assert_allclose(np.asarray(unet_lib.denoiser(model, variables, s, x.shape, off)(x, t)),
                              np.asarray(plain(x, t)))
@@ -511,7 +513,7 @@ def test_sketch_consistency_pulls_the_samplers_x0_hat_towards_the_decoders_pictu
                            ({'diffusion.sketch_consistency_min_t': 1.0}, 'diffusion.sketch_consistency_min_t'),
                            ({'diffusion.sketch_consistency': 1.0, 'train.s_decoder_weight': 0.0,
                              'model.s_sketch': False}, 's_decoder_weight'),
-                           ({'diffusion.sketch_consistency': 1.0, 'model.s_decoder_size': 12}, 's_decoder_size')):
+                           ({'diffusion.sketch_consistency': 1.0, 'model_type': 'bcos'}, 'model_type')):
     with pytest.raises(ConfigError, match=field):
       config_lib.load('configs/quickstart.py:tiny', overrides)
 

@@ -33,7 +33,7 @@ functions `denoise_fn(x_t, t) -> model output` with t an int32 vector of shape (
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import dataclasses
 
@@ -510,18 +510,37 @@ def invert(denoise_fn: DenoiseFn, schedule: Schedule, x0: jax.Array, *, sampler:
                            spacing=spacing, prediction=prediction, trajectory_fn=trajectory_fn)
 
 
-def low_pass(x: jax.Array, factor: int) -> jax.Array:
-  """x (B, H, W, C) with every factor x factor block replaced by its mean (H, W multiples of factor)."""
-  b, h, w, c = x.shape
-  means = x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
-  return jnp.repeat(jnp.repeat(means, factor, axis=1), factor, axis=2)
+def downsample_mean(images: jax.Array, size: int) -> jax.Array:
+  """(B, H, W, C) -> (B, size, size, C): the mean of each H/size x W/size block where the sides are
+  multiples of size, else an antialiased linear resize (the same low-pass idea for any image size)."""
+  b, h, w, c = images.shape
+  if h % size or w % size:
+    return jax.image.resize(images, (b, size, size, c), 'linear', antialias=True)
+  return images.reshape(b, size, h // size, size, w // size, c).mean(axis=(2, 4))
+
+
+def upsample(picture: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """(B, h, w, C) -> (B, H, W, C) for shape (B, H, W, *): each pixel repeated H/h x W/w times where the
+  sides are multiples of h, w (the inverse of `downsample_mean`'s block means), else a linear resize."""
+  b, h, w, c = picture.shape
+  if shape[1] % h or shape[2] % w:
+    return jax.image.resize(picture, (b, shape[1], shape[2], c), 'linear')
+  return jnp.repeat(jnp.repeat(picture, shape[1] // h, axis=1), shape[2] // w, axis=2)
+
+
+def low_pass(x: jax.Array, size: int) -> jax.Array:
+  """x (B, H, W, C) reduced to size x size and back (`downsample_mean`, `upsample`): with H, W multiples of
+  size, every block replaced by its mean."""
+  return upsample(downsample_mean(x, size), x.shape)
 
 
 def low_pass_guided(denoise_fn: DenoiseFn, schedule: Schedule, prediction: str, picture: jax.Array,
                     strength: float, min_t: float) -> DenoiseFn:
-  """`denoise_fn` whose x0_hat has its block means moved towards `picture` (B, h, w, C), a low-resolution
-  picture of what to draw (H = k h): x0_hat += strength (up(picture) - low_pass(x0_hat, k)) at every
-  t >= min_t T; strength 1 makes x0_hat's k x k block means those of the picture. eps_hat is re-derived
+  """`denoise_fn` whose x0_hat has its block means moved towards `picture` (B, s, s, C), a low-resolution
+  picture of what to draw: x0_hat += strength (upsample(picture) - low_pass(x0_hat, s)) at every
+  t >= min_t T; strength 1 makes x0_hat's block means those of the picture (sides that are no multiple
+  of s: the same with antialiased and linear resizes, which moves them most of the way: three quarters
+  for a 10 x 10 image and a 4 x 4 picture). eps_hat is re-derived
   from the moved x0_hat (as `clip_x0` does) and the result returned in the denoiser's own
   parameterisation, so every sampler and inversion runs it unchanged. Below min_t T nothing is moved:
   there eps_hat = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar) divides a change of x0_hat by a small
@@ -529,10 +548,9 @@ def low_pass_guided(denoise_fn: DenoiseFn, schedule: Schedule, prediction: str, 
   def guided(x_t, t):
     abar = schedule.abar(t)
     eps, x0 = predict(denoise_fn, x_t, t, abar, prediction)
-    k = x_t.shape[1] // picture.shape[1]
-    goal = jnp.repeat(jnp.repeat(picture.astype(x0.dtype), k, axis=1), k, axis=2)
+    goal = upsample(picture.astype(x0.dtype), x0.shape)
     weight = _bcast(jnp.where(t >= min_t * schedule.timesteps, strength, 0.0).astype(x0.dtype), x0)
-    x0 = x0 + weight * (goal - low_pass(x0, k))
+    x0 = x0 + weight * (goal - low_pass(x0, picture.shape[1]))
     return target(schedule, x0, t, eps_from_x0(x_t, x0, abar), prediction)
   return guided
 

@@ -187,15 +187,6 @@ class ActivationDecoder(nn.Module):
     return nn.Conv(self.channels, (3, 3), dtype=self.dtype, name='out')(h).astype(jnp.float32)
 
 
-def downsample_mean(images: jax.Array, size: int) -> jax.Array:
-  """(B, H, W, C) -> (B, size, size, C): the mean of each H/size x W/size block where the sides are
-  multiples of size, else an antialiased linear resize (the same low-pass idea for any image size)."""
-  b, h, w, c = images.shape
-  if h % size or w % size:
-    return jax.image.resize(images, (b, size, size, c), 'linear', antialias=True)
-  return images.reshape(b, size, h // size, size, w // size, c).mean(axis=(2, 4))
-
-
 class ReceptiveField(NamedTuple):
   """ProtoPNet's [n_out, jump, size, start] of the prototype layer (input pixels)."""
   n: int  # feature-map side

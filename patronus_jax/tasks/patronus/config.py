@@ -255,10 +255,7 @@ def _validate_diffusion(config: ConfigDict) -> None:
             f"got model_type={config.model_type!r}; set it to 0")
     require(config.train.s_decoder_weight > 0,
             "config field 'diffusion.sketch_consistency' needs the decoder's picture of s: set "
-            f"'train.s_decoder_weight' > 0 (got {config.train.s_decoder_weight})")
-    require(config.data.image_size % config.model.s_decoder_size == 0,
-            f"config field 'diffusion.sketch_consistency' needs 'model.s_decoder_size' ({config.model.s_decoder_size}) "
-            f"to divide 'data.image_size' ({config.data.image_size})")
+            f"'train.s_decoder_weight' > 0 (got {config.train.s_decoder_weight}) or 'diffusion.sketch_consistency' 0")
   require(d.edge_weight >= 0.0,
           f"config field 'diffusion.edge_weight' must be >= 0 (0: every pixel alike), got {d.edge_weight}")
   require(d.guidance >= 0.0, f"config field 'diffusion.guidance' must be >= 0 (1: no guidance), got {d.guidance}")

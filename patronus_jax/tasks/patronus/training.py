@@ -82,7 +82,7 @@ class PatronusTask:
                                     d.min_snr_floor, d.edge_weight)
     metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
     if weight > 0:
-      target = proto_lib.downsample_mean(x0, decoded.shape[1])
+      target = diffusion.downsample_mean(x0, decoded.shape[1])
       metrics['s_decoder_loss'] = jnp.mean(
           diffusion.edge_weights(target, self.config.train.s_decoder_edge_weight) * (decoded - target) ** 2)
       loss = loss + weight * metrics['s_decoder_loss']
