@@ -24,6 +24,9 @@ Notation of Ho et al. (2020) and Song et al. (2021); t indexes 0..T-1 as in the 
                (first order) the step is DDIM's; the first step and the last (to sigma = 0) are first
                order. Second order: the error at N steps falls as 1/N^2 (DDIM: 1/N), so ~15 calls give
                what DDIM needs 50-100 for. Its inversion runs the same multistep rule upwards.
+  Low-pass guidance (`low_pass_guided`; Patronus's `diffusion.sketch_consistency`, not in the paper):
+               x0_hat's block means set to a low-resolution picture before each step, eps_hat
+               re-derived from it; every sampler and inversion above runs the guided denoiser.
 
 Every sampling loop is one `jax.lax.scan`, so a 1000-step loop compiles once. Denoisers are
 functions `denoise_fn(x_t, t) -> model output` with t an int32 vector of shape (B,);
@@ -540,9 +543,9 @@ def low_pass_guided(denoise_fn: DenoiseFn, schedule: Schedule, prediction: str, 
   picture of what to draw: x0_hat += strength (upsample(picture) - low_pass(x0_hat, s)) at every
   t >= min_t T; strength 1 makes x0_hat's block means those of the picture (sides that are no multiple
   of s: the same with antialiased and linear resizes, which moves them most of the way: three quarters
-  for a 10 x 10 image and a 4 x 4 picture). eps_hat is re-derived
-  from the moved x0_hat (as `clip_x0` does) and the result returned in the denoiser's own
-  parameterisation, so every sampler and inversion runs it unchanged. Below min_t T nothing is moved:
+  for a 10 x 10 image and a 4 x 4 picture). eps_hat is re-derived from the moved x0_hat (as `clip_x0`
+  does) and the result returned in the denoiser's own parameterisation, so every sampler and
+  inversion runs it unchanged. Below min_t T nothing is moved:
   there eps_hat = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar) divides a change of x0_hat by a small
   sigma, and an inversion's first steps blow up (quickstart: x_T std 17 at min_t 0, 0.89 at 0.1)."""
   def guided(x_t, t):
