@@ -382,7 +382,7 @@ def test_low_pass_guidance_sets_the_block_means_of_x0_hat_and_keeps_its_detail(p
   up = jnp.repeat(jnp.repeat(picture, 2, axis=1), 2, axis=2)
   detail = image - diffusion.low_pass(image, 4)
   for strength, min_t in ((1.0, 0.1), (0.5, 0.1)):
-    guided = diffusion.low_pass_guided(fn, s, prediction, picture, strength, min_t)
+    guided = diffusion.low_pass_guided(fn, s, prediction, picture, image.shape, strength, min_t)
     t = jnp.array([500, 99])  # above and below min_t T = 100
     _, x0 = diffusion.predict(guided, x_t, t, s.abar(t), prediction)
     want = diffusion.low_pass(image, 4) + strength * (up - diffusion.low_pass(image, 4)) + detail
@@ -391,19 +391,19 @@ def test_low_pass_guidance_sets_the_block_means_of_x0_hat_and_keeps_its_detail(p
     np.testing.assert_allclose(np.asarray(x0[1]), np.asarray(image[1]), atol=tol)
   # a sampler's result carries the picture's block means when the last step is guided too
   spec = diffusion.SamplerSpec('cosine', 1000, 'dpmpp2m', 10, prediction=prediction, low_pass_strength=1.0)
-  out = spec.run(spec.guided(fn, picture), x_t)
+  out = spec.run(spec.guided(fn, picture, x_t.shape), x_t)
   np.testing.assert_allclose(np.asarray(diffusion.low_pass(out, 4)), np.asarray(up), atol=1e-3)
   plain = diffusion.SamplerSpec('cosine', 1000, 'dpmpp2m', 10, prediction=prediction)
-  assert plain.guided(fn, picture) is fn
+  assert plain.guided(fn, picture, x_t.shape) is fn
   # sides that are no multiple of the picture's (10 / 4): resizes instead of block means, most of the way
   odd = jax.random.uniform(k1, (2, 10, 10, 3), minval=-1, maxval=1)
   odd_t = jax.random.normal(k3, odd.shape)
   odd_fn = lambda x, t: diffusion.target(s, odd, t, diffusion.eps_from_x0(x, odd, s.abar(t)), prediction)
   t = jnp.array([500, 500])
-  _, moved = diffusion.predict(diffusion.low_pass_guided(odd_fn, s, prediction, picture, 1.0, 0.1), odd_t, t,
+  _, moved = diffusion.predict(diffusion.low_pass_guided(odd_fn, s, prediction, picture, odd.shape, 1.0, 0.1), odd_t, t,
                                s.abar(t), prediction)
   before = float(jnp.mean((diffusion.downsample_mean(odd, 4) - picture) ** 2))
   after = float(jnp.mean((diffusion.downsample_mean(moved, 4) - picture) ** 2))
   assert moved.shape == odd.shape and after < 0.4 * before, (before, after)  # 0.27 when written
   with pytest.raises(ValueError, match='picture'):
-    spec.guided(fn, None)
+    spec.guided(fn, None, x_t.shape)

@@ -538,7 +538,7 @@ def low_pass(x: jax.Array, size: int) -> jax.Array:
 
 
 def low_pass_guided(denoise_fn: DenoiseFn, schedule: Schedule, prediction: str, picture: jax.Array,
-                    strength: float, min_t: float) -> DenoiseFn:
+                    shape: Sequence[int], strength: float, min_t: float) -> DenoiseFn:
   """`denoise_fn` whose x0_hat has its block means moved towards `picture` (B, s, s, C), a low-resolution
   picture of what to draw: x0_hat += strength (upsample(picture) - low_pass(x0_hat, s)) at every
   t >= min_t T; strength 1 makes x0_hat's block means those of the picture (sides that are no multiple
@@ -547,18 +547,21 @@ def low_pass_guided(denoise_fn: DenoiseFn, schedule: Schedule, prediction: str, 
   does) and the result returned in the denoiser's own parameterisation, so every sampler and
   inversion runs it unchanged. Below min_t T nothing is moved:
   there eps_hat = (x_t - sqrt(abar) x0_hat) / sqrt(1 - abar) divides a change of x0_hat by a small
-  sigma, and an inversion's first steps blow up (quickstart: x_T std 17 at min_t 0, 0.89 at 0.1)."""
+  sigma, and an inversion's first steps blow up (quickstart: x_T std 17 at min_t 0, 0.89 at 0.1).
+  `shape`: the images' (B, H, W, C); the picture is brought to it once, outside the sampling loop."""
+  goal = upsample(picture, shape)
+
   def guided(x_t, t):
     abar = schedule.abar(t)
     eps, x0 = predict(denoise_fn, x_t, t, abar, prediction)
-    goal = upsample(picture.astype(x0.dtype), x0.shape)
+    goal_t = goal.astype(x0.dtype)
     weight = _bcast(jnp.where(t >= min_t * schedule.timesteps, strength, 0.0).astype(x0.dtype), x0)
-    x0 = x0 + weight * (goal - low_pass(x0, picture.shape[1]))
+    x0 = x0 + weight * (goal_t - low_pass(x0, picture.shape[1]))
     return target(schedule, x0, t, eps_from_x0(x_t, x0, abar), prediction)
   return guided
 
 
-def low_pass_settings(diffusion_cfg) -> tuple[float, float]:
+def _low_pass_settings(diffusion_cfg) -> tuple[float, float]:
   """(strength, min_t) of the sketch consistency of a diffusion config section (0, 0 when it has none)."""
   strength = float(diffusion_cfg.get('sketch_consistency', 0.0))
   return strength, float(diffusion_cfg.get('sketch_consistency_min_t', 0.0)) if strength > 0 else 0.0
@@ -583,7 +586,7 @@ class SamplerSpec:
   def images(cls, diffusion_cfg, **overrides) -> 'SamplerSpec':
     spec = cls(diffusion_cfg.schedule, diffusion_cfg.timesteps, diffusion_cfg.sampler,
                diffusion_cfg.sample_steps, float(diffusion_cfg.eta), diffusion_cfg.prediction,
-               float(diffusion_cfg.clip_x0), diffusion_cfg.spacing, *low_pass_settings(diffusion_cfg))
+               float(diffusion_cfg.clip_x0), diffusion_cfg.spacing, *_low_pass_settings(diffusion_cfg))
     return dataclasses.replace(spec, **overrides)
 
   @classmethod
@@ -592,14 +595,15 @@ class SamplerSpec:
                float(latent_cfg.eta), 'eps', spacing=latent_cfg.spacing)
     return dataclasses.replace(spec, **overrides)
 
-  def guided(self, denoise_fn: DenoiseFn, picture: Optional[jax.Array]) -> DenoiseFn:
-    """`denoise_fn` pulled towards `picture` when this loop asks for it (`low_pass_guided`)."""
+  def guided(self, denoise_fn: DenoiseFn, picture: Optional[jax.Array], shape: Sequence[int]) -> DenoiseFn:
+    """`denoise_fn` pulled towards `picture` when this loop asks for it (`low_pass_guided`; images of
+    `shape`)."""
     if self.low_pass_strength <= 0:
       return denoise_fn
     if picture is None:
       raise ValueError('low_pass_strength > 0 needs a picture to pull x0_hat towards')
     return low_pass_guided(denoise_fn, make_schedule(self.schedule, self.timesteps), self.prediction, picture,
-                           self.low_pass_strength, self.low_pass_min_t)
+                           shape, self.low_pass_strength, self.low_pass_min_t)
 
   def run(self, denoise_fn: DenoiseFn, x_T: jax.Array, key: Optional[jax.Array] = None,
           trajectory_fn: Optional[TrajectoryFn] = None, start: int = 0):

@@ -24,17 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from patronus_jax.core.diffusion import SamplerSpec, low_pass_settings
+from patronus_jax.core.diffusion import SamplerSpec
 from patronus_jax.core import sharding
 from patronus_jax.models import unet as unet_lib
 
 
 def deterministic_spec(diffusion_cfg, num_steps: int, sampler: str = 'ddim') -> SamplerSpec:
   """`sampler` ('ddim' or 'dpmpp2m') with eta = 0 over `num_steps` calls of the model's noise schedule."""
-  strength, min_t = low_pass_settings(diffusion_cfg)
-  return SamplerSpec(diffusion_cfg.schedule, diffusion_cfg.timesteps, sampler, int(num_steps), 0.0,
-                     diffusion_cfg.prediction, spacing=diffusion_cfg.spacing, low_pass_strength=strength,
-                     low_pass_min_t=min_t)
+  return SamplerSpec.images(diffusion_cfg, sampler=sampler, num_steps=int(num_steps), eta=0.0, clip_x0=0.0)
 
 
 def _encoded(model, variables, images):

@@ -345,14 +345,16 @@ def denoiser(model, variables, s: jax.Array, shape: Sequence[int], spec: Optiona
   inversions call it; a Patronus with s_sketch gets its sketch of s computed once here, outside
   the sampling loop. When `spec` asks for it (`diffusion.sketch_consistency`), x0_hat is pulled
   towards the decoder's picture of s (`diffusion.low_pass_guided`), also computed once here."""
-  if not getattr(model, 's_sketch', False):
-    denoise = lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
-  else:
-    sketch = model.apply(variables, s, shape, method=model.sketch)
+  with_sketch = getattr(model, 's_sketch', False)
+  guided = spec is not None and spec.low_pass_strength > 0
+  # one decoder run serves both the sketch and the guidance
+  picture = model.apply(variables, s, method=model.decode_activations) if with_sketch or guided else None
+  if with_sketch:
+    sketch = resize_sketch(picture, shape)  # = model.sketch(s, shape)
     denoise = lambda x, t: model.apply(variables, x, t, s, False, None, sketch, method=model.denoise)
-  if spec is None or spec.low_pass_strength <= 0:
-    return denoise
-  return spec.guided(denoise, model.apply(variables, s, method=model.decode_activations))
+  else:
+    denoise = lambda x, t: model.apply(variables, x, t, s, method=model.denoise)
+  return spec.guided(denoise, picture, shape) if guided else denoise
 
 
 def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:

@@ -157,15 +157,12 @@ def _config_fields(config) -> dict[str, Any]:
   solver = lambda c: dict(sampler=c.sampler, spacing=c.spacing) if c.sampler == 'dpmpp2m' else {}
   # clipping or guiding x0_hat changes every generation; each enters only when on, for the same reason
   clip = {'clip_x0': float(d.clip_x0)} if d.clip_x0 else {}
-  if d.sketch_consistency:
-    clip.update(sketch_consistency=float(d.sketch_consistency),
-                sketch_consistency_min_t=float(d.sketch_consistency_min_t))
   return dict(
       evaluate=json.loads(config.evaluate.to_json_best_effort()),
       data=workdir_classifier.trained_for(config)['data'],
       image_sampler={'sampler': d.sampler, 'sample_steps': d.sample_steps, 'eta': d.eta, 'guidance': d.guidance,
                      'schedule': d.schedule, 'timesteps': d.timesteps, 'prediction': d.prediction, **solver(d),
-                     **clip},
+                     **clip, **sample_lib.sketch_consistency_key(d)},
       latent_sampler=dict(sample_steps=lt.sample_steps, eta=lt.eta, schedule=lt.schedule,
                           timesteps=lt.timesteps, **solver(lt)),
       seed=int(config.seed),

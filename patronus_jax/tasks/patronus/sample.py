@@ -107,6 +107,16 @@ def reconstruct(model, variables, images: jax.Array, key: jax.Array, diffusion_c
   return generate(model, variables, s, x_T, loop_key, spec)
 
 
+def sketch_consistency_key(diffusion_cfg) -> dict:
+  """The sketch consistency's part of a skip key: empty when off, so keys written before it existed
+  stay valid."""
+  d = diffusion_cfg
+  if not d.sketch_consistency:
+    return {}
+  return {'sketch_consistency': float(d.sketch_consistency),
+          'sketch_consistency_min_t': float(d.sketch_consistency_min_t)}
+
+
 def _sample_status(config, stage1_step: int, latent_step: int) -> dict:
   """What `--mode=sample` computes from (its skip key)."""
   return {'stage1_step': stage1_step, 'latent_step': latent_step,
@@ -114,9 +124,7 @@ def _sample_status(config, stage1_step: int, latent_step: int) -> dict:
           'sampler': config.diffusion.sampler, 'sample_steps': config.diffusion.sample_steps,
           'eta': float(config.diffusion.eta), 'clip_x0': float(config.diffusion.clip_x0),
           'latent_sample_steps': config.latent.sample_steps, 'seed': config.seed,
-          **({'sketch_consistency': float(config.diffusion.sketch_consistency),
-              'sketch_consistency_min_t': float(config.diffusion.sketch_consistency_min_t)}
-             if config.diffusion.sketch_consistency else {}),
+          **sketch_consistency_key(config.diffusion),
           **({'spacing': config.diffusion.spacing} if config.diffusion.sampler == 'dpmpp2m' else {}),
           **({'latent_sampler': config.latent.sampler, 'latent_spacing': config.latent.spacing}
              if config.latent.sampler == 'dpmpp2m' else {})}
