@@ -32,6 +32,7 @@ import jax
 from ml_collections import config_flags
 
 from patronus_jax import config as config_lib
+from patronus_jax import data as data_lib
 from patronus_jax.core import sharding
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.errors import ConfigError, UserError, WorkdirError
@@ -159,6 +160,10 @@ def run(config, workdir: str, mode: str = 'all') -> None:
   config_lib.validate(config)
   sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
+  # Every mode reads the data: a data mistake (a missing folder or CSV column, a bias naming no
+  # attribute) stops here, before config.json fixes data.folder.path and data.bias in the workdir
+  # (the corrected run would be refused there). The index is cached for the modes.
+  data_lib.get_info(config.data)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     changed = workdir_lib.check_and_write_config(workdir, config)

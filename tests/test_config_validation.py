@@ -196,3 +196,15 @@ def test_an_override_given_twice_is_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       'error: --config.mitigation.methods is given 2 times; give each config field once'), result.stderr[-2000:]
   assert not (tmp_path / 'never').exists()
+
+
+def test_a_data_mistake_stops_before_config_json_is_written(tmp_path):
+  # config.json fixes data.folder.path: written before the data check, it refused the corrected run
+  workdir = tmp_path / 'run'
+  result = _main(tmp_path, f'--workdir={workdir}', '--mode=train', '--config.data.name=folder',
+                 f'--config.data.folder.path={tmp_path / "tpyo"}')
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(f"error: image folder '{tmp_path / 'tpyo'}' for dataset "
+                                                           "'folder' does not exist"), result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  assert not (workdir / 'config.json').exists()
