@@ -243,3 +243,14 @@ def test_folder_of_undecodable_images_stops_instead_of_skipping_forever(tmp_path
   assert len(outcome) == 1 and isinstance(outcome[0], data.DataError), outcome
   assert re.search(r'none of the last \d+ images of folder could be decoded \(the split has 6\)', str(outcome[0]))
   assert str(root) in str(outcome[0])
+
+
+def test_a_labels_csv_naming_no_readable_file_stops_with_the_reason(good_folder, tmp_path):
+  # paths relative to another directory: every row is missing, which used to end in 'no examples' later
+  labels = tmp_path / 'labels.csv'
+  labels.write_text('path,label\nimgs/sub0/000.png,a\nimgs/sub1/001.png,b\nimgs/sub0/002.png,a\n')
+  with pytest.raises(data.DataError) as error:
+    data.get_info(_cfg(good_folder, labels_csv=str(labels)))
+  message = str(error.value)
+  assert message.startswith('none of the 3 image(s) listed in config.data.folder.labels_csv'), message
+  assert f'{good_folder / "imgs" / "sub0" / "000.png"} (file not found)' in message

@@ -538,6 +538,14 @@ def _checked_splits(data_cfg, root: str, tables: dict, values: tuple, num_names:
       labels.append([_value_index(v, values[k]) for k, v in enumerate(raw[i])])
       if captions is not None:
         kept_captions.append(captions[i])
+    if relative and not paths:  # else the run fails later on an empty split, without the reason
+      first = len(skipped) - len(relative)
+      listed = ''
+      if data_cfg.folder.labels_csv:
+        field = 'labels_csv' if part == 'train' else 'eval_labels_csv'
+        listed = f' listed in config.data.folder.{field} (its paths are relative to config.data.folder.path)'
+      raise DataError(f'none of the {len(relative)} image(s){listed} can be read, e.g. {skipped[first]} '
+                      f'({reasons[first]}); check config.data.folder.path and the image files')
     splits[part] = FolderSplit(paths, np.asarray(labels, np.int32).reshape(len(paths), num_names),
                                kept_captions if captions is not None else None)
   if skipped:
