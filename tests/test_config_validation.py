@@ -10,6 +10,7 @@ import pytest
 from patronus_jax import config as config_lib
 from patronus_jax import main as main_lib
 from patronus_jax.core import files
+from patronus_jax.core import sharding
 from patronus_jax.core import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,3 +209,14 @@ def test_a_data_mistake_stops_before_config_json_is_written(tmp_path):
                                                            "'folder' does not exist"), result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert not (workdir / 'config.json').exists()
+
+
+def test_a_batch_or_mesh_that_does_not_fit_the_devices_is_a_config_error():
+  # a ValueError here ended the run in a traceback with exit status 1 (after config.json was written)
+  mesh_cfg = config_lib.mesh_config()
+  mesh_cfg.model = 3
+  with pytest.raises(config_lib.ConfigError, match=r"'mesh.model'=3 must divide the number of devices \(8\)"):
+    sharding.make_mesh(mesh_cfg)
+  mesh = sharding.make_mesh(config_lib.mesh_config())
+  with pytest.raises(config_lib.ConfigError, match=r"'train.batch_size'=6 must be divisible by the 8 devices"):
+    sharding.check_batch_size(6, mesh)

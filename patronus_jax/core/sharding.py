@@ -23,6 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
+from patronus_jax.core.errors import ConfigError
+
 DATA, MODEL = 'data', 'model'
 
 # Same random numbers whatever the sharding (and per-device generation under jit).
@@ -53,10 +55,10 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   n = len(devices)
   model = int(mesh_cfg.model)
   if model < 1 or n % model:
-    raise ValueError(f"config field 'mesh.model'={model} must divide the number of devices ({n})")
+    raise ConfigError(f"config field 'mesh.model'={model} must divide the number of devices ({n})")
   data = n // model if mesh_cfg.data == -1 else int(mesh_cfg.data)
   if data * model != n:
-    raise ValueError(f"config fields 'mesh.data'={mesh_cfg.data} x 'mesh.model'={model} must "
+    raise ConfigError(f"config fields 'mesh.data'={mesh_cfg.data} x 'mesh.model'={model} must "
                      f'equal the number of devices ({n})')
   grid = np.asarray(devices, dtype=object).reshape(data, model)
   return Mesh(grid, (DATA, MODEL))
@@ -91,10 +93,10 @@ def state_shardings(tree: Any, mesh: Mesh) -> Any:
 def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = 'train.batch_size') -> None:
   data = mesh.shape[DATA]
   if global_batch_size % data:
-    raise ValueError(f"config field '{field}'={global_batch_size} must be divisible by the "
+    raise ConfigError(f"config field '{field}'={global_batch_size} must be divisible by the "
                      f'{data} devices of the data axis')
   if global_batch_size % jax.process_count():
-    raise ValueError(f"config field '{field}'={global_batch_size} must be divisible by the "
+    raise ConfigError(f"config field '{field}'={global_batch_size} must be divisible by the "
                      f'{jax.process_count()} processes')
 
 
