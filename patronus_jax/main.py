@@ -283,8 +283,12 @@ def _main(workdir: str, config, mode: str) -> None:
   if mode not in ('train', 'all') and not os.path.isdir(workdir):
     raise WorkdirError(f'{workdir} does not exist: --mode={mode} reads a trained model from its workdir '
                        '(check the path, or run --mode=train first)')
-  os.makedirs(workdir, exist_ok=True)
-  _log_to_file(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    _log_to_file(workdir)
+  except OSError as e:  # a file of that name, a read-only or foreign directory
+    raise WorkdirError(f'cannot use {workdir} as the workdir ({type(e).__name__}: {e.strerror or e}); '
+                       '--workdir must be a directory that can be created and written') from e
   quiet_library_logs()
   logging.set_verbosity(logging.INFO)
   if from_workdir:

@@ -220,3 +220,15 @@ def test_a_batch_or_mesh_that_does_not_fit_the_devices_is_a_config_error():
   mesh = sharding.make_mesh(config_lib.mesh_config())
   with pytest.raises(config_lib.ConfigError, match=r"'train.batch_size'=6 must be divisible by the 8 devices"):
     sharding.check_batch_size(6, mesh)
+
+
+@pytest.mark.parametrize('where', ['a_file', 'a_file/run'])
+def test_a_workdir_that_cannot_be_a_directory_is_one_line(tmp_path, where):
+  (tmp_path / 'a_file').write_text('not a directory')
+  workdir = tmp_path / where
+  result = _main(tmp_path, f'--workdir={workdir}', '--mode=train')
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: cannot use {workdir} as the workdir'), (
+      result.stderr[-2000:])
+  assert 'Traceback' not in result.stderr
+  assert (tmp_path / 'a_file').read_text() == 'not a directory'
