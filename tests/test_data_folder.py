@@ -254,3 +254,11 @@ def test_a_labels_csv_naming_no_readable_file_stops_with_the_reason(good_folder,
   message = str(error.value)
   assert message.startswith('none of the 3 image(s) listed in config.data.folder.labels_csv'), message
   assert f'{good_folder / "imgs" / "sub0" / "000.png"} (file not found)' in message
+
+
+def test_a_labels_csv_that_is_not_utf8_is_named(good_folder, tmp_path):
+  labels = tmp_path / 'labels.csv'
+  labels.write_bytes('path,label\nsub0/000.png,café\nsub1/001.png,thé\n'.encode('latin-1'))
+  with pytest.raises(data.DataError, match=rf'^{re.escape(str(labels))} \(config.data.folder.labels_csv\) is not UTF-8 '
+                                           r'text \(byte 0xe9: invalid continuation byte\); save it as UTF-8$'):
+    data.get_info(_cfg(good_folder, labels_csv=str(labels)))

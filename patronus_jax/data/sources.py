@@ -426,6 +426,9 @@ def _read_csv(path: str, field: str) -> tuple[list[str], list[dict[str, str]]]:
       columns = list(reader.fieldnames or [])
   except OSError as e:
     raise DataError(f'cannot read {path} (config.data.folder.{field}): {e}') from e
+  except UnicodeDecodeError as e:  # e.g. a spreadsheet's export in Latin-1 or UTF-16
+    raise DataError(f'{path} (config.data.folder.{field}) is not UTF-8 text '
+                    f'(byte 0x{e.object[e.start]:02x}: {e.reason}); save it as UTF-8') from e
   if not columns:
     raise DataError(f'{path} (config.data.folder.{field}) is empty; expected a header row with a '
                     'path column and label columns')
