@@ -262,3 +262,11 @@ def test_a_labels_csv_that_is_not_utf8_is_named(good_folder, tmp_path):
   with pytest.raises(data.DataError, match=rf'^{re.escape(str(labels))} \(config.data.folder.labels_csv\) is not UTF-8 '
                                            r'text \(byte 0xe9: invalid continuation byte\); save it as UTF-8$'):
     data.get_info(_cfg(good_folder, labels_csv=str(labels)))
+
+
+def test_an_image_listed_twice_in_the_labels_csv_is_named(good_folder, tmp_path):
+  # the second row (here with another label) was used as a second example, silently
+  labels = tmp_path / 'labels.csv'
+  labels.write_text('path,label\nsub0/000.png,a\nsub1/001.png,b\n./sub0/000.png,b\n')
+  with pytest.raises(data.DataError, match=r"lists './sub0/000.png' twice \(lines 2 and 4\); list each image once"):
+    data.get_info(_cfg(good_folder, labels_csv=str(labels)))

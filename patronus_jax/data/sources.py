@@ -519,6 +519,13 @@ def _csv_tables(data_cfg, root: str):
       raise DataError(f'{csvs[part][1]} (config.data.folder.{field}) has no column(s) '
                       f'{missing}; its columns are {columns_here} (set folder.path_column, '
                       'label_columns, caption_column)')
+    first_line = {}
+    for line, row in enumerate(rows, start=2):  # a second row of an image: two labels, or counted twice
+      key = os.path.normpath(row[path_column])
+      if key in first_line:
+        raise DataError(f'{csvs[part][1]} (config.data.folder.{field}) lists {row[path_column]!r} twice '
+                        f'(lines {first_line[key]} and {line}); list each image once')
+      first_line[key] = line
     tables[part] = ([r[path_column] for r in rows],
                     [[(r[c] or '').strip() for c in label_columns] for r in rows],
                     [r[f.caption_column] for r in rows] if f.caption_column else None)
