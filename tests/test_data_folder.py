@@ -270,3 +270,29 @@ def test_an_image_listed_twice_in_the_labels_csv_is_named(good_folder, tmp_path)
   labels.write_text('path,label\nsub0/000.png,a\nsub1/001.png,b\n./sub0/000.png,b\n')
   with pytest.raises(data.DataError, match=r"lists './sub0/000.png' twice \(lines 2 and 4\); list each image once"):
     data.get_info(_cfg(good_folder, labels_csv=str(labels)))
+
+
+def test_a_labels_csv_with_a_byte_order_mark_reads_its_first_column(good_folder, tmp_path):
+  # a spreadsheet's "CSV UTF-8" export: the mark used to become part of the column name 'path'
+  labels = tmp_path / 'labels.csv'
+  labels.write_bytes('path,label\nsub0/000.png,a\nsub1/001.png,b\n'.encode('utf-8-sig'))
+  info = data.get_info(_cfg(good_folder, labels_csv=str(labels), path_column='path'))
+  assert info.attribute_names == ('label',) and info.attribute_values == (('a', 'b'),)
+
+
+def test_a_missing_labels_csv_names_where_it_was_looked_for(good_folder, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(data.DataError, match=rf"^config.data.folder.labels_csv='train.csv' is neither in "
+                                           rf"config.data.folder.path \({re.escape(str(good_folder))}\) nor in the "
+                                           r'current directory'):
+    data.get_info(_cfg(good_folder, labels_csv='train.csv'))
+
+
+def test_an_image_in_both_the_training_and_the_eval_csv_is_named(good_folder, tmp_path):
+  # the held-out metrics would be measured on training images, silently
+  (tmp_path / 'train.csv').write_text('path,label\nsub0/000.png,a\nsub1/001.png,b\nsub0/002.png,a\n')
+  (tmp_path / 'test.csv').write_text('path,label\nsub1/003.png,b\n./sub1/001.png,b\n')
+  with pytest.raises(data.DataError, match=r"^1 image\(s\) are listed in both config.data.folder.labels_csv .* "
+                                           r"e.g. './sub1/001.png'; the held-out split must not share images"):
+    data.get_info(_cfg(good_folder, labels_csv=str(tmp_path / 'train.csv'),
+                       eval_labels_csv=str(tmp_path / 'test.csv')))

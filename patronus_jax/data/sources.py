@@ -410,17 +410,23 @@ def _value_index(value: str, names: tuple[str, ...]) -> int:
   return names.index(value)
 
 
-def _resolve_csv(path: str, root: str) -> str:
+def _resolve_csv(path: str, root: str, field: str) -> str:
   """A relative CSV path names a file in the data folder first: a same-named file in the
   current directory (another dataset's train.csv) would label these images with its rows."""
   if os.path.isabs(path) or os.path.exists(os.path.join(root, path)):
     return os.path.join(root, path)
+  if not os.path.exists(path):
+    raise DataError(f'config.data.folder.{field}={path!r} is neither in config.data.folder.path ({root}) '
+                    'nor in the current directory; give the CSV of labels (relative to folder.path, or '
+                    'an absolute path)')
   return path
 
 
 def _read_csv(path: str, field: str) -> tuple[list[str], list[dict[str, str]]]:
   try:
-    with open(path, newline='') as f:
+    # utf-8-sig: a spreadsheet's UTF-8 export starts with a byte-order mark, which would else
+    # become part of the first column's name
+    with open(path, newline='', encoding='utf-8-sig') as f:
       reader = csv.DictReader(f)
       rows = list(reader)
       columns = list(reader.fieldnames or [])
@@ -498,9 +504,9 @@ def index_folder(data_cfg) -> FolderIndex:
 def _csv_tables(data_cfg, root: str):
   """(label column names, {part: (relative paths, raw label rows, captions or None)}) of the CSVs."""
   f = data_cfg.folder
-  csvs = {'train': ('labels_csv', _resolve_csv(f.labels_csv, root))}
+  csvs = {'train': ('labels_csv', _resolve_csv(f.labels_csv, root, 'labels_csv'))}
   if f.eval_labels_csv:
-    csvs['eval'] = ('eval_labels_csv', _resolve_csv(f.eval_labels_csv, root))
+    csvs['eval'] = ('eval_labels_csv', _resolve_csv(f.eval_labels_csv, root, 'eval_labels_csv'))
   read = {part: _read_csv(path, field) for part, (field, path) in csvs.items()}
   columns = read['train'][0]
   path_column = f.path_column or columns[0]
@@ -529,6 +535,13 @@ def _csv_tables(data_cfg, root: str):
     tables[part] = ([r[path_column] for r in rows],
                     [[(r[c] or '').strip() for c in label_columns] for r in rows],
                     [r[f.caption_column] for r in rows] if f.caption_column else None)
+  if 'eval' in tables:  # an image in both splits: the held-out metrics would score training images
+    train = {os.path.normpath(p) for p in tables['train'][0]}
+    both = [p for p in tables['eval'][0] if os.path.normpath(p) in train]
+    if both:
+      raise DataError(f'{len(both)} image(s) are listed in both config.data.folder.labels_csv ({csvs["train"][1]}) '
+                      f'and eval_labels_csv ({csvs["eval"][1]}), e.g. {both[0]!r}; the held-out split must not '
+                      'share images with the training split')
   return tuple(label_columns), tables
 
 
