@@ -347,12 +347,14 @@ def config_override_error(error: Exception, argv) -> str:
   name = match[1] if match else text.strip('\'" ')
   given = [a.split('=', 1)[0][len('--config.'):] for a in argv if a.startswith('--config.')]
   dotted = next((g for g in given if name in g.split('.')), name)
-  section = dotted.rsplit('.', 1)[0] if '.' in dotted else ''
+  parts = dotted.split('.')
+  at = parts.index(name) if name in parts else len(parts) - 1  # the unknown part: a section or the field
+  section = '.'.join(parts[:at])
   message = f"unknown config field '{dotted}'"
   if section:
-    message += f" (section '{section}' has no field '{dotted.rsplit('.', 1)[1]}')"
+    message += f" (section '{section}' has no field '{parts[at]}')"
   if match:
-    message += f"; did you mean '{section + '.' if section else ''}{match[2]}'?"
+    message += f"; did you mean '{'.'.join(parts[:at] + [match[2]] + parts[at + 1:])}'?"
   return message
 
 

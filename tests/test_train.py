@@ -8,12 +8,14 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from patronus_jax.core import checkpoint as ckpt_lib
 from patronus_jax.core.errors import CheckpointError
 from patronus_jax import config as config_lib
+from patronus_jax import main
 from patronus_jax.core import sharding
 from patronus_jax.core import training as training_lib
 from patronus_jax.tasks.patronus import training as patronus_training
@@ -359,3 +361,17 @@ def test_all_checkpoints_unreadable_is_one_short_error(tmp_path):
   with pytest.raises(CheckpointError, match='no checkpoint in .* could be read') as e:
     training_lib.load_state(workdir, 'toy')
   assert len(str(e.value)) < 1500 and str(e.value).count('\n') == 0
+
+
+@pytest.mark.parametrize('override, expected', [
+    ('trian.num_steps', "unknown config field 'trian.num_steps'; did you mean 'train.num_steps'?"),
+    ('train.num_step', "unknown config field 'train.num_step' (section 'train' has no field 'num_step'); "
+                       "did you mean 'train.num_steps'?"),
+])
+def test_a_misspelled_section_or_field_gets_the_whole_corrected_name(override, expected):
+  # a misspelled section was answered "did you mean 'trian.train'?"
+  config = ml_collections.ConfigDict({'train': {'num_steps': 1}})
+  with pytest.raises(AttributeError) as error:
+    for part in override.split('.'):
+      config = getattr(config, part)
+  assert main.config_override_error(error.value, [f'--config.{override}=5']) == expected
