@@ -120,14 +120,20 @@ def modes_for(config, mode: str) -> tuple[str, ...]:
   return BCOS_MODES if config.model_type == 'bcos' else PATRONUS_MODES
 
 
-def run_mode(mode: str, config, workdir: str, mesh) -> None:
-  """Runs one mode: MODES[config.model_type][mode](config, workdir, mesh)."""
+def check_mode(config, mode: str) -> None:
+  """ConfigError (one line, before anything is written) for a mode of the other model type."""
   modes = MODES[config.model_type]
-  if mode not in modes:
+  if mode != 'all' and mode not in modes:
     other = 'patronus' if config.model_type == 'bcos' else 'bcos'
     needs = f' (it needs model_type={other!r})' if mode in MODES[other] else ''
-    raise app.UsageError(f"--mode={mode} does not apply to model_type={config.model_type!r}{needs}; "
-                         f'modes: {", ".join(modes)}')
+    raise ConfigError(f"--mode={mode} does not apply to model_type={config.model_type!r}{needs}; "
+                      f'modes: {", ".join(modes)}')
+
+
+def run_mode(mode: str, config, workdir: str, mesh) -> None:
+  """Runs one mode: MODES[config.model_type][mode](config, workdir, mesh)."""
+  check_mode(config, mode)
+  modes = MODES[config.model_type]
   if config.model_type == 'patronus' and config.mitigation.use and mode in mitigate_mode.LATER_MODES:
     # the mitigated model through its view workdir: the mode unchanged, its outputs apart from the original's
     config, workdir = mitigate_mode.use_view(config, workdir)
@@ -158,6 +164,7 @@ def _log_to_file(workdir: str) -> None:
 def run(config, workdir: str, mode: str = 'all') -> None:
   """Programmatic entry (notebooks, tests): validate, set up devices, run the modes."""
   config_lib.validate(config)
+  check_mode(config, mode)
   sharding.initialize_distributed(config.mesh)
   mesh = sharding.make_mesh(config.mesh)
   # Every mode reads the data: a data mistake (a missing folder or CSV column, a bias naming no
@@ -280,6 +287,7 @@ def _main(workdir: str, config, mode: str) -> None:
   if from_workdir:
     config = config_lib.load_workdir_config(workdir)
   config_lib.validate(config)  # before anything is created or written
+  check_mode(config, mode)
   if mode not in ('train', 'all') and not os.path.isdir(workdir):
     raise WorkdirError(f'{workdir} does not exist: --mode={mode} reads a trained model from its workdir '
                        '(check the path, or run --mode=train first)')

@@ -375,3 +375,13 @@ def test_a_misspelled_section_or_field_gets_the_whole_corrected_name(override, e
     for part in override.split('.'):
       config = getattr(config, part)
   assert main.config_override_error(error.value, [f'--config.{override}=5']) == expected
+
+
+def test_a_mode_of_the_other_model_type_stops_before_anything_is_written(tmp_path):
+  # --mode=explain on a Patronus config printed the whole flag help and rewrote config.json first
+  config = load_config('shapes.py', 'tiny')
+  workdir = tmp_path / 'run'
+  with pytest.raises(config_lib.ConfigError, match=r"^--mode=explain does not apply to model_type='patronus' "
+                                                   r"\(it needs model_type='bcos'\); modes: train, "):
+    main.run(config, str(workdir), 'explain')
+  assert not workdir.exists()
