@@ -387,3 +387,20 @@ def test_a_view_written_before_a_model_field_existed_is_still_used(trained):
   with pytest.raises(workdir_lib.ConfigConflict, match='s_decoder_width'):
     mitigate_mode.make_view(changed, workdir, 'older', 'stage1', None)
   shutil.rmtree(view)
+
+
+def test_select_prefers_a_method_that_reduced_every_co_moved_effect():
+  # measured on shapes:bias,quick: 'decorrelate' kept the edit and the sample quality (2 targets)
+  # while the co-moved effect grew by 23 %; it was selected over a 42 % reduction (1 target)
+  def result(reduction, **targets):
+    flags = dict(pairs_gone=False, no_suspected_pair=False, no_pair_in_data=False, co_moved_reduction=False,
+                 edit_success_kept=False, sample_quality_kept=False)
+    flags.update(targets)
+    return {'comparison': {'min_co_moved_reduction': reduction, 'targets': flags}}
+  results = {'rebalance': result(0.42, edit_success_kept=True),
+             'decorrelate': result(-0.23, edit_success_kept=True, sample_quality_kept=True),
+             'isolate': result(0.74)}
+  assert mitigate_mode.select(results) == 'rebalance'
+  results['isolate'] = result(0.74, edit_success_kept=True)
+  assert mitigate_mode.select(results) == 'isolate'  # same targets: the larger reduction
+  assert mitigate_mode.select({'decorrelate': results['decorrelate']}) == 'decorrelate'  # the only one ran

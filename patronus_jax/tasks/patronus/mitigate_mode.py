@@ -512,11 +512,16 @@ def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, 
 
 
 def select(results: dict) -> Optional[str]:
-  """The method meeting most targets, then with the largest smallest co-moved reduction."""
+  """The method meeting most targets, then with the largest smallest co-moved reduction; a method
+  that left some co-moved effect as large as before or larger ranks below every method that
+  reduced them all (keeping the edit and the sample quality by changing little is no cure)."""
   if not results:
     return None
-  return max(results, key=lambda m: (sum(results[m]['comparison']['targets'].values()),
-                                     results[m]['comparison']['min_co_moved_reduction']))
+
+  def rank(m):
+    c = results[m]['comparison']
+    return c['min_co_moved_reduction'] > 0, sum(c['targets'].values()), c['min_co_moved_reduction']
+  return max(results, key=rank)
 
 
 # ----------------------------------------------------------------------------- the figure
