@@ -296,3 +296,15 @@ def test_an_image_in_both_the_training_and_the_eval_csv_is_named(good_folder, tm
                                            r"e.g. './sub1/001.png'; the held-out split must not share images"):
     data.get_info(_cfg(good_folder, labels_csv=str(tmp_path / 'train.csv'),
                        eval_labels_csv=str(tmp_path / 'test.csv')))
+
+
+def test_images_smaller_than_the_image_size_are_counted(good_folder, caplog):
+  # they were upsampled silently (a 4x4 image at image_size 16 is a blur of 16 pixels)
+  _write_image(str(good_folder / 'tiny' / 'a.png'), size=(4, 6))
+  _write_image(str(good_folder / 'tiny' / 'b.png'), size=(12, 30))
+  with caplog.at_level(logging.WARNING):
+    data.get_info(_cfg(good_folder))
+  messages = [r.getMessage() for r in caplog.records if 'upsampled' in r.getMessage()]
+  assert len(messages) == 1, [r.getMessage() for r in caplog.records]
+  assert messages[0].startswith(f'2 image(s) in {good_folder} have a side below config.data.image_size=16')
+  assert f"the smallest {good_folder / 'tiny' / 'a.png'} (4 pixels)" in messages[0]

@@ -350,8 +350,9 @@ def _channels_of(mode: str) -> int:
           'HSV': 3, 'RGBA': 4, 'RGBX': 4, 'CMYK': 4}.get(mode, 1 if mode.startswith('I;16') else 0)
 
 
-def check_image(path: str, folder_cfg) -> str | None:
-  """Opens a file's header (and verifies it). Returns why it is unreadable, or None if fine.
+def check_image(path: str, folder_cfg) -> tuple[str | None, int]:
+  """Opens a file's header (and verifies it). Returns (why it is unreadable or None if fine, its
+  smaller side; 0 when unreadable).
 
   Raises DataError for a readable image of the wrong size or channel count.
   """
@@ -361,9 +362,9 @@ def check_image(path: str, folder_cfg) -> str | None:
       if folder_cfg.verify:
         image.verify()
   except FileNotFoundError:
-    return 'file not found'
+    return 'file not found', 0
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many kinds)
-    return f'{type(e).__name__}: {e}'
+    return f'{type(e).__name__}: {e}', 0
   channels = _channels_of(mode)
   size = folder_cfg.check_size
   want_c = folder_cfg.check_channels
@@ -375,7 +376,7 @@ def check_image(path: str, folder_cfg) -> str | None:
   if channels == 0:
     raise DataError(f'image {path} has PIL mode {mode!r}, which cannot be converted to RGB or '
                     'grayscale. Convert or remove it.')
-  return None
+  return None, min(width, height)
 
 
 def _numeric(value: str) -> float | None:
@@ -547,12 +548,14 @@ def _csv_tables(data_cfg, root: str):
 
 def _checked_splits(data_cfg, root: str, tables: dict, values: tuple, num_names: int):
   """FolderSplits of the readable images, and the unreadable paths (DataError if strict)."""
-  splits, skipped, reasons = {}, [], []
+  splits, skipped, reasons, small = {}, [], [], []
   for part, (relative, raw, captions) in tables.items():
     paths, labels, kept_captions = [], [], []
     for i, rel in enumerate(relative):
       path = _image_path(root, rel)
-      problem = check_image(path, data_cfg.folder)
+      problem, side = check_image(path, data_cfg.folder)
+      if problem is None and side < data_cfg.image_size:
+        small.append((side, path))
       if problem is not None:
         skipped.append(path)
         reasons.append(problem)
@@ -577,6 +580,11 @@ def _checked_splits(data_cfg, root: str, tables: dict, values: tuple, num_names:
       raise DataError(f'{len(skipped)} unreadable image(s) in {root} (config.data.strict=True):\n'
                       f'{first}\nRemove or replace them, or set config.data.strict=False to skip them.')
     logging.warning('Skipping %d unreadable image(s) in %s; the first:\n%s', len(skipped), root, first)
+  if small:  # resized up, they come out blurred: the model learns the blur
+    side, path = min(small)
+    logging.warning('%d image(s) in %s have a side below config.data.image_size=%d and are upsampled, the '
+                    'smallest %s (%d pixels); use larger images or a smaller image_size',
+                    len(small), root, data_cfg.image_size, path, side)
   return splits, skipped
 
 
