@@ -2,7 +2,8 @@ r"""Shortcut mitigation, end to end: train, diagnose, mitigate (every method of
 `mitigation.methods`), diagnose again; the table.
 
   # shapes with the planted colour -> shape bias (0.95), quickstart-sized (stage 1: 4,000 steps of
-  # batch 8, ~6 min alone on 2 CPU cores; each method fine-tunes 1,000 steps = 25 %):
+  # batch 8, ~6 min alone on 2 CPU cores; each method fine-tunes 1,000 steps = 25 %; four
+  # diagnoses of 128 samples; 43 min in all on 2 cores shared with another job):
   python experiments/shortcut_mitigation.py --workdir=runs/mitigation_bias --config=configs/shapes.py:bias,quick
   # the same without the bias: the diagnosis names no pair, the mode changes nothing
   python experiments/shortcut_mitigation.py --workdir=runs/mitigation_plain --config=configs/shapes.py:quick
