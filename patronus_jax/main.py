@@ -131,8 +131,7 @@ def check_mode(config, mode: str) -> None:
 
 
 def run_mode(mode: str, config, workdir: str, mesh) -> None:
-  """Runs one mode: MODES[config.model_type][mode](config, workdir, mesh)."""
-  check_mode(config, mode)
+  """Runs one mode: MODES[config.model_type][mode](config, workdir, mesh) (`run` checked the mode)."""
   modes = MODES[config.model_type]
   if config.model_type == 'patronus' and config.mitigation.use and mode in mitigate_mode.LATER_MODES:
     # the mitigated model through its view workdir: the mode unchanged, its outputs apart from the original's

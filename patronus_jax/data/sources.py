@@ -502,12 +502,13 @@ def index_folder(data_cfg) -> FolderIndex:
   return FolderIndex(names, values, splits, skipped)
 
 
+CSV_FIELDS = {'train': 'labels_csv', 'eval': 'eval_labels_csv'}  # the folder fields naming each part's CSV
+
+
 def _csv_tables(data_cfg, root: str):
   """(label column names, {part: (relative paths, raw label rows, captions or None)}) of the CSVs."""
   f = data_cfg.folder
-  csvs = {'train': ('labels_csv', _resolve_csv(f.labels_csv, root, 'labels_csv'))}
-  if f.eval_labels_csv:
-    csvs['eval'] = ('eval_labels_csv', _resolve_csv(f.eval_labels_csv, root, 'eval_labels_csv'))
+  csvs = {part: (field, _resolve_csv(f[field], root, field)) for part, field in CSV_FIELDS.items() if f[field]}
   read = {part: _read_csv(path, field) for part, (field, path) in csvs.items()}
   columns = read['train'][0]
   path_column = f.path_column or columns[0]
@@ -517,7 +518,7 @@ def _csv_tables(data_cfg, root: str):
     label_columns = [c for c in columns if c not in exclude]
     if data_cfg.name == 'chexpert' and set(CHEXPERT_OBSERVATIONS) <= set(columns):
       label_columns = list(CHEXPERT_OBSERVATIONS)
-  tables = {}
+  tables, keys = {}, {}
   for part, (columns_here, rows) in read.items():
     field = csvs[part][0]
     needed = [path_column] + label_columns + ([f.caption_column] if f.caption_column else [])
@@ -526,7 +527,7 @@ def _csv_tables(data_cfg, root: str):
       raise DataError(f'{csvs[part][1]} (config.data.folder.{field}) has no column(s) '
                       f'{missing}; its columns are {columns_here} (set folder.path_column, '
                       'label_columns, caption_column)')
-    first_line = {}
+    first_line = keys[part] = {}  # normalised path -> its line
     for line, row in enumerate(rows, start=2):  # a second row of an image: two labels, or counted twice
       key = os.path.normpath(row[path_column])
       if key in first_line:
@@ -537,8 +538,7 @@ def _csv_tables(data_cfg, root: str):
                     [[(r[c] or '').strip() for c in label_columns] for r in rows],
                     [r[f.caption_column] for r in rows] if f.caption_column else None)
   if 'eval' in tables:  # an image in both splits: the held-out metrics would score training images
-    train = {os.path.normpath(p) for p in tables['train'][0]}
-    both = [p for p in tables['eval'][0] if os.path.normpath(p) in train]
+    both = [p for p in tables['eval'][0] if os.path.normpath(p) in keys['train']]
     if both:
       raise DataError(f'{len(both)} image(s) are listed in both config.data.folder.labels_csv ({csvs["train"][1]}) '
                       f'and eval_labels_csv ({csvs["eval"][1]}), e.g. {both[0]!r}; the held-out split must not '
@@ -568,8 +568,8 @@ def _checked_splits(data_cfg, root: str, tables: dict, values: tuple, num_names:
       first = len(skipped) - len(relative)
       listed = ''
       if data_cfg.folder.labels_csv:
-        field = 'labels_csv' if part == 'train' else 'eval_labels_csv'
-        listed = f' listed in config.data.folder.{field} (its paths are relative to config.data.folder.path)'
+        listed = (f' listed in config.data.folder.{CSV_FIELDS[part]} (its paths are relative to '
+                  'config.data.folder.path)')
       raise DataError(f'none of the {len(relative)} image(s){listed} can be read, e.g. {skipped[first]} '
                       f'({reasons[first]}); check config.data.folder.path and the image files')
     splits[part] = FolderSplit(paths, np.asarray(labels, np.int32).reshape(len(paths), num_names),
