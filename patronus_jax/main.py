@@ -290,14 +290,17 @@ def _main(workdir: str, config, mode: str) -> None:
   if mode not in ('train', 'all') and not os.path.isdir(workdir):
     raise WorkdirError(f'{workdir} does not exist: --mode={mode} reads a trained model from its workdir '
                        '(check the path, or run --mode=train first)')
+  quiet_library_logs()
+  logging.set_verbosity(logging.INFO)
+  # A data mistake is the user's commonest; it stops before the workdir or its log.txt is made
+  # (opened once: the index is cached for run's own check and the modes)
+  data_lib.get_info(config.data)
   try:
     os.makedirs(workdir, exist_ok=True)
     _log_to_file(workdir)
   except OSError as e:  # a file of that name, a read-only or foreign directory
     raise WorkdirError(f'cannot use {workdir} as the workdir ({type(e).__name__}: {e.strerror or e}); '
                        '--workdir must be a directory that can be created and written') from e
-  quiet_library_logs()
-  logging.set_verbosity(logging.INFO)
   if from_workdir:
     logging.info('using the config of %s (config.json)', workdir)
   try:

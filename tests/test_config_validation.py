@@ -208,7 +208,7 @@ def test_a_data_mistake_stops_before_config_json_is_written(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith(f"error: image folder '{tmp_path / 'tpyo'}' for dataset "
                                                            "'folder' does not exist"), result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
-  assert not (workdir / 'config.json').exists()
+  assert not workdir.exists()  # nor the workdir or its log.txt
 
 
 def test_a_batch_or_mesh_that_does_not_fit_the_devices_is_a_config_error():
