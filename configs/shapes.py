@@ -149,6 +149,13 @@ def quick_variant(config):
   ic.diagnosis_bootstrap = 300
   config.evaluate.num_samples = 256
   config.evaluate.fid_num_real = 1000
+  # Measured on the biased model (docs/mitigation.md, "Faster fine-tuning"): at twice stage 1's
+  # learning rate rebalancing removes 60 % of the co-moved shape instead of 42 % (at 5e-4), and
+  # isolating only the co-moved attribute's share (weight 0.3) removes 84 %, the pair no longer named
+  mc = config.mitigation
+  mc.learning_rate = 2 * config.train.learning_rate
+  mc.isolate_share = 'between_b'
+  mc.isolate_weight = 0.3
   return config
 
 

@@ -367,6 +367,15 @@ def test_the_isolate_penalty_is_the_within_a_share_of_the_edited_prototypes_adde
   loss, metrics = task.loss_fn(params, others, batch, key, True)
   assert float(metrics['others_between_a_share_squared']) == pytest.approx(between, rel=1e-5)
   assert float(loss) == pytest.approx(float(plain_loss) + 10.0 * expected + 3.0 * between, rel=1e-5)
+  # between_b: only s_JA's variation between values of B (shape) is penalised, squared
+  shape = 1
+  only_b = float(jnp.mean(jnp.square(mitigate_mode.between_label_share(s[:, jnp.asarray([0, 3])],
+                                                                       batch['attributes'][:, shape]))))
+  assert only_b > 0.0
+  task = mitigate_mode.IsolateTask(config, [(color, [0, 3])], 10.0, co_moved=[shape])
+  loss, metrics = task.loss_fn(params, others, batch, key, True)
+  assert float(metrics['between_b_share_squared']) == pytest.approx(only_b, rel=1e-5)
+  assert float(loss) == pytest.approx(float(plain_loss) + 10.0 * only_b, rel=1e-5)
 
 
 def test_a_view_written_before_a_model_field_existed_is_still_used(trained):

@@ -7,6 +7,7 @@ from patronus_jax.core.config import ConfigDict, section_checker
 
 METHODS = ('rebalance', 'decorrelate', 'counterfactual', 'isolate')
 DEPENDENCE = ('cross_covariance', 'hsic')
+ISOLATE_SHARES = ('within_a', 'between_b')
 
 
 def mitigation_config() -> ConfigDict:
@@ -32,6 +33,9 @@ def mitigation_config() -> ConfigDict:
       penalty_weight=1.0,  # 'decorrelate': weight of the dependence term (the diffusion loss is ~0.03)
       dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
       isolate_weight=1.0,  # 'isolate': weight of the within-A share (1 at the start, 0 when pure)
+      # 'isolate': which variation of s_JA is penalised: 'within_a' (all but A's: s_JA becomes a code
+      # of A alone) or 'between_b' (only B's, squared: the rest s_JA carries stays)
+      isolate_share='within_a',
       # 'isolate': weight of the squared share of every other prototype's variation between values of
       # A, so that JA alone tells the U-Net about A (0: off)
       isolate_exclusive_weight=0.0,
@@ -68,6 +72,7 @@ def validate_mitigation_config(m) -> None:
   require(m.prototype_lr_scale > 0.0, 'prototype_lr_scale', 'must be positive (1: learning_rate)')
   require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
   require(m.isolate_weight >= 0.0, 'isolate_weight', 'must be >= 0')
+  require(m.isolate_share in ISOLATE_SHARES, 'isolate_share', f'must be one of {ISOLATE_SHARES}')
   require(m.isolate_exclusive_weight >= 0.0, 'isolate_exclusive_weight', 'must be >= 0')
   require(m.counterfactual_weight >= 0.0, 'counterfactual_weight', 'must be >= 0')
   require(m.counterfactual_keep_weight >= 0.0, 'counterfactual_keep_weight', 'must be >= 0')

@@ -152,11 +152,17 @@ class IsolateTask(training.PatronusTask):
 
   `exclusive_weight` adds the other half: each prototype outside JA pays for the square of the share
   of its variation *between* values of A (1 - within share). A is then told to the U-Net by JA alone, so
-  moving s_JA is not outvoted by other prototypes that still say the old A."""
+  moving s_JA is not outvoted by other prototypes that still say the old A.
 
-  def __init__(self, config, groups: list[tuple[int, list[int]]], weight: float, exclusive_weight: float = 0.0):
+  `co_moved` (B per group) switches the penalty to the squared share of each s_JA's variation
+  *between values of B* (`between_label_share`): only B is taken out of s_JA; what else it carries
+  besides A (size, position, ...) stays, so the U-Net keeps reading it as before."""
+
+  def __init__(self, config, groups: list[tuple[int, list[int]]], weight: float, exclusive_weight: float = 0.0,
+               co_moved: Optional[list[int]] = None):
     super().__init__(config)
     self.groups = [(int(a), jnp.asarray(ja, jnp.int32)) for a, ja in groups]
+    self.co_moved = None if co_moved is None else [int(b) for b in co_moved]
     num = config.model.num_prototypes
     self.others = [jnp.asarray(sorted(set(range(num)) - set(int(j) for j in ja)), jnp.int32)
                    for _, ja in groups]
@@ -169,8 +175,13 @@ class IsolateTask(training.PatronusTask):
   def loss_fn(self, params, variables, batch, key, train):
     loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
     labels = batch['attributes']
-    penalty = sum(jnp.mean(within_label_share(s[:, ja], labels[:, a])) for a, ja in self.groups)
-    metrics = {**metrics, 'within_a_share': penalty}
+    if self.co_moved is None:
+      penalty = sum(jnp.mean(within_label_share(s[:, ja], labels[:, a])) for a, ja in self.groups)
+      metrics = {**metrics, 'within_a_share': penalty}
+    else:  # squared for the reason given below
+      penalty = sum(jnp.mean(jnp.square(between_label_share(s[:, ja], labels[:, b])))
+                    for (_, ja), b in zip(self.groups, self.co_moved))
+      metrics = {**metrics, 'between_b_share_squared': penalty}
     loss = loss + self.weight * penalty
     if self.exclusive_weight > 0:
       # squared: on a batch of 8 the share is often negative (same-A rows further apart than the
@@ -636,8 +647,13 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
       task = training.PatronusTask(vc)
     else:
       groups = [(attributes.names.index(p['controlled']), p['prototypes_a']) for p in plans]
-      task = IsolateTask(vc, groups, mcfg.isolate_weight, mcfg.isolate_exclusive_weight)
+      co_moved = None
+      if mcfg.isolate_share == 'between_b':
+        co_moved = [attributes.names.index(p['co_moved']) for p in plans]
+      task = IsolateTask(vc, groups, mcfg.isolate_weight, mcfg.isolate_exclusive_weight, co_moved)
       extra['penalty'] = dict(groups=groups, weight=mcfg.isolate_weight)
+      if co_moved is not None:  # older series' recipes stay equal
+        extra['penalty'].update(share='between_b', co_moved=co_moved)
       if mcfg.isolate_exclusive_weight > 0:  # older series' recipes stay equal
         extra['penalty']['exclusive_weight'] = mcfg.isolate_exclusive_weight
       recipe = dict(recipe, **extra['penalty'])
