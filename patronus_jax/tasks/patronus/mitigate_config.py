@@ -32,7 +32,7 @@ def mitigation_config() -> ConfigDict:
       prototype_lr_scale=1.0,
       penalty_weight=1.0,  # 'decorrelate': weight of the dependence term (the diffusion loss is ~0.03)
       dependence='cross_covariance',  # squared cross-correlation (Frobenius) or biased HSIC (RBF kernels)
-      isolate_weight=1.0,  # 'isolate': weight of the within-A share (1 at the start, 0 when pure)
+      isolate_weight=1.0,  # 'isolate': weight of the share below (within-A: 1 at the start, 0 when pure)
       # 'isolate': which variation of s_JA is penalised: 'within_a' (all but A's: s_JA becomes a code
       # of A alone) or 'between_b' (only B's, squared: the rest s_JA carries stays)
       isolate_share='within_a',

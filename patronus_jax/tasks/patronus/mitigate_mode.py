@@ -14,7 +14,8 @@
                     (eta^2 of s_j with B on held-out images); no labels of training images used
        isolate      the rebalanced stream, and the loss gains weight x the share of the variation
                     of s_JA within one value of A: the prototypes that showed the pair become codes
-                    of A alone, so they stop telling the U-Net about B
+                    of A alone, so they stop telling the U-Net about B (isolate_share='between_b':
+                    only s_JA's share between values of B, so that B alone leaves it)
        counterfactual  (opt-in) the model's own edits during training, judged by the classifier
   3. Each model (and the original, for the same settings) is read through a view workdir
      DIR/mitigation/<name>/ whose checkpoints/ link to the series: the diagnosis and the sample
