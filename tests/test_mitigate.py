@@ -21,6 +21,7 @@ from patronus_jax.core.errors import ConfigError, WorkdirError
 from patronus_jax.core.training import load_state
 from patronus_jax.data import bias as bias_lib
 from patronus_jax.tasks.patronus import loading
+from patronus_jax.tasks.patronus import mitigate_config
 from patronus_jax.tasks.patronus import mitigate_mode
 from patronus_jax.tasks.patronus import training
 
@@ -413,3 +414,37 @@ def test_select_prefers_a_method_that_reduced_every_co_moved_effect():
   results['isolate'] = result(0.74, edit_success_kept=True)
   assert mitigate_mode.select(results) == 'isolate'  # same targets: the larger reduction
   assert mitigate_mode.select({'decorrelate': results['decorrelate']}) == 'decorrelate'  # the only one ran
+
+
+def _diagnosis(effects: dict, named: list) -> dict:
+  """A diagnosis with the given effects {(prototype, direction): {attribute: (effect, flip rate)}} that
+  names the given pairs [(attributes, edits)]."""
+  prototypes: dict = {}
+  for (j, d), eff in effects.items():
+    prototypes.setdefault(j, {'prototype': j, 'directions': {}})['directions'][d] = {'effects': {
+        a: dict(effect=e, effect_ci=[e, e], flip_rate=f, towards='x', significant=True) for a, (e, f) in eff.items()}}
+  return dict(prototypes=list(prototypes.values()), suspected_pairs=[sorted(a) for a, _ in named],
+              suspected_correlations=[dict(attributes=sorted(a), edits=e) for a, e in named])
+
+
+def test_the_comparison_names_the_edits_that_still_show_the_pair():
+  # measured on shapes:bias,quick: after rebalancing, p13 raised no longer moved shape significantly,
+  # but p13 lowered now did, so the pair stayed named by another edit than before's
+  raise_edit = dict(prototype=13, direction='raise', controlled='color', co_moved='shape', effect=0.23)
+  lower_edit = dict(prototype=13, direction='lower', controlled='color', co_moved='shape', effect=0.22)
+  plans = [dict(attributes=['color', 'shape'], controlled='color', co_moved='shape', edits=[raise_edit])]
+  before = _diagnosis({(13, 'raise'): {'color': (0.38, 0.38), 'shape': (0.23, 0.2)}},
+                      [(['color', 'shape'], [raise_edit])])
+  after = _diagnosis({(13, 'raise'): {'color': (0.41, 0.41), 'shape': (0.09, 0.1)}},
+                     [(['shape', 'color'], [lower_edit])])
+  rng = np.random.default_rng(0)
+  labels = np.stack([rng.integers(0, 4, 400), rng.integers(0, 3, 400)], 1)  # independent: no pair in data
+  attributes = mitigate_mode.TrainingAttributes(['color', 'shape'], [tuple(range(4)), tuple(range(3))], labels, 'train')
+  mcfg = mitigate_config.mitigation_config()
+  out = mitigate_mode.compare(before, after, plans, {'fd_classifier': 71.5}, {'fd_classifier': 78.9}, mcfg, attributes)
+  assert out['named_after'] == {'color <-> shape': [lower_edit]}
+  assert out['edits'][0]['co_moved_reduction'] == pytest.approx(1 - 0.09 / 0.23)
+  assert out['edits'][0]['edit_success_ratio'] == pytest.approx(0.41 / 0.38)
+  assert not out['targets']['pairs_gone'] and out['targets']['no_pair_in_data']
+  assert out['targets']['edit_success_kept']  # +8 %
+  assert not out['targets']['sample_quality_kept']  # fd_classifier +10.3 % > 10 %

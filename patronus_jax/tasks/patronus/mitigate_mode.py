@@ -493,12 +493,17 @@ def _effect(diagnosis: dict, prototype: int, direction: str, attribute: str) -> 
 
 def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, quality_after: dict,
             mcfg, attributes: TrainingAttributes) -> dict:
-  """Per edit of each pair: the co-moved effect and the edit success of A before and after; the
-  targets (pair gone, co-moved effect down by target_reduction, edit success and fd_classifier
-  within target_tolerance)."""
-  edits, gone = [], []
+  """Per edit of each pair: the co-moved effect and the edit success of A before and after; per pair,
+  the edits that still show it after (`named_after`: often another edit than before's, e.g. the same
+  prototype lowered instead of raised); the targets (pair gone, co-moved effect down by
+  target_reduction, edit success and fd_classifier within target_tolerance)."""
+  edits, gone, named_after = [], [], {}
+  after_edits = {tuple(sorted(x['attributes'])): x['edits'] for x in after['suspected_correlations']}
   for p in plans:
-    gone.append(sorted(p['attributes']) not in [sorted(x) for x in after['suspected_pairs']])
+    key = tuple(sorted(p['attributes']))
+    gone.append(key not in after_edits)
+    named_after[' <-> '.join(key)] = [{k: e[k] for k in ('prototype', 'direction', 'controlled', 'co_moved', 'effect')}
+                                      for e in after_edits.get(key, [])]
     for e in p['edits']:
       j, d = int(e['prototype']), e['direction']
       co_b, co_a = _effect(before, j, d, e['co_moved']), _effect(after, j, d, e['co_moved'])
@@ -518,7 +523,8 @@ def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, 
       co_moved_reduction=bool(all(e['co_moved_reduction'] >= mcfg.target_reduction for e in edits)),
       edit_success_kept=bool(all(e['edit_success_ratio'] >= 1.0 - tol for e in edits)),
       sample_quality_kept=bool(fd_ratio <= 1.0 + tol))
-  return dict(edits=edits, min_co_moved_reduction=float(min(e['co_moved_reduction'] for e in edits)),
+  return dict(edits=edits, named_after=named_after,
+              min_co_moved_reduction=float(min(e['co_moved_reduction'] for e in edits)),
               min_edit_success_ratio=float(min(e['edit_success_ratio'] for e in edits)),
               fd_classifier_ratio=float(fd_ratio), targets=targets, all_targets_met=bool(all(targets.values())))
 
