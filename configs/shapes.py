@@ -151,8 +151,8 @@ def quick_variant(config):
   config.evaluate.fid_num_real = 1000
   # Measured on the biased model (docs/mitigation.md, "Faster fine-tuning"): at twice stage 1's
   # learning rate rebalancing removes 60 % of the co-moved shape instead of 42 % (at 5e-4), and
-  # isolating only the co-moved attribute's share (weight 0.3) removes 73-84 % (two runs), the pair no
-  # longer named, at the cost of a third to a half of the colour edit
+  # isolating only the co-moved attribute's share (weight 0.3) removes 66-84 % and the pair is no longer
+  # named (four runs), at the cost of 6-58 % of the colour edit
   mc = config.mitigation
   mc.learning_rate = 2 * config.train.learning_rate
   mc.isolate_share = 'between_b'
