@@ -554,12 +554,12 @@ def _checked_splits(data_cfg, root: str, tables: dict, values: tuple, num_names:
     for i, rel in enumerate(relative):
       path = _image_path(root, rel)
       problem, side = check_image(path, data_cfg.folder)
-      if problem is None and side < data_cfg.image_size:
-        small.append((side, path))
       if problem is not None:
         skipped.append(path)
         reasons.append(problem)
         continue
+      if side < data_cfg.image_size:
+        small.append((side, path))
       paths.append(path)
       labels.append([_value_index(v, values[k]) for k, v in enumerate(raw[i])])
       if captions is not None:
