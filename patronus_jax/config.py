@@ -67,7 +67,7 @@ def validate(config: ConfigDict) -> ConfigDict:
   validate_data_config(config.data)
   validate_evaluate_config(config.evaluate)
   validate_interpret_config(config.interpret)
-  validate_mitigation_config(config.mitigation)
+  validate_mitigation_config(config.mitigation, config.train.s_decoder_weight > 0)
   validate_bcos_config(config.bcos)
   return config
 

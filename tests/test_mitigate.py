@@ -294,15 +294,20 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
   assert loading.load_stage1_variables(vc, view)[2] == original_step + steps
 
 
-def test_the_counterfactual_penalty_holds_the_other_attributes_and_a_to_the_original(trained):
+def _counterfactual_parts(config, workdir):
+  """A random two-attribute classifier (3 values each) and the trained model: (classifier, model,
+  variables, params, the other collections)."""
   from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
-  config, workdir = trained
   net = clf_lib.AttributeClassifierNet((3, 3), (8,), 8)
   classifier = clf_lib.AttributeClassifier(clf_lib._init_params(jax.random.PRNGKey(1), net, (32, 32, 3)), (3, 3),
                                            (32, 32, 3), ('a', 'b'), (8,), 8)
-  _, variables, _ = loading.load_stage1_variables(config, workdir, use_ema=False)
-  params = variables['params']
-  others = {k: v for k, v in variables.items() if k != 'params'}
+  model, variables, _ = loading.load_stage1_variables(config, workdir, use_ema=False)
+  return classifier, model, variables, variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+
+def test_the_counterfactual_penalty_holds_the_other_attributes_and_a_to_the_original(trained):
+  config, workdir = trained
+  classifier, _, variables, params, others = _counterfactual_parts(config, workdir)
   image = data_lib.load_arrays(config.data, 'train', max_examples=1)['image']
   batch = {'image': jnp.asarray(np.repeat(image, 4, 0))}  # one image 4 times: every row has the same s
   s0 = np.asarray(training.PatronusTask(config).loss_terms(params, others, batch, jax.random.PRNGKey(0), True)[2])[0]
@@ -343,6 +348,77 @@ def test_the_counterfactual_penalty_holds_the_other_attributes_and_a_to_the_orig
   assert float(moved['counterfactual']) == pytest.approx(
       float(moved['counterfactual_co_moved']) + 5.0 * float(moved['counterfactual_kept']), rel=1e-6)
   assert float(loss - loss0) == pytest.approx(1000.0 * float(metrics['counterfactual']), rel=1e-4)
+
+
+def test_the_counterfactual_on_the_picture_judges_the_decoders_picture_and_not_the_unet(trained):
+  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
+  from patronus_jax.models import unet as unet_lib  # pylint: disable=g-import-not-at-top
+  config, workdir = trained
+  assert config.train.s_decoder_weight > 0
+  classifier, model, variables, params, others = _counterfactual_parts(config, workdir)
+  batch = {'image': jnp.asarray(data_lib.load_arrays(config.data, 'train', max_examples=4)['image'])}
+  key = jax.random.PRNGKey(2)
+  s = training.PatronusTask(config).loss_terms(params, others, batch, key, True)[2]
+  value = [float(s[0, 1]) + 3.0]
+  task = mitigate_mode.CounterfactualTask(config, [([1], value, [0])], classifier, 1.0, on='picture')
+  _, metrics = task.loss_fn(params, others, batch, key, True)
+
+  def read(s_rows):  # the classifier on the decoder's picture at the image's size, computed here
+    picture = model.apply(variables, s_rows, method=model.decode_activations)
+    return clf_lib.predict(classifier, np.asarray(unet_lib.resize_sketch(picture, batch['image'].shape)))['b']
+  expected = np.mean(np.sum(np.square(read(s.at[:, 1].set(value[0])) - read(s)), -1))
+  assert float(metrics['counterfactual_co_moved']) == pytest.approx(float(expected), rel=1e-4)
+  # the U-Net does not enter it: a changed U-Net leaves the penalty as it is, unlike 'x0_hat''s
+  scaled = {**params, 'unet': jax.tree_util.tree_map(lambda v: v * 1.5, params['unet'])}
+  assert float(task.loss_fn(scaled, others, batch, key, True)[1]['counterfactual']) == pytest.approx(
+      float(metrics['counterfactual']), rel=1e-6)
+  on_x0 = mitigate_mode.CounterfactualTask(config, [([1], value, [0])], classifier, 1.0)
+  assert float(on_x0.loss_fn(scaled, others, batch, key, True)[1]['counterfactual']) != pytest.approx(
+      float(on_x0.loss_fn(params, others, batch, key, True)[1]['counterfactual']), rel=1e-3)
+  # ... and it trains the decoder alone: no gradient of the penalty reaches the prototype network
+  penalty = lambda p: task.loss_fn(p, others, batch, key, True)[1]['counterfactual']
+  grads = jax.grad(penalty)(params)
+  assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads['prototypes'])) == 0.0
+  assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads['s_decoder'])) > 0.0
+
+
+def test_every_prototype_edits_hold_b_and_leave_out_the_prototypes_that_draw_b():
+  def proto(j, lower, raise_):
+    return {'prototype': j, 'directions': {'lower': {'controlled': lower}, 'raise': {'controlled': raise_}}}
+  before = {'prototypes': [proto(0, 'color', 'color'), proto(1, 'shape', None), proto(2, None, 'size')],
+            'edit_values': {'lower': [-1.0, -2.0, -3.0], 'raise': [1.0, 2.0, 3.0]}}
+  plans = [{'controlled': 'color', 'co_moved': 'shape', 'edits': [{'prototype': 0, 'direction': 'raise'}]}]
+  got = mitigate_mode._every_prototype_edits(before, plans, ['color', 'shape', 'size'], {(0, 'raise')})
+  # p0 raised is a diagnosed edit (judged at every step); p1 draws shape, so it may move it
+  assert got == [(0, -1.0, [0], [1]), (2, -3.0, [0], [1]), (2, 3.0, [0], [1])]
+
+
+def test_sampled_counterfactual_edits_all_drawn_equal_the_same_edits_judged_every_step(trained):
+  config, workdir = trained
+  classifier, _, variables, params, others = _counterfactual_parts(config, workdir)
+  batch = {'image': jnp.asarray(data_lib.load_arrays(config.data, 'train', max_examples=4)['image'])}
+  key = jax.random.PRNGKey(3)
+  teacher = jax.tree_util.tree_map(lambda v: v * 1.2, variables)
+  sampled = [(1, 2.0, [0], [1]), (3, -1.0, [0], [1]), (4, 3.0, [1], [0])]
+  kw = dict(teacher=teacher, keep_weight=2.0, on='picture')
+  drawn = mitigate_mode.CounterfactualTask(config, [], classifier, 1.0, sampled=sampled, per_step=10, **kw)
+  fixed = mitigate_mode.CounterfactualTask(config, [([j], [v], c, h) for j, v, c, h in sampled], classifier, 1.0, **kw)
+  got = drawn.loss_fn(params, others, batch, key, True)[1]
+  want = fixed.loss_fn(params, others, batch, key, True)[1]
+  for k in ('counterfactual_co_moved', 'counterfactual_kept'):
+    assert float(want[k]) > 0 and float(got[k]) == pytest.approx(float(want[k]), rel=1e-5)
+  one = mitigate_mode.CounterfactualTask(config, [], classifier, 1.0, sampled=sampled, per_step=1, **kw)
+  assert float(one.loss_fn(params, others, batch, key, True)[1]['counterfactual']) < float(got['counterfactual'])
+
+
+def test_counterfactual_on_the_picture_needs_the_decoder(shapes_config):
+  config = shapes_config.copy_and_resolve_references()
+  config.mitigation.counterfactual_on = 'picture'
+  config.train.s_decoder_weight = 0.0
+  config.model.s_sketch = False
+  config.diffusion.sketch_consistency = 0.0
+  with pytest.raises(ConfigError, match=r"mitigation.counterfactual_on.*no decoder"):
+    config_lib.validate(config)
 
 
 def test_the_isolate_penalty_is_the_within_a_share_of_the_edited_prototypes_added_to_the_loss(trained):

@@ -8,6 +8,8 @@ from patronus_jax.core.config import ConfigDict, section_checker
 METHODS = ('rebalance', 'decorrelate', 'counterfactual', 'isolate')
 DEPENDENCE = ('cross_covariance', 'hsic')
 ISOLATE_SHARES = ('within_a', 'between_b')
+COUNTERFACTUAL_ON = ('x0_hat', 'picture')
+COUNTERFACTUAL_SCOPES = ('edits', 'prototypes_a', 'every_prototype')
 
 
 def mitigation_config() -> ConfigDict:
@@ -44,6 +46,15 @@ def mitigation_config() -> ConfigDict:
       # under the same edit (0: A is free, and the edited prototypes tend to fall silent)
       counterfactual_keep_weight=1.0,
       counterfactual_max_t=1.0,  # edits judged at t < max_t x T only (x0_hat at high noise is a blur)
+      # what the classifier judges: 'x0_hat' (the U-Net's denoised guess from a noised training image, a
+      # second U-Net pass per edit) or 'picture' (the decoder's picture of s, which a model with
+      # model.s_sketch draws from: no U-Net pass, and on shapes the whole edit acts through it)
+      counterfactual_on='x0_hat',
+      # which edits: 'edits' (those that showed the pair), 'prototypes_a' (also their prototypes in the other
+      # direction, B held) or 'every_prototype' (also every other prototype raised and lowered, B held,
+      # sampled): a shortcut cured in one edit otherwise reappears in another
+      counterfactual_scope='edits',
+      counterfactual_sampled_edits=4,  # 'every_prototype': how many of the other edits each step judges
       # a suspected pair is mitigated only when its attributes are dependent in the training labels
       # (chi-squared test of independence, p <= data_p_value); 1.0: every suspected pair
       data_p_value=1e-3,
@@ -60,8 +71,9 @@ def mitigation_config() -> ConfigDict:
   ))
 
 
-def validate_mitigation_config(m) -> None:
-  """Raises ConfigError naming 'mitigation.<field>' for the first impossible value."""
+def validate_mitigation_config(m, has_decoder: bool = True) -> None:
+  """Raises ConfigError naming 'mitigation.<field>' for the first impossible value; `has_decoder`:
+  the model has the decoder's picture of s (train.s_decoder_weight > 0)."""
   require = section_checker(m, 'mitigation')
   require(len(m.methods) >= 1 and all(x in METHODS for x in m.methods), 'methods',
           f'must name one or more of {METHODS}')
@@ -77,6 +89,12 @@ def validate_mitigation_config(m) -> None:
   require(m.counterfactual_weight >= 0.0, 'counterfactual_weight', 'must be >= 0')
   require(m.counterfactual_keep_weight >= 0.0, 'counterfactual_keep_weight', 'must be >= 0')
   require(0.0 < m.counterfactual_max_t <= 1.0, 'counterfactual_max_t', 'must be in (0, 1]')
+  require(m.counterfactual_scope in COUNTERFACTUAL_SCOPES, 'counterfactual_scope',
+          f'must be one of {COUNTERFACTUAL_SCOPES}')
+  require(m.counterfactual_sampled_edits >= 1, 'counterfactual_sampled_edits', 'must be >= 1')
+  require(m.counterfactual_on in COUNTERFACTUAL_ON, 'counterfactual_on', f'must be one of {COUNTERFACTUAL_ON}')
+  require(m.counterfactual_on != 'picture' or has_decoder, 'counterfactual_on',
+          "is 'picture' but the model has no decoder of s (set train.s_decoder_weight > 0, or use 'x0_hat')")
   require(m.dependence in DEPENDENCE, 'dependence', f'must be one of {DEPENDENCE}')
   require(0.0 < m.data_p_value <= 1.0, 'data_p_value', 'must be in (0, 1]')
   require(0.0 <= m.predictor_threshold <= 1.0, 'predictor_threshold', 'must be in [0, 1]')

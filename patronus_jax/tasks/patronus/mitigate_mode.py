@@ -56,14 +56,17 @@ from patronus_jax.data import preprocess as preprocess_lib
 from patronus_jax.data import sources
 from patronus_jax.evaluate.workdir_classifier import classifier_dir, classifier_for_workdir
 from patronus_jax.interpret import core as interpret_core
+from patronus_jax.interpret import diagnosis as diagnosis_lib
 from patronus_jax.interpret import figures
 from patronus_jax.interpret import stats
 from patronus_jax.models import prototypes as proto_lib
+from patronus_jax.models import unet as unet_lib
 from patronus_jax.tasks.patronus import evaluate_mode
 from patronus_jax.tasks.patronus import interpret_mode
 from patronus_jax.tasks.patronus import loading
 from patronus_jax.tasks.patronus import sample as sample_lib
 from patronus_jax.tasks.patronus import training
+from patronus_jax.tasks.patronus.mitigate_config import COUNTERFACTUAL_ON
 
 OUT_DIR = 'mitigation'
 STAGE1_SERIES = 'stage1_mitigated'
@@ -208,13 +211,27 @@ class CounterfactualTask(training.PatronusTask):
   (docs/mitigation.md). No labels of training images are used."""
 
   def __init__(self, config, edits: list[tuple[list[int], list[float], list[int]]], classifier, weight: float,
-               teacher: Optional[dict] = None, keep_weight: float = 0.0, max_t: float = 1.0):
+               teacher: Optional[dict] = None, keep_weight: float = 0.0, max_t: float = 1.0, on: str = 'x0_hat',
+               sampled: Optional[list] = None, per_step: int = 0):
     super().__init__(config)
+    if on not in COUNTERFACTUAL_ON:
+      raise ValueError(f'on must be one of {COUNTERFACTUAL_ON}, got {on!r}')
+    if on == 'picture' and not self.model.s_decoder_size:
+      raise ValueError("on='picture' needs the decoder's picture of s (train.s_decoder_weight > 0)")
+    self.on = on
     # t ~ U{1, ..., max_t T - 1}: at high noise x0_hat is a blur the classifier reads unreliably
     self.max_step = max(2, int(round(max_t * self.schedule.timesteps)))
     heads = range(len(classifier.attribute_names))
-    self.edits = [(jnp.asarray(ja, jnp.int32), jnp.asarray(value, jnp.float32), list(controlled),
-                   [h for h in heads if h not in controlled]) for ja, value, controlled in edits]
+    # (JA, values, controlled, held): held defaults to every attribute the edit does not control
+    self.edits = [(jnp.asarray(e[0], jnp.int32), jnp.asarray(e[1], jnp.float32), list(e[2]),
+                   list(e[3]) if len(e) > 3 else [h for h in heads if h not in e[2]]) for e in edits]
+    # `sampled`: single-prototype edits (j, value, controlled, held), `per_step` of them drawn at each step
+    # (all of them at every step would cost a decoder pass each)
+    self.per_step = min(int(per_step), len(sampled or []))
+    if self.per_step:
+      mask = lambda which: jnp.asarray([[float(h in e[which]) for h in heads] for e in sampled], jnp.float32)
+      self.sampled = (jnp.asarray([e[0] for e in sampled], jnp.int32),
+                      jnp.asarray([e[1] for e in sampled], jnp.float32), mask(2), mask(3))
     self.classifier = classifier
     self.weight = float(weight)
     self.keep_weight = float(keep_weight)
@@ -223,11 +240,16 @@ class CounterfactualTask(training.PatronusTask):
     self.teacher = teacher
 
   def _probs(self, variables, s_rows, x_t, t):
-    """The classifier's probabilities (one array per attribute) on x0_hat of `variables` given s_rows."""
-    d = self.config.diffusion
-    denoise = lambda x, tt: self.model.apply(variables, x, tt, s_rows, False, method=self.model.denoise)
-    x0_hat = diffusion.predict(denoise, x_t, t, self.schedule.abar(t), d.prediction, d.clip_x0)[1]
-    _, logits = self.classifier.net.apply({'params': self.classifier.params}, x0_hat)
+    """The classifier's probabilities (one array per attribute) on what `variables` make of s_rows:
+    x0_hat from x_t at t ('x0_hat'), or the decoder's picture of s_rows at the image's size ('picture')."""
+    if self.on == 'picture':
+      picture = self.model.apply(variables, s_rows, method=self.model.decode_activations)
+      seen = unet_lib.resize_sketch(picture, x_t.shape)
+    else:
+      d = self.config.diffusion
+      denoise = lambda x, tt: self.model.apply(variables, x, tt, s_rows, False, method=self.model.denoise)
+      seen = diffusion.predict(denoise, x_t, t, self.schedule.abar(t), d.prediction, d.clip_x0)[1]
+    _, logits = self.classifier.net.apply({'params': self.classifier.params}, seen)
     return [jax.nn.softmax(lg, -1) for lg in logits]
 
   def loss_fn(self, params, variables, batch, key, train):
@@ -241,13 +263,25 @@ class CounterfactualTask(training.PatronusTask):
     if self.keep_weight > 0:
       s_teacher = self.model.apply(self.teacher, x0, method=self.model.encode).activations
     sq = lambda p, q: jnp.mean(jnp.sum(jnp.square(p - q), -1))
+    if self.on == 'picture':
+      # the penalty trains the decoder only: a shortcut it draws is its mapping from s to the picture
+      # (the edited prototype's s held no B on shapes), and through s the cheapest cure is to silence it
+      s = jax.lax.stop_gradient(s)
     co_moved = kept = 0.0
-    for ja, value, controlled, others in self.edits:
+    edits = [(ja, value, [(h, 1.0) for h in controlled], [(h, 1.0) for h in held])
+             for ja, value, controlled, held in self.edits]
+    if self.per_step:
+      j, value, controlled, held = self.sampled
+      pick = jax.random.choice(jax.random.fold_in(key, 11), j.shape[0], (self.per_step,), replace=False)
+      every = range(controlled.shape[1])
+      edits += [(j[i], value[i], [(h, controlled[i, h]) for h in every], [(h, held[i, h]) for h in every])
+                for i in pick]
+    for ja, value, controlled, held in edits:
       edited = self._probs(full, s.at[:, ja].set(value), x_t, t)
-      co_moved = co_moved + sum(sq(edited[h], base[h]) for h in others)
+      co_moved = co_moved + sum(w * sq(edited[h], base[h]) for h, w in held)
       if self.keep_weight > 0:
         wanted = jax.lax.stop_gradient(self._probs(self.teacher, s_teacher.at[:, ja].set(value), x_t, t))
-        kept = kept + sum(sq(edited[h], wanted[h]) for h in controlled)
+        kept = kept + sum(w * sq(edited[h], wanted[h]) for h, w in controlled)
     penalty = co_moved + self.keep_weight * kept
     return (loss + self.weight * penalty,
             {**metrics, 'counterfactual': penalty, 'counterfactual_co_moved': co_moved, 'counterfactual_kept': kept})
@@ -675,11 +709,22 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
     for e in (e for p in plans for e in p['edits']):
       found.setdefault((int(e['prototype']), e['direction']), set()).add(heads.index(e['controlled']))
     edits = [([j], [ev[direction][j]], sorted(a)) for (j, direction), a in sorted(found.items())]
+    sampled = []
+    if mcfg.counterfactual_scope == 'prototypes_a':  # judged at every step, like the diagnosed edits
+      edits += [([j], [v], c, h) for j, v, c, h in _every_prototype_edits(before, plans, heads, set(found),
+                                                                         only={j for j, _ in found})]
+    elif mcfg.counterfactual_scope == 'every_prototype':
+      sampled = _every_prototype_edits(before, plans, heads, set(found))
     teacher = loading.load_stage1_variables(config, workdir)[1] if mcfg.counterfactual_keep_weight > 0 else None
     task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight, teacher, mcfg.counterfactual_keep_weight,
-                              mcfg.counterfactual_max_t)
+                              mcfg.counterfactual_max_t, mcfg.counterfactual_on, sampled,
+                              mcfg.counterfactual_sampled_edits)
     extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight,
                                      keep_weight=mcfg.counterfactual_keep_weight, max_t=mcfg.counterfactual_max_t)
+    if mcfg.counterfactual_on != 'x0_hat':  # older series' recipes stay equal
+      recipe['on'] = mcfg.counterfactual_on
+    if mcfg.counterfactual_scope != 'edits':
+      recipe.update(scope=mcfg.counterfactual_scope, sampled_edits=mcfg.counterfactual_sampled_edits)
     make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
   else:
     groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
@@ -687,6 +732,32 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
     extra['penalty'] = recipe = dict(groups=groups, weight=mcfg.penalty_weight, dependence=mcfg.dependence)
     make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
   return task, make_iterator, recipe, extra
+
+
+def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], diagnosed: set,
+                           only: Optional[set] = None) -> list:
+  """counterfactual_scope='every_prototype': besides the edits that showed a pair, every other
+  prototype raised and lowered (as the diagnosis edits it), with B held and A free (A held to the
+  original's edit by the keep term), as (j, value, controlled, held), sampled at each step. Held to
+  the diagnosed edits alone, the model draws B from another edit instead (measured: p13 raised
+  cured, p13 lowered then moved shape by 0.33). A prototype whose edit controls B in the diagnosis
+  is left out: moving B is what it depicts. `only`: these prototypes alone ('prototypes_a': the
+  diagnosed edits' prototypes in the other direction)."""
+  ev = before['edit_values']
+  merged = {}
+  for p in plans:
+    a, b = heads.index(p['controlled']), heads.index(p['co_moved'])
+    for x in before['prototypes']:
+      j = int(x['prototype'])
+      draws_b = any(v['controlled'] == p['co_moved'] for v in x['directions'].values())
+      if draws_b or (only is not None and j not in only):
+        continue
+      for direction in diagnosis_lib.DIRECTIONS:
+        if (j, direction) not in diagnosed:
+          controlled, held = merged.setdefault((j, direction), (set(), set()))
+          controlled.add(a)
+          held.add(b)
+  return [(j, ev[d][j], sorted(c), sorted(h - c)) for (j, d), (c, h) in sorted(merged.items())]
 
 
 def mitigate_mode(config, workdir: str, mesh=None) -> dict:
