@@ -172,6 +172,10 @@ def test_mitigation_config_is_validated():
   config.mitigation.prototype_lr_scale = -1.0
   with pytest.raises(ConfigError, match='mitigation.prototype_lr_scale'):
     config_lib.validate(config)
+  config = config_lib.base_config()
+  config.mitigation.counterfactual_stream = 'balanced'
+  with pytest.raises(ConfigError, match='mitigation.counterfactual_stream'):
+    config_lib.validate(config)
 
 
 def _tree_hash(directory: str) -> dict:
@@ -409,6 +413,33 @@ def test_sampled_counterfactual_edits_all_drawn_equal_the_same_edits_judged_ever
     assert float(want[k]) > 0 and float(got[k]) == pytest.approx(float(want[k]), rel=1e-5)
   one = mitigate_mode.CounterfactualTask(config, [], classifier, 1.0, sampled=sampled, per_step=1, **kw)
   assert float(one.loss_fn(params, others, batch, key, True)[1]['counterfactual']) < float(got['counterfactual'])
+
+
+def test_the_counterfactual_on_the_rebalanced_stream_sees_rebalances_batches(trained, monkeypatch):
+  from patronus_jax.evaluate import classifier as clf_lib  # pylint: disable=g-import-not-at-top
+  config, workdir = trained
+  net = clf_lib.AttributeClassifierNet((3, 4), (8,), 8)
+  classifier = clf_lib.AttributeClassifier(clf_lib._init_params(jax.random.PRNGKey(1), net, (32, 32, 3)), (3, 4),
+                                           (32, 32, 3), ('shape', 'color'), (8,), 8)
+  monkeypatch.setattr(mitigate_mode, 'classifier_for_workdir', lambda *a: (classifier, None))
+  attributes = mitigate_mode.training_attributes(config)
+  plans = [{'attributes': ['color', 'shape'], 'controlled': 'color', 'co_moved': 'shape', 'prototypes_a': [0],
+            'edits': [{'prototype': 0, 'direction': 'raise', 'controlled': 'color', 'co_moved': 'shape'}]}]
+  p = config.model.num_prototypes
+  before = {'edit_values': {'raise': [1.0] * p, 'lower': [0.0] * p}, 'prototypes': []}
+  first = lambda make_iterator: np.asarray(next(iter(make_iterator()))['image'])
+  _, rebalanced, _, _ = mitigate_mode._method_training(config, workdir, config, 'rebalance', plans, attributes, before)
+  streams = {}
+  for stream in ('data', 'rebalanced'):
+    c = config.copy_and_resolve_references()
+    c.mitigation.counterfactual_stream = stream
+    _, make_iterator, recipe, extra = mitigate_mode._method_training(c, workdir, c, 'counterfactual', plans,
+                                                                     attributes, before)
+    streams[stream] = first(make_iterator)
+    assert recipe.get('stream') == ('rebalanced' if stream == 'rebalanced' else None)
+    assert ('rebalancing' in extra) == (stream == 'rebalanced')
+  np.testing.assert_array_equal(streams['rebalanced'], first(rebalanced))
+  assert not np.array_equal(streams['data'], streams['rebalanced'])
 
 
 def test_counterfactual_on_the_picture_needs_the_decoder(shapes_config):

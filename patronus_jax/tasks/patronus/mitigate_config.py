@@ -10,6 +10,7 @@ DEPENDENCE = ('cross_covariance', 'hsic')
 ISOLATE_SHARES = ('within_a', 'between_b')
 COUNTERFACTUAL_ON = ('x0_hat', 'picture')
 COUNTERFACTUAL_SCOPES = ('edits', 'prototypes_a', 'every_prototype')
+COUNTERFACTUAL_STREAMS = ('data', 'rebalanced')
 
 
 def mitigation_config() -> ConfigDict:
@@ -55,6 +56,9 @@ def mitigation_config() -> ConfigDict:
       # sampled): a shortcut cured in one edit otherwise reappears in another
       counterfactual_scope='edits',
       counterfactual_sampled_edits=4,  # 'every_prototype': how many of the other edits each step judges
+      # what the model fine-tunes on: 'data' (the training stream; no labels) or 'rebalanced' (rebalance's
+      # stream, which needs A's and B's labels)
+      counterfactual_stream='data',
       # a suspected pair is mitigated only when its attributes are dependent in the training labels
       # (chi-squared test of independence, p <= data_p_value); 1.0: every suspected pair
       data_p_value=1e-3,
@@ -91,6 +95,8 @@ def validate_mitigation_config(m, has_decoder: bool = True) -> None:
   require(0.0 < m.counterfactual_max_t <= 1.0, 'counterfactual_max_t', 'must be in (0, 1]')
   require(m.counterfactual_scope in COUNTERFACTUAL_SCOPES, 'counterfactual_scope',
           f'must be one of {COUNTERFACTUAL_SCOPES}')
+  require(m.counterfactual_stream in COUNTERFACTUAL_STREAMS, 'counterfactual_stream',
+          f'must be one of {COUNTERFACTUAL_STREAMS}')
   require(m.counterfactual_sampled_edits >= 1, 'counterfactual_sampled_edits', 'must be >= 1')
   require(m.counterfactual_on in COUNTERFACTUAL_ON, 'counterfactual_on', f'must be one of {COUNTERFACTUAL_ON}')
   require(m.counterfactual_on != 'picture' or has_decoder, 'counterfactual_on',

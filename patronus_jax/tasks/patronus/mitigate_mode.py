@@ -681,10 +681,13 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
   """(task, make_iterator, recipe, report entries) of fine-tuning with `method` in the view's config vc."""
   mcfg = config.mitigation
   extra = {}
-  if method in ('rebalance', 'isolate'):
+  def rebalanced_stream():
     weights, extra['rebalancing'] = rebalancing(plans, attributes)
     num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
-    make_iterator = lambda: resampled_iterator(vc, weights, num, config.seed)
+    return lambda: resampled_iterator(vc, weights, num, config.seed)
+
+  if method in ('rebalance', 'isolate'):
+    make_iterator = rebalanced_stream()
     recipe = {'pairs': [p['attributes'] for p in plans]}
     if method == 'rebalance':
       task = training.PatronusTask(vc)
@@ -725,7 +728,11 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
       recipe['on'] = mcfg.counterfactual_on
     if mcfg.counterfactual_scope != 'edits':
       recipe.update(scope=mcfg.counterfactual_scope, sampled_edits=mcfg.counterfactual_sampled_edits)
-    make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
+    if mcfg.counterfactual_stream == 'rebalanced':
+      make_iterator = rebalanced_stream()
+      recipe['stream'] = 'rebalanced'
+    else:
+      make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
   else:
     groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
     task = DecorrelateTask(vc, groups, mcfg.penalty_weight, mcfg.dependence)
