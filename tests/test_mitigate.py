@@ -395,6 +395,13 @@ def test_every_prototype_edits_hold_b_and_leave_out_the_prototypes_that_draw_b()
   got = mitigate_mode._every_prototype_edits(before, plans, ['color', 'shape', 'size'], {(0, 'raise')})
   # p0 raised is a diagnosed edit (judged at every step); p1 draws shape, so it may move it
   assert got == [(0, -1.0, [0], [1]), (2, -3.0, [0], [1]), (2, 3.0, [0], [1])]
+  # 'moved_b': only the edits that moved shape by at least the threshold in the diagnosis
+  for x, moved in zip(before['prototypes'], ({'lower': 0.2, 'raise': 0.5}, {}, {'lower': 0.05, 'raise': 0.1})):
+    for direction, effect in moved.items():
+      x['directions'][direction]['effects'] = {'shape': {'effect': effect}}
+  got = mitigate_mode._every_prototype_edits(before, plans, ['color', 'shape', 'size'], {(0, 'raise')},
+                                             min_b_effect=0.1)
+  assert got == [(0, -1.0, [0], [1]), (2, 3.0, [0], [1])]
 
 
 def test_sampled_counterfactual_edits_all_drawn_equal_the_same_edits_judged_every_step(trained):

@@ -140,7 +140,7 @@ def analyse(base: Sequence[np.ndarray], edited: Sequence[np.ndarray], prototypes
       thresholds=dataclasses.asdict(thresholds),
       z_critical=stats.normal_quantile(1.0 - (1.0 - thresholds.ci_level) /
                                        (num_tests if thresholds.correction == 'bonferroni' else 1)),
-      bystander_effect=_bystander_effect(per_prototype))
+      bystander_effect=bystander_effect(per_prototype))
 
 
 def prototype_edits(base: Sequence[np.ndarray], edited: Sequence[np.ndarray], j: int, names: Sequence[str],
@@ -196,7 +196,7 @@ def suspected_correlations(findings: list[dict]) -> list[dict]:
   return suspected
 
 
-def _bystander_effect(per_prototype: list[dict]) -> dict:
+def bystander_effect(per_prototype: list[dict]) -> dict:
   """What an attribute that is *not* controlled typically moves: the noise floor of the run."""
   bystanders = [e['effect'] for entry in per_prototype for dd in entry['directions'].values()
                 for name, e in dd['effects'].items() if name != dd['controlled']]

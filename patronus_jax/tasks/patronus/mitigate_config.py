@@ -9,7 +9,7 @@ METHODS = ('rebalance', 'decorrelate', 'counterfactual', 'isolate')
 DEPENDENCE = ('cross_covariance', 'hsic')
 ISOLATE_SHARES = ('within_a', 'between_b')
 COUNTERFACTUAL_ON = ('x0_hat', 'picture')
-COUNTERFACTUAL_SCOPES = ('edits', 'prototypes_a', 'every_prototype')
+COUNTERFACTUAL_SCOPES = ('edits', 'prototypes_a', 'moved_b', 'every_prototype')
 COUNTERFACTUAL_STREAMS = ('data', 'rebalanced')
 
 
@@ -52,8 +52,9 @@ def mitigation_config() -> ConfigDict:
       # model.s_sketch draws from: no U-Net pass, and on shapes the whole edit acts through it)
       counterfactual_on='x0_hat',
       # which edits: 'edits' (those that showed the pair), 'prototypes_a' (also their prototypes in the other
-      # direction, B held) or 'every_prototype' (also every other prototype raised and lowered, B held,
-      # sampled): a shortcut cured in one edit otherwise reappears in another
+      # direction, B held), 'moved_b' (also every edit that moved B in the diagnosis more than 90 % of the
+      # attributes an edit does not control move, B held) or 'every_prototype' (also every other prototype
+      # raised and lowered, B held, sampled): a shortcut cured in one edit otherwise reappears in another
       counterfactual_scope='edits',
       counterfactual_sampled_edits=4,  # 'every_prototype': how many of the other edits each step judges
       # what the model fine-tunes on: 'data' (the training stream; no labels) or 'rebalanced' (rebalance's

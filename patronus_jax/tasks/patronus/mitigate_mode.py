@@ -713,9 +713,13 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
       found.setdefault((int(e['prototype']), e['direction']), set()).add(heads.index(e['controlled']))
     edits = [([j], [ev[direction][j]], sorted(a)) for (j, direction), a in sorted(found.items())]
     sampled = []
-    if mcfg.counterfactual_scope == 'prototypes_a':  # judged at every step, like the diagnosed edits
-      edits += [([j], [v], c, h) for j, v, c, h in _every_prototype_edits(before, plans, heads, set(found),
-                                                                         only={j for j, _ in found})]
+    if mcfg.counterfactual_scope in ('prototypes_a', 'moved_b'):  # judged at every step, like the diagnosed edits
+      if mcfg.counterfactual_scope == 'prototypes_a':
+        more = _every_prototype_edits(before, plans, heads, set(found), only={j for j, _ in found})
+      else:
+        more = _every_prototype_edits(before, plans, heads, set(found), min_b_effect=(
+            diagnosis_lib.bystander_effect(before['prototypes'])['q90']))
+      edits += [([j], [v], c, h) for j, v, c, h in more]
     elif mcfg.counterfactual_scope == 'every_prototype':
       sampled = _every_prototype_edits(before, plans, heads, set(found))
     teacher = loading.load_stage1_variables(config, workdir)[1] if mcfg.counterfactual_keep_weight > 0 else None
@@ -742,14 +746,15 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
 
 
 def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], diagnosed: set,
-                           only: Optional[set] = None) -> list:
+                           only: Optional[set] = None, min_b_effect: Optional[float] = None) -> list:
   """counterfactual_scope='every_prototype': besides the edits that showed a pair, every other
   prototype raised and lowered (as the diagnosis edits it), with B held and A free (A held to the
   original's edit by the keep term), as (j, value, controlled, held), sampled at each step. Held to
   the diagnosed edits alone, the model draws B from another edit instead (measured: p13 raised
   cured, p13 lowered then moved shape by 0.33). A prototype whose edit controls B in the diagnosis
   is left out: moving B is what it depicts. `only`: these prototypes alone ('prototypes_a': the
-  diagnosed edits' prototypes in the other direction)."""
+  diagnosed edits' prototypes in the other direction). `min_b_effect`: only the edits that moved B by
+  at least this much in the diagnosis ('moved_b')."""
   ev = before['edit_values']
   merged = {}
   for p in plans:
@@ -760,10 +765,12 @@ def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], di
       if draws_b or (only is not None and j not in only):
         continue
       for direction in diagnosis_lib.DIRECTIONS:
-        if (j, direction) not in diagnosed:
-          controlled, held = merged.setdefault((j, direction), (set(), set()))
-          controlled.add(a)
-          held.add(b)
+        if (j, direction) in diagnosed or (
+            min_b_effect is not None and x['directions'][direction]['effects'][p['co_moved']]['effect'] < min_b_effect):
+          continue
+        controlled, held = merged.setdefault((j, direction), (set(), set()))
+        controlled.add(a)
+        held.add(b)
   return [(j, ev[d][j], sorted(c), sorted(h - c)) for (j, d), (c, h) in sorted(merged.items())]
 
 
