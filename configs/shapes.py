@@ -157,6 +157,15 @@ def quick_variant(config):
   mc.learning_rate = 2 * config.train.learning_rate
   mc.isolate_share = 'between_b'
   mc.isolate_weight = 0.3
+  # The shortcut lives in the decoder's picture of s, not in s (docs/mitigation.md, "Where the shortcut
+  # lives"): on a second biased model (2026-12-06) isolate kept the pair (28-54 % removed), while the
+  # model's own edits judged on that picture, B held under every edit that moved it (weight 0.03),
+  # removed the pair, 84-90 % of the co-moved effects, kept the colour edit (-3 %) and the samples
+  # (fd_classifier -20 %). decorrelate, which never removed the pair here, gives it its place.
+  mc.methods = ('rebalance', 'isolate', 'counterfactual')
+  mc.counterfactual_on = 'picture'
+  mc.counterfactual_scope = 'moved_b'
+  mc.counterfactual_weight = 0.03
   return config
 
 
