@@ -393,15 +393,18 @@ def test_every_prototype_edits_hold_b_and_leave_out_the_prototypes_that_draw_b()
             'edit_values': {'lower': [-1.0, -2.0, -3.0], 'raise': [1.0, 2.0, 3.0]}}
   plans = [{'controlled': 'color', 'co_moved': 'shape', 'edits': [{'prototype': 0, 'direction': 'raise'}]}]
   got = mitigate_mode._every_prototype_edits(before, plans, ['color', 'shape', 'size'], {(0, 'raise')})
-  # p0 raised is a diagnosed edit (judged at every step); p1 draws shape, so it may move it
-  assert got == [(0, -1.0, [0], [1]), (2, -3.0, [0], [1]), (2, 3.0, [0], [1])]
-  # 'moved_b': only the edits that moved shape by at least the threshold in the diagnosis
-  for x, moved in zip(before['prototypes'], ({'lower': 0.2, 'raise': 0.5}, {}, {'lower': 0.05, 'raise': 0.1})):
-    for direction, effect in moved.items():
-      x['directions'][direction]['effects'] = {'shape': {'effect': effect}}
+  # p0 raised is a diagnosed edit (judged at every step); p1 draws shape, so it may move shape and holds colour
+  assert got == [(0, -1.0, [0], [1]), (1, -2.0, [1], [0]), (1, 2.0, [1], [0]), (2, -3.0, [0], [1]),
+                 (2, 3.0, [0], [1])]
+  # 'moved_b': only the edits that moved shape (p1: colour) by at least the threshold in the diagnosis
+  moved = ({'lower': 0.2, 'raise': 0.5}, {'lower': 0.3, 'raise': 0.0}, {'lower': 0.05, 'raise': 0.1})
+  for x, effects in zip(before['prototypes'], moved):
+    for direction, effect in effects.items():
+      name = 'color' if x['prototype'] == 1 else 'shape'
+      x['directions'][direction]['effects'] = {name: {'effect': effect}, 'other': {'effect': 1.0}}
   got = mitigate_mode._every_prototype_edits(before, plans, ['color', 'shape', 'size'], {(0, 'raise')},
                                              min_b_effect=0.1)
-  assert got == [(0, -1.0, [0], [1]), (2, 3.0, [0], [1])]
+  assert got == [(0, -1.0, [0], [1]), (1, -2.0, [1], [0]), (2, 3.0, [0], [1])]
 
 
 def test_sampled_counterfactual_edits_all_drawn_equal_the_same_edits_judged_every_step(trained):

@@ -752,25 +752,27 @@ def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], di
   original's edit by the keep term), as (j, value, controlled, held), sampled at each step. Held to
   the diagnosed edits alone, the model draws B from another edit instead (measured: p13 raised
   cured, p13 lowered then moved shape by 0.33). A prototype whose edit controls B in the diagnosis
-  is left out: moving B is what it depicts. `only`: these prototypes alone ('prototypes_a': the
+  moves B freely and holds A instead (measured: with it left out, the colour prototype of a model
+  diagnosed as shape -> colour began to move shape by 0.20). `only`: these prototypes alone ('prototypes_a': the
   diagnosed edits' prototypes in the other direction). `min_b_effect`: only the edits that moved B by
   at least this much in the diagnosis ('moved_b')."""
   ev = before['edit_values']
   merged = {}
   for p in plans:
-    a, b = heads.index(p['controlled']), heads.index(p['co_moved'])
     for x in before['prototypes']:
       j = int(x['prototype'])
       draws_b = any(v['controlled'] == p['co_moved'] for v in x['directions'].values())
-      if draws_b or (only is not None and j not in only):
+      if only is not None and j not in only:
         continue
+      # the pair is unordered: a prototype that draws B must not move A either
+      kept, moved = (p['co_moved'], p['controlled']) if draws_b else (p['controlled'], p['co_moved'])
       for direction in diagnosis_lib.DIRECTIONS:
         if (j, direction) in diagnosed or (
-            min_b_effect is not None and x['directions'][direction]['effects'][p['co_moved']]['effect'] < min_b_effect):
+            min_b_effect is not None and x['directions'][direction]['effects'][moved]['effect'] < min_b_effect):
           continue
         controlled, held = merged.setdefault((j, direction), (set(), set()))
-        controlled.add(a)
-        held.add(b)
+        controlled.add(heads.index(kept))
+        held.add(heads.index(moved))
   return [(j, ev[d][j], sorted(c), sorted(h - c)) for (j, d), (c, h) in sorted(merged.items())]
 
 
