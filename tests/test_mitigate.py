@@ -386,7 +386,7 @@ def test_the_counterfactual_on_the_picture_judges_the_decoders_picture_and_not_t
   assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads['s_decoder'])) > 0.0
 
 
-def test_every_prototype_edits_hold_b_and_leave_out_the_prototypes_that_draw_b():
+def test_every_prototype_edits_hold_b_and_the_prototypes_that_draw_b_hold_a():
   def proto(j, lower, raise_):
     return {'prototype': j, 'directions': {'lower': {'controlled': lower}, 'raise': {'controlled': raise_}}}
   before = {'prototypes': [proto(0, 'color', 'color'), proto(1, 'shape', None), proto(2, None, 'size')],
