@@ -747,7 +747,8 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
 
 def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], diagnosed: set,
                            only: Optional[set] = None, min_b_effect: Optional[float] = None) -> list:
-  """counterfactual_scope='every_prototype': besides the edits that showed a pair, every other
+  """The extra edits of counterfactual_scope 'every_prototype' (all of them), 'prototypes_a' and
+  'moved_b' (the subsets that `only` and `min_b_effect` keep): besides the edits that showed a pair, every other
   prototype raised and lowered (as the diagnosis edits it), with B held and A free (A held to the
   original's edit by the keep term), as (j, value, controlled, held), sampled at each step. Held to
   the diagnosed edits alone, the model draws B from another edit instead (measured: p13 raised
