@@ -712,16 +712,13 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
     for e in (e for p in plans for e in p['edits']):
       found.setdefault((int(e['prototype']), e['direction']), set()).add(heads.index(e['controlled']))
     edits = [([j], [ev[direction][j]], sorted(a)) for (j, direction), a in sorted(found.items())]
-    sampled = []
-    if mcfg.counterfactual_scope in ('prototypes_a', 'moved_b'):  # judged at every step, like the diagnosed edits
-      if mcfg.counterfactual_scope == 'prototypes_a':
-        more = _every_prototype_edits(before, plans, heads, set(found), only={j for j, _ in found})
-      else:
-        more = _every_prototype_edits(before, plans, heads, set(found), min_b_effect=(
-            diagnosis_lib.bystander_effect(before['prototypes'])['q90']))
-      edits += [([j], [v], c, h) for j, v, c, h in more]
-    elif mcfg.counterfactual_scope == 'every_prototype':
+    sampled, scope = [], mcfg.counterfactual_scope
+    if scope == 'every_prototype':
       sampled = _every_prototype_edits(before, plans, heads, set(found))
+    elif scope != 'edits':  # 'prototypes_a', 'moved_b': judged at every step, like the diagnosed edits
+      subset = (dict(only={j for j, _ in found}) if scope == 'prototypes_a' else
+                dict(min_b_effect=diagnosis_lib.bystander_effect(before['prototypes'])['q90']))
+      edits += [([j], [v], c, h) for j, v, c, h in _every_prototype_edits(before, plans, heads, set(found), **subset)]
     teacher = loading.load_stage1_variables(config, workdir)[1] if mcfg.counterfactual_keep_weight > 0 else None
     task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight, teacher, mcfg.counterfactual_keep_weight,
                               mcfg.counterfactual_max_t, mcfg.counterfactual_on, sampled,
@@ -747,10 +744,11 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
 
 def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], diagnosed: set,
                            only: Optional[set] = None, min_b_effect: Optional[float] = None) -> list:
-  """The extra edits of counterfactual_scope 'every_prototype' (all of them), 'prototypes_a' and
-  'moved_b' (the subsets that `only` and `min_b_effect` keep): besides the edits that showed a pair, every other
-  prototype raised and lowered (as the diagnosis edits it), with B held and A free (A held to the
-  original's edit by the keep term), as (j, value, controlled, held), sampled at each step. Held to
+  """The extra edits of counterfactual_scope 'every_prototype' (all of them, sampled at each step),
+  'prototypes_a' and 'moved_b' (the subsets that `only` and `min_b_effect` keep, judged at every step):
+  besides the edits that showed a pair, every other prototype raised and lowered (as the diagnosis
+  edits it), with B held and A free (A held to the original's edit by the keep term), as
+  (j, value, controlled, held). Held to
   the diagnosed edits alone, the model draws B from another edit instead (measured: p13 raised
   cured, p13 lowered then moved shape by 0.33). A prototype whose edit controls B in the diagnosis
   moves B freely and holds A instead (measured: with it left out, the colour prototype of a model
@@ -762,9 +760,9 @@ def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], di
   for p in plans:
     for x in before['prototypes']:
       j = int(x['prototype'])
-      draws_b = any(v['controlled'] == p['co_moved'] for v in x['directions'].values())
       if only is not None and j not in only:
         continue
+      draws_b = any(v['controlled'] == p['co_moved'] for v in x['directions'].values())
       # the pair is unordered: a prototype that draws B must not move A either
       kept, moved = (p['co_moved'], p['controlled']) if draws_b else (p['controlled'], p['co_moved'])
       for direction in diagnosis_lib.DIRECTIONS:
