@@ -176,6 +176,15 @@ def test_mitigation_config_is_validated():
   config.mitigation.counterfactual_stream = 'balanced'
   with pytest.raises(ConfigError, match='mitigation.counterfactual_stream'):
     config_lib.validate(config)
+  config = config_lib.base_config()
+  config.mitigation.counterfactual_rechecks = -1
+  with pytest.raises(ConfigError, match='mitigation.counterfactual_rechecks'):
+    config_lib.validate(config)
+  config = config_lib.base_config()
+  config.mitigation.counterfactual_rechecks = 2
+  config.train.s_decoder_weight = 0.0
+  with pytest.raises(ConfigError, match=r"mitigation.counterfactual_rechecks.*decoder's picture"):
+    config_lib.validate(config)
 
 
 def _tree_hash(directory: str) -> dict:
@@ -262,7 +271,8 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
   for method, (task, make_iterator) in runs.items():
     vc, view = mitigate_mode.make_view(config, workdir, method, f'stage1_mitigated/{method}',
                                        f'latent_mitigated/{method}')
-    ft = mitigate_mode.finetune(vc, workdir, view, task, make_iterator, sharding.make_mesh(config.mesh), method)
+    ft = mitigate_mode.finetune(vc, workdir, view, lambda _, t=task: t, make_iterator,
+                                sharding.make_mesh(config.mesh), method)
     assert ft['from_step'] == original_step and ft['to_step'] == original_step + steps
     assert ft['cost_fraction'] <= 0.25
     _, mitigated_vars, step = loading.load_stage1_variables(vc, view)
@@ -277,12 +287,13 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
   vc, view = mitigate_mode.make_view(config, workdir, 'decorrelate', 'stage1_mitigated/decorrelate',
                                      'latent_mitigated/decorrelate')
   with pytest.raises(WorkdirError, match='fine-tuned with other settings'):
-    mitigate_mode.finetune(vc, workdir, view, task, make_iterator, sharding.make_mesh(config.mesh), 'decorrelate',
-                           {'weight': 2.0})
+    mitigate_mode.finetune(vc, workdir, view, lambda _: task, make_iterator, sharding.make_mesh(config.mesh),
+                           'decorrelate', {'weight': 2.0})
   faster = vc.copy_and_resolve_references()
   faster.mitigation.prototype_lr_scale = 4.0  # the prototype network's rate is part of how a series was made
   with pytest.raises(WorkdirError, match='fine-tuned with other settings'):
-    mitigate_mode.finetune(faster, workdir, view, task, make_iterator, sharding.make_mesh(config.mesh), 'decorrelate')
+    mitigate_mode.finetune(faster, workdir, view, lambda _: task, make_iterator, sharding.make_mesh(config.mesh),
+                           'decorrelate')
   state, step, _ = load_state(workdir, 'stage1')
   assert step == original_step
   np.testing.assert_array_equal(np.asarray(jax.tree_util.tree_leaves(state['ema_params'])[0]),
@@ -394,8 +405,8 @@ def test_every_prototype_edits_hold_b_and_the_prototypes_that_draw_b_hold_a():
   plans = [{'controlled': 'color', 'co_moved': 'shape', 'edits': [{'prototype': 0, 'direction': 'raise'}]}]
   got = mitigate_mode._every_prototype_edits(before, plans, ['color', 'shape', 'size'], {(0, 'raise')})
   # p0 raised is a diagnosed edit (judged at every step); p1 draws shape, so it may move shape and holds colour
-  assert got == [(0, -1.0, [0], [1]), (1, -2.0, [1], [0]), (1, 2.0, [1], [0]), (2, -3.0, [0], [1]),
-                 (2, 3.0, [0], [1])]
+  assert got == [(0, 'lower', -1.0, [0], [1]), (1, 'lower', -2.0, [1], [0]), (1, 'raise', 2.0, [1], [0]),
+                 (2, 'lower', -3.0, [0], [1]), (2, 'raise', 3.0, [0], [1])]
   # 'moved_b': only the edits that moved shape (p1: colour) by at least the threshold in the diagnosis
   moved = ({'lower': 0.2, 'raise': 0.5}, {'lower': 0.3, 'raise': 0.0}, {'lower': 0.05, 'raise': 0.1})
   for x, effects in zip(before['prototypes'], moved):
@@ -404,7 +415,94 @@ def test_every_prototype_edits_hold_b_and_the_prototypes_that_draw_b_hold_a():
       x['directions'][direction]['effects'] = {name: {'effect': effect}, 'other': {'effect': 1.0}}
   got = mitigate_mode._every_prototype_edits(before, plans, ['color', 'shape', 'size'], {(0, 'raise')},
                                              min_b_effect=0.1)
-  assert got == [(0, -1.0, [0], [1]), (1, -2.0, [1], [0]), (2, 3.0, [0], [1])]
+  assert got == [(0, 'lower', -1.0, [0], [1]), (1, 'lower', -2.0, [1], [0]), (2, 'raise', 3.0, [0], [1])]
+
+
+def test_the_recheck_judges_edits_that_move_both_attributes_of_a_pair_and_holds_the_smaller():
+  heads = ['color', 'shape', 'size']
+  plans = [{'controlled': 'color', 'co_moved': 'shape'}]
+  values = {'lower': -np.arange(10.0), 'raise': np.arange(10.0)}
+  effects = np.zeros((10, 2, 3))
+  effects[:, :, 2] = 0.5  # every edit moves size most: colour and shape are the bystanders of each
+  effects[0, 1, :2] = (0.4, 0.3)  # p0 raised: colour and shape, judged already
+  effects[1, 0, :2] = (0.35, 0.4)  # p1 lowered now draws shape and moves colour with it: colour held
+  effects[1, 1, :2] = (0.4, 0.0)  # p1 raised: colour alone
+  effects[2, 1, :2] = (0.1, 0.05)  # p2 raised: both, below the quantile
+  bystanders = lambda: np.quantile(effects[:, :, :2].ravel(), 0.9)
+  got = mitigate_mode.recheck_edits(effects, plans, heads, values, {(0, 'raise')})
+  assert got['threshold'] == pytest.approx(bystanders()) and 0.3 < got['threshold'] < 0.35
+  assert got['edits'] == [[1, 'lower', -1.0, [1], [0]]]
+  assert got['effects'] == {'1 lower': {'color': 0.35, 'shape': 0.4}}
+  effects[2, 1, :2] = (0.45, 0.42)  # p2 raised above: shape (the smaller) held; the quantile rises past p1 lowered
+  got = mitigate_mode.recheck_edits(effects, plans, heads, values, {(0, 'raise')})
+  assert got['threshold'] == pytest.approx(bystanders()) and 0.35 < got['threshold'] < 0.42
+  assert got['edits'] == [[2, 'raise', 2.0, [0], [1]]]
+  assert mitigate_mode.recheck_edits(effects, plans, heads, values, {(0, 'raise'), (2, 'raise')})['edits'] == []
+  effects[:, :, :2] = 0.0  # nothing moves colour or shape: nothing to judge (the quantile is 0)
+  assert mitigate_mode.recheck_edits(effects, plans, heads, values, set())['edits'] == []
+
+
+def test_the_picture_recheck_reads_the_classifiers_change_on_the_decoders_picture(trained):
+  config, workdir = trained
+  classifier, model, variables, _, _ = _counterfactual_parts(config, workdir)
+  p = config.model.num_prototypes
+  values = {'lower': [0.0] * p, 'raise': [2.0] * p}
+  recheck = mitigate_mode.PictureRecheck(config, 1, [], ['a', 'b'], values, classifier, set())
+  effects = recheck.effects(variables)
+  assert effects.shape == (p, 2, 2)
+  s = mitigate_mode.sample_lib.encode_batched(model, variables, recheck.images, 8)
+
+  def probs(rows):
+    picture = model.apply(variables, jnp.asarray(rows), method=model.decode_activations)
+    picture = jax.image.resize(picture, (len(rows), 32, 32, picture.shape[-1]), 'linear')
+    return [np.asarray(jax.nn.softmax(lg, -1)) for lg in classifier.net.apply({'params': classifier.params},
+                                                                              picture)[1]]
+  for j, d, value in ((1, 1, 2.0), (3, 0, 0.0)):
+    edited = s.copy()
+    edited[:, j] = value
+    want = [0.5 * np.abs((e - b).mean(0)).sum() for b, e in zip(probs(s), probs(edited))]
+    np.testing.assert_allclose(effects[j, d], want, atol=1e-5)
+  assert effects.max() > 0
+
+
+def test_fine_tuning_with_rechecks_judges_their_edits_from_the_recheck_on_and_resumes_with_them(trained):
+  config, workdir = trained
+  data = data_lib.training_iterator_factory(config.data, config.train.batch_size, 1)
+  mesh = sharding.make_mesh(config.mesh)
+  steps = int(round(config.mitigation.steps_fraction * config.train.num_steps))
+
+  class Recheck:
+    count, calls = 1, []
+
+    def __init__(self, edits):
+      self.edits = edits
+
+    def __call__(self, variables, added):
+      self.calls.append(added)
+      return {'threshold': 0.1, 'edits': self.edits, 'effects': {}}
+
+  runs = {}
+  for name, recheck in (('plain', None), ('nothing_found', Recheck([])), ('found', Recheck([[1, 'raise', 2.0, [0],
+                                                                                              [1]]]))):
+    made = []
+    vc, view = mitigate_mode.make_view(config, workdir, name, f'stage1_mitigated/{name}', f'latent_mitigated/{name}')
+    task = mitigate_mode.DecorrelateTask(vc, [([0, 1], [2])], 10.0, 'hsic')
+    make_task = lambda added, made=made, task=task: made.append(list(added)) or task
+    ft = mitigate_mode.finetune(vc, workdir, view, make_task, data, mesh, name, recheck=recheck)
+    runs[name] = loading.load_stage1_variables(vc, view, use_ema=False)[1]
+    if recheck is not None:
+      start = ft['from_step']
+      assert ft['rechecks'] == json.load(open(os.path.join(view, 'rechecks.json')))
+      assert [r['step'] for r in ft['rechecks']] == [start + steps // 2]
+      # the first half trains with the edits judged from the start, the second with the recheck's too
+      assert made == [[], [], [tuple(e) for e in recheck.edits]]
+      calls = len(Recheck.calls)
+      made.clear()
+      mitigate_mode.finetune(vc, workdir, view, make_task, data, mesh, name, recheck=recheck)  # resumed: done
+      assert len(Recheck.calls) == calls and made[-1] == [tuple(e) for e in recheck.edits]
+  # stopping to recheck changes nothing when the recheck finds nothing (the loop resumes exactly)
+  for a, b in zip(jax.tree_util.tree_leaves(runs['plain']), jax.tree_util.tree_leaves(runs['nothing_found'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_sampled_counterfactual_edits_all_drawn_equal_the_same_edits_judged_every_step(trained):
@@ -438,13 +536,14 @@ def test_the_counterfactual_on_the_rebalanced_stream_sees_rebalances_batches(tra
   p = config.model.num_prototypes
   before = {'edit_values': {'raise': [1.0] * p, 'lower': [0.0] * p}, 'prototypes': []}
   first = lambda make_iterator: np.asarray(next(iter(make_iterator()))['image'])
-  _, rebalanced, _, _ = mitigate_mode._method_training(config, workdir, config, 'rebalance', plans, attributes, before)
+  _, rebalanced, _, _, _ = mitigate_mode._method_training(config, workdir, config, 'rebalance', plans, attributes,
+                                                          before)
   streams = {}
   for stream in ('data', 'rebalanced'):
     c = config.copy_and_resolve_references()
     c.mitigation.counterfactual_stream = stream
-    _, make_iterator, recipe, extra = mitigate_mode._method_training(c, workdir, c, 'counterfactual', plans,
-                                                                     attributes, before)
+    _, make_iterator, recipe, extra, _ = mitigate_mode._method_training(c, workdir, c, 'counterfactual', plans,
+                                                                        attributes, before)
     streams[stream] = first(make_iterator)
     assert recipe.get('stream') == ('rebalanced' if stream == 'rebalanced' else None)
     assert ('rebalancing' in extra) == (stream == 'rebalanced')

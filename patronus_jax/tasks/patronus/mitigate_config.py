@@ -56,6 +56,11 @@ def mitigation_config() -> ConfigDict:
       # attributes an edit does not control move, B held) or 'every_prototype' (also every other prototype
       # raised and lowered, B held, sampled): a shortcut cured in one edit otherwise reappears in another
       counterfactual_scope='edits',
+      # 'counterfactual': the fine-tuning stops this many times at equal intervals, diagnoses the decoder's
+      # picture of held-out s (no U-Net pass; seconds) and from then on also judges every edit whose picture
+      # now moves both attributes of a pair (by more than 90 % of what edits move the attributes they do not
+      # move most): cured under the judged edits, a shortcut otherwise moves to another prototype
+      counterfactual_rechecks=0,
       counterfactual_sampled_edits=4,  # 'every_prototype': how many of the other edits each step judges
       # what the model fine-tunes on: 'data' (the training stream; no labels) or 'rebalanced' (rebalance's
       # stream, which needs A's and B's labels)
@@ -98,6 +103,9 @@ def validate_mitigation_config(m, has_decoder: bool = True) -> None:
           f'must be one of {COUNTERFACTUAL_SCOPES}')
   require(m.counterfactual_stream in COUNTERFACTUAL_STREAMS, 'counterfactual_stream',
           f'must be one of {COUNTERFACTUAL_STREAMS}')
+  require(m.counterfactual_rechecks >= 0, 'counterfactual_rechecks', 'must be >= 0 (0: off)')
+  require(m.counterfactual_rechecks == 0 or has_decoder, 'counterfactual_rechecks',
+          "> 0 diagnoses the decoder's picture of s, and the model has none (set train.s_decoder_weight > 0)")
   require(m.counterfactual_sampled_edits >= 1, 'counterfactual_sampled_edits', 'must be >= 1')
   require(m.counterfactual_on in COUNTERFACTUAL_ON, 'counterfactual_on', f'must be one of {COUNTERFACTUAL_ON}')
   require(m.counterfactual_on != 'picture' or has_decoder, 'counterfactual_on',

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from patronus_jax import data as data_lib
+from patronus_jax.core import batching
 from patronus_jax.core import checkpoint as ckpt_lib
 from patronus_jax.core import diffusion
 from patronus_jax.core import files
@@ -61,6 +62,7 @@ from patronus_jax.interpret import figures
 from patronus_jax.interpret import stats
 from patronus_jax.models import prototypes as proto_lib
 from patronus_jax.models import unet as unet_lib
+from patronus_jax.models.unet import patronus_from_config
 from patronus_jax.tasks.patronus import evaluate_mode
 from patronus_jax.tasks.patronus import interpret_mode
 from patronus_jax.tasks.patronus import loading
@@ -458,14 +460,18 @@ def resampled_iterator(config, weights: np.ndarray, num: int, seed: int):
                        batch_fn=preprocess_lib.stack_examples))
 
 
-def finetune(config, workdir: str, view: str, task, make_iterator, mesh, method: str,
-             recipe: Optional[dict] = None) -> dict:
-  """Stage 1 of `workdir` fine-tuned with `task` on `make_iterator()` into the series the view links.
+def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, method: str,
+             recipe: Optional[dict] = None, recheck: Optional['PictureRecheck'] = None) -> dict:
+  """Stage 1 of `workdir` fine-tuned with `make_task(added edits)` on `make_iterator()` into the
+  series the view links.
 
   The series starts with a copy of the original's final state (its step number), so the loop
   resumes from it, and a crash or a second run continues where it stopped. `recipe` (what the
   task and data are made from) is kept in the view's fine_tuning.json with the step settings: a
-  later run with another recipe stops rather than resuming a series made differently."""
+  later run with another recipe stops rather than resuming a series made differently.
+  `recheck`: the fine-tuning stops `recheck.count` times at equal intervals, and the edits the
+  recheck finds from the checkpoint there are judged from then on (kept in the view's
+  rechecks.json, so that a resumed run judges the same edits)."""
   mcfg = config.mitigation
   original = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(workdir, 'stage1'), asynchronous=False, writer=False)
   try:
@@ -495,7 +501,8 @@ def finetune(config, workdir: str, view: str, task, make_iterator, mesh, method:
         if jax.process_index() == 0:
           files.write_json(made_path, made)
         it = make_iterator()
-        state, _ = restore_or_init(task, tx, original, it, seed=config.seed, mesh=mesh, process_data_state=False)
+        state, _ = restore_or_init(make_task([]), tx, original, it, seed=config.seed, mesh=mesh,
+                                   process_data_state=False)
         series.save(start, state, it.get_state(), {'stage': 'stage1', 'mitigation': method, 'from_step': start,
                                                    'from': ckpt_lib.stage_dir(workdir, 'stage1')}, force=True)
     finally:
@@ -503,11 +510,97 @@ def finetune(config, workdir: str, view: str, task, make_iterator, mesh, method:
   finally:
     original.close()
   watch = timing.Stopwatch()
-  run_training(task, settings, view, make_iterator, seed=config.seed, mesh=mesh,
-               meta={'config': workdir_lib.config_to_dict(config), 'mitigation': method, 'from_step': start})
-  return dict(from_step=start, steps=steps, to_step=start + steps, batch_size=settings.batch_size,
-              learning_rate=settings.learning_rate, cost_fraction=steps / config.train.num_steps,
-              seconds=round(watch.seconds(), 1))
+  meta = {'config': workdir_lib.config_to_dict(config), 'mitigation': method, 'from_step': start}
+  count = recheck.count if recheck is not None else 0
+  ends = [start + int(round(k * steps / (count + 1))) for k in range(1, count + 2)]
+  rechecks_path = os.path.join(view, 'rechecks.json')
+  done = files.read_json(rechecks_path) if count and os.path.exists(rechecks_path) else []
+  for k, end in enumerate(ends):
+    added = [tuple(e) for r in done for e in r['edits']]
+    run_training(make_task(added), dataclasses.replace(settings, num_steps=end), view, make_iterator,
+                 seed=config.seed, mesh=mesh, meta=meta)
+    if k < count and len(done) <= k:
+      _, variables, _ = loading.load_stage1_variables(config, view, use_ema=False)
+      done.append(dict(step=end, **recheck(variables, {(int(e[0]), e[1]) for e in added})))
+      logging.info('mitigate: recheck at step %d: %d more edits judged %s', end, len(done[-1]['edits']),
+                   done[-1]['edits'])
+      if jax.process_index() == 0:
+        files.write_json(rechecks_path, done)
+  out = dict(from_step=start, steps=steps, to_step=start + steps, batch_size=settings.batch_size,
+             learning_rate=settings.learning_rate, cost_fraction=steps / config.train.num_steps,
+             seconds=round(watch.seconds(), 1))
+  if count:
+    out['rechecks'] = done
+  return out
+
+
+class PictureRecheck:
+  """`counterfactual_rechecks`: the diagnosis of the fine-tuned model on the decoder's picture.
+
+  The judged edits hold B under the edits that moved it before the fine-tuning; cured there, a
+  shortcut moves to another prototype's edit (measured on two biased models: p21 raised and p4
+  raised drew the pair after). Every edit acts through the decoder's picture on shapes, so the
+  picture of s shows it without a U-Net pass: for every prototype and direction, s of
+  `num_diagnosis_samples` held-out images edited as the diagnosis edits, the classifier's reading of
+  the decoder's picture, and per attribute the probability mass moved (the diagnosis' effect).
+  An edit not yet judged that moves both attributes of a pair by at least the picture's bystander
+  quantile is judged from then on: the larger of the two kept to the original's edit, the smaller
+  held (the pair is unordered: the edit now draws the larger)."""
+
+  def __init__(self, config, count: int, plans: list[dict], heads: list[str], edit_values: dict, classifier,
+               judged: set):
+    self.config, self.count, self.plans, self.heads, self.judged = config, int(count), plans, heads, set(judged)
+    self.values = {d: np.asarray(edit_values[d], np.float32) for d in diagnosis_lib.DIRECTIONS}
+    self.classifier = classifier
+    ic = config.interpret
+    self.images = data_lib.load_arrays(config.data, ic.eval_split or config.data.eval_split,
+                                       max_examples=ic.num_diagnosis_samples)['image']
+
+  def effects(self, variables) -> np.ndarray:
+    """(P, 2, attributes): mass moved in the classifier's reading of the picture per edit."""
+    model = patronus_from_config(self.config, dtype='float32')
+    s = sample_lib.encode_batched(model, variables, self.images, self.config.interpret.batch_size)
+    n, p = s.shape
+    rows = diagnosis_lib.edited_activations(s, range(p), self.values['lower'], self.values['raise'])
+    rows = np.concatenate([s, rows.reshape(-1, p)])
+    size = self.images.shape[1:3]
+
+    def read(_, x):
+      picture = unet_lib.resize_sketch(model.apply(variables, x, method=model.decode_activations),
+                                       (x.shape[0],) + tuple(size))
+      _, logits = self.classifier.net.apply({'params': self.classifier.params}, picture)
+      return [jax.nn.softmax(lg, -1) for lg in logits]
+    probs = batching.padded_map(jax.jit(read), rows, self.config.interpret.batch_size)
+    return np.stack([diagnosis_lib.mass_moved(q[:n], q[n:].reshape((p, 2, n, -1))) for q in probs], -1)
+
+  def __call__(self, variables, added: set) -> dict:
+    """The edits to judge from now on (j, direction, value, controlled, held) and what showed them;
+    `added`: the (j, direction) earlier rechecks added."""
+    return recheck_edits(self.effects(variables), self.plans, self.heads, self.values, self.judged | added)
+
+
+def recheck_edits(effects: np.ndarray, plans: list[dict], heads: list[str], values: dict, judged: set) -> dict:
+  """The edits of `PictureRecheck`: effects (P, 2, attributes); `judged`: the (j, direction) already
+  judged. The threshold is the 0.9 quantile of what edits move the attributes they do not move most;
+  an edit is judged when it moves both attributes of a pair by more."""
+  top = effects.max(-1, keepdims=True)
+  bystanders = effects[effects < top]
+  threshold = float(np.quantile(bystanders, 0.9)) if bystanders.size else 0.0
+  merged = {}
+  for p in plans:
+    a, b = heads.index(p['controlled']), heads.index(p['co_moved'])
+    for j in range(effects.shape[0]):
+      for d, direction in enumerate(diagnosis_lib.DIRECTIONS):
+        ea, eb = effects[j, d, a], effects[j, d, b]
+        if (j, direction) in judged or min(ea, eb) <= threshold:
+          continue
+        controlled, held = merged.setdefault((j, direction), (set(), set()))
+        controlled.add(a if ea >= eb else b)
+        held.add(b if ea >= eb else a)
+  edits = [[j, d, float(values[d][j]), sorted(c), sorted(h - c)] for (j, d), (c, h) in sorted(merged.items())]
+  shown = {f'{j} {d}': {heads[h]: round(float(effects[j, diagnosis_lib.DIRECTIONS.index(d), h]), 4)
+                        for h in sorted(c | h)} for (j, d), (c, h) in sorted(merged.items())}
+  return dict(threshold=threshold, edits=edits, effects=shown)
 
 
 # ----------------------------------------------------------------------------- comparing
@@ -664,8 +757,9 @@ def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attri
   series = f'{STAGE1_SERIES}/{method}'
   view = vc, vdir = make_view(config, workdir, method, series, f'{LATENT_SERIES}/{method}')
   logging.info('mitigate: method %s -> %s', method, ckpt_lib.stage_dir(workdir, series))
-  task, make_iterator, recipe, extra = _method_training(config, workdir, vc, method, plans, attributes, before)
-  ft = finetune(config, workdir, vdir, task, make_iterator, mesh, method, recipe)
+  make_task, make_iterator, recipe, extra, recheck = _method_training(config, workdir, vc, method, plans,
+                                                                      attributes, before)
+  ft = finetune(config, workdir, vdir, make_task, make_iterator, mesh, method, recipe, recheck)
   if mcfg.retrain_latent:
     training.train_latent(vc, vdir, mesh)
   diagnosis = diagnose(vc, vdir, mesh)
@@ -678,9 +772,11 @@ def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attri
 
 def _method_training(config, workdir: str, vc, method: str, plans: list[dict], attributes: TrainingAttributes,
                      before: dict):
-  """(task, make_iterator, recipe, report entries) of fine-tuning with `method` in the view's config vc."""
+  """(make_task, make_iterator, recipe, report entries, recheck) of fine-tuning with `method` in the
+  view's config vc; make_task(added) is the task with the edits rechecks added (`PictureRecheck`,
+  None unless counterfactual_rechecks)."""
   mcfg = config.mitigation
-  extra = {}
+  extra, recheck = {}, None
   def rebalanced_stream():
     weights, extra['rebalancing'] = rebalancing(plans, attributes)
     num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
@@ -690,13 +786,13 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
     make_iterator = rebalanced_stream()
     recipe = {'pairs': [p['attributes'] for p in plans]}
     if method == 'rebalance':
-      task = training.PatronusTask(vc)
+      make_task = lambda _: training.PatronusTask(vc)
     else:
       groups = [(attributes.names.index(p['controlled']), p['prototypes_a']) for p in plans]
       co_moved = None
       if mcfg.isolate_share == 'between_b':
         co_moved = [attributes.names.index(p['co_moved']) for p in plans]
-      task = IsolateTask(vc, groups, mcfg.isolate_weight, mcfg.isolate_exclusive_weight, co_moved)
+      make_task = lambda _: IsolateTask(vc, groups, mcfg.isolate_weight, mcfg.isolate_exclusive_weight, co_moved)
       extra['penalty'] = dict(groups=groups, weight=mcfg.isolate_weight)
       if co_moved is not None:  # older series' recipes stay equal
         extra['penalty'].update(share='between_b', co_moved=co_moved)
@@ -712,23 +808,29 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
     for e in (e for p in plans for e in p['edits']):
       found.setdefault((int(e['prototype']), e['direction']), set()).add(heads.index(e['controlled']))
     edits = [([j], [ev[direction][j]], sorted(a)) for (j, direction), a in sorted(found.items())]
-    sampled, scope = [], mcfg.counterfactual_scope
+    sampled, scope, judged = [], mcfg.counterfactual_scope, set(found)
     if scope == 'every_prototype':
-      sampled = _every_prototype_edits(before, plans, heads, set(found))
+      sampled = [e[:1] + e[2:] for e in _every_prototype_edits(before, plans, heads, set(found))]
     elif scope != 'edits':  # 'prototypes_a', 'moved_b': judged at every step, like the diagnosed edits
       subset = (dict(only={j for j, _ in found}) if scope == 'prototypes_a' else
                 dict(min_b_effect=diagnosis_lib.bystander_effect(before['prototypes'])['q90']))
-      edits += [([j], [v], c, h) for j, v, c, h in _every_prototype_edits(before, plans, heads, set(found), **subset)]
+      more = _every_prototype_edits(before, plans, heads, set(found), **subset)
+      edits += [([j], [v], c, h) for j, _, v, c, h in more]
+      judged |= {(j, d) for j, d, _, _, _ in more}
     teacher = loading.load_stage1_variables(config, workdir)[1] if mcfg.counterfactual_keep_weight > 0 else None
-    task = CounterfactualTask(vc, edits, clf, mcfg.counterfactual_weight, teacher, mcfg.counterfactual_keep_weight,
-                              mcfg.counterfactual_max_t, mcfg.counterfactual_on, sampled,
-                              mcfg.counterfactual_sampled_edits)
+    make_task = lambda added: CounterfactualTask(
+        vc, edits + [([j], [v], c, h) for j, _, v, c, h in added], clf, mcfg.counterfactual_weight, teacher,
+        mcfg.counterfactual_keep_weight, mcfg.counterfactual_max_t, mcfg.counterfactual_on, sampled,
+        mcfg.counterfactual_sampled_edits)
     extra['penalty'] = recipe = dict(edits=edits, weight=mcfg.counterfactual_weight,
                                      keep_weight=mcfg.counterfactual_keep_weight, max_t=mcfg.counterfactual_max_t)
     if mcfg.counterfactual_on != 'x0_hat':  # older series' recipes stay equal
       recipe['on'] = mcfg.counterfactual_on
     if mcfg.counterfactual_scope != 'edits':
       recipe.update(scope=mcfg.counterfactual_scope, sampled_edits=mcfg.counterfactual_sampled_edits)
+    if mcfg.counterfactual_rechecks:  # older series' recipes stay equal
+      recipe['rechecks'] = mcfg.counterfactual_rechecks
+      recheck = PictureRecheck(vc, mcfg.counterfactual_rechecks, plans, heads, ev, clf, judged)
     if mcfg.counterfactual_stream == 'rebalanced':
       make_iterator = rebalanced_stream()
       recipe['stream'] = 'rebalanced'
@@ -736,10 +838,10 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
       make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
   else:
     groups = [(p['prototypes_a'], p['predictors_b']) for p in plans]
-    task = DecorrelateTask(vc, groups, mcfg.penalty_weight, mcfg.dependence)
+    make_task = lambda _: DecorrelateTask(vc, groups, mcfg.penalty_weight, mcfg.dependence)
     extra['penalty'] = recipe = dict(groups=groups, weight=mcfg.penalty_weight, dependence=mcfg.dependence)
     make_iterator = data_lib.training_iterator_factory(vc.data, vc.train.batch_size, config.seed + 1)
-  return task, make_iterator, recipe, extra
+  return make_task, make_iterator, recipe, extra, recheck
 
 
 def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], diagnosed: set,
@@ -748,12 +850,12 @@ def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], di
   'prototypes_a' and 'moved_b' (the subsets that `only` and `min_b_effect` keep, judged at every step):
   besides the edits that showed a pair, every other prototype raised and lowered (as the diagnosis
   edits it), with B held and A free (A held to the original's edit by the keep term), as
-  (j, value, controlled, held). Held to
-  the diagnosed edits alone, the model draws B from another edit instead (measured: p13 raised
-  cured, p13 lowered then moved shape by 0.33). A prototype whose edit controls B in the diagnosis
-  moves B freely and holds A instead (measured: with it left out, the colour prototype of a model
-  diagnosed as shape -> colour began to move shape by 0.20). `only`: these prototypes alone ('prototypes_a': the
-  diagnosed edits' prototypes in the other direction). `min_b_effect`: only the edits that moved B by
+  (j, direction, value, controlled, held). Held to the diagnosed edits alone, the model draws B from
+  another edit instead (measured: p13 raised cured, p13 lowered then moved shape by 0.33). A
+  prototype whose edit controls B in the diagnosis moves B freely and holds A instead (measured:
+  with it left out, the colour prototype of a model diagnosed as shape -> colour began to move shape
+  by 0.20). `only`: these prototypes alone ('prototypes_a': the diagnosed edits' prototypes in the
+  other direction). `min_b_effect`: only the edits that moved B by
   at least this much in the diagnosis ('moved_b')."""
   ev = before['edit_values']
   merged = {}
@@ -772,7 +874,7 @@ def _every_prototype_edits(before: dict, plans: list[dict], heads: list[str], di
         controlled, held = merged.setdefault((j, direction), (set(), set()))
         controlled.add(heads.index(kept))
         held.add(heads.index(moved))
-  return [(j, ev[d][j], sorted(c), sorted(h - c)) for (j, d), (c, h) in sorted(merged.items())]
+  return [(j, d, ev[d][j], sorted(c), sorted(h - c)) for (j, d), (c, h) in sorted(merged.items())]
 
 
 def mitigate_mode(config, workdir: str, mesh=None) -> dict:
