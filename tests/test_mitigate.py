@@ -664,3 +664,20 @@ def test_the_comparison_names_the_edits_that_still_show_the_pair():
   assert not out['targets']['pairs_gone'] and out['targets']['no_pair_in_data']
   assert out['targets']['edit_success_kept']  # +8 %
   assert not out['targets']['sample_quality_kept']  # fd_classifier +10.3 % > 10 %
+
+
+def test_the_sample_quality_of_the_report_draws_quality_num_samples(shapes_config, monkeypatch):
+  seen = []
+
+  def evaluate(config, workdir, mesh):
+    seen.append((config.evaluate.num_samples, config.evaluate.metrics, config.evaluate.samples))
+    return {'fd_classifier': {'unconditional': 1.0, 'real_eval_baseline': 0.5,
+                              'num_samples': {'unconditional': config.evaluate.num_samples}}}
+  monkeypatch.setattr(mitigate_mode.evaluate_mode, 'evaluate_mode', evaluate)
+  config = shapes_config.copy_and_resolve_references()
+  config.evaluate.num_samples = 64
+  mitigate_mode.sample_quality(config, 'unused', None)
+  config.mitigation.quality_num_samples = 2048
+  mitigate_mode.sample_quality(config, 'unused', None)
+  assert seen == [(64, ('fd_classifier',), ('unconditional',)), (2048, ('fd_classifier',), ('unconditional',))]
+  assert config.evaluate.num_samples == 64  # the run's own evaluate settings are left alone

@@ -380,10 +380,12 @@ def diagnose(config, workdir: str, mesh) -> dict:
 
 
 def sample_quality(config, workdir: str, mesh) -> dict:
-  """fd_classifier of unconditional samples (evaluate mode restricted to it, in `workdir`)."""
+  """fd_classifier of unconditional samples (evaluate mode restricted to it, in `workdir`), from
+  `mitigation.quality_num_samples` of them when set."""
   c = config.copy_and_resolve_references()
   c.evaluate.metrics = ('fd_classifier',)
   c.evaluate.samples = ('unconditional',)
+  c.evaluate.num_samples = config.mitigation.quality_num_samples or config.evaluate.num_samples
   metrics = evaluate_mode.evaluate_mode(c, workdir, mesh)
   fd = metrics['fd_classifier']
   return {'fd_classifier': fd['unconditional'], 'real_eval_baseline': fd['real_eval_baseline'],
