@@ -71,7 +71,7 @@ def mitigation_config() -> ConfigDict:
       predictor_threshold=0.1,  # eta^2 of s_j with B at which prototype j counts as predicting B
       max_predictors=4,  # at most this many prototypes per side (the strongest first)
       # unconditional samples behind each fd_classifier of the report (0: evaluate.num_samples). With 256 the
-      # estimate of one model spread from 36 to 128 over five sampling seeds (docs/mitigation.md), far
+      # estimate of one model spread from 36 to 71 over five sampling seeds (docs/mitigation.md), far
       # beyond the 10 % target
       quality_num_samples=0,
       retrain_latent=True,  # stage 2 again on the mitigated encoder (unconditional samples need it)

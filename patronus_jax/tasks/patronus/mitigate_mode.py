@@ -545,7 +545,7 @@ class PictureRecheck:
   picture of s shows it without a U-Net pass: for every prototype and direction, s of
   `num_diagnosis_samples` held-out images edited as the diagnosis edits, the classifier's reading of
   the decoder's picture, and per attribute the probability mass moved (the diagnosis' effect).
-  An edit not yet judged that moves both attributes of a pair by at least the picture's bystander
+  An edit not yet judged that moves both attributes of a pair by more than the picture's bystander
   quantile is judged from then on: the larger of the two kept to the original's edit, the smaller
   held (the pair is unordered: the edit now draws the larger)."""
 
