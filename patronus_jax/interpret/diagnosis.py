@@ -63,10 +63,9 @@ def edited_activations(s: np.ndarray, prototypes: Sequence[int], low: np.ndarray
   return out
 
 
-def mass_moved(base: np.ndarray, edited: np.ndarray) -> np.ndarray:
-  """TV = 1/2 sum_v |mean_i delta_i(a, v)| of paired probabilities (..., N, V) -> (...)."""
-  delta = np.asarray(edited, np.float64) - np.asarray(base, np.float64)
-  return 0.5 * np.abs(delta.mean(-2)).sum(-1)
+def mass_moved(delta: np.ndarray) -> np.ndarray:
+  """TV = 1/2 sum_v |mean_i delta_i(a, v)| of paired probability changes (..., N, V) -> (...)."""
+  return 0.5 * np.abs(np.asarray(delta, np.float64).mean(-2)).sum(-1)
 
 
 def attribute_effects(base: Sequence[np.ndarray], edited: Sequence[np.ndarray],
@@ -85,10 +84,10 @@ def attribute_effects(base: Sequence[np.ndarray], edited: Sequence[np.ndarray],
     mean, se, half = stats.normal_ci(delta, thresholds.ci_level)
     boot = stats.bootstrap_ci(delta, thresholds.ci_level, thresholds.num_bootstrap, thresholds.seed + a)
     tv_boot = stats.bootstrap_ci(delta, thresholds.ci_level, thresholds.num_bootstrap, thresholds.seed + a,
-                                 statistic=lambda d: 0.5 * np.abs(d.mean(0)).sum())
+                                 statistic=mass_moved)
     top = int(np.argmax(np.abs(mean)))
     z = np.where(se > 0, np.abs(mean) / np.maximum(se, 1e-12), np.where(np.abs(mean) > 0, np.inf, 0.0))
-    tv = float(mass_moved(p0, p1))
+    tv = float(mass_moved(delta))
     sd = delta[:, top].std(ddof=1) if delta.shape[0] > 1 else 0.0
     out.append(dict(
         effect=tv, effect_ci=[float(tv_boot[0]), float(tv_boot[1])],

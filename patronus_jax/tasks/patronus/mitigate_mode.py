@@ -519,10 +519,10 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
   done = files.read_json(rechecks_path) if count and os.path.exists(rechecks_path) else []
   for k, end in enumerate(ends):
     added = [tuple(e) for r in done for e in r['edits']]
-    run_training(make_task(added), dataclasses.replace(settings, num_steps=end), view, make_iterator,
-                 seed=config.seed, mesh=mesh, meta=meta)
+    state = run_training(make_task(added), dataclasses.replace(settings, num_steps=end), view, make_iterator,
+                         seed=config.seed, mesh=mesh, meta=meta)
     if k < count and len(done) <= k:
-      _, variables, _ = loading.load_stage1_variables(config, view, use_ema=False)
+      variables = state.inference_variables(use_ema=False)
       done.append(dict(step=end, **recheck(variables, {(int(e[0]), e[1]) for e in added})))
       logging.info('mitigate: recheck at step %d: %d more edits judged %s', end, len(done[-1]['edits']),
                    done[-1]['edits'])
@@ -553,27 +553,28 @@ class PictureRecheck:
                judged: set):
     self.config, self.count, self.plans, self.heads, self.judged = config, int(count), plans, heads, set(judged)
     self.values = {d: np.asarray(edit_values[d], np.float32) for d in diagnosis_lib.DIRECTIONS}
-    self.classifier = classifier
     ic = config.interpret
     self.images = data_lib.load_arrays(config.data, ic.eval_split or config.data.eval_split,
                                        max_examples=ic.num_diagnosis_samples)['image']
+    self.model = model = patronus_from_config(config, dtype='float32')
+    size = self.images.shape[1:3]
+
+    def read(variables, x):  # the classifier's probabilities on the decoder's picture of s rows x
+      picture = unet_lib.resize_sketch(model.apply(variables, x, method=model.decode_activations),
+                                       (x.shape[0],) + tuple(size))
+      _, logits = classifier.net.apply({'params': classifier.params}, picture)
+      return [jax.nn.softmax(lg, -1) for lg in logits]
+    self._read = jax.jit(read)  # compiled once for every recheck
 
   def effects(self, variables) -> np.ndarray:
     """(P, 2, attributes): mass moved in the classifier's reading of the picture per edit."""
-    model = patronus_from_config(self.config, dtype='float32')
-    s = sample_lib.encode_batched(model, variables, self.images, self.config.interpret.batch_size)
+    batch = self.config.interpret.batch_size
+    s = sample_lib.encode_batched(self.model, variables, self.images, batch)
     n, p = s.shape
     rows = diagnosis_lib.edited_activations(s, range(p), self.values['lower'], self.values['raise'])
     rows = np.concatenate([s, rows.reshape(-1, p)])
-    size = self.images.shape[1:3]
-
-    def read(_, x):
-      picture = unet_lib.resize_sketch(model.apply(variables, x, method=model.decode_activations),
-                                       (x.shape[0],) + tuple(size))
-      _, logits = self.classifier.net.apply({'params': self.classifier.params}, picture)
-      return [jax.nn.softmax(lg, -1) for lg in logits]
-    probs = batching.padded_map(jax.jit(read), rows, self.config.interpret.batch_size)
-    return np.stack([diagnosis_lib.mass_moved(q[:n], q[n:].reshape((p, 2, n, -1))) for q in probs], -1)
+    probs = batching.padded_map(lambda _, x: self._read(variables, x), rows, batch)
+    return np.stack([diagnosis_lib.mass_moved(q[n:].reshape((p, 2, n, -1)) - q[:n]) for q in probs], -1)
 
   def __call__(self, variables, added: set) -> dict:
     """The edits to judge from now on (j, direction, value, controlled, held) and what showed them;
