@@ -1,6 +1,7 @@
 """--mode=mitigate: rebalancing weights, the s-space dependence penalties, fine-tuning into a new
 checkpoint series that leaves the original untouched, and the no-pair no-op."""
 
+import functools
 import hashlib
 import json
 import math
@@ -185,6 +186,13 @@ def test_mitigation_config_is_validated():
   config.train.s_decoder_weight = 0.0
   with pytest.raises(ConfigError, match=r"mitigation.counterfactual_rechecks.*decoder's picture"):
     config_lib.validate(config)
+  config = config_lib.base_config()
+  config.mitigation.methods = ('rebalance', 'refit_decoder')
+  config.train.s_decoder_weight = 0.0
+  with pytest.raises(ConfigError, match=r"mitigation.methods.*'refit_decoder'.*no decoder"):
+    config_lib.validate(config)
+  config.train.s_decoder_weight = 1.0
+  config_lib.validate(config)
 
 
 def _tree_hash(directory: str) -> dict:
@@ -681,3 +689,51 @@ def test_the_sample_quality_of_the_report_draws_quality_num_samples(shapes_confi
   mitigate_mode.sample_quality(config, 'unused', None)
   assert seen == [(64, ('fd_classifier',), ('unconditional',)), (2048, ('fd_classifier',), ('unconditional',))]
   assert config.evaluate.num_samples == 64  # the run's own evaluate settings are left alone
+
+
+def test_refit_decoder_trains_the_decoder_alone_on_the_rebalanced_stream(trained, monkeypatch):
+  config, workdir = trained
+  attributes = mitigate_mode.training_attributes(config)
+  plans = [{'attributes': ['color', 'shape'], 'controlled': 'color', 'co_moved': 'shape', 'prototypes_a': [0],
+            'edits': [{'prototype': 0, 'direction': 'raise', 'controlled': 'color', 'co_moved': 'shape'}]}]
+  first = lambda make_iterator: np.asarray(next(iter(make_iterator()))['image'])
+  _, rebalanced, _, _, _ = mitigate_mode._method_training(config, workdir, config, 'rebalance', plans, attributes, {})
+  vc, view = mitigate_mode.make_view(config, workdir, 'refit_decoder', 'stage1_mitigated/refit_decoder',
+                                     'latent_mitigated/refit_decoder')
+  make_task, make_iterator, recipe, extra, _ = mitigate_mode._method_training(
+      config, workdir, vc, 'refit_decoder', plans, attributes, {})
+  np.testing.assert_array_equal(first(make_iterator), first(rebalanced))
+  assert recipe['trained'] == 's_decoder' and 'rebalancing' in extra
+  # the loss is the decoder's alone, by hand: its picture of s against the 2x2 block means, outline-weighted
+  task = make_task([])
+  _, _, variables, params, others = _counterfactual_parts(config, workdir)
+  batch = {'image': jnp.asarray(data_lib.load_arrays(config.data, 'train', max_examples=4)['image'])}
+  model = task.model
+  s = model.apply(variables, batch['image'], method=model.encode).activations
+  picture = np.asarray(model.apply(variables, s, method=model.decode_activations))
+  image = np.asarray(batch['image'])
+  k = image.shape[1] // picture.shape[1]
+  target = image.reshape(4, picture.shape[1], k, picture.shape[1], k, 3).mean((2, 4))
+  weights = np.asarray(diffusion.edge_weights(jnp.asarray(target), config.train.s_decoder_edge_weight))
+  loss, grads = jax.value_and_grad(lambda p: task.loss_fn(p, others, batch, jax.random.PRNGKey(0), True)[0])(params)
+  assert float(loss) == pytest.approx(float(np.mean(weights * (picture - target) ** 2)), rel=1e-5)
+  norm = lambda tree: max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(tree))
+  assert norm(grads['s_decoder']) > 0 and norm(grads['prototypes']) == 0 and norm(grads['unet']) == 0
+  # fine-tuned: the prototype network and the U-Net stay the original's moving average, which it samples with
+  # (weight decay and Adam's moments too: their parameters equal it exactly, their average up to rounding);
+  # the decoder moved
+  assert config.train.ema_decay > 0
+  mitigate_mode.finetune(vc, workdir, view, make_task, make_iterator, sharding.make_mesh(config.mesh),
+                         'refit_decoder', recipe)
+  _, sampled_with, _ = loading.load_stage1_variables(config, workdir, use_ema=True)
+  for use_ema in (False, True):
+    _, after, _ = loading.load_stage1_variables(vc, view, use_ema=use_ema)
+    check = np.testing.assert_array_equal if not use_ema else functools.partial(np.testing.assert_allclose, rtol=1e-6)
+    for name in ('prototypes', 'unet'):
+      for a, b in zip(jax.tree_util.tree_leaves(sampled_with['params'][name]),
+                      jax.tree_util.tree_leaves(after['params'][name])):
+        check(np.asarray(b), np.asarray(a))
+    before = sampled_with if use_ema else loading.load_stage1_variables(config, workdir, use_ema=False)[1]
+    moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), before['params']['s_decoder'],
+                                   after['params']['s_decoder'])
+    assert max(jax.tree_util.tree_leaves(moved)) > 0

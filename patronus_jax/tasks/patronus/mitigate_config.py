@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from patronus_jax.core.config import ConfigDict, section_checker
 
-METHODS = ('rebalance', 'decorrelate', 'counterfactual', 'isolate')
+METHODS = ('rebalance', 'decorrelate', 'counterfactual', 'isolate', 'refit_decoder')
 DEPENDENCE = ('cross_covariance', 'hsic')
 ISOLATE_SHARES = ('within_a', 'between_b')
 COUNTERFACTUAL_ON = ('x0_hat', 'picture')
@@ -26,6 +26,10 @@ def mitigation_config() -> ConfigDict:
       #   isolate      the rebalanced stream, and the loss gains isolate_weight x the share of the variation
       #                of the prototypes that control A found within one value of A (they are made codes of
       #                A alone, so they stop telling the U-Net about B)
+      #   refit_decoder  the rebalanced stream, and only the auxiliary decoder (s -> its picture, which the
+      #                U-Net draws from) learns, on its own loss: where the shortcut is the decoder's mapping,
+      #                a decoder fitted where A and B are independent no longer draws B from A's prototypes
+      #                (needs train.s_decoder_weight > 0)
       # default: the three that need no second pass of the model per step ('counterfactual' does)
       methods=('rebalance', 'decorrelate', 'isolate'),
       steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
@@ -112,6 +116,8 @@ def validate_mitigation_config(m, has_decoder: bool = True) -> None:
           "> 0 diagnoses the decoder's picture of s, and the model has none (set train.s_decoder_weight > 0)")
   require(m.counterfactual_sampled_edits >= 1, 'counterfactual_sampled_edits', 'must be >= 1')
   require(m.counterfactual_on in COUNTERFACTUAL_ON, 'counterfactual_on', f'must be one of {COUNTERFACTUAL_ON}')
+  require('refit_decoder' not in m.methods or has_decoder, 'methods',
+          "names 'refit_decoder' but the model has no decoder of s (set train.s_decoder_weight > 0)")
   require(m.counterfactual_on != 'picture' or has_decoder, 'counterfactual_on',
           "is 'picture' but the model has no decoder of s (set train.s_decoder_weight > 0, or use 'x0_hat')")
   require(m.dependence in DEPENDENCE, 'dependence', f'must be one of {DEPENDENCE}')

@@ -289,6 +289,31 @@ class CounterfactualTask(training.PatronusTask):
             {**metrics, 'counterfactual': penalty, 'counterfactual_co_moved': co_moved, 'counterfactual_kept': kept})
 
 
+class RefitDecoderTask(training.PatronusTask):
+  """Only the auxiliary decoder learns, on its own loss: s of each batch is held, and the prototype
+  network and the U-Net are frozen (`frozen`: finetune zeroes their updates, weight decay included).
+
+  On shapes the shortcut is the decoder's mapping from s to its picture, which the U-Net draws from
+  (docs/mitigation.md, "Where the shortcut lives"): the colour prototype's s holds no shape, but a
+  decoder fitted on data where colour fixes shape draws the tied shape from it. Refitted on the
+  rebalanced stream, where A and B are independent, the decoder's best picture no longer draws B
+  from A's prototypes; s, the encoder and the U-Net stay as they were, so what they do apart from the
+  shortcut stays too. A step costs an encoder and a decoder pass, no U-Net pass."""
+  frozen = ('prototypes', 'unet')
+
+  def __init__(self, config):
+    super().__init__(config)
+    if not self.model.s_decoder_size:
+      raise ValueError("refit_decoder needs the decoder's picture of s (train.s_decoder_weight > 0)")
+
+  def loss_fn(self, params, variables, batch, key, train):
+    variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    x0 = batch['image']
+    s = jax.lax.stop_gradient(self.model.apply(variables, x0, method=self.model.encode).activations)
+    loss = self.decoder_loss(self.model.apply(variables, s, method=self.model.decode_activations), x0)
+    return loss, {'s_decoder_loss': loss}
+
+
 # ----------------------------------------------------------------------------- what to decouple
 
 
@@ -481,10 +506,14 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
     if start is None:
       raise CheckpointError(f'no stage-1 checkpoint in {ckpt_lib.stage_dir(workdir, "stage1")}: run --mode=train first')
     steps = max(1, int(round(mcfg.steps_fraction * config.train.num_steps)))
+    # a task's `frozen` parameter collections get no update (scale 0; RefitDecoderTask)
+    frozen = getattr(make_task([]), 'frozen', ())
+    scales = {'prototypes': float(mcfg.prototype_lr_scale)}
+    scales.update({c: 0.0 for c in frozen})
     settings = dataclasses.replace(LoopSettings.from_section(config.train), num_steps=start + steps,
                                    learning_rate=float(mcfg.learning_rate), warmup_steps=0, lr_schedule='constant',
                                    checkpoint_every=steps, keep_checkpoints=2, sample_every=0,
-                                   lr_scales=(('prototypes', float(mcfg.prototype_lr_scale)),))
+                                   lr_scales=tuple(scales.items()))
     tx = make_optimizer(settings)
     made = dict(method=method, from_step=start, steps=steps, learning_rate=settings.learning_rate,
                 batch_size=settings.batch_size, recipe=recipe or {})
@@ -505,6 +534,11 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
         it = make_iterator()
         state, _ = restore_or_init(make_task([]), tx, original, it, seed=config.seed, mesh=mesh,
                                    process_data_state=False)
+        if frozen and settings.ema_decay > 0:
+          # frozen parts start at their moving average, which the original samples with: the average
+          # of a constant is then that constant, and they stay the model that the diagnosis read
+          state = state.replace(params=type(state.params)(
+              {k: state.ema_params[k] if k in frozen else v for k, v in state.params.items()}))
         series.save(start, state, it.get_state(), {'stage': 'stage1', 'mitigation': method, 'from_step': start,
                                                    'from': ckpt_lib.stage_dir(workdir, 'stage1')}, force=True)
     finally:
@@ -785,11 +819,14 @@ def _method_training(config, workdir: str, vc, method: str, plans: list[dict], a
     num = (int(round(mcfg.steps_fraction * config.train.num_steps)) + 2) * config.train.batch_size
     return lambda: resampled_iterator(vc, weights, num, config.seed)
 
-  if method in ('rebalance', 'isolate'):
+  if method in ('rebalance', 'isolate', 'refit_decoder'):
     make_iterator = rebalanced_stream()
     recipe = {'pairs': [p['attributes'] for p in plans]}
     if method == 'rebalance':
       make_task = lambda _: training.PatronusTask(vc)
+    elif method == 'refit_decoder':
+      make_task = lambda _: RefitDecoderTask(vc)
+      recipe['trained'] = 's_decoder'
     else:
       groups = [(attributes.names.index(p['controlled']), p['prototypes_a']) for p in plans]
       co_moved = None

@@ -82,9 +82,7 @@ class PatronusTask:
                                     d.min_snr_floor, d.edge_weight)
     metrics = {'diffusion_loss': loss, 's_mean': jnp.mean(s), 's_std': jnp.std(s)}
     if weight > 0:
-      target = diffusion.downsample_mean(x0, decoded.shape[1])
-      metrics['s_decoder_loss'] = jnp.mean(
-          diffusion.edge_weights(target, self.config.train.s_decoder_edge_weight) * (decoded - target) ** 2)
+      metrics['s_decoder_loss'] = self.decoder_loss(decoded, x0)
       loss = loss + weight * metrics['s_decoder_loss']
     weight = self.config.train.s_decorrelation_weight
     if weight > 0:
@@ -101,6 +99,12 @@ class PatronusTask:
       metrics['distinct_loss'] = distinct
       loss = loss + weight * distinct
     return loss, metrics, s
+
+  def decoder_loss(self, decoded, x0):
+    """The auxiliary decoder's loss: its picture of s against the image's block means, each pixel
+    weighted by train.s_decoder_edge_weight's outline weights."""
+    target = diffusion.downsample_mean(x0, decoded.shape[1])
+    return jnp.mean(diffusion.edge_weights(target, self.config.train.s_decoder_edge_weight) * (decoded - target) ** 2)
 
 
 def make_sample_fn(config, task: PatronusTask, mesh) -> Optional[Callable]:
