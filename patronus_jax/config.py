@@ -21,7 +21,7 @@ from patronus_jax.core.config import (ConfigDict, config_from_file, config_modul
 from patronus_jax.core.errors import ConfigError  # noqa: F401  (re-exported: patronus_jax.config.ConfigError)
 from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.sharding import mesh_config
-from patronus_jax.data.config import data_config, validate_data_config
+from patronus_jax.data.config import data_config, planted_bias, validate_data_config
 from patronus_jax.evaluate.config import evaluate_config, validate_evaluate_config
 from patronus_jax.interpret.config import interpret_config, validate_interpret_config
 from patronus_jax.tasks.bcos.config import bcos_config, validate_bcos_config
@@ -66,6 +66,9 @@ def validate(config: ConfigDict) -> ConfigDict:
   validate_patronus_sections(config)
   validate_data_config(config.data)
   validate_evaluate_config(config.evaluate)
+  if config.evaluate.classifier_training == 'unplanted' and not planted_bias(config.data):
+    raise ConfigError("config field 'evaluate.classifier_training' is 'unplanted' but the data have no planted "
+                      "bias (data.bias.enabled or data.shapes.planted_strength); use 'as_is' or 'rebalanced'")
   validate_interpret_config(config.interpret)
   validate_mitigation_config(config.mitigation, config.train.s_decoder_weight > 0)
   validate_bcos_config(config.bcos)

@@ -143,3 +143,14 @@ def test_correlation_helpers():
   assert bias.cramers_v(np.array([[5, 5], [5, 5]])) == pytest.approx(0.0)
   assert bias.phi(np.array([[0, 10], [10, 0]])) == pytest.approx(-1.0)
   assert bias.cramers_v(np.array([[3, 4]])) == 0.0  # one row: undefined -> 0
+
+
+def test_dependent_pairs_names_the_tied_pair_and_not_the_independent_ones():
+  rng = np.random.default_rng(0)
+  n = 5000
+  a = rng.integers(0, 3, n)
+  tied = np.where(rng.random(n) < 0.8, a, rng.integers(0, 3, n))  # tied to a
+  weak = np.where(rng.random(n) < 0.04, a, rng.integers(0, 3, n))  # significant at n = 5000, V 0.07
+  labels = np.stack([a, rng.integers(0, 2, n), tied, weak], 1)
+  assert bias.dependent_pairs(labels, [3, 2, 3, 3]) == [(0, 2)]
+  assert bias.dependent_pairs(labels, [3, 2, 3, 3], min_cramers_v=0.0) == [(0, 2), (0, 3), (2, 3)]

@@ -99,3 +99,18 @@ def test_deterministic_given_seed_and_checks_labels():
     clf.train_attribute_classifier(images, attributes, (3, 2, 2), **kw)
   with pytest.raises(ValueError, match=r'attributes must be \(N=100, A=3\)'):
     clf.train_attribute_classifier(images, attributes[:, :2], CARDINALITIES, **kw)
+
+
+def test_sample_weights_draw_each_epoch_in_proportion_and_leave_the_holdout_alone():
+  rng = lambda: np.random.default_rng(5)
+  n, hold, steps, batch = 200, 20, 45, 40  # 45 x 40 = 10 epochs of the 180 training examples
+  plain = clf._holdout_and_batches(rng(), n, hold, steps, batch)
+  weights = np.where(np.arange(n) % 4 == 0, 3.0, 0.0)  # every fourth example, none of the others
+  hold_idx, batch_idx = clf._holdout_and_batches(rng(), n, hold, steps, batch, weights)
+  np.testing.assert_array_equal(hold_idx, plain[0])
+  drawn = np.bincount(batch_idx.ravel(), minlength=n)
+  train = np.setdiff1d(np.arange(n), hold_idx)
+  assert drawn[weights == 0].sum() == 0
+  expected = 10 * 180 / np.count_nonzero(weights[train])  # each kept example, per its share of the epochs
+  assert np.all(np.abs(drawn[train][weights[train] > 0] - expected) <= 10)
+  np.testing.assert_array_equal(clf._holdout_and_batches(rng(), n, hold, steps, batch, None)[1], plain[1])

@@ -77,3 +77,18 @@ def test_config_import_stays_light():
           'assert not heavy, heavy')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   subprocess.run([sys.executable, '-c', code], check=True, cwd=root)
+
+
+def test_an_unplanted_judge_needs_a_planted_bias():
+  config = config_lib.base_config()
+  config.evaluate.classifier_training = 'unbiased'
+  with pytest.raises(config_lib.ConfigError, match='evaluate.classifier_training'):
+    config_lib.validate(config)
+  config.evaluate.classifier_training = 'unplanted'
+  with pytest.raises(config_lib.ConfigError, match=r"evaluate.classifier_training.*no planted bias"):
+    config_lib.validate(config)
+  config.data.shapes.planted_strength = 0.9
+  config_lib.validate(config)
+  config.data.shapes.planted_strength = -1.0
+  config.data.bias.update(enabled=True, attribute='color', target='shape', mapping='red:circle')
+  config_lib.validate(config)

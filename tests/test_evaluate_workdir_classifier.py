@@ -104,3 +104,44 @@ def test_the_weak_judge_note_names_every_attribute_read_below_the_threshold_wors
   assert 'shape' not in note and 'ink' not in note
   assert wc.weak_judge_note({'shape': 0.9, 'ink': 1.0}) is None
   assert wc.weak_judge_note({}) is None
+
+
+def test_the_judge_trains_rebalanced_or_unplanted_so_it_does_not_learn_the_planted_tie(data_dir, monkeypatch):
+  from patronus_jax.data import bias as bias_lib  # pylint: disable=g-import-not-at-top
+  config = _config(data_dir)
+  config.data.shapes.planted_strength = 0.95
+  seen = {}
+  fit = wc.clf_lib.train_attribute_classifier
+
+  def spy(images, attributes, cardinalities, **kw):
+    seen.update(attributes=np.asarray(attributes), weights=kw.get('sample_weights'))
+    return fit(images, attributes, cardinalities, **kw)
+
+  monkeypatch.setattr(wc.clf_lib, 'train_attribute_classifier', spy)
+  names = list(shapes_data.FACTOR_NAMES)
+  shape, color = names.index('shape'), names.index('color')
+  cards = [len(v) for v in shapes_data.FACTOR_VALUES]
+  # 'as_is': the planted data, no weights; the field is left out of what the cache is keyed on
+  _, metrics = wc.train_for_config(config)
+  assert seen['weights'] is None and metrics['training'] == {'data': 'as_is'}
+  assert 'classifier_training' not in wc.trained_for(config)['classifier']
+  planted = seen['attributes']
+  v_planted = bias_lib.cramers_v(bias_lib.contingency_table(planted[:, color], planted[:, shape], 4, 3))
+  assert v_planted > 0.5
+  # 'rebalanced': colour <-> shape (and only pairs the labels tie) weighted to independence
+  config.evaluate.classifier_training = 'rebalanced'
+  _, metrics = wc.train_for_config(config)
+  assert metrics['training']['pairs'] == [['shape', 'color']]
+  assert metrics['training']['max_weight'] > 1.0
+  np.testing.assert_allclose(seen['weights'], bias_lib.independence_weights(planted, [(shape, color)], cards))
+  weighted = bias_lib.weighted_table(planted[:, color], planted[:, shape], seen['weights'], 4, 3)
+  # (cells without an example stay empty: one of 12 here, so V is not 0)
+  assert bias_lib.cramers_v(weighted * len(planted)) < 0.5 * v_planted
+  assert 'classifier_training' in wc.trained_for(config)['classifier']
+  # 'unplanted': the same generator with the planting off
+  config.evaluate.classifier_training = 'unplanted'
+  _, metrics = wc.train_for_config(config)
+  unplanted = seen['attributes']
+  assert seen['weights'] is None and metrics['training'] == {'data': 'unplanted'}
+  assert bias_lib.independence_p_value(bias_lib.contingency_table(unplanted[:, color], unplanted[:, shape], 4, 3)) > 1e-3
+  assert bias_lib.dependent_pairs(unplanted, cards) == []

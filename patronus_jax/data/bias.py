@@ -298,6 +298,21 @@ def set_celeba_hair_smile(config) -> None:
 # ----------------------------------------------------------------------------- undoing a bias
 
 
+def dependent_pairs(labels: np.ndarray, num_values: Sequence[int], p_value: float = 1e-3,
+                    min_cramers_v: float = 0.1) -> list[tuple[int, int]]:
+  """The attribute column pairs (a < b) that go together in `labels`: the chi-squared test of independence
+  rejects at `p_value` and Cramér's V is at least `min_cramers_v` (on large data every pair is
+  significant; V keeps those whose tie matters)."""
+  labels = np.asarray(labels, np.int64)
+  out = []
+  for a in range(labels.shape[1]):
+    for b in range(a + 1, labels.shape[1]):
+      table = contingency_table(labels[:, a], labels[:, b], num_values[a], num_values[b])
+      if independence_p_value(table) <= p_value and cramers_v(table) >= min_cramers_v:
+        out.append((a, b))
+  return out
+
+
 def independence_weights(labels: np.ndarray, pairs: Sequence[tuple[int, int]], num_values: Sequence[int],
                          iterations: int = 50) -> np.ndarray:
   """Per-example weights (mean 1) under which the attribute columns of every pair are independent.

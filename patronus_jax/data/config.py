@@ -125,6 +125,19 @@ def validate_data_config(data) -> None:
   _validate_folder(data)
 
 
+def planted_bias(data) -> bool:
+  """Whether the data config plants a correlation (data.bias selection or the shapes generator's)."""
+  return bool(data.bias.enabled) or float(data.shapes.planted_strength) >= 0.0
+
+
+def without_planted_bias(data):
+  """A copy of the data config with the planted correlation off: the same source, factors independent."""
+  data = data.copy_and_resolve_references()
+  data.bias.enabled = False
+  data.shapes.planted_strength = -1.0
+  return data
+
+
 def _validate_bias(b) -> None:
   if b.enabled:
     if not b.attribute:

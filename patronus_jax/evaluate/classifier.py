@@ -31,6 +31,7 @@ from flax import traverse_util
 
 from patronus_jax.core import files as pio
 from patronus_jax.core import batching
+from patronus_jax.data import bias as bias_lib
 
 FILENAME = 'attribute_classifier.npz'
 FORMAT_VERSION = 1
@@ -140,7 +141,7 @@ def train_attribute_classifier(
     images: np.ndarray, attributes: np.ndarray, cardinalities: Sequence[int], *,
     seed: int = 0, num_steps: int = 1500, batch_size: int = 128, learning_rate: float = 2e-3,
     weight_decay: float = 1e-4, holdout_fraction: float = 0.1, widths: Sequence[int] = (32, 64, 128),
-    feature_dim: int = 256, attribute_names: Sequence[str] | None = None,
+    feature_dim: int = 256, attribute_names: Sequence[str] | None = None, sample_weights: np.ndarray | None = None,
 ) -> tuple[AttributeClassifier, dict[str, Any]]:
   """Trains the classifier with AdamW (cosine-decayed learning rate) on the summed cross-entropy.
 
@@ -150,6 +151,9 @@ def train_attribute_classifier(
     cardinalities: classes per attribute (2 for binary attributes).
     seed: everything (initialisation, hold-out split, batches) follows from it.
     holdout_fraction: the share of examples kept out of training to measure accuracy.
+    sample_weights: (N,) per-example weights: each epoch is then a systematic resample of the
+      training examples in proportion to them (e.g. `bias.independence_weights`); the hold-out
+      examples are drawn before and stay as they are.
 
   Returns:
     (classifier, metrics) where metrics = dict(accuracy={name: held-out accuracy},
@@ -176,7 +180,10 @@ def train_attribute_classifier(
   # data pipeline) from numpy's generator seeded alike: jax.random permutations of many
   # elements take seconds to compile on CPU, more than this whole training.
   params = _init_params(jax.random.key(seed), net, tuple(images.shape[1:]))
-  hold_idx, batch_idx = _holdout_and_batches(np.random.default_rng(seed), n, num_holdout, num_steps, batch_size)
+  if sample_weights is not None and np.shape(sample_weights) != (n,):
+    raise ValueError(f'sample_weights must have one weight per image ({n}), got shape {np.shape(sample_weights)}')
+  hold_idx, batch_idx = _holdout_and_batches(np.random.default_rng(seed), n, num_holdout, num_steps, batch_size,
+                                             sample_weights)
   params, loss = _fit(net, params, images, attributes, batch_idx, learning_rate, weight_decay)
   classifier = AttributeClassifier(params=jax.tree.map(np.asarray, params), cardinalities=cardinalities,
                                    image_shape=tuple(images.shape[1:]), attribute_names=names,
@@ -187,14 +194,17 @@ def train_attribute_classifier(
 
 
 def _holdout_and_batches(rng: np.random.Generator, n: int, num_holdout: int, num_steps: int,
-                         batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+                         batch_size: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(hold-out indices, (num_steps, batch_size) training indices): the hold-out split, then a
-  fresh permutation of the training examples per epoch."""
+  fresh permutation of the training examples per epoch (with `weights`: a fresh systematic resample)."""
   num_train = n - num_holdout
   epochs = -(-num_steps * batch_size // num_train) if num_steps else 0
   order = rng.permutation(n)
   hold_idx, train_idx = order[:num_holdout], order[num_holdout:]
-  perms = [rng.permutation(num_train) for _ in range(epochs)]
+  if weights is None:
+    perms = [rng.permutation(num_train) for _ in range(epochs)]
+  else:
+    perms = [bias_lib.resample(np.asarray(weights)[train_idx], num_train, rng) for _ in range(epochs)]
   batch_idx = train_idx[np.concatenate(perms or [np.zeros(0, int)])[:num_steps * batch_size]]
   return hold_idx, batch_idx.reshape(num_steps, batch_size)
 

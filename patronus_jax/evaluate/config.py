@@ -14,6 +14,7 @@ from patronus_jax.core.config import section_checker
 # Metric names `evaluate.metrics` may list.
 METRICS = ('fid', 'fd_classifier', 'probe', 'tad', 'dci', 'semantics')
 SAMPLE_KINDS = ('conditional', 'unconditional')
+CLASSIFIER_TRAINING = ('as_is', 'rebalanced', 'unplanted')
 
 
 def evaluate_config() -> ml_collections.ConfigDict:
@@ -67,6 +68,15 @@ def evaluate_config() -> ml_collections.ConfigDict:
       classifier_weight_decay=1e-4,
       classifier_holdout_fraction=0.1,
       classifier_max_examples=-1,  # training images read from the split; -1: all
+      # What the classifier trains on. A judge that learnt a correlation of its training data reads one
+      # attribute partly from the other (on shapes:bias it read 15 % of untied real objects as the shape
+      # tied to their colour), and the shortcut diagnosis and the mitigation then measure its shortcut
+      # with the model's (docs/mitigation.md, "The judge's own shortcut"):
+      #   'as_is'       the train split as it is
+      #   'rebalanced'  the train split resampled so that every pair of attributes dependent in its labels
+      #                 (chi-squared p <= 1e-3 and Cramér's V >= 0.1) is independent (raked weights)
+      #   'unplanted'   the same data with the planted bias off (data.bias.enabled, data.shapes.planted_strength)
+      classifier_training='as_is',
   ))
 
 
@@ -92,6 +102,8 @@ def validate_evaluate_config(evaluate) -> None:
                 'classifier_max_examples'):
     require(evaluate[field] == -1 or evaluate[field] >= 2, field, 'must be -1 (all) or >= 2')
   require(evaluate.classifier_num_steps >= 0, 'classifier_num_steps', 'must be >= 0')
+  require(evaluate.classifier_training in CLASSIFIER_TRAINING, 'classifier_training',
+          f'must be one of {CLASSIFIER_TRAINING}')
   require(evaluate.probe_folds >= 2, 'probe_folds', 'must be >= 2 (cross-validation)')
   require(evaluate.tad_folds >= 0, 'tad_folds', 'must be >= 0')
   weights = evaluate.inception_weights

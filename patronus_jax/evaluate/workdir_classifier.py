@@ -30,7 +30,10 @@ from absl import logging
 from patronus_jax.evaluate import classifier as clf_lib
 from patronus_jax import data as data_lib
 from patronus_jax.core import files as pio
+from patronus_jax.data import bias as bias_lib
+from patronus_jax.data.config import without_planted_bias
 import jax
+import numpy as np
 
 DIRNAME = 'classifier'
 # config.data fields that only change how data is read, not which images the classifier sees.
@@ -67,6 +70,8 @@ def trained_for(config) -> dict[str, Any]:
     data.pop(field, None)
   settings = {k: v for k, v in json.loads(config.evaluate.to_json_best_effort()).items()
               if k.startswith('classifier_') and k not in _CLASSIFIER_FIELDS_IGNORED}
+  if settings.get('classifier_training') == 'as_is':  # classifiers saved before the field existed stay valid
+    del settings['classifier_training']
   return json.loads(json.dumps(dict(data=data, classifier=settings, seed=int(config.seed))))
 
 
@@ -114,21 +119,31 @@ def train_for_config(config):
         'be trained (image folders need a labels CSV: config.data.folder.labels_csv)')
   max_examples = None if ev.classifier_max_examples == -1 else ev.classifier_max_examples
   t0 = time.time()
-  arrays = data_lib.load_arrays(config.data, config.data.train_split, max_examples)
+  data_cfg = without_planted_bias(config.data) if ev.classifier_training == 'unplanted' else config.data
+  arrays = data_lib.load_arrays(data_cfg, config.data.train_split, max_examples)
   # uint8 keeps a quarter of the memory; the classifier maps uint8 to [-1, 1] itself.
   images = pio.to_uint8(arrays.pop('image'))
-  attributes = arrays['attributes']
-  logging.info('attribute classifier: training on %d %s images of %s (%d steps, attributes %s); '
+  attributes = np.asarray(arrays['attributes'])
+  cardinalities = [len(v) for v in info.attribute_values]
+  training = {'data': ev.classifier_training}
+  weights = None
+  if ev.classifier_training == 'rebalanced':
+    pairs = bias_lib.dependent_pairs(attributes, cardinalities)
+    weights = bias_lib.independence_weights(attributes, pairs, cardinalities) if pairs else None
+    training.update(pairs=[[info.attribute_names[a], info.attribute_names[b]] for a, b in pairs],
+                    max_weight=float(weights.max()) if pairs else 1.0)
+  logging.info('attribute classifier: training on %d %s images of %s (%d steps, attributes %s, training data %s); '
                'data read in %.1fs', images.shape[0], config.data.train_split, config.data.name,
-               ev.classifier_num_steps, ', '.join(info.attribute_names), time.time() - t0)
+               ev.classifier_num_steps, ', '.join(info.attribute_names), training, time.time() - t0)
   t0 = time.time()
   classifier, metrics = clf_lib.train_attribute_classifier(
-      images, attributes, [len(v) for v in info.attribute_values], seed=int(config.seed),
+      images, attributes, cardinalities, seed=int(config.seed),
       num_steps=ev.classifier_num_steps, batch_size=ev.classifier_batch_size,
       learning_rate=ev.classifier_learning_rate, weight_decay=ev.classifier_weight_decay,
       holdout_fraction=ev.classifier_holdout_fraction, widths=tuple(ev.classifier_widths),
-      feature_dim=ev.classifier_feature_dim, attribute_names=info.attribute_names)
+      feature_dim=ev.classifier_feature_dim, attribute_names=info.attribute_names, sample_weights=weights)
   metrics['train_seconds'] = round(time.time() - t0, 2)
+  metrics['training'] = training
   metrics['dataset'] = config.data.name
   metrics['split'] = config.data.train_split
   logging.info('attribute classifier: trained in %.1fs; held-out accuracy %s', time.time() - t0,
