@@ -142,6 +142,8 @@ def test_the_judge_trains_rebalanced_or_unplanted_so_it_does_not_learn_the_plant
   config.evaluate.classifier_training = 'unplanted'
   _, metrics = wc.train_for_config(config)
   unplanted = seen['attributes']
-  assert seen['weights'] is None and metrics['training'] == {'data': 'unplanted'}
-  assert bias_lib.independence_p_value(bias_lib.contingency_table(unplanted[:, color], unplanted[:, shape], 4, 3)) > 1e-3
+  assert seen['weights'] is None
+  assert metrics['training'] == {'data': 'unplanted'}
+  table = bias_lib.contingency_table(unplanted[:, color], unplanted[:, shape], 4, 3)
+  assert bias_lib.independence_p_value(table) > 1e-3
   assert bias_lib.dependent_pairs(unplanted, cards) == []
