@@ -1,5 +1,6 @@
 """The attribute classifier learns a toy shapes task, round-trips through a file, gives features."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -114,3 +115,20 @@ def test_sample_weights_draw_each_epoch_in_proportion_and_leave_the_holdout_alon
   expected = 10 * 180 / np.count_nonzero(weights[train])  # each kept example, per its share of the epochs
   assert np.all(np.abs(drawn[train][weights[train] > 0] - expected) <= 10)
   np.testing.assert_array_equal(clf._holdout_and_batches(rng(), n, hold, steps, batch, None)[1], plain[1])
+
+
+def test_rare_combination_accuracy_is_measured_where_the_training_data_rarely_put_the_two_together():
+  # training labels: a == b in 95 % of examples (rare cells: a != b); a fake classifier predicts b := a
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 3, 2000)
+  b = np.where(rng.random(2000) < 0.95, a, (a + rng.integers(1, 3, 2000)) % 3)
+  reference = np.stack([a, b], 1)
+  test = np.stack([np.repeat(np.arange(3), 3), np.tile(np.arange(3), 3)], 1)  # every combination once
+  net = clf.AttributeClassifierNet((3, 3), (4,), 4)
+  fake = clf.AttributeClassifier(clf._init_params(jax.random.PRNGKey(0), net, (8, 8, 3)), (3, 3), (8, 8, 3), ('a', 'b'),
+                                 (4,), 4)
+  one_hot = np.eye(3)[test[:, 0]]
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(clf, 'predict', lambda c, images, batch_size=256: {'a': one_hot, 'b': one_hot})
+    out = clf.rare_combination_accuracy(fake, np.zeros((9, 8, 8, 3), np.float32), test, reference, [(0, 1)])
+  assert out == {'a x b': {'num_examples': 6, 'accuracy': {'a': 1.0, 'b': 0.0}}}

@@ -92,3 +92,10 @@ def test_an_unplanted_judge_needs_a_planted_bias():
   config.data.shapes.planted_strength = -1.0
   config.data.bias.update(enabled=True, attribute='color', target='shape', mapping='red:circle')
   config_lib.validate(config)
+
+
+def test_the_shapes_bias_variant_judges_with_a_classifier_trained_without_the_planted_tie():
+  config = config_lib.load(os.path.join(os.path.dirname(__file__), '..', 'configs', 'shapes.py') + ':bias,quick')
+  assert config.evaluate.classifier_training == 'unplanted' and config.data.shapes.planted_strength > 0
+  unbiased = config_lib.load(os.path.join(os.path.dirname(__file__), '..', 'configs', 'shapes.py') + ':quick')
+  assert unbiased.evaluate.classifier_training == 'as_is'

@@ -104,6 +104,14 @@ def test_the_weak_judge_note_names_every_attribute_read_below_the_threshold_wors
   assert 'shape' not in note and 'ink' not in note
   assert wc.weak_judge_note({'shape': 0.9, 'ink': 1.0}) is None
   assert wc.weak_judge_note({}) is None
+  # a judge that reads shape from colour: right overall, wrong where the combination is rare
+  rare = {'shape x color': {'num_examples': 22, 'accuracy': {'shape': 0.83, 'color': 1.0}},
+          'size x position': {'num_examples': 4, 'accuracy': {'size': 0.5, 'position': 1.0}}}
+  note = wc.weak_judge_note({'shape': 0.99, 'color': 1.0}, rare)
+  assert 'reads shape 0.83 (shape x color) right in fewer than 90%' in note and 'size' not in note
+  assert "classifier_training='rebalanced'" in note
+  fine = {'shape x color': {'num_examples': 22, 'accuracy': {'shape': 0.95}}}
+  assert wc.weak_judge_note({'shape': 0.99}, fine) is None
 
 
 def test_the_judge_trains_rebalanced_or_unplanted_so_it_does_not_learn_the_planted_tie(data_dir, monkeypatch):
@@ -124,6 +132,8 @@ def test_the_judge_trains_rebalanced_or_unplanted_so_it_does_not_learn_the_plant
   # 'as_is': the planted data, no weights; the field is left out of what the cache is keyed on
   _, metrics = wc.train_for_config(config)
   assert seen['weights'] is None and metrics['training'] == {'data': 'as_is'}
+  # checked where the judge could read one from the other: rare colour-shape combinations of the hold-out
+  assert list(metrics['rare_combinations']) == ['shape x color']
   assert 'classifier_training' not in wc.trained_for(config)['classifier']
   planted = seen['attributes']
   v_planted = bias_lib.cramers_v(bias_lib.contingency_table(planted[:, color], planted[:, shape], 4, 3))
@@ -147,3 +157,4 @@ def test_the_judge_trains_rebalanced_or_unplanted_so_it_does_not_learn_the_plant
   table = bias_lib.contingency_table(unplanted[:, color], unplanted[:, shape], 4, 3)
   assert bias_lib.independence_p_value(table) > 1e-3
   assert bias_lib.dependent_pairs(unplanted, cards) == []
+  assert 'rare_combinations' not in metrics

@@ -142,6 +142,7 @@ def train_attribute_classifier(
     seed: int = 0, num_steps: int = 1500, batch_size: int = 128, learning_rate: float = 2e-3,
     weight_decay: float = 1e-4, holdout_fraction: float = 0.1, widths: Sequence[int] = (32, 64, 128),
     feature_dim: int = 256, attribute_names: Sequence[str] | None = None, sample_weights: np.ndarray | None = None,
+    check_pairs: Sequence[tuple[int, int]] = (),
 ) -> tuple[AttributeClassifier, dict[str, Any]]:
   """Trains the classifier with AdamW (cosine-decayed learning rate) on the summed cross-entropy.
 
@@ -154,6 +155,8 @@ def train_attribute_classifier(
     sample_weights: (N,) per-example weights: each epoch is then a systematic resample of the
       training examples in proportion to them (e.g. `bias.independence_weights`); the hold-out
       examples are drawn before and stay as they are.
+    check_pairs: attribute pairs (a, b) whose accuracy on the held-out examples of combinations rare
+      in the training examples goes to metrics['rare_combinations'] (`rare_combination_accuracy`).
 
   Returns:
     (classifier, metrics) where metrics = dict(accuracy={name: held-out accuracy},
@@ -190,6 +193,10 @@ def train_attribute_classifier(
                                    widths=tuple(widths), feature_dim=feature_dim)
   metrics = dict(_holdout_accuracy(classifier, images[hold_idx], attributes[hold_idx], max(batch_size, 256)),
                  final_loss=float(loss), num_train=int(n - num_holdout), num_holdout=int(num_holdout))
+  if check_pairs:
+    train_idx = np.setdiff1d(np.arange(n), hold_idx)
+    metrics['rare_combinations'] = rare_combination_accuracy(
+        classifier, images[hold_idx], attributes[hold_idx], attributes[train_idx], check_pairs, max(batch_size, 256))
   return classifier, metrics
 
 
@@ -232,6 +239,27 @@ def _holdout_accuracy(classifier: AttributeClassifier, images: np.ndarray, attri
     accuracy[name] = float(np.mean(np.argmax(probs[name], axis=-1) == labels))
     chance[name] = float(np.bincount(labels, minlength=classifier.cardinalities[a]).max() / labels.shape[0])
   return dict(accuracy=accuracy, mean_accuracy=float(np.mean(list(accuracy.values()))), chance_accuracy=chance)
+
+
+def rare_combination_accuracy(classifier: AttributeClassifier, images: np.ndarray, attributes: np.ndarray,
+                              reference: np.ndarray, pairs: Sequence[tuple[int, int]], batch_size: int = 256) -> dict:
+  """Per attribute pair (a, b): the accuracy for a and for b on the examples of `images` whose (a, b)
+  combination is rare in the `reference` labels (the training labels): its frequency there is below half
+  the product of the two marginals. A classifier that learnt to read b from a (a tie of its training
+  data) misses b exactly on these, while its overall accuracy hides it."""
+  probs = predict(classifier, images, batch_size=batch_size)
+  names, cards = classifier.attribute_names, classifier.cardinalities
+  out = {}
+  for a, b in pairs:
+    table = bias_lib.weighted_table(reference[:, a], reference[:, b], np.ones(len(reference)), cards[a], cards[b])
+    rare = table < 0.5 * np.outer(table.sum(1), table.sum(0))
+    where = rare[attributes[:, a], attributes[:, b]]
+    entry = {'num_examples': int(where.sum())}
+    if where.any():
+      entry['accuracy'] = {names[k]: float(np.mean(np.argmax(probs[names[k]][where], -1) == attributes[where, k]))
+                           for k in (a, b)}
+    out[f'{names[a]} x {names[b]}'] = entry
+  return out
 
 
 @functools.partial(jax.jit, static_argnames=('net',))

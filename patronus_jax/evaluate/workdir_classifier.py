@@ -43,19 +43,34 @@ _DATA_FIELDS_IGNORED = ('data_dir', 'num_workers', 'worker_buffer_size', 'read_t
 _CLASSIFIER_FIELDS_IGNORED = ('classifier_dir',)
 # Below this held-out accuracy much of what the classifier judges of an attribute is its own error.
 JUDGE_MIN_ACCURACY = 0.9
+# Fewer held-out examples of a rare combination say too little for a note.
+RARE_MIN_EXAMPLES = 10
 
 
-def weak_judge_note(accuracy: dict[str, float]) -> str | None:
+def weak_judge_note(accuracy: dict[str, float], rare: dict | None = None) -> str | None:
   """A sentence naming the attributes whose held-out accuracy (`metrics['accuracy']` of the
-  classifier) is below JUDGE_MIN_ACCURACY (None when there are none): keep rates, edit success, the
-  diagnosis and fd_classifier see those attributes through it."""
+  classifier) is below JUDGE_MIN_ACCURACY, and the attributes it reads below it on held-out images of
+  combinations rare in its training data (`metrics['rare_combinations']`, at least RARE_MIN_EXAMPLES of
+  them); None when there are none: keep rates, edit success, the diagnosis and fd_classifier see those
+  attributes through it."""
+  notes = []
   weak = sorted((v, k) for k, v in accuracy.items() if v < JUDGE_MIN_ACCURACY)
-  if not weak:
-    return None
-  listed = ', '.join(f'{k} {v:.2f}' for v, k in weak)
-  return (f'the attribute classifier reads {listed} right in fewer than {JUDGE_MIN_ACCURACY:.0%} of held-out real '
-          'images, and keep rates, edit success, the diagnosis and fd_classifier judge these attributes through it: '
-          'their numbers are partly its errors (more config.evaluate.classifier_num_steps usually helps)')
+  if weak:
+    listed = ', '.join(f'{k} {v:.2f}' for v, k in weak)
+    notes.append(f'the attribute classifier reads {listed} right in fewer than {JUDGE_MIN_ACCURACY:.0%} of held-out '
+                 'real images, and keep rates, edit success, the diagnosis and fd_classifier judge these attributes '
+                 'through it: their numbers are partly its errors (more config.evaluate.classifier_num_steps usually '
+                 'helps)')
+  tied = [(v, name, pair) for pair, entry in sorted((rare or {}).items())
+          if entry.get('num_examples', 0) >= RARE_MIN_EXAMPLES for name, v in entry.get('accuracy', {}).items()
+          if v < JUDGE_MIN_ACCURACY]
+  if tied:
+    listed = ', '.join(f'{name} {v:.2f} ({pair})' for v, name, pair in tied)
+    notes.append(f'on held-out images whose combination of two attributes is rare in its training data the '
+                 f'attribute classifier reads {listed} right in fewer than {JUDGE_MIN_ACCURACY:.0%}: it partly reads '
+                 'one attribute from the other, and the diagnosis counts that as the model moving both (train it with '
+                 "config.evaluate.classifier_training='rebalanced', or 'unplanted' for a planted bias)")
+  return '; '.join(notes) or None
 
 
 def classifier_dir(config, workdir: str) -> str:
@@ -127,8 +142,8 @@ def train_for_config(config):
   cardinalities = [len(v) for v in info.attribute_values]
   training = {'data': ev.classifier_training}
   weights = None
+  pairs = bias_lib.dependent_pairs(attributes, cardinalities)  # what the judge could read one from the other
   if ev.classifier_training == 'rebalanced':
-    pairs = bias_lib.dependent_pairs(attributes, cardinalities)
     weights = bias_lib.independence_weights(attributes, pairs, cardinalities) if pairs else None
     training.update(pairs=[[info.attribute_names[a], info.attribute_names[b]] for a, b in pairs],
                     max_weight=float(weights.max()) if pairs else 1.0)
@@ -141,7 +156,8 @@ def train_for_config(config):
       num_steps=ev.classifier_num_steps, batch_size=ev.classifier_batch_size,
       learning_rate=ev.classifier_learning_rate, weight_decay=ev.classifier_weight_decay,
       holdout_fraction=ev.classifier_holdout_fraction, widths=tuple(ev.classifier_widths),
-      feature_dim=ev.classifier_feature_dim, attribute_names=info.attribute_names, sample_weights=weights)
+      feature_dim=ev.classifier_feature_dim, attribute_names=info.attribute_names, sample_weights=weights,
+      check_pairs=pairs)
   metrics['train_seconds'] = round(time.time() - t0, 2)
   metrics['training'] = training
   metrics['dataset'] = config.data.name
@@ -181,7 +197,7 @@ def classifier_for_workdir(config, workdir: str):
       if jax.process_index() == 0:
         clf_lib.save_classifier(classifier, directory, metrics)
         logging.info('attribute classifier: saved %s', path)
-  note = weak_judge_note(metrics.get('accuracy') or {})
+  note = weak_judge_note(metrics.get('accuracy') or {}, metrics.get('rare_combinations'))
   if note:
     logging.warning('%s', note)
   return classifier, dict(metrics, path=path)

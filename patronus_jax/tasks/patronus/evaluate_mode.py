@@ -211,7 +211,8 @@ def _classifier_network(config, workdir: str, timings: dict) -> tuple[Any, dict]
                    f'{classifier.feature_dim}-d ReLU features) trained on {config.data.name} '
                    f'{clf_metrics.get("split", config.data.train_split)}'),
       path=clf_metrics.get('path'), held_out_accuracy=clf_metrics.get('accuracy'),
-      held_out_mean_accuracy=clf_metrics.get('mean_accuracy'))
+      held_out_mean_accuracy=clf_metrics.get('mean_accuracy'), training=clf_metrics.get('training', {'data': 'as_is'}),
+      held_out_rare_combinations=clf_metrics.get('rare_combinations', {}))
   return classifier, description
 
 
@@ -636,7 +637,8 @@ def evaluate_mode(config, workdir: str, mesh=None) -> dict[str, Any]:
   nets = _feature_networks(config, workdir, plan, timings)
   metrics['feature_networks'] = nets.descriptions
   if nets.classifier is not None:
-    note = workdir_classifier.weak_judge_note(nets.descriptions['attribute_classifier']['held_out_accuracy'] or {})
+    judge = nets.descriptions['attribute_classifier']
+    note = workdir_classifier.weak_judge_note(judge['held_out_accuracy'] or {}, judge['held_out_rare_combinations'])
     notes += [note] if note else []
   real_stats, caches = _real_statistics(config, workdir, info, fields, nets, timings)
   encode = lambda images: sample_lib.encode_batched(models.model, models.variables, images, ev.batch_size)
