@@ -120,7 +120,8 @@ class _Context:
       else:
         clf, metrics = classifier_for_workdir(self.config, self.workdir)
         self._classifier = (clf, {k: metrics[k] for k in ('accuracy', 'mean_accuracy', 'chance_accuracy',
-                                                          'num_train', 'num_holdout', 'path') if k in metrics})
+                                                          'num_train', 'num_holdout', 'path', 'training',
+                                                          'rare_combinations') if k in metrics})
         self.engine.classifier = clf
         self.engine.__post_init__()
     return self._classifier

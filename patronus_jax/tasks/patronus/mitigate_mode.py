@@ -17,6 +17,8 @@
                     of A alone, so they stop telling the U-Net about B (isolate_share='between_b':
                     only s_JA's share between values of B, so that B alone leaves it)
        counterfactual  (opt-in) the model's own edits during training, judged by the classifier
+       refit_decoder   (opt-in) the rebalanced stream, and only the decoder of s (its picture, which the
+                    U-Net draws from) learns, on its own loss
   3. Each model (and the original, for the same settings) is read through a view workdir
      DIR/mitigation/<name>/ whose checkpoints/ link to the series: the diagnosis and the sample
      quality (fd_classifier of unconditional samples) run there with the unchanged modes.
@@ -507,7 +509,8 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
       raise CheckpointError(f'no stage-1 checkpoint in {ckpt_lib.stage_dir(workdir, "stage1")}: run --mode=train first')
     steps = max(1, int(round(mcfg.steps_fraction * config.train.num_steps)))
     # a task's `frozen` parameter collections get no update (scale 0; RefitDecoderTask)
-    frozen = getattr(make_task([]), 'frozen', ())
+    first = make_task([])
+    frozen = getattr(first, 'frozen', ())
     scales = {'prototypes': float(mcfg.prototype_lr_scale)}
     scales.update({c: 0.0 for c in frozen})
     settings = dataclasses.replace(LoopSettings.from_section(config.train), num_steps=start + steps,
@@ -532,8 +535,7 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
         if jax.process_index() == 0:
           files.write_json(made_path, made)
         it = make_iterator()
-        state, _ = restore_or_init(make_task([]), tx, original, it, seed=config.seed, mesh=mesh,
-                                   process_data_state=False)
+        state, _ = restore_or_init(first, tx, original, it, seed=config.seed, mesh=mesh, process_data_state=False)
         if frozen and settings.ema_decay > 0:
           # frozen parts start at their moving average, which the original samples with: the average
           # of a constant is then that constant, and they stay the model that the diagnosis read
