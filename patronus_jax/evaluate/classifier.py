@@ -251,7 +251,7 @@ def rare_combination_accuracy(classifier: AttributeClassifier, images: np.ndarra
   names, cards = classifier.attribute_names, classifier.cardinalities
   out = {}
   for a, b in pairs:
-    table = bias_lib.weighted_table(reference[:, a], reference[:, b], np.ones(len(reference)), cards[a], cards[b])
+    table = bias_lib.contingency_table(reference[:, a], reference[:, b], cards[a], cards[b]) / len(reference)
     rare = table < 0.5 * np.outer(table.sum(1), table.sum(0))
     where = rare[attributes[:, a], attributes[:, b]]
     entry = {'num_examples': int(where.sum())}

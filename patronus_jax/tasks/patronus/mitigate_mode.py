@@ -258,7 +258,7 @@ class CounterfactualTask(training.PatronusTask):
 
   def loss_fn(self, params, variables, batch, key, train):
     loss, metrics, s = self.loss_terms(params, variables, batch, key, train)
-    full = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    full = self.model_variables(params, variables)
     x0 = batch['image']
     t_key, n_key = jax.random.split(jax.random.fold_in(key, 7))
     t = diffusion.sample_timesteps(t_key, x0.shape[0], self.max_step)
@@ -309,7 +309,7 @@ class RefitDecoderTask(training.PatronusTask):
       raise ValueError("refit_decoder needs the decoder's picture of s (train.s_decoder_weight > 0)")
 
   def loss_fn(self, params, variables, batch, key, train):
-    variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    variables = self.model_variables(params, variables)
     x0 = batch['image']
     s = jax.lax.stop_gradient(self.model.apply(variables, x0, method=self.model.encode).activations)
     loss = self.decoder_loss(self.model.apply(variables, s, method=self.model.decode_activations), x0)

@@ -56,7 +56,7 @@ class PatronusTask:
 
   def loss_terms(self, params, variables, batch, key, train):
     """(loss, metrics, s of the batch): `loss_fn` and the activations it computed (for penalties on s)."""
-    variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    variables = self.model_variables(params, variables)
     x0 = batch['image']
     diff_key, drop_key = jax.random.split(key)
     encoded = self.model.apply(variables, x0, method=self.model.encode)
@@ -99,6 +99,11 @@ class PatronusTask:
       metrics['distinct_loss'] = distinct
       loss = loss + weight * distinct
     return loss, metrics, s
+
+  @staticmethod
+  def model_variables(params, variables) -> dict:
+    """What the model applies with: the parameters and the other collections (not the loop's 'extras')."""
+    return {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
 
   def decoder_loss(self, decoded, x0):
     """The auxiliary decoder's loss: its picture of s against the image's block means, each pixel
