@@ -84,3 +84,52 @@ def test_guided_edit_costs_fewer_calls_and_reaches_the_same_edit():
   abar = abar[spec.timesteps_used()[::-1]]
   eps = (1 - np.sqrt(abar[0])) / np.sqrt(1 - abar[0]) * images
   np.testing.assert_allclose(np.asarray(mid), np.sqrt(abar[2]) * images + np.sqrt(1 - abar[2]) * eps, atol=1e-5)
+
+
+class CommitsAtWithPicture(CommitsAt):
+  """CommitsAt with the decoder of s: its picture of s is the brightness it draws from s (10 s_0)."""
+  s_decoder_size: int = 2
+
+  def decode_activations(self, s):
+    return jnp.broadcast_to(10.0 * s[:, :1, None, None], (s.shape[0], 2, 2, 3))
+
+
+def test_carrying_the_picture_moves_the_state_by_the_pictures_change_at_its_level():
+  model, spec = CommitsAtWithPicture(), SamplerSpec('linear', 100, 'dpmpp2m', 8, 0.0, 'x0', spacing='time')
+  s = np.array([[-0.5, 0.0], [0.3, 0.0]], np.float32)
+  x = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+  abar = np.asarray(diffusion.make_schedule('linear', 100).alphas_cumprod, np.float64)
+  for k in (1, 5):
+    moved = np.asarray(guided_edits.carry_picture(model, {}, jnp.asarray(s), jnp.asarray(-s), jnp.asarray(x), spec, k))
+    t = spec.timesteps_used()[k]
+    np.testing.assert_allclose(moved - x, np.sqrt(abar[t]) * -20.0 * s[:, :1, None, None] * np.ones_like(x), atol=1e-5)
+  same = guided_edits.carry_picture(model, {}, jnp.asarray(s), jnp.asarray(s), jnp.asarray(x), spec, 5)
+  np.testing.assert_allclose(np.asarray(same), x, atol=1e-6)  # no edit, no move
+
+
+def test_carrying_the_picture_edits_past_the_commitment():
+  """Below t_commit the model keeps what x_t holds: a switch of s alone changes nothing there; with the
+  picture's change carried into x_t every trajectory and every held-out image still flips."""
+  model, spec = CommitsAtWithPicture(t_commit=50), SamplerSpec('linear', 100, 'dpmpp2m', 8, 0.0, 'x0',
+                                                                spacing='time')
+  s = np.array([[-0.5, 0.0], [0.5, 0.0], [-0.4, 0.0], [0.3, 0.0]], np.float32)
+  x_T = np.zeros((4, 4, 4, 3), np.float32)
+  images, states = guided_edits.sample_states(model, {}, jnp.asarray(s), jnp.asarray(x_T), spec)
+  base = _labels(np.asarray(images))
+  t = spec.timesteps_used()
+  plain = guided_edits.switch_curve(model, {}, spec, _labels, states, base, -s, 0)
+  carried = guided_edits.switch_curve(model, {}, spec, _labels, states, base, -s, 0, s=s, carry=True)
+  np.testing.assert_array_equal(plain, (t >= 50).astype(np.float64))
+  np.testing.assert_array_equal(carried, np.ones(len(t)))
+  late = int(np.argmax(t < 50)) + 1
+  cache = {}
+  kept = guided_edits.edit_from(model, {}, spec, _labels, _judge, np.asarray(images), s, -s, late, cache)
+  moved = guided_edits.edit_from(model, {}, spec, _labels, _judge, np.asarray(images), s, -s, late, cache,
+                                 carry=True)
+  assert kept['changed'] == 0.0 and moved['changed'] == 1.0 and moved['calls'] == kept['calls']
+  try:
+    guided_edits.edit_from(CommitsAt(), {}, spec, _labels, _judge, np.asarray(images), s, -s, late, carry=True)
+  except ValueError as e:
+    assert 'decoder' in str(e)
+  else:
+    raise AssertionError('a model without the decoder of s cannot carry a picture')

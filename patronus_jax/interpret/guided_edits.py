@@ -22,6 +22,14 @@ Two readings of "where the attribute emerges" give k:
 
 `edit_from(...)` edits held-out images from a given start step and judges each edit against the
 same path's unedited regeneration, so every start is a paired comparison.
+
+Carrying the picture (`carry_picture=True`, for a model with the decoder of s): at the start step
+x_k = sqrt(abar) x0 + sqrt(1 - abar) eps already holds the old image's coarse layout, which a
+switch of s from there on can no longer undo (the sketch consistency moves x0_hat's block means,
+but eps_hat, re-derived from x_k, keeps the old ones). So the edit also moves x_k by
+sqrt(abar_k) (picture(s_edit) - picture(s)), upsampled: x_k becomes the same noise on an image whose
+block means moved as the decoder's picture of s moved. It costs no network call (the decoder runs
+once per image), and without an edit (s_edit = s) it changes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from patronus_jax.core import diffusion
 from patronus_jax.core.diffusion import SamplerSpec
 from patronus_jax.interpret import stats
 from patronus_jax.models import unet as unet_lib
@@ -62,20 +71,40 @@ def sample_states(model, variables, s, x_T, spec: SamplerSpec):
   return jnp.clip(images, -1.0, 1.0), states
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'spec', 'step'))
+def carry_picture(model, variables, s, s_edit, x_mid, spec: SamplerSpec, step: int):
+  """x_mid, the state at the level of sampling step `step`, with its clean image's block means moved
+  from the decoder's picture of s to that of s_edit: x_mid + sqrt(abar_t) upsample(picture(s_edit) -
+  picture(s)), t the step's timestep (see the module's docstring)."""
+  pictures = model.apply(variables, jnp.concatenate([s_edit, s]), method=model.decode_activations)
+  new, old = jnp.split(pictures, 2)
+  t = int(spec.timesteps_used()[step])
+  abar = float(diffusion.make_schedule(spec.schedule, spec.timesteps).alphas_cumprod[t])
+  return x_mid + np.sqrt(abar) * diffusion.upsample(new - old, x_mid.shape).astype(x_mid.dtype)
+
+
+def _has_picture(model) -> bool:
+  return getattr(model, 's_decoder_size', 0) > 0
+
+
 def start_step(emergence_step: float, margin: int) -> int:
   """The sampling step to regenerate from: `margin` steps before the (median) emergence step."""
   return max(int(np.floor(emergence_step)) - margin, 0)
 
 
 def switch_curve(model, variables, spec: SamplerSpec, labels: Labels, states, base_labels: np.ndarray, s_edit,
-                 attribute: int) -> np.ndarray:
+                 attribute: int, s=None, carry: bool = False) -> np.ndarray:
   """(K,) fraction of the trajectories of `sample_states` (their `states`, and `base_labels` the
   labels of their images) whose label of `attribute` changes when s is switched to s_edit at step
-  k (k = 0: sampled with s_edit throughout). One sampling serves every edit of the same s."""
+  k (k = 0: sampled with s_edit throughout). One sampling serves every edit of the same s.
+  `carry`: the switch also carries the picture's change into the state (`carry_picture`; needs the
+  trajectories' s)."""
   k_steps, s_edit = spec.num_steps, jnp.asarray(s_edit)
+  _check_carry(model, s, carry)
   curve = []
   for k in range(k_steps):
-    switched = regenerate_from(model, variables, s_edit, states[k], spec, k_steps - k)
+    state = carry_picture(model, variables, jnp.asarray(s), s_edit, states[k], spec, k) if carry and k else states[k]
+    switched = regenerate_from(model, variables, s_edit, state, spec, k_steps - k)
     curve.append(float(np.mean(labels(np.asarray(switched))[:, attribute] != base_labels[:, attribute])))
   return np.asarray(curve)
 
@@ -99,13 +128,23 @@ def x0_emergence_step(probs_trajectory: np.ndarray) -> float:
   return float(np.median(stats.settling_steps(probs_trajectory)))
 
 
+def _check_carry(model, s, carry: bool) -> None:
+  if carry and not _has_picture(model):
+    raise ValueError('carrying the picture needs a model with the decoder of s (train.s_decoder_weight > 0)')
+  if carry and s is None:
+    raise ValueError("carrying the picture needs the trajectories' s")
+
+
 def edit_from(model, variables, spec: SamplerSpec, labels: Labels, judge: Judge, images, s, s_edit,
-              start: int, cache: dict | None = None) -> dict:
-  """Edit `images` (their s -> s_edit) by inverting to the level of step `start` and regenerating.
+              start: int, cache: dict | None = None, carry: bool = False, keep_images: bool = False) -> dict:
+  """Edit `images` (their s -> s_edit) by inverting to the level of step `start` and regenerating;
+  `carry`: the edit also moves the start state by the picture's change (`carry_picture`).
 
   Returns judge(base labels, edited labels) with `calls` (2 (K - start)) and `fidelity_mse` (the
-  unedited regeneration's error to the images). `cache` reuses the inversion and the unedited
-  regeneration across edits from the same start."""
+  unedited regeneration's error to the images), and with `keep_images` the `edited` and `base`
+  (unedited) regenerations. `cache` reuses the inversion and the unedited regeneration across edits
+  from the same start."""
+  _check_carry(model, s, carry)
   calls = spec.num_steps - start
   cache = {} if cache is None else cache
   if calls not in cache:
@@ -113,6 +152,9 @@ def edit_from(model, variables, spec: SamplerSpec, labels: Labels, judge: Judge,
     base = np.asarray(regenerate_from(model, variables, jnp.asarray(s), mid, spec, calls))
     cache[calls] = (mid, base, labels(base))
   mid, base, base_labels = cache[calls]
+  if carry and start:
+    mid = carry_picture(model, variables, jnp.asarray(s), jnp.asarray(s_edit), mid, spec, start)
   edited = np.asarray(regenerate_from(model, variables, jnp.asarray(s_edit), mid, spec, calls))
-  return dict(judge(base_labels, labels(edited)), start_step=int(start), calls=2 * calls,
-              fidelity_mse=float(np.mean((base - np.asarray(images)) ** 2)))
+  out = dict(judge(base_labels, labels(edited)), start_step=int(start), calls=2 * calls,
+             fidelity_mse=float(np.mean((base - np.asarray(images)) ** 2)))
+  return dict(out, edited=edited, base=base) if keep_images else out
