@@ -3,7 +3,7 @@ emergence tell where an edit can start?).
 
   python experiments/emergence_edits.py --workdir=runs/quickstart [--num_images=32]
       [--num_trajectories=64] [--first_image=0] [--tolerance=0.5] [--margin=2]
-      [--sampler=dpmpp2m --steps=15 --spacing=logsnr] [--carry_picture=no|edit|both] [--curve] [--json=OUT.json]
+      [--sampler=dpmpp2m --steps=15 --spacing=logsnr] [--carry_picture=auto|no|edit|both] [--curve] [--json=OUT.json]
 
 For a trained workdir with its attribute classifier (shapes: `--mode=evaluate` or `interpret`
 trains it). Per attribute, the edit is the scorecard's (`evaluate/semantics.py`): one prototype is
@@ -16,9 +16,11 @@ so run `--mode=evaluate` first), with `--prototype=reading` the one that reads i
   commitment        `margin` steps before the step from which switching s to the edited s mid-
                     trajectory stops changing the attribute (`interpret/guided_edits.py`), measured
                     on the same sampled trajectories, no held-out image.
-`--carry_picture=edit`: a start after x_T also moves its state by the change of the decoder's picture
-of s, so the edit reaches the coarse layout that x_t has already fixed (`interpret/guided_edits.py`);
-`both`: the switch curve carries it too, so the commitment is that of the carried switch.
+`--carry_picture=edit` (what `auto`, the default, picks for a model with the decoder of s): a start
+after x_T also moves its state by the change of the decoder's picture of s, so the edit reaches the
+coarse layout that x_t has already fixed (`interpret/guided_edits.py`); `both`: the switch curve
+carries it too, so the commitment is that of the carried switch; `no`: neither (the rows in
+benchmarks/RESULTS.md before 2026-12-06's fifth session).
 Each edit of `num_images` held-out images (disjoint from the trajectories' s) is judged against
 the same path's unedited regeneration: `success` = the attribute's label changed and every other
 attribute's stayed (the scorecard's edit_success), `changed` = the attribute's label changed.
@@ -68,11 +70,13 @@ _JSON = flags.DEFINE_string('json', '', 'Also write the rows to this JSON file.'
 _PROTOTYPE = flags.DEFINE_enum('prototype', 'effect', ['effect', 'reading'],
                                "Which prototype an attribute's edit moves: the scorecard's controlling_prototype "
                                "(metrics.json) or the best single reader of the attribute.")
-_CARRY = flags.DEFINE_enum('carry_picture', 'no', ['no', 'edit', 'both'],
+# 'edit' by default: on the quickstart the shape edit kept its success from x_T (0.41) at 2.5x fewer
+# calls with the picture carried, 0.12 without (benchmarks/RESULTS.md)
+_CARRY = flags.DEFINE_enum('carry_picture', 'auto', ['auto', 'no', 'edit', 'both'],
                            "A later start also moves its state by the change of the decoder's picture of s "
                            "(`guided_edits.carry_picture`; needs the decoder of s): 'edit': in the edits, which start "
                            "where the plain switch commits; 'both': also in the switch curve, so the commitment step "
-                           'is read for the carried switch.')
+                           "is read for the carried switch; 'auto': 'edit' for a model with the decoder, else 'no'.")
 _FIGURE = flags.DEFINE_string('figure', '', 'Also save a PNG of the first held-out images of each edit: the image, '
                                'its edit from x_T and its edit from the commitment start.')
 _STARTS = ('from_x_T', 'x0_emergence', 'commitment')
@@ -103,6 +107,11 @@ def main(argv):
   spec = core.deterministic_spec(config.diffusion, _STEPS.value or ic.sample_steps, _SAMPLER.value or ic.sampler)
   spec = dataclasses.replace(spec, spacing=_SPACING.value or spec.spacing)
   n_img, n_traj, k_steps = _NUM_IMAGES.value, _NUM_TRAJ.value, spec.num_steps
+  carry = _CARRY.value
+  if carry == 'auto':
+    carry = 'edit' if guided_edits.has_picture(model) else 'no'
+  elif carry != 'no' and not guided_edits.has_picture(model):
+    raise app.UsageError(f'--carry_picture={carry} needs a model with the decoder of s (train.s_decoder_weight > 0)')
   engine = core.Engine(model, variables, spec, batch_size=max(n_img, n_traj), classifier=clf)
   arrays = data.load_arrays(config.data, ic.eval_split or config.data.eval_split,
                             max_examples=max(ic.num_eval_images, n_traj + _FIRST_IMAGE.value + n_img))
@@ -133,13 +142,13 @@ def main(argv):
     edit = lambda x: semantics.edited_activations(x, j, s)
     judge = lambda base, edited, a=a: dict(zip(('success', 'changed'), semantics.edit_success(base, edited, a)))
     curve = guided_edits.switch_curve(model, variables, spec, labels, states, traj_labels, edit(s_traj), a,
-                                      s=s_traj, carry=_CARRY.value == 'both')
+                                      s=s_traj, carry=carry == 'both')
     emerge = {'x0_emergence': guided_edits.x0_emergence_step(probs_traj[a]),
               'commitment': guided_edits.commitment_step(curve, _TOLERANCE.value, _MIN_EFFECT.value)}
     starts = {'from_x_T': 0, **{k: guided_edits.start_step(v, _MARGIN.value) for k, v in emerge.items()}}
     def run(k):
       r = guided_edits.edit_from(model, variables, spec, labels, judge, edited_images, s_img, edit(s_img), k, cache,
-                                 carry=_CARRY.value != 'no', keep_images=True)
+                                 carry=carry != 'no', keep_images=True)
       edited, base = r.pop('edited'), r.pop('base')
       return dict(r, confidence=confidence(edited), confidence_unedited=confidence(base)), edited
 
@@ -156,7 +165,7 @@ def main(argv):
   print(f'# {workdir}: {config.name}, stage-1 step {step}; {spec.sampler} {k_steps} steps (spacing '
         f'{spec.spacing}, timesteps {spec.timesteps_used().tolist()}); {n_img} held-out images per edit; '
         f'emergence from {n_traj} trajectories; tolerance {_TOLERANCE.value}, margin {_MARGIN.value}; '
-        f'picture carried: {_CARRY.value}; '
+        f'picture carried: {carry}; '
         f'measuring one commitment costs {calibration} image-calls')
   head = f'{"attribute":>10} {"proto":>5} {"x0em":>4} {"commit":>6} |' + ''.join(
       f' {"start":>5} {"calls":>5} {"success":>7} {"changed":>7} {"conf":>5} |' for _ in _STARTS) + f' {"saved":>5}'
@@ -182,7 +191,7 @@ def main(argv):
         cells, [f'{r["attribute"]} (p{r["prototype"]})\n{calls(r, "from_x_T")} / {calls(r, "commitment")}'
                 for r in rows], columns,
         f'{config.name}: one prototype moved to the far end of its range; from x_T, and from the commitment '
-        f'start{"" if _CARRY.value == "no" else " with the picture carried"}')
+        f'start{"" if carry == "no" else " with the picture carried"}')
     pio.save_figure(_FIGURE.value, fig)
   if _CURVE.value:
     print('\nheld-out edits from every start step k (success / changed):')
@@ -191,7 +200,7 @@ def main(argv):
   if _JSON.value:
     with open(_JSON.value, 'w') as fh:
       json.dump({'sampler': spec.sampler, 'steps': k_steps, 'tolerance': _TOLERANCE.value, 'margin': _MARGIN.value,
-                 'carry_picture': _CARRY.value,
+                 'carry_picture': carry,
                  'calibration_calls': calibration, 'rows': rows}, fh, indent=2)
 
 

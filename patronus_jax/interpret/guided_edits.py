@@ -83,7 +83,8 @@ def carry_picture(model, variables, s, s_edit, x_mid, spec: SamplerSpec, step: i
   return x_mid + np.sqrt(abar) * diffusion.upsample(new - old, x_mid.shape).astype(x_mid.dtype)
 
 
-def _has_picture(model) -> bool:
+def has_picture(model) -> bool:
+  """Whether the model has the decoder of s, whose picture `carry_picture` carries."""
   return getattr(model, 's_decoder_size', 0) > 0
 
 
@@ -129,7 +130,7 @@ def x0_emergence_step(probs_trajectory: np.ndarray) -> float:
 
 
 def _check_carry(model, s, carry: bool) -> None:
-  if carry and not _has_picture(model):
+  if carry and not has_picture(model):
     raise ValueError('carrying the picture needs a model with the decoder of s (train.s_decoder_weight > 0)')
   if carry and s is None:
     raise ValueError("carrying the picture needs the trajectories' s")
