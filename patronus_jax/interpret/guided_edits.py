@@ -23,7 +23,8 @@ Two readings of "where the attribute emerges" give k:
 `edit_from(...)` edits held-out images from a given start step and judges each edit against the
 same path's unedited regeneration, so every start is a paired comparison.
 
-Carrying the picture (`carry_picture=True`, for a model with the decoder of s): at the start step
+Carrying the picture (`carry=True` in `edit_from` and `switch_curve`: `carry_picture`; for a model with
+the decoder of s): at the start step
 x_k = sqrt(abar) x0 + sqrt(1 - abar) eps already holds the old image's coarse layout, which a
 switch of s from there on can no longer undo (the sketch consistency moves x0_hat's block means,
 but eps_hat, re-derived from x_k, keeps the old ones). So the edit also moves x_k by
