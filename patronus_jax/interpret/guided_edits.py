@@ -72,16 +72,25 @@ def sample_states(model, variables, s, x_T, spec: SamplerSpec):
   return jnp.clip(images, -1.0, 1.0), states
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'spec', 'step'))
+@functools.partial(jax.jit, static_argnames=('model', 'shape'))
+def picture_change(model, variables, s, s_edit, shape: tuple):
+  """upsample(picture(s_edit) - picture(s)) for images of `shape`: how the edit moves the block means."""
+  new, old = jnp.split(model.apply(variables, jnp.concatenate([s_edit, s]), method=model.decode_activations), 2)
+  return diffusion.upsample(new - old, shape)
+
+
+def signal_scale(spec: SamplerSpec, step: int) -> float:
+  """sqrt(abar_t) at sampling step `step`'s timestep t: the weight of the clean image in x_t."""
+  t = int(spec.timesteps_used()[step])
+  return float(np.sqrt(diffusion.make_schedule(spec.schedule, spec.timesteps).alphas_cumprod[t]))
+
+
 def carry_picture(model, variables, s, s_edit, x_mid, spec: SamplerSpec, step: int):
   """x_mid, the state at the level of sampling step `step`, with its clean image's block means moved
   from the decoder's picture of s to that of s_edit: x_mid + sqrt(abar_t) upsample(picture(s_edit) -
   picture(s)), t the step's timestep (see the module's docstring)."""
-  pictures = model.apply(variables, jnp.concatenate([s_edit, s]), method=model.decode_activations)
-  new, old = jnp.split(pictures, 2)
-  t = int(spec.timesteps_used()[step])
-  abar = float(diffusion.make_schedule(spec.schedule, spec.timesteps).alphas_cumprod[t])
-  return x_mid + np.sqrt(abar) * diffusion.upsample(new - old, x_mid.shape).astype(x_mid.dtype)
+  change = picture_change(model, variables, s, s_edit, tuple(x_mid.shape))
+  return x_mid + signal_scale(spec, step) * change.astype(x_mid.dtype)
 
 
 def has_picture(model) -> bool:
@@ -103,9 +112,11 @@ def switch_curve(model, variables, spec: SamplerSpec, labels: Labels, states, ba
   trajectories' s)."""
   k_steps, s_edit = spec.num_steps, jnp.asarray(s_edit)
   _check_carry(model, s, carry)
+  # the same change at every step, only its weight sqrt(abar) differs: the decoder runs once
+  change = picture_change(model, variables, jnp.asarray(s), s_edit, tuple(states.shape[1:])) if carry else None
   curve = []
   for k in range(k_steps):
-    state = carry_picture(model, variables, jnp.asarray(s), s_edit, states[k], spec, k) if carry and k else states[k]
+    state = states[k] + signal_scale(spec, k) * change.astype(states.dtype) if carry and k else states[k]
     switched = regenerate_from(model, variables, s_edit, state, spec, k_steps - k)
     curve.append(float(np.mean(labels(np.asarray(switched))[:, attribute] != base_labels[:, attribute])))
   return np.asarray(curve)
