@@ -87,6 +87,10 @@ class LoopSettings:
   # (top-level parameter collection, multiplier) pairs: that subtree's updates are scaled (a
   # separate learning rate for one part of the model); the optimizer state keeps its structure
   lr_scales: Tuple[Tuple[str, float], ...] = ()
+  # the optimizer step at which the schedule starts, and where it ends (0: num_steps): a fine-tuning
+  # continues stage 1's optimizer state, whose step count is stage 1's, and may run in segments
+  schedule_from: int = 0
+  schedule_to: int = 0
 
   @classmethod
   def from_section(cls, section) -> 'LoopSettings':
@@ -98,14 +102,18 @@ class LoopSettings:
 
 def learning_rate_schedule(s: LoopSettings) -> optax.Schedule:
   """Linear warm-up from 0 to the learning rate, then constant (the paper uses a constant rate)
-  or, with lr_schedule='cosine', a cosine decay to 0 at num_steps (short runs end sharper)."""
+  or, with lr_schedule='cosine', a cosine decay to 0 at num_steps (short runs end sharper); both
+  counted from `schedule_from` to `schedule_to` (0: num_steps) when set."""
+  length = (s.schedule_to or s.num_steps) - s.schedule_from
   if s.lr_schedule == 'cosine':
-    after = optax.cosine_decay_schedule(s.learning_rate, max(1, s.num_steps - s.warmup_steps))
+    after = optax.cosine_decay_schedule(s.learning_rate, max(1, length - s.warmup_steps))
   else:
     after = optax.constant_schedule(s.learning_rate)
   if s.warmup_steps > 0:
-    return optax.join_schedules([optax.linear_schedule(0.0, s.learning_rate, s.warmup_steps), after],
-                                [s.warmup_steps])
+    after = optax.join_schedules([optax.linear_schedule(0.0, s.learning_rate, s.warmup_steps), after],
+                                 [s.warmup_steps])
+  if s.schedule_from:
+    return lambda count: after(count - s.schedule_from)
   return after
 
 

@@ -11,6 +11,7 @@ ISOLATE_SHARES = ('within_a', 'between_b')
 COUNTERFACTUAL_ON = ('x0_hat', 'picture')
 COUNTERFACTUAL_SCOPES = ('edits', 'prototypes_a', 'moved_b', 'every_prototype')
 COUNTERFACTUAL_STREAMS = ('data', 'rebalanced')
+LR_SCHEDULES = ('constant', 'cosine')
 
 
 def mitigation_config() -> ConfigDict:
@@ -33,7 +34,10 @@ def mitigation_config() -> ConfigDict:
       # default: the three that need no second pass of the model per step ('counterfactual' does)
       methods=('rebalance', 'decorrelate', 'isolate'),
       steps_fraction=0.25,  # fine-tuning steps as a fraction of train.num_steps (same batch size)
-      learning_rate=5e-4,  # constant, no warm-up (Adam's moments continue from stage 1)
+      learning_rate=5e-4,  # no warm-up (Adam's moments continue from stage 1)
+      # 'constant', or 'cosine': decays learning_rate to 0 at the last fine-tuning step, so that the
+      # model (and its moving average) settles rather than ending mid-stride (docs/mitigation.md)
+      lr_schedule='constant',
       # x learning_rate for the prototype network (encoder + prototypes), whose detectors of the tied
       # combinations a short fine-tuning at the U-Net's rate hardly moves
       prototype_lr_scale=1.0,
@@ -99,6 +103,7 @@ def validate_mitigation_config(m, has_decoder: bool = True) -> None:
   require(0.0 < m.steps_fraction <= 0.25, 'steps_fraction',
           'must be in (0, 0.25]: fine-tuning may cost at most a quarter of stage 1')
   require(m.learning_rate > 0.0, 'learning_rate', 'must be positive')
+  require(m.lr_schedule in LR_SCHEDULES, 'lr_schedule', f'must be one of {LR_SCHEDULES}')
   require(m.prototype_lr_scale > 0.0, 'prototype_lr_scale', 'must be positive (1: learning_rate)')
   require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
   require(m.isolate_weight >= 0.0, 'isolate_weight', 'must be >= 0')

@@ -514,7 +514,8 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
     scales = {'prototypes': float(mcfg.prototype_lr_scale)}
     scales.update({c: 0.0 for c in frozen})
     settings = dataclasses.replace(LoopSettings.from_section(config.train), num_steps=start + steps,
-                                   learning_rate=float(mcfg.learning_rate), warmup_steps=0, lr_schedule='constant',
+                                   learning_rate=float(mcfg.learning_rate), warmup_steps=0,
+                                   lr_schedule=mcfg.lr_schedule, schedule_from=start, schedule_to=start + steps,
                                    checkpoint_every=steps, keep_checkpoints=2, sample_every=0,
                                    lr_scales=tuple(scales.items()))
     tx = make_optimizer(settings)
@@ -522,6 +523,8 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
                 batch_size=settings.batch_size, recipe=recipe or {})
     if mcfg.prototype_lr_scale != 1.0:  # recorded only when set: older series stay resumable
       made['prototype_lr_scale'] = float(mcfg.prototype_lr_scale)
+    if mcfg.lr_schedule != 'constant':
+      made['lr_schedule'] = mcfg.lr_schedule
     made = json.loads(json.dumps(made, default=str))
     made_path = os.path.join(view, 'fine_tuning.json')
     series = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(view, 'stage1'), keep=2, asynchronous=False)
