@@ -317,6 +317,28 @@ def test_fine_tuning_writes_a_new_series_and_leaves_the_original_untouched(train
   assert loading.load_stage1_variables(vc, view)[2] == original_step + steps
 
 
+def test_a_cosine_fine_tuning_starts_at_the_full_rate_from_stage_1s_optimizer_step(trained):
+  # 2 fine-tuning steps from step 8: the cosine gives rates 1 and 1/2 of learning_rate (Adam moves each
+  # parameter by about the rate), so the parameters move ~3/4 as far as at the constant rate; a schedule
+  # counted from 0 instead of stage 1's step would give 0.10 and 0.02 (~1/16)
+  config, workdir = trained
+  _, original, _ = loading.load_stage1_variables(config, workdir, use_ema=False)
+  moved = {}
+  for schedule in ('constant', 'cosine'):
+    c = config.copy_and_resolve_references()
+    c.mitigation.lr_schedule = schedule
+    vc, view = mitigate_mode.make_view(c, workdir, f'lr_{schedule}', f'stage1_mitigated/lr_{schedule}', None)
+    mitigate_mode.finetune(vc, workdir, view, lambda _: training.PatronusTask(c),
+                           data_lib.training_iterator_factory(c.data, c.train.batch_size, 1),
+                           sharding.make_mesh(c.mesh), 'rebalance')
+    if schedule == 'cosine':
+      assert json.load(open(os.path.join(view, 'fine_tuning.json')))['lr_schedule'] == 'cosine'
+    _, tuned, _ = loading.load_stage1_variables(vc, view, use_ema=False)
+    moved[schedule] = sum(float(jnp.sum(jnp.abs(a - b))) for a, b in zip(
+        jax.tree_util.tree_leaves(tuned['params']), jax.tree_util.tree_leaves(original['params'])))
+  assert 0.55 < moved['cosine'] / moved['constant'] < 0.95, moved
+
+
 def _counterfactual_parts(config, workdir):
   """A random two-attribute classifier (3 values each) and the trained model: (classifier, model,
   variables, params, the other collections)."""

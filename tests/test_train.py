@@ -1,6 +1,7 @@
 """The training system: loss goes down, bit-identical resume, SIGTERM, NaN, half-written
 checkpoints, config errors (devices and processes: test_train_mesh.py)."""
 
+import math
 import os
 import signal
 import subprocess
@@ -199,6 +200,17 @@ def test_learning_rate_schedule_warms_up_then_holds_or_decays(kind):
   # cosine: half-way through the decay the rate is half, at num_steps it is 0
   expected = [2e-3, 2e-3] if kind == 'constant' else [1e-3, 0.0]
   np.testing.assert_allclose(lr[3:], expected, rtol=1e-6, atol=1e-12)
+
+
+def test_a_schedule_counted_from_a_later_step_starts_there_and_ends_at_schedule_to():
+  # a fine-tuning continues stage 1's optimizer state (its step count, 4,000) for 1,000 steps, and may
+  # run in segments (num_steps = the segment's end): the cosine spans 4,000..5,000 in every segment
+  for end in (4500, 5000):
+    s = training_lib.LoopSettings(batch_size=1, num_steps=end, learning_rate=4e-3, lr_schedule='cosine',
+                                  schedule_from=4000, schedule_to=5000)
+    lr = np.array([float(training_lib.learning_rate_schedule(s)(i)) for i in (4000, 4250, 4500, 5000)])
+    np.testing.assert_allclose(lr, 4e-3 * np.array([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.0]),
+                               rtol=1e-5, atol=1e-12)
 
 
 def test_config_load_with_overrides():
