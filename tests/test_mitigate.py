@@ -178,6 +178,10 @@ def test_mitigation_config_is_validated():
   with pytest.raises(ConfigError, match='mitigation.counterfactual_stream'):
     config_lib.validate(config)
   config = config_lib.base_config()
+  config.mitigation.lr_schedule = 'linear'
+  with pytest.raises(ConfigError, match=r"mitigation.lr_schedule.*\('constant', 'cosine'\)"):
+    config_lib.validate(config)
+  config = config_lib.base_config()
   config.mitigation.counterfactual_rechecks = -1
   with pytest.raises(ConfigError, match='mitigation.counterfactual_rechecks'):
     config_lib.validate(config)
