@@ -100,6 +100,9 @@ class LoopSettings:
 
 # ----------------------------------------------------------------------------- pure parts
 
+LR_SCHEDULES = ('constant', 'cosine')  # what learning_rate_schedule implements (the configs' one_of)
+
+
 def learning_rate_schedule(s: LoopSettings) -> optax.Schedule:
   """Linear warm-up from 0 to the learning rate, then constant (the paper uses a constant rate)
   or, with lr_schedule='cosine', a cosine decay to 0 at num_steps (short runs end sharper); both

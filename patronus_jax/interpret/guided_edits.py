@@ -85,11 +85,13 @@ def signal_scale(spec: SamplerSpec, step: int) -> float:
   return float(np.sqrt(diffusion.make_schedule(spec.schedule, spec.timesteps).alphas_cumprod[t]))
 
 
-def carry_picture(model, variables, s, s_edit, x_mid, spec: SamplerSpec, step: int):
+def carry_picture(model, variables, s, s_edit, x_mid, spec: SamplerSpec, step: int, change=None):
   """x_mid, the state at the level of sampling step `step`, with its clean image's block means moved
   from the decoder's picture of s to that of s_edit: x_mid + sqrt(abar_t) upsample(picture(s_edit) -
-  picture(s)), t the step's timestep (see the module's docstring)."""
-  change = picture_change(model, variables, s, s_edit, tuple(x_mid.shape))
+  picture(s)), t the step's timestep (see the module's docstring). `change`: that upsampled
+  difference when already computed (`picture_change`), so that the decoder runs once per s, s_edit."""
+  if change is None:
+    change = picture_change(model, variables, s, s_edit, tuple(x_mid.shape))
   return x_mid + signal_scale(spec, step) * change.astype(x_mid.dtype)
 
 
@@ -116,7 +118,7 @@ def switch_curve(model, variables, spec: SamplerSpec, labels: Labels, states, ba
   change = picture_change(model, variables, jnp.asarray(s), s_edit, tuple(states.shape[1:])) if carry else None
   curve = []
   for k in range(k_steps):
-    state = states[k] + signal_scale(spec, k) * change.astype(states.dtype) if carry and k else states[k]
+    state = carry_picture(model, variables, s, s_edit, states[k], spec, k, change) if carry and k else states[k]
     switched = regenerate_from(model, variables, s_edit, state, spec, k_steps - k)
     curve.append(float(np.mean(labels(np.asarray(switched))[:, attribute] != base_labels[:, attribute])))
   return np.asarray(curve)

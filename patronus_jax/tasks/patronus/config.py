@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from patronus_jax.core.config import ConfigDict, one_of, require
 from patronus_jax.core.diffusion import DETERMINISTIC_SAMPLERS, SAMPLERS, SPACINGS
+from patronus_jax.core.training import LR_SCHEDULES
 from patronus_jax.models.prototypes import DECODER_KINDS
 
 
@@ -193,8 +194,8 @@ def validate_patronus_sections(config: ConfigDict) -> None:
             f"config field '{section}.eta' must be 0 with {section}.sampler='dpmpp2m' (a deterministic "
             f"solver), got {c.eta}; use sampler 'ddim' for eta > 0")
   one_of(config, 'train.dtype', ('float32', 'bfloat16'))
-  one_of(config, 'train.lr_schedule', ('constant', 'cosine'))
-  one_of(config, 'latent.lr_schedule', ('constant', 'cosine'))
+  one_of(config, 'train.lr_schedule', LR_SCHEDULES)
+  one_of(config, 'latent.lr_schedule', LR_SCHEDULES)
   _validate_architecture(config)
   _validate_diffusion(config)
   _validate_training(config)

@@ -4,6 +4,7 @@ model the later modes read (`use`). Read by tasks/patronus/mitigate_mode.py; see
 from __future__ import annotations
 
 from patronus_jax.core.config import ConfigDict, section_checker
+from patronus_jax.core.training import LR_SCHEDULES
 
 METHODS = ('rebalance', 'decorrelate', 'counterfactual', 'isolate', 'refit_decoder')
 DEPENDENCE = ('cross_covariance', 'hsic')
@@ -11,7 +12,6 @@ ISOLATE_SHARES = ('within_a', 'between_b')
 COUNTERFACTUAL_ON = ('x0_hat', 'picture')
 COUNTERFACTUAL_SCOPES = ('edits', 'prototypes_a', 'moved_b', 'every_prototype')
 COUNTERFACTUAL_STREAMS = ('data', 'rebalanced')
-LR_SCHEDULES = ('constant', 'cosine')
 
 
 def mitigation_config() -> ConfigDict:
