@@ -182,6 +182,10 @@ def test_mitigation_config_is_validated():
   with pytest.raises(ConfigError, match=r"mitigation.lr_schedule.*\('constant', 'cosine'\)"):
     config_lib.validate(config)
   config = config_lib.base_config()
+  config.mitigation.settle_fraction = 1.0
+  with pytest.raises(ConfigError, match=r'mitigation.settle_fraction.*\[0, 1\)'):
+    config_lib.validate(config)
+  config = config_lib.base_config()
   config.mitigation.counterfactual_rechecks = -1
   with pytest.raises(ConfigError, match='mitigation.counterfactual_rechecks'):
     config_lib.validate(config)
@@ -341,6 +345,44 @@ def test_a_cosine_fine_tuning_starts_at_the_full_rate_from_stage_1s_optimizer_st
     moved[schedule] = sum(float(jnp.sum(jnp.abs(a - b))) for a, b in zip(
         jax.tree_util.tree_leaves(tuned['params']), jax.tree_util.tree_leaves(original['params'])))
   assert 0.55 < moved['cosine'] / moved['constant'] < 0.95, moved
+
+
+def test_settling_trains_the_unet_alone_on_the_encoder_and_decoder_it_will_be_sampled_with(trained):
+  # 3 fine-tuning steps from step 8, the last 2 settling: the method's step (9), the switch (10: the prototype
+  # network and the decoder set to their moving average, no update) and one update of the U-Net alone (11)
+  config, workdir = trained
+  c = config.copy_and_resolve_references()
+  c.train.num_steps = 12
+  c.mitigation.settle_fraction = 0.6
+  assert [mitigate_mode.settle_steps(n, f) for n, f in ((2, 0.5), (3, 0.0), (3, 0.1), (3, 0.6), (10, 0.95))] == [
+      0, 0, 2, 2, 9]
+  make_task = lambda _: training.PatronusTask(c)
+  vc, view = mitigate_mode.make_view(c, workdir, 'settled', 'stage1_mitigated/settled', None)
+  run = lambda: mitigate_mode.finetune(vc, workdir, view, make_task,
+                                       data_lib.training_iterator_factory(c.data, c.train.batch_size, 1),
+                                       sharding.make_mesh(c.mesh), 'rebalance')
+  ft = run()
+  assert ft['settle_steps'] == 2 and ft['to_step'] == 11
+  assert json.load(open(os.path.join(view, 'fine_tuning.json')))['settle_steps'] == 2
+  switch, switch_step, meta = load_state(view, 'stage1', step=10)
+  last, last_step, _ = load_state(view, 'stage1')
+  assert (switch_step, last_step, meta['settle_from']) == (10, 11, 9)
+  leaves = lambda tree: [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+  for name in ('prototypes', 's_decoder'):
+    # frozen at their moving average: no update after the switch, and their average stays them
+    for a, b, e in zip(leaves(switch['params'][name]), leaves(last['params'][name]), leaves(last['ema_params'][name])):
+      np.testing.assert_array_equal(b, a)
+      np.testing.assert_allclose(e, a, rtol=1e-6, atol=1e-7)
+    for a, e in zip(leaves(switch['params'][name]), leaves(switch['ema_params'][name])):
+      np.testing.assert_array_equal(a, e)
+  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(switch['params']['unet']),
+                                                              leaves(last['params']['unet'])))
+  assert moved > 0
+  _, original, _ = loading.load_stage1_variables(c, workdir, use_ema=False)
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(switch['params']['unet']),
+                                                          leaves(original['params']['unet']))) > 0
+  # a second run resumes into nothing to do
+  assert run()['to_step'] == 11 and load_state(view, 'stage1')[1] == 11
 
 
 def _counterfactual_parts(config, workdir):

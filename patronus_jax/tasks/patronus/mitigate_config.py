@@ -38,6 +38,10 @@ def mitigation_config() -> ConfigDict:
       # 'constant', or 'cosine': decays learning_rate to 0 at the last fine-tuning step, so that the
       # model (and its moving average) settles rather than ending mid-stride (docs/mitigation.md)
       lr_schedule='constant',
+      # the last this fraction of the fine-tuning steps trains the U-Net alone on the diffusion loss (the
+      # method's penalty off, the prototype network and the decoder of s frozen at their moving average), so
+      # that it learns to draw from the s and pictures the method made (0: off; docs/mitigation.md)
+      settle_fraction=0.0,
       # x learning_rate for the prototype network (encoder + prototypes), whose detectors of the tied
       # combinations a short fine-tuning at the U-Net's rate hardly moves
       prototype_lr_scale=1.0,
@@ -104,6 +108,8 @@ def validate_mitigation_config(m, has_decoder: bool = True) -> None:
           'must be in (0, 0.25]: fine-tuning may cost at most a quarter of stage 1')
   require(m.learning_rate > 0.0, 'learning_rate', 'must be positive')
   require(m.lr_schedule in LR_SCHEDULES, 'lr_schedule', f'must be one of {LR_SCHEDULES}')
+  require(0.0 <= m.settle_fraction < 1.0, 'settle_fraction',
+          'must be in [0, 1): the method needs some of the fine-tuning steps (0: off)')
   require(m.prototype_lr_scale > 0.0, 'prototype_lr_scale', 'must be positive (1: learning_rate)')
   require(m.penalty_weight >= 0.0, 'penalty_weight', 'must be >= 0')
   require(m.isolate_weight >= 0.0, 'isolate_weight', 'must be >= 0')

@@ -508,6 +508,7 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
     if start is None:
       raise CheckpointError(f'no stage-1 checkpoint in {ckpt_lib.stage_dir(workdir, "stage1")}: run --mode=train first')
     steps = max(1, int(round(mcfg.steps_fraction * config.train.num_steps)))
+    settle = settle_steps(steps, mcfg.settle_fraction)
     # a task's `frozen` parameter collections get no update (scale 0; RefitDecoderTask)
     first = make_task([])
     frozen = getattr(first, 'frozen', ())
@@ -525,6 +526,8 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
       made['prototype_lr_scale'] = float(mcfg.prototype_lr_scale)
     if mcfg.lr_schedule != 'constant':
       made['lr_schedule'] = mcfg.lr_schedule
+    if settle:
+      made['settle_steps'] = settle
     made = json.loads(json.dumps(made, default=str))
     made_path = os.path.join(view, 'fine_tuning.json')
     series = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(view, 'stage1'), keep=2, asynchronous=False)
@@ -553,7 +556,8 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
   watch = timing.Stopwatch()
   meta = {'config': workdir_lib.config_to_dict(config), 'mitigation': method, 'from_step': start}
   count = recheck.count if recheck is not None else 0
-  ends = [start + int(round(k * steps / (count + 1))) for k in range(1, count + 2)]
+  method_steps = steps - settle
+  ends = [start + int(round(k * method_steps / (count + 1))) for k in range(1, count + 2)]
   rechecks_path = os.path.join(view, 'rechecks.json')
   done = files.read_json(rechecks_path) if count and os.path.exists(rechecks_path) else []
   for k, end in enumerate(ends):
@@ -567,12 +571,53 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
                    done[-1]['edits'])
       if jax.process_index() == 0:
         files.write_json(rechecks_path, done)
+  if settle:
+    state = _settle(config, view, settings, make_iterator, mesh, meta, start + method_steps, start + steps)
   out = dict(from_step=start, steps=steps, to_step=start + steps, batch_size=settings.batch_size,
              learning_rate=settings.learning_rate, cost_fraction=steps / config.train.num_steps,
              seconds=round(watch.seconds(), 1))
   if count:
     out['rechecks'] = done
+  if settle:
+    out['settle_steps'] = settle
   return out
+
+
+def settle_steps(steps: int, fraction: float) -> int:
+  """How many of `steps` fine-tuning steps settle (`mitigation.settle_fraction`): 0 when off, else at least
+  2 (the switch and one update) and at most steps - 1 (the method trains at least one step)."""
+  if fraction <= 0 or steps < 3:
+    return 0
+  return min(steps - 1, max(2, int(round(fraction * steps))))
+
+
+def _settle(config, view: str, settings: LoopSettings, make_iterator, mesh, meta: dict, switch: int, end: int):
+  """The settling steps after the method's: the U-Net alone learns, on the diffusion loss, to draw from
+  the s and the decoder's pictures that the method made.
+
+  At `switch` the prototype network and the decoder of s are set to their moving average, which the
+  later modes sample with, and saved as step switch + 1 (a step without an update: the step before it
+  stays, so a kill here loses nothing). From then on their updates are zero, so their average stays
+  equal to them, and the U-Net adapts to exactly the encoder and decoder it will be sampled with."""
+  task = training.PatronusTask(config)
+  series = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(view, 'stage1'), keep=2, asynchronous=False)
+  try:
+    latest = series.latest_step()
+    if latest is None or latest < switch:
+      raise WorkdirError(f'{series.directory}: the fine-tuning stopped at step {latest}, before {switch}')
+    it = make_iterator()
+    state, _ = restore_or_init(task, make_optimizer(settings), series, it, seed=config.seed, mesh=mesh)
+    frozen = tuple(c for c in ('prototypes', 's_decoder') if c in state.params)
+    if latest == switch:
+      if settings.ema_decay > 0:
+        state = state.replace(params=type(state.params)(
+            {k: state.ema_params[k] if k in frozen else v for k, v in state.params.items()}))
+      state = state.replace(step=state.step + 1)
+      series.save(switch + 1, state, it.get_state(), dict(meta, settle_from=switch), force=True)
+  finally:
+    series.close()
+  settings = dataclasses.replace(settings, num_steps=end, lr_scales=tuple((c, 0.0) for c in frozen))
+  return run_training(task, settings, view, make_iterator, seed=config.seed, mesh=mesh, meta=meta)
 
 
 class PictureRecheck:
