@@ -21,6 +21,7 @@ from patronus_jax.core import sharding
 from patronus_jax.core.errors import ConfigError, WorkdirError
 from patronus_jax.core.training import load_state
 from patronus_jax.data import bias as bias_lib
+from patronus_jax.interpret import core as interpret_core
 from patronus_jax.tasks.patronus import loading
 from patronus_jax.tasks.patronus import mitigate_config
 from patronus_jax.tasks.patronus import mitigate_mode
@@ -180,6 +181,10 @@ def test_mitigation_config_is_validated():
   config = config_lib.base_config()
   config.mitigation.lr_schedule = 'linear'
   with pytest.raises(ConfigError, match=r"mitigation.lr_schedule.*\('constant', 'cosine'\)"):
+    config_lib.validate(config)
+  config = config_lib.base_config()
+  config.mitigation.regeneration_images = -1
+  with pytest.raises(ConfigError, match='mitigation.regeneration_images'):
     config_lib.validate(config)
   config = config_lib.base_config()
   config.mitigation.settle_fraction = 1.0
@@ -805,3 +810,64 @@ def test_refit_decoder_trains_the_decoder_alone_on_the_rebalanced_stream(trained
     moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), before['params']['s_decoder'],
                                    after['params']['s_decoder'])
     assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+
+def test_rare_combinations_count_what_a_shortcut_regenerates():
+  # training labels: b = a for 90 of each a's 100 examples, 5 each of the others (and a = 2 never with b = 0
+  # replaced by b = 1): weights P(a) P(b) / P(a, b) 0.37 on the diagonal (common), >= 2 off it (rare)
+  train = [(a, b) for a in range(3) for b in range(3) for _ in range(90 if a == b else 5)]
+  train = np.asarray([(2, 1) if (a, b) == (2, 0) else (a, b) for a, b in train])
+  held = np.asarray([(a, b) for a in range(3) for b in range(3)] * 2)
+  groups = mitigate_mode.combination_groups(train[:, 0], train[:, 1], held[:, 0], held[:, 1], 3, 3)
+  np.testing.assert_array_equal(groups['usual_b'], [0, 1, 2])
+  np.testing.assert_array_equal(groups['common'], [i for i, (a, b) in enumerate(held) if a == b])
+  np.testing.assert_array_equal(groups['rare'], [i for i, (a, b) in enumerate(held) if a != b])  # (2, 0): unseen
+  attributes = mitigate_mode.TrainingAttributes(['color', 'shape'], [(0, 1, 2), (0, 1, 2)], train, 'train')
+  plans = [dict(attributes=['color', 'shape'], controlled='color', co_moved='shape')]
+  data = {'attributes': held}
+  shortcut = np.stack([held[:, 0], held[:, 0]], 1)  # B drawn from A
+  faithful = held.copy()
+  half = np.where((np.arange(len(held)) % 2 == 0)[:, None], faithful, shortcut)
+  got = {name: mitigate_mode.rare_combinations(plans, attributes, data, held, regenerated)['color <-> shape']
+         for name, regenerated in (('shortcut', shortcut), ('faithful', faithful), ('half', half))}
+  assert got['shortcut'] == dict(rare_images=12, common_images=6, rare_keep_b=0.0, common_keep_b=1.0,
+                                 rare_to_usual_b=1.0, rare_keep_a=1.0)
+  assert (got['faithful']['rare_keep_b'], got['faithful']['rare_to_usual_b']) == (1.0, 0.0)
+  assert got['half']['rare_keep_b'] == 0.5 and got['half']['common_keep_b'] == 1.0
+  # the target: the rare combinations' B kept within target_tolerance of the common ones'
+  raise_edit = dict(prototype=0, direction='raise', controlled='color', co_moved='shape', effect=0.3)
+  plans[0]['edits'] = [raise_edit]
+  diagnosis = _diagnosis({(0, 'raise'): {'color': (0.4, 0.4), 'shape': (0.3, 0.1)}}, [])
+  mcfg = mitigate_config.mitigation_config()
+  quality = {'fd_classifier': 1.0}
+  compared = {name: mitigate_mode.compare(diagnosis, diagnosis, plans, quality, quality, mcfg, attributes,
+                                          {'color <-> shape': got['shortcut']}, {'color <-> shape': r})
+              for name, r in got.items()}
+  assert [compared[n]['targets']['rare_combinations_kept'] for n in ('shortcut', 'faithful', 'half')] == [
+      False, True, False]
+  assert compared['faithful']['rare_combinations']['color <-> shape'] == dict(before=got['shortcut'],
+                                                                              after=got['faithful'])
+  assert 'rare_combinations_kept' not in mitigate_mode.compare(diagnosis, diagnosis, plans, quality, quality, mcfg,
+                                                               attributes)['targets']
+
+
+def test_regenerations_read_each_image_and_its_regeneration_from_the_same_noise_for_every_call(trained):
+  config, workdir = trained
+  classifier = _counterfactual_parts(config, workdir)[0]
+  model, variables, _ = loading.load_stage1_variables(config, workdir)  # the moving average, as the modes read it
+  images = np.asarray(data_lib.load_arrays(config.data, config.data.eval_split, max_examples=5)['image'])
+  c = config.copy_and_resolve_references()
+  c.interpret.batch_size = 4  # 5 images: a padded second batch
+  real, regenerated = mitigate_mode.regenerations(c, workdir, images, classifier, 3)
+  again = mitigate_mode.regenerations(c, workdir, images, classifier, 3)
+  np.testing.assert_array_equal(regenerated, again[1])
+  assert real.shape == regenerated.shape == (5, 2)
+  probs = interpret_core.classify_batch(classifier, jnp.asarray(images))
+  np.testing.assert_array_equal(real, np.stack([np.argmax(np.asarray(q), -1) for q in probs], 1))
+  # the regenerations are the interpret sampler's from each image's own s and the seed's noise
+  spec = interpret_core.deterministic_spec(c.diffusion, c.interpret.sample_steps, c.interpret.sampler)
+  s = interpret_core.encode_batch(model, variables, jnp.asarray(images))['s']
+  x_T = jax.random.normal(jax.random.PRNGKey(3), images.shape, jnp.float32)
+  direct = interpret_core.generate_batch(model, variables, s, x_T, spec)['images']
+  probs = interpret_core.classify_batch(classifier, direct)
+  np.testing.assert_array_equal(regenerated, np.stack([np.argmax(np.asarray(q), -1) for q in probs], 1))

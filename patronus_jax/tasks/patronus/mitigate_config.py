@@ -86,6 +86,10 @@ def mitigation_config() -> ConfigDict:
       # estimate of one model spread from 36 to 71 over five sampling seeds (docs/mitigation.md), far
       # beyond the 10 % target
       quality_num_samples=0,
+      # held-out images regenerated from their s once per model (the eval split; where the data plant the
+      # correlation, the same source without it): does a rare combination of a pair come back with its own B,
+      # as often as a common one does (report: rare_combinations; target rare_combinations_kept)? 0: off
+      regeneration_images=512,
       retrain_latent=True,  # stage 2 again on the mitigated encoder (unconditional samples need it)
       # Targets the report checks (issue: co-moved effect -80 %, edit success and fd within 10 %).
       target_reduction=0.8,
@@ -132,6 +136,7 @@ def validate_mitigation_config(m, has_decoder: bool = True) -> None:
   require(m.counterfactual_on != 'picture' or has_decoder, 'counterfactual_on',
           "is 'picture' but the model has no decoder of s (set train.s_decoder_weight > 0, or use 'x0_hat')")
   require(m.dependence in DEPENDENCE, 'dependence', f'must be one of {DEPENDENCE}')
+  require(m.regeneration_images >= 0, 'regeneration_images', 'must be >= 0 (0: off)')
   require(m.quality_num_samples == 0 or m.quality_num_samples >= 2, 'quality_num_samples',
           'must be 0 (evaluate.num_samples) or >= 2 (a covariance needs two samples)')
   require(0.0 < m.data_p_value <= 1.0, 'data_p_value', 'must be in (0, 1]')

@@ -21,11 +21,14 @@
                     U-Net draws from) learns, on its own loss
   3. Each model (and the original, for the same settings) is read through a view workdir
      DIR/mitigation/<name>/ whose checkpoints/ link to the series: the diagnosis and the sample
-     quality (fd_classifier of unconditional samples) run there with the unchanged modes.
+     quality (fd_classifier of unconditional samples) run there with the unchanged modes, and
+     `regeneration_images` held-out images are regenerated from their s: does a combination of a
+     pair that is rare in the training labels come back with its own B as often as a common one?
   4. DIR/mitigation/report.json: 'before' and 'after' (the selected method) with the suspected
      pairs as in interpret/diagnosis.json, per method the same edits' effects with CIs, the edit
-     success of A, fd_classifier, the targets met; DIR/mitigation/edits.png: the same edits
-     (same images, same x_T) on the original and each mitigated model.
+     success of A, fd_classifier, the rare combinations' keep rates, the targets met;
+     DIR/mitigation/edits.png: the same edits (same images, same x_T) on the original and each
+     mitigated model.
 
 `--config.mitigation.use=True` makes sample / interpret / evaluate run in the view of the
 selected (or `use_method`) model: its outputs stay apart from the original's (docs/mitigation.md).
@@ -36,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 from absl import logging
 import grain
@@ -54,6 +57,7 @@ from patronus_jax.core import workdir as workdir_lib
 from patronus_jax.core.errors import CheckpointError, ConfigError, WorkdirError
 from patronus_jax.core.training import LoopSettings, make_optimizer, restore_or_init, run_training
 from patronus_jax.data import bias as bias_lib
+from patronus_jax.data import config as data_config
 from patronus_jax.data import pipeline
 from patronus_jax.data import preprocess as preprocess_lib
 from patronus_jax.data import sources
@@ -690,6 +694,76 @@ def recheck_edits(effects: np.ndarray, plans: list[dict], heads: list[str], valu
   return dict(threshold=threshold, edits=edits, effects=shown)
 
 
+# ----------------------------------------------------------------------------- regenerations of rare combinations
+
+# a combination (a, b) of a pair is rare when the training labels hold it at most half as often as
+# independence would (rebalancing's weight P(a) P(b) / P(a, b) >= 2), common when at least as often
+RARE_WEIGHT = 2.0
+
+
+def combination_groups(train_a: np.ndarray, train_b: np.ndarray, held_a: np.ndarray, held_b: np.ndarray,
+                       num_a: int, num_b: int) -> dict:
+  """Which held-out images show a rare and which a common combination of (A, B) in the training labels,
+  and the most frequent b of each a there (where the shortcut draws B from A)."""
+  table = bias_lib.contingency_table(train_a, train_b, num_a, num_b)
+  joint = table / max(table.sum(), 1.0)
+  independent = np.outer(joint.sum(1), joint.sum(0))
+  weight = np.where(joint > 0, independent / np.maximum(joint, 1e-12), np.inf)[held_a, held_b]
+  return dict(rare=np.flatnonzero(weight >= RARE_WEIGHT), common=np.flatnonzero(weight <= 1.0),
+              usual_b=np.argmax(table, 1))
+
+
+def regeneration_images(config) -> dict:
+  """Held-out images and labels for the regenerations: the eval split, and where the data plant the
+  correlation, the same source without it (so that the rare combinations are many, not a few percent)."""
+  mcfg, data = config.mitigation, config.data
+  source = data_config.without_planted_bias(data) if data_config.planted_bias(data) else data
+  arrays = data_lib.load_arrays(source, config.interpret.eval_split or data.eval_split,
+                                max_examples=mcfg.regeneration_images)
+  return dict(image=np.asarray(arrays['image']), attributes=np.asarray(arrays['attributes']),
+              source='without the planted correlation' if source is not data else 'as is')
+
+
+def regenerations(config, view: str, images: np.ndarray, classifier, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(the classifier's labels of the images, of their regenerations): each image regenerated once from
+  its s (the view's encoder) with new noise by the interpret sampler; the same noise for every model."""
+  model, variables, _ = loading.load_stage1_variables(config, view)
+  ic = config.interpret
+  spec = interpret_core.deterministic_spec(config.diffusion, ic.sample_steps, ic.sampler)
+  x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), images.shape, jnp.float32))
+
+  def labels(x):
+    return jnp.stack([jnp.argmax(q, -1) for q in interpret_core.classify_batch(classifier, x)], -1)
+
+  def regenerate(_, x, noise):
+    s = interpret_core.encode_batch(model, variables, jnp.asarray(x))['s']
+    out = interpret_core.generate_batch(model, variables, s, jnp.asarray(noise), spec)['images']
+    return labels(jnp.asarray(x)), labels(out)
+  return batching.padded_map(regenerate, (images, x_T), ic.batch_size)
+
+
+def rare_combinations(plans: list[dict], attributes: TrainingAttributes, held: dict, real: np.ndarray,
+                      regenerated: np.ndarray) -> dict:
+  """Per pair: how often a regeneration keeps B of a held-out image (the classifier's label of B on
+  the regeneration equals its label on the image), for the rare combinations of (A, B) and the common
+  ones, and how often a rare one comes back with the usual b of its a. A model that draws B from A
+  keeps B of the common combinations and turns the rare ones into common ones; cured, the two keep
+  rates meet."""
+  names, out = attributes.names, {}
+  for p in plans:
+    a, b = names.index(p['controlled']), names.index(p['co_moved'])
+    groups = combination_groups(attributes.labels[:, a], attributes.labels[:, b], held['attributes'][:, a],
+                                held['attributes'][:, b], len(attributes.values[a]), len(attributes.values[b]))
+    rate = lambda idx, hit: float(np.mean(hit[idx])) if len(idx) else float('nan')
+    kept = regenerated[:, b] == real[:, b]
+    usual = regenerated[:, b] == groups['usual_b'][held['attributes'][:, a]]
+    out[' <-> '.join(p['attributes'])] = dict(
+        rare_images=int(len(groups['rare'])), common_images=int(len(groups['common'])),
+        rare_keep_b=rate(groups['rare'], kept), common_keep_b=rate(groups['common'], kept),
+        rare_to_usual_b=rate(groups['rare'], usual), rare_keep_a=rate(groups['rare'], regenerated[:, a] == real[:, a]))
+  return out
+
+
 # ----------------------------------------------------------------------------- comparing
 
 
@@ -709,11 +783,13 @@ def _effect(diagnosis: dict, prototype: int, direction: str, attribute: str) -> 
 
 
 def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, quality_after: dict,
-            mcfg, attributes: TrainingAttributes) -> dict:
+            mcfg, attributes: TrainingAttributes, rare_before: Optional[dict] = None,
+            rare_after: Optional[dict] = None) -> dict:
   """Per edit of each pair: the co-moved effect and the edit success of A before and after; per pair,
   the edits that still show it after (`named_after`: often another edit than before's, e.g. the same
   prototype lowered instead of raised); the targets (pair gone, co-moved effect down by
-  target_reduction, edit success and fd_classifier within target_tolerance)."""
+  target_reduction, edit success and fd_classifier within target_tolerance, and with `rare_after`
+  (`rare_combinations`) the rare combinations' B kept within target_tolerance of the common ones')."""
   edits, named_after = [], {}
   after_edits = {tuple(sorted(x['attributes'])): x['edits'] for x in after['suspected_correlations']}
   for p in plans:
@@ -739,7 +815,14 @@ def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, 
       co_moved_reduction=bool(all(e['co_moved_reduction'] >= mcfg.target_reduction for e in edits)),
       edit_success_kept=bool(all(e['edit_success_ratio'] >= 1.0 - tol for e in edits)),
       sample_quality_kept=bool(fd_ratio <= 1.0 + tol))
-  return dict(edits=edits, named_after=named_after,
+  extra = {}
+  if rare_after:
+    # the shortcut in what the model makes, not only in its edits: a rare combination's B kept as well as
+    # a common one's (NaN, a pair without held-out images of one kind, fails)
+    targets['rare_combinations_kept'] = bool(all(
+        r['rare_keep_b'] >= (1.0 - tol) * r['common_keep_b'] for r in rare_after.values()))
+    extra['rare_combinations'] = {k: dict(before=(rare_before or {}).get(k), after=r) for k, r in rare_after.items()}
+  return dict(edits=edits, named_after=named_after, **extra,
               min_co_moved_reduction=float(min(e['co_moved_reduction'] for e in edits)),
               min_edit_success_ratio=float(min(e['edit_success_ratio'] for e in edits)),
               fd_classifier_ratio=float(fd_ratio), targets=targets, all_targets_met=bool(all(targets.values())))
@@ -837,9 +920,10 @@ def _original(config, workdir: str, mesh) -> tuple[tuple, dict]:
 
 
 def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attributes: TrainingAttributes,
-               before: dict, original_quality: dict) -> tuple[tuple, dict, dict, dict]:
+               before: dict, original_quality: dict, rare: Optional[Callable[[str], dict]] = None,
+               original_rare: Optional[dict] = None) -> tuple[tuple, dict, dict, dict]:
   """Stage 1 fine-tuned with `method` (and stage 2 again): (its view, its diagnosis, its sample quality,
-  its entry in the report's 'methods')."""
+  its entry in the report's 'methods'); `rare(view directory)`: `rare_combinations` of a model."""
   mcfg = config.mitigation
   series = f'{STAGE1_SERIES}/{method}'
   view = vc, vdir = make_view(config, workdir, method, series, f'{LATENT_SERIES}/{method}')
@@ -851,9 +935,13 @@ def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attri
     training.train_latent(vc, vdir, mesh)
   diagnosis = diagnose(vc, vdir, mesh)
   quality = sample_quality(vc, vdir, mesh)
+  after_rare = rare(vdir) if rare is not None else None
   result = dict(fine_tuning=ft, **extra, checkpoints=ckpt_lib.stage_dir(workdir, series), view=vdir,
                 after=summary(diagnosis), sample_quality=quality,
-                comparison=compare(before, diagnosis, plans, original_quality, quality, mcfg, attributes))
+                comparison=compare(before, diagnosis, plans, original_quality, quality, mcfg, attributes,
+                                   original_rare, after_rare))
+  if after_rare:
+    result['after']['rare_combinations'] = after_rare
   return view, diagnosis, quality, result
 
 
@@ -994,16 +1082,27 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
                                       for p in plans])
   views, diagnoses, quality, results = {}, {ORIGINAL: before}, {}, {}
   views[ORIGINAL], quality[ORIGINAL] = _original(config, workdir, mesh)
+  rare, original_rare = None, None
+  if mcfg.regeneration_images:
+    held = regeneration_images(config)
+    classifier, _ = classifier_for_workdir(config, workdir)
+
+    def rare(view):
+      real, regenerated = regenerations(config, view, held['image'], classifier, config.seed + 5)
+      return rare_combinations(plans, attributes, held, real, regenerated)
+    original_rare = rare(views[ORIGINAL][1])
+    logging.info('mitigate: regenerations of rare combinations (%s), original: %s', held['source'], original_rare)
   for method in mcfg.methods:
     views[method], diagnoses[method], quality[method], results[method] = _mitigated(
-        config, workdir, mesh, method, plans, attributes, before, quality[ORIGINAL])
+        config, workdir, mesh, method, plans, attributes, before, quality[ORIGINAL], rare, original_rare)
   selected = select(results)
   strongest = max((e for p in plans for e in p['edits']), key=lambda e: e['effect'])
   figure = os.path.join(out_dir, 'edits.png')
   if jax.process_index() == 0:
     edits_figure(config, views, diagnoses, strongest, figure)
   report = {
-      'before': dict(summary(before), sample_quality=quality[ORIGINAL]),
+      'before': dict(summary(before), sample_quality=quality[ORIGINAL],
+                     **({'rare_combinations': original_rare} if original_rare else {})),
       'after': dict(results[selected]['after'], sample_quality=quality[selected]),
       'mitigated': True, 'selected_method': selected, 'pairs': plans, 'entangled': entangled, 'methods': results,
       'figure': {'edits.png': f"prototype {strongest['prototype']} {strongest['direction']} (the strongest "
