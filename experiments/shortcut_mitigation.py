@@ -12,7 +12,10 @@ Runs `--mode=train`, `train_latent` and `mitigate` on the workdir (each skips wh
 prints one row per model from DIR/mitigation/report.json: the suspected pairs its diagnosis names,
 per edit that showed a pair the co-moved attribute's effect (probability mass moved, 95 % bootstrap
 CI) and its reduction, the edit success of the controlled attribute (how often its classifier label
-flips under the edit), fd_classifier of unconditional samples, and the fine-tuning cost.
+flips under the edit), fd_classifier of unconditional samples, and the fine-tuning cost; then per
+model how often a held-out image's B comes back when it is regenerated from its s, for the combinations
+of the pair that the training data hold rarely and for the common ones (a shortcut keeps the common
+ones and turns the rare ones into common ones; cured, the two rates meet).
 """
 
 from __future__ import annotations
@@ -67,6 +70,23 @@ def table(report: dict) -> str:
   return '\n'.join(lines) + f"\n\nselected: {report['selected_method']}"
 
 
+def rare_table(report: dict) -> str:
+  """Regenerations of held-out images from their s (markdown): per pair and model, how often B comes back
+  for the combinations the training data hold rarely and for the common ones, and how often a rare one
+  comes back with its A's usual B ('' when the report has none)."""
+  rows = [('original', report['before'].get('rare_combinations'))]
+  rows += [(m, r['after'].get('rare_combinations')) for m, r in report.get('methods', {}).items()]
+  if not report.get('mitigated') or not rows[0][1]:
+    return ''
+  lines = ['| model | pair | rare: B kept | common: B kept | rare: usual B of A instead | images (rare / common) |',
+           '|---' * 6 + '|']
+  for model, pairs in rows:
+    for pair, r in (pairs or {}).items():
+      lines.append(f"| {model} | {pair} | {r['rare_keep_b']:.2f} | {r['common_keep_b']:.2f} | "
+                   f"{r['rare_to_usual_b']:.2f} | {r['rare_images']} / {r['common_images']} |")
+  return '\n'.join(lines)
+
+
 def main(argv) -> None:
   del argv
   config, workdir = FLAGS.config, FLAGS.workdir
@@ -80,6 +100,10 @@ def main(argv) -> None:
   experiment.print_json('wall time of this run, seconds (a mode that was done already is skipped)', seconds)
   print(f'\n=== {experiment.config_filename()}: before / after ===')
   print(table(report))
+  rare = rare_table(report)
+  if rare:
+    print('\n=== regenerated from held-out s: is B kept where the training data rarely pair it with A? ===')
+    print(rare)
 
 
 if __name__ == '__main__':
