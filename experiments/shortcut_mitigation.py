@@ -80,10 +80,11 @@ def rare_table(report: dict) -> str:
     return ''
   lines = ['| model | pair | rare: B kept | common: B kept | rare: usual B of A instead | images (rare / common) |',
            '|---' * 6 + '|']
+  rate = lambda x: '-' if x is None else f'{x:.2f}'  # None: no held-out image of that kind
   for model, pairs in rows:
     for pair, r in (pairs or {}).items():
-      lines.append(f"| {model} | {pair} | {r['rare_keep_b']:.2f} | {r['common_keep_b']:.2f} | "
-                   f"{r['rare_to_usual_b']:.2f} | {r['rare_images']} / {r['common_images']} |")
+      lines.append(f"| {model} | {pair} | {rate(r['rare_keep_b'])} | {rate(r['common_keep_b'])} | "
+                   f"{rate(r['rare_to_usual_b'])} | {r['rare_images']} / {r['common_images']} |")
   return '\n'.join(lines)
 
 

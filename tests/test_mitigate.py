@@ -847,6 +847,13 @@ def test_rare_combinations_count_what_a_shortcut_regenerates():
       False, True, False]
   assert compared['faithful']['rare_combinations']['color <-> shape'] == dict(before=got['shortcut'],
                                                                               after=got['faithful'])
+  # no held-out image of a rare combination: nothing shows that B is kept there
+  diagonal = held[held[:, 0] == held[:, 1]]
+  none = mitigate_mode.rare_combinations(plans, attributes, {'attributes': diagonal}, diagonal,
+                                         diagonal)['color <-> shape']
+  assert none['rare_images'] == 0 and none['rare_keep_b'] is None and none['common_keep_b'] == 1.0
+  assert not mitigate_mode.compare(diagnosis, diagnosis, plans, quality, quality, mcfg, attributes, None,
+                                   {'color <-> shape': none})['targets']['rare_combinations_kept']
   assert 'rare_combinations_kept' not in mitigate_mode.compare(diagnosis, diagnosis, plans, quality, quality, mcfg,
                                                                attributes)['targets']
 

@@ -713,13 +713,16 @@ def combination_groups(train_a: np.ndarray, train_b: np.ndarray, held_a: np.ndar
               usual_b=np.argmax(table, 1))
 
 
-def regeneration_images(config) -> dict:
+def regeneration_images(config) -> Optional[dict]:
   """Held-out images and labels for the regenerations: the eval split, and where the data plant the
-  correlation, the same source without it (so that the rare combinations are many, not a few percent)."""
+  correlation, the same source without it (so that the rare combinations are many, not a few percent).
+  None when the split has no labels."""
   mcfg, data = config.mitigation, config.data
   source = data_config.without_planted_bias(data) if data_config.planted_bias(data) else data
   arrays = data_lib.load_arrays(source, config.interpret.eval_split or data.eval_split,
                                 max_examples=mcfg.regeneration_images)
+  if 'attributes' not in arrays:
+    return None
   return dict(image=np.asarray(arrays['image']), attributes=np.asarray(arrays['attributes']),
               source='without the planted correlation' if source is not data else 'as is')
 
@@ -754,7 +757,7 @@ def rare_combinations(plans: list[dict], attributes: TrainingAttributes, held: d
     a, b = names.index(p['controlled']), names.index(p['co_moved'])
     groups = combination_groups(attributes.labels[:, a], attributes.labels[:, b], held['attributes'][:, a],
                                 held['attributes'][:, b], len(attributes.values[a]), len(attributes.values[b]))
-    rate = lambda idx, hit: float(np.mean(hit[idx])) if len(idx) else float('nan')
+    rate = lambda idx, hit: float(np.mean(hit[idx])) if len(idx) else None  # None: no such held-out image
     kept = regenerated[:, b] == real[:, b]
     usual = regenerated[:, b] == groups['usual_b'][held['attributes'][:, a]]
     out[' <-> '.join(p['attributes'])] = dict(
@@ -818,9 +821,10 @@ def compare(before: dict, after: dict, plans: list[dict], quality_before: dict, 
   extra = {}
   if rare_after:
     # the shortcut in what the model makes, not only in its edits: a rare combination's B kept as well as
-    # a common one's (NaN, a pair without held-out images of one kind, fails)
+    # a common one's (a pair without held-out images of one kind is not shown to be kept)
     targets['rare_combinations_kept'] = bool(all(
-        r['rare_keep_b'] >= (1.0 - tol) * r['common_keep_b'] for r in rare_after.values()))
+        r['rare_keep_b'] is not None and r['common_keep_b'] is not None
+        and r['rare_keep_b'] >= (1.0 - tol) * r['common_keep_b'] for r in rare_after.values()))
     extra['rare_combinations'] = {k: dict(before=(rare_before or {}).get(k), after=r) for k, r in rare_after.items()}
   return dict(edits=edits, named_after=named_after, **extra,
               min_co_moved_reduction=float(min(e['co_moved_reduction'] for e in edits)),
@@ -1083,8 +1087,10 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
   views, diagnoses, quality, results = {}, {ORIGINAL: before}, {}, {}
   views[ORIGINAL], quality[ORIGINAL] = _original(config, workdir, mesh)
   rare, original_rare = None, None
-  if mcfg.regeneration_images:
-    held = regeneration_images(config)
+  held = regeneration_images(config) if mcfg.regeneration_images else None
+  if mcfg.regeneration_images and held is None:
+    logging.warning('mitigate: the held-out split has no labels; no regenerations of rare combinations')
+  if held is not None:
     classifier, _ = classifier_for_workdir(config, workdir)
 
     def rare(view):
