@@ -549,8 +549,7 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
         if frozen and settings.ema_decay > 0:
           # frozen parts start at their moving average, which the original samples with: the average
           # of a constant is then that constant, and they stay the model that the diagnosis read
-          state = state.replace(params=type(state.params)(
-              {k: state.ema_params[k] if k in frozen else v for k, v in state.params.items()}))
+          state = _at_moving_average(state, frozen)
         series.save(start, state, it.get_state(), {'stage': 'stage1', 'mitigation': method, 'from_step': start,
                                                    'from': ckpt_lib.stage_dir(workdir, 'stage1')}, force=True)
     finally:
@@ -576,7 +575,7 @@ def finetune(config, workdir: str, view: str, make_task, make_iterator, mesh, me
       if jax.process_index() == 0:
         files.write_json(rechecks_path, done)
   if settle:
-    state = _settle(config, view, settings, make_iterator, mesh, meta, start + method_steps, start + steps)
+    _settle(config, view, settings, make_iterator, mesh, meta, start + method_steps, start + steps)
   out = dict(from_step=start, steps=steps, to_step=start + steps, batch_size=settings.batch_size,
              learning_rate=settings.learning_rate, cost_fraction=steps / config.train.num_steps,
              seconds=round(watch.seconds(), 1))
@@ -595,6 +594,12 @@ def settle_steps(steps: int, fraction: float) -> int:
   return min(steps - 1, max(2, int(round(fraction * steps))))
 
 
+def _at_moving_average(state, names):
+  """`state` with the parameter collections `names` set to their moving average."""
+  return state.replace(params=type(state.params)(
+      {k: state.ema_params[k] if k in names else v for k, v in state.params.items()}))
+
+
 def _settle(config, view: str, settings: LoopSettings, make_iterator, mesh, meta: dict, switch: int, end: int):
   """The settling steps after the method's: the U-Net alone learns, on the diffusion loss, to draw from
   the s and the decoder's pictures that the method made.
@@ -604,20 +609,19 @@ def _settle(config, view: str, settings: LoopSettings, make_iterator, mesh, meta
   stays, so a kill here loses nothing). From then on their updates are zero, so their average stays
   equal to them, and the U-Net adapts to exactly the encoder and decoder it will be sampled with."""
   task = training.PatronusTask(config)
+  frozen = ('prototypes', 's_decoder') if task.model.s_decoder_size else ('prototypes',)
   series = ckpt_lib.Checkpointer(ckpt_lib.stage_dir(view, 'stage1'), keep=2, asynchronous=False)
   try:
     latest = series.latest_step()
     if latest is None or latest < switch:
       raise WorkdirError(f'{series.directory}: the fine-tuning stopped at step {latest}, before {switch}')
-    it = make_iterator()
-    state, _ = restore_or_init(task, make_optimizer(settings), series, it, seed=config.seed, mesh=mesh)
-    frozen = tuple(c for c in ('prototypes', 's_decoder') if c in state.params)
-    if latest == switch:
+    if latest == switch:  # past it (a resumed run), run_training continues from the series alone
+      it = make_iterator()
+      state, _ = restore_or_init(task, make_optimizer(settings), series, it, seed=config.seed, mesh=mesh)
       if settings.ema_decay > 0:
-        state = state.replace(params=type(state.params)(
-            {k: state.ema_params[k] if k in frozen else v for k, v in state.params.items()}))
-      state = state.replace(step=state.step + 1)
-      series.save(switch + 1, state, it.get_state(), dict(meta, settle_from=switch), force=True)
+        state = _at_moving_average(state, frozen)
+      series.save(switch + 1, state.replace(step=state.step + 1), it.get_state(), dict(meta, settle_from=switch),
+                  force=True)
   finally:
     series.close()
   settings = dataclasses.replace(settings, num_steps=end, lr_scales=tuple((c, 0.0) for c in frozen))
@@ -923,6 +927,26 @@ def _original(config, workdir: str, mesh) -> tuple[tuple, dict]:
   return view, sample_quality(*view, mesh)
 
 
+def _rare_measure(config, workdir: str, plans: list[dict], attributes: TrainingAttributes
+                  ) -> Optional[Callable[[str], dict]]:
+  """`rare_combinations` of the model a view directory holds, on `regeneration_images` held-out images;
+  None when off or when the held-out split has no labels."""
+  if not config.mitigation.regeneration_images:
+    return None
+  held = regeneration_images(config)
+  if held is None:
+    logging.warning('mitigate: the held-out split has no labels; no regenerations of rare combinations')
+    return None
+  classifier, _ = classifier_for_workdir(config, workdir)
+
+  def measure(view: str) -> dict:
+    real, regenerated = regenerations(config, view, held['image'], classifier, config.seed + 5)
+    out = rare_combinations(plans, attributes, held, real, regenerated)
+    logging.info('mitigate: regenerations of rare combinations (%s), %s: %s', held['source'], view, out)
+    return out
+  return measure
+
+
 def _mitigated(config, workdir: str, mesh, method: str, plans: list[dict], attributes: TrainingAttributes,
                before: dict, original_quality: dict, rare: Optional[Callable[[str], dict]] = None,
                original_rare: Optional[dict] = None) -> tuple[tuple, dict, dict, dict]:
@@ -1086,18 +1110,8 @@ def mitigate_mode(config, workdir: str, mesh=None) -> dict:
                                       for p in plans])
   views, diagnoses, quality, results = {}, {ORIGINAL: before}, {}, {}
   views[ORIGINAL], quality[ORIGINAL] = _original(config, workdir, mesh)
-  rare, original_rare = None, None
-  held = regeneration_images(config) if mcfg.regeneration_images else None
-  if mcfg.regeneration_images and held is None:
-    logging.warning('mitigate: the held-out split has no labels; no regenerations of rare combinations')
-  if held is not None:
-    classifier, _ = classifier_for_workdir(config, workdir)
-
-    def rare(view):
-      real, regenerated = regenerations(config, view, held['image'], classifier, config.seed + 5)
-      return rare_combinations(plans, attributes, held, real, regenerated)
-    original_rare = rare(views[ORIGINAL][1])
-    logging.info('mitigate: regenerations of rare combinations (%s), original: %s', held['source'], original_rare)
+  rare = _rare_measure(config, workdir, plans, attributes)
+  original_rare = rare(views[ORIGINAL][1]) if rare is not None else None
   for method in mcfg.methods:
     views[method], diagnoses[method], quality[method], results[method] = _mitigated(
         config, workdir, mesh, method, plans, attributes, before, quality[ORIGINAL], rare, original_rare)
