@@ -537,3 +537,55 @@ def test_emergence_traces_the_unets_own_denoising_when_sampling_keeps_the_sketch
   other = interpret_core.generate_batch(model, variables, jnp.asarray(s), jnp.asarray(x_T), guided)['images']
   np.testing.assert_allclose(np.asarray(traced), np.asarray(want), atol=1e-5)
   assert float(jnp.abs(other - want).max()) > 1e-3
+
+
+def test_hessian_penalty_is_the_variance_of_second_differences_and_zero_for_separate_effects():
+  rng = np.random.RandomState(0)
+  s = jnp.asarray(rng.randn(5, 3).astype(np.float32) * np.array([1.0, 2.0, 0.5], np.float32))
+  key = jax.random.PRNGKey(3)
+  # each input alone (any nonlinearity, no interaction): the mixed derivatives are 0
+  separate = lambda x: jnp.stack([jnp.sin(x[:, 0]) + x[:, 1] ** 3, jnp.exp(x[:, 2])], 1)
+  assert float(proto_lib.hessian_penalty(separate, s, key, step=0.05, num_directions=4)) < 1e-4
+  # f = a s0 s1: a quadratic, so the central second difference is exact: 2 a v0 v1 sd0 sd1 per direction
+  a, k = 1.5, 4
+  product = lambda x: a * x[:, :1] * x[:, 1:2]
+  sd = np.asarray(jnp.std(s, axis=0)) + 1e-6
+  v = np.asarray(jax.random.rademacher(key, (k,) + s.shape, dtype=s.dtype))
+  second = 2 * a * v[..., 0] * v[..., 1] * sd[0] * sd[1]  # (k, batch)
+  expected = np.mean(np.var(second, axis=0, ddof=1))
+  got = float(proto_lib.hessian_penalty(product, s, key, step=0.1, num_directions=k))
+  assert expected > 0
+  np.testing.assert_allclose(got, expected, rtol=1e-4)
+  # over many directions it estimates 4 a^2 sd0^2 sd1^2 (the off-diagonal Hessian, twice, squared)
+  many = float(proto_lib.hessian_penalty(product, s, key, step=0.1, num_directions=4000))
+  np.testing.assert_allclose(many, 4 * a ** 2 * sd[0] ** 2 * sd[1] ** 2, rtol=0.1)
+  # s enters without its gradient
+  assert float(jnp.abs(jax.grad(lambda x: proto_lib.hessian_penalty(product, x, key))(s)).max()) == 0.0
+  with pytest.raises(ValueError, match='2 directions'):
+    proto_lib.hessian_penalty(product, s, key, num_directions=1)
+
+
+def test_decoder_hessian_term_in_stage1_trains_the_decoder_only():
+  x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
+  weight = 0.7
+  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_hessian_weight': weight}))
+  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
+  variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
+  params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  key = jax.random.PRNGKey(4)
+  loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
+  base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
+  assert 's_decoder_hessian' not in base_metrics and float(metrics['s_decoder_hessian']) > 0
+  np.testing.assert_allclose(float(loss), float(base) + weight * float(metrics['s_decoder_hessian']), rtol=1e-5)
+  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1]['s_decoder_hessian'])(params)
+  decoder = [float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads['s_decoder'])]
+  assert max(decoder) > 0
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads['prototypes']))
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads['unet']))
+  for bad, field in (({'train.s_decoder_hessian_weight': -1.0}, 'train.s_decoder_hessian_weight'),
+                     ({'train.s_decoder_hessian_step': 0.0}, 'train.s_decoder_hessian_step'),
+                     ({'train.s_decoder_hessian_weight': 1.0, 'train.s_decoder_weight': 0.0,
+                       'model.s_sketch': False, 'diffusion.sketch_consistency': 0.0},
+                      'train.s_decoder_hessian_weight')):
+    with pytest.raises(ConfigError, match=field):
+      config_lib.load('configs/quickstart.py:tiny', bad)

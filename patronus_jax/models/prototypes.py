@@ -250,6 +250,29 @@ def decorrelation_loss(s: jax.Array, threshold: float = 0.0) -> jax.Array:
   return jnp.sum(excess ** 2) / (p * (p - 1))
 
 
+def hessian_penalty(fn, s: jax.Array, key: jax.Array, step: float = 0.1, num_directions: int = 2) -> jax.Array:
+  """Peebles et al. (2020)'s Hessian penalty of fn (s -> array) at s (train.s_decoder_hessian_weight).
+
+  For a Rademacher vector v, v^T H v = sum_j v_j^2 H_jj + sum_{j != k} v_j v_k H_jk: the diagonal
+  part is the same for every v, so the variance over v of v^T H v is 2 sum_{j != k} H_jk^2 per output
+  element, the squared off-diagonal Hessian, 0 exactly when every input's effect on that output is
+  independent of the others'. v^T H v is the central second difference along v; each prototype's
+  step is `step` x its std over the batch, so the penalty is in units of s's own spread. Returned:
+  that unbiased variance over `num_directions` directions, averaged over the batch and fn's outputs.
+  s enters without its gradient: the penalty shapes fn, not the s it is given.
+  """
+  if num_directions < 2:
+    raise ValueError(f'the Hessian penalty needs at least 2 directions for a variance, got {num_directions}')
+  s = jax.lax.stop_gradient(s)
+  h = step * (jnp.std(s, axis=0, keepdims=True) + 1e-6)
+  v = jax.random.rademacher(key, (num_directions,) + s.shape, dtype=s.dtype) * h
+  points = jnp.concatenate([s[None], s[None] + v, s[None] - v]).reshape((-1,) + s.shape[1:])
+  out = fn(points).reshape((2 * num_directions + 1, s.shape[0]) + (-1,))
+  centre, plus, minus = out[0], out[1:1 + num_directions], out[1 + num_directions:]
+  second = (plus - 2.0 * centre[None] + minus) / step ** 2
+  return jnp.mean(jnp.var(second, axis=0, ddof=1))
+
+
 def patch_cluster_loss(distances: jax.Array) -> jax.Array:
   """Mean over every patch of the batch of its distance to the nearest prototype
   (train.patch_cluster_weight): the k-means objective of the patches with the prototypes as

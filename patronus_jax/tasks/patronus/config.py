@@ -122,6 +122,11 @@ def train_config() -> ConfigDict:
       # > 0: this weight x the mean distance of every patch to its nearest prototype (k-means of the
       # patches), so that prototypes sit on the kinds of patch that occur (not in the paper; docs/patronus.md)
       patch_cluster_weight=0.0,
+      # > 0: this weight x the Hessian penalty (Peebles et al. 2020) of the decoder of s: the squared
+      # mixed second derivatives of its picture in s, so that each prototype changes the picture
+      # independently of the others (not in the paper; docs/patronus.md)
+      s_decoder_hessian_weight=0.0,
+      s_decoder_hessian_step=0.1,  # its finite-difference step, as a fraction of each prototype's batch std
       log_every=50,
       checkpoint_every=1000,
       keep_checkpoints=3,
@@ -278,6 +283,13 @@ def _validate_training(config: ConfigDict) -> None:
           f"config field 'train.s_decorrelation_weight' must be >= 0 (0: off), got {t.s_decorrelation_weight}")
   require(0.0 <= t.s_decorrelation_threshold < 1.0,
           f"config field 'train.s_decorrelation_threshold' must be in [0, 1), got {t.s_decorrelation_threshold}")
+  require(t.s_decoder_hessian_weight >= 0.0,
+          f"config field 'train.s_decoder_hessian_weight' must be >= 0 (0: off), got {t.s_decoder_hessian_weight}")
+  require(t.s_decoder_hessian_weight == 0.0 or t.s_decoder_weight > 0,
+          "config field 'train.s_decoder_hessian_weight' shapes the decoder of s: set 'train.s_decoder_weight' > 0 "
+          f"(got {t.s_decoder_weight}) or the Hessian weight 0")
+  require(t.s_decoder_hessian_step > 0.0,
+          f"config field 'train.s_decoder_hessian_step' must be positive, got {t.s_decoder_hessian_step}")
   require(t.patch_cluster_weight >= 0.0,
           f"config field 'train.patch_cluster_weight' must be >= 0 (0: off), got {t.patch_cluster_weight}")
   require(0.0 <= lt.ema_decay < 1.0, f"config field 'latent.ema_decay' must be in [0, 1), got {lt.ema_decay}")

@@ -84,6 +84,12 @@ class PatronusTask:
     if weight > 0:
       metrics['s_decoder_loss'] = self.decoder_loss(decoded, x0)
       loss = loss + weight * metrics['s_decoder_loss']
+    weight = self.config.train.s_decoder_hessian_weight
+    if weight > 0:
+      metrics['s_decoder_hessian'] = proto_lib.hessian_penalty(
+          lambda points: self.model.apply(variables, points, method=self.model.decode_activations), s,
+          jax.random.fold_in(drop_key, 2), self.config.train.s_decoder_hessian_step)
+      loss = loss + weight * metrics['s_decoder_hessian']
     weight = self.config.train.s_decorrelation_weight
     if weight > 0:
       metrics['s_correlation'] = proto_lib.decorrelation_loss(s, self.config.train.s_decorrelation_threshold)
