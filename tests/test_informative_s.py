@@ -589,3 +589,52 @@ def test_decoder_hessian_term_in_stage1_trains_the_decoder_only():
                       'train.s_decoder_hessian_weight')):
     with pytest.raises(ConfigError, match=field):
       config_lib.load('configs/quickstart.py:tiny', bad)
+
+
+def test_edit_cycle_loss_compares_the_read_back_s_with_the_edited_s():
+  rng = np.random.RandomState(1)
+  s = jnp.asarray(rng.randn(6, 4).astype(np.float32) * np.array([1.0, 3.0, 0.5, 2.0], np.float32))
+  key = jax.random.PRNGKey(7)
+  identity = lambda x: x
+  # a picture that shows every prototype and is read back exactly: no loss
+  assert float(proto_lib.edit_cycle_loss(s, key, identity, identity)) < 1e-10
+  # closed form: read back as zeros -> half the edited prototype's and half the others' mean
+  # squared value, in units of each prototype's batch variance
+  chosen = np.asarray(jax.nn.one_hot(jax.random.randint(key, (6,), 0, 4), 4))
+  edited = np.asarray(s) * (1 - chosen) + np.roll(np.asarray(s), 1, axis=0) * chosen
+  assert np.all(chosen.sum(1) == 1)
+  scaled = edited ** 2 / (np.asarray(s).var(0) + 1e-6)
+  expected = 0.5 * ((scaled * chosen).sum() / 6 + (scaled * (1 - chosen)).sum() / (6 * 3))
+  got = float(proto_lib.edit_cycle_loss(s, key, identity, jnp.zeros_like))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # a picture that hides prototype 0 (always drawn as its mean) pays only where prototype 0 differs
+  hide = lambda x: x.at[:, 0].set(jnp.mean(s[:, 0]))
+  hidden = float(proto_lib.edit_cycle_loss(s, key, hide, identity))
+  assert hidden > 0.1
+  np.testing.assert_allclose(hidden, 0.5 * float(np.sum(
+      ((edited[:, 0] - np.asarray(s)[:, 0].mean()) ** 2 / (np.asarray(s)[:, 0].var() + 1e-6))
+      * np.where(chosen[:, 0] == 1, 1.0, 1.0 / 3)) / 6), rtol=1e-5)
+  # s is the target: no gradient into it
+  assert float(jnp.abs(jax.grad(lambda x: proto_lib.edit_cycle_loss(x, key, hide, identity))(s)).max()) == 0.0
+
+
+def test_edit_cycle_term_in_stage1_trains_the_decoder_and_the_prototype_network():
+  x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
+  weight = 0.4
+  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.edit_cycle_weight': weight}))
+  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
+  variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
+  params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+  key = jax.random.PRNGKey(4)
+  loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
+  base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
+  assert 'edit_cycle_loss' not in base_metrics and float(metrics['edit_cycle_loss']) > 0
+  np.testing.assert_allclose(float(loss), float(base) + weight * float(metrics['edit_cycle_loss']), rtol=1e-5)
+  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1]['edit_cycle_loss'])(params)
+  biggest = {k: max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[k])) for k in grads}
+  assert biggest['s_decoder'] > 0 and biggest['prototypes'] > 0 and biggest['unet'] == 0
+  for bad in ({'train.edit_cycle_weight': -1.0},
+              {'train.edit_cycle_weight': 1.0, 'train.s_decoder_weight': 0.0, 'model.s_sketch': False,
+               'diffusion.sketch_consistency': 0.0}):
+    with pytest.raises(ConfigError, match='train.edit_cycle_weight'):
+      config_lib.load('configs/quickstart.py:tiny', bad)

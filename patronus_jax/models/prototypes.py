@@ -273,6 +273,27 @@ def hessian_penalty(fn, s: jax.Array, key: jax.Array, step: float = 0.1, num_dir
   return jnp.mean(jnp.var(second, axis=0, ddof=1))
 
 
+def edit_cycle_loss(s: jax.Array, key: jax.Array, picture_of, activations_of) -> jax.Array:
+  """The edit-cycle loss (train.edit_cycle_weight): an edited s must come back from its picture.
+
+  Each example's s gets one prototype, chosen at random, set to that prototype's value in another
+  example of the batch (so it stays within the range the prototype takes); `picture_of` (s -> image)
+  draws the edited s and `activations_of` (image -> s) reads the picture again. A prototype whose
+  change does not show in the picture, or shows as a change of other prototypes, pays. Errors are in
+  units of each prototype's batch variance; the edited prototype's error and the mean error of the
+  unedited ones count half each. s is the target and enters without its gradient.
+  """
+  s = jax.lax.stop_gradient(s)
+  b, p = s.shape
+  chosen = jax.nn.one_hot(jax.random.randint(key, (b,), 0, p), p, dtype=s.dtype)
+  edited = s * (1.0 - chosen) + jnp.roll(s, 1, axis=0) * chosen
+  back = activations_of(picture_of(edited))
+  error = (back - edited) ** 2 / (jnp.var(s, axis=0, keepdims=True) + 1e-6)
+  on_edited = jnp.sum(error * chosen) / b
+  on_others = jnp.sum(error * (1.0 - chosen)) / (b * max(p - 1, 1))
+  return 0.5 * (on_edited + on_others)
+
+
 def patch_cluster_loss(distances: jax.Array) -> jax.Array:
   """Mean over every patch of the batch of its distance to the nearest prototype
   (train.patch_cluster_weight): the k-means objective of the patches with the prototypes as

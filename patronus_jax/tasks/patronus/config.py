@@ -127,6 +127,9 @@ def train_config() -> ConfigDict:
       # independently of the others (not in the paper; docs/patronus.md)
       s_decoder_hessian_weight=0.0,
       s_decoder_hessian_step=0.1,  # its finite-difference step, as a fraction of each prototype's batch std
+      # > 0: this weight x the edit-cycle loss: s with one prototype changed is drawn by the decoder of s and
+      # read again by the prototype network, which must return the edited s (not in the paper; docs/patronus.md)
+      edit_cycle_weight=0.0,
       log_every=50,
       checkpoint_every=1000,
       keep_checkpoints=3,
@@ -288,6 +291,11 @@ def _validate_training(config: ConfigDict) -> None:
   require(t.s_decoder_hessian_weight == 0.0 or t.s_decoder_weight > 0,
           "config field 'train.s_decoder_hessian_weight' shapes the decoder of s: set 'train.s_decoder_weight' > 0 "
           f"(got {t.s_decoder_weight}) or the Hessian weight 0")
+  require(t.edit_cycle_weight >= 0.0,
+          f"config field 'train.edit_cycle_weight' must be >= 0 (0: off), got {t.edit_cycle_weight}")
+  require(t.edit_cycle_weight == 0.0 or t.s_decoder_weight > 0,
+          "config field 'train.edit_cycle_weight' draws s with the decoder of s: set 'train.s_decoder_weight' > 0 "
+          f"(got {t.s_decoder_weight}) or the edit-cycle weight 0")
   require(t.s_decoder_hessian_step > 0.0,
           f"config field 'train.s_decoder_hessian_step' must be positive, got {t.s_decoder_hessian_step}")
   require(t.patch_cluster_weight >= 0.0,

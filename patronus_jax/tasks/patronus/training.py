@@ -90,6 +90,14 @@ class PatronusTask:
           lambda points: self.model.apply(variables, points, method=self.model.decode_activations), s,
           jax.random.fold_in(drop_key, 2), self.config.train.s_decoder_hessian_step)
       loss = loss + weight * metrics['s_decoder_hessian']
+    weight = self.config.train.edit_cycle_weight
+    if weight > 0:
+      metrics['edit_cycle_loss'] = proto_lib.edit_cycle_loss(
+          s, jax.random.fold_in(drop_key, 3),
+          lambda edited: unet_lib.resize_sketch(
+              self.model.apply(variables, edited, method=self.model.decode_activations), x0.shape),
+          lambda picture: self.model.apply(variables, picture, method=self.model.encode).activations)
+      loss = loss + weight * metrics['edit_cycle_loss']
     weight = self.config.train.s_decorrelation_weight
     if weight > 0:
       metrics['s_correlation'] = proto_lib.decorrelation_loss(s, self.config.train.s_decorrelation_threshold)
