@@ -366,10 +366,9 @@ def test_patch_cluster_loss_is_the_k_means_objective_of_the_patches():
   assert float(jnp.abs(grads['prototypes']['prototype_vectors']).max()) > 0
 
 
-def _check_stage1_term(field: str, weight: float, metric: str, term_of):
-  """Stage 1's loss with train.<field> = weight is the plain loss + weight x term_of(the batch's
-  PrototypeOutput), logged as `metric`; the term trains the encoder, and a negative weight is a
-  ConfigError. Returns the term's gradient for the caller's own checks."""
+def _stage1_term(field: str, weight: float, metric: str):
+  """Stage 1's loss on a tiny batch with train.<field> = weight is the plain loss + weight x the logged
+  `metric`, which the plain loss does not log. Returns (the metric, its gradient, task, variables, batch)."""
   x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
   task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {f'train.{field}': weight}))
   plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
@@ -379,11 +378,19 @@ def _check_stage1_term(field: str, weight: float, metric: str, term_of):
   loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
   base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
   assert metric not in base_metrics
-  term = float(term_of(task.model.apply({'params': params, **rest}, x, method=task.model.encode)))
-  assert term > 0
-  np.testing.assert_allclose(float(metrics[metric]), term, rtol=1e-5)
-  np.testing.assert_allclose(float(loss), float(base) + weight * term, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(base) + weight * float(metrics[metric]), rtol=1e-5)
   grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1][metric])(params)
+  return float(metrics[metric]), grads, task, variables, x
+
+
+def _check_stage1_term(field: str, weight: float, metric: str, term_of):
+  """Stage 1's loss with train.<field> = weight is the plain loss + weight x term_of(the batch's
+  PrototypeOutput), logged as `metric`; the term trains the encoder, and a negative weight is a
+  ConfigError. Returns the term's gradient for the caller's own checks."""
+  value, grads, task, variables, x = _stage1_term(field, weight, metric)
+  term = float(term_of(task.model.apply(variables, x, method=task.model.encode)))
+  assert term > 0
+  np.testing.assert_allclose(value, term, rtol=1e-5)
   assert float(jnp.abs(grads['prototypes']['encoder']['conv_0']['kernel']).max()) > 0
   with pytest.raises(ConfigError, match=f'train.{field}'):
     config_lib.load('configs/quickstart.py:tiny', {f'train.{field}': -1.0})
@@ -565,23 +572,16 @@ def test_hessian_penalty_is_the_variance_of_second_differences_and_zero_for_sepa
     proto_lib.hessian_penalty(product, s, key, num_directions=1)
 
 
+def _stage1_term_gradients(field: str, weight: float, metric: str) -> dict:
+  """Per parameter collection, the largest |gradient| of stage 1's term train.<field> (`_stage1_term`)."""
+  value, grads, _, _, _ = _stage1_term(field, weight, metric)
+  assert value > 0
+  return {k: max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[k])) for k in grads}
+
+
 def test_decoder_hessian_term_in_stage1_trains_the_decoder_only():
-  x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
-  weight = 0.7
-  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.s_decoder_hessian_weight': weight}))
-  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
-  variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
-  params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
-  key = jax.random.PRNGKey(4)
-  loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
-  base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
-  assert 's_decoder_hessian' not in base_metrics and float(metrics['s_decoder_hessian']) > 0
-  np.testing.assert_allclose(float(loss), float(base) + weight * float(metrics['s_decoder_hessian']), rtol=1e-5)
-  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1]['s_decoder_hessian'])(params)
-  decoder = [float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads['s_decoder'])]
-  assert max(decoder) > 0
-  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads['prototypes']))
-  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads['unet']))
+  biggest = _stage1_term_gradients('s_decoder_hessian_weight', 0.7, 's_decoder_hessian')
+  assert biggest['s_decoder'] > 0 and biggest['prototypes'] == 0 and biggest['unet'] == 0
   for bad, field in (({'train.s_decoder_hessian_weight': -1.0}, 'train.s_decoder_hessian_weight'),
                      ({'train.s_decoder_hessian_step': 0.0}, 'train.s_decoder_hessian_step'),
                      ({'train.s_decoder_hessian_weight': 1.0, 'train.s_decoder_weight': 0.0,
@@ -619,19 +619,7 @@ def test_edit_cycle_loss_compares_the_read_back_s_with_the_edited_s():
 
 
 def test_edit_cycle_term_in_stage1_trains_the_decoder_and_the_prototype_network():
-  x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
-  weight = 0.4
-  task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {'train.edit_cycle_weight': weight}))
-  plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny'))
-  variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
-  params, rest = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
-  key = jax.random.PRNGKey(4)
-  loss, metrics = task.loss_fn(params, rest, {'image': x}, key, True)
-  base, base_metrics = plain.loss_fn(params, rest, {'image': x}, key, True)
-  assert 'edit_cycle_loss' not in base_metrics and float(metrics['edit_cycle_loss']) > 0
-  np.testing.assert_allclose(float(loss), float(base) + weight * float(metrics['edit_cycle_loss']), rtol=1e-5)
-  grads = jax.grad(lambda p: task.loss_fn(p, rest, {'image': x}, key, True)[1]['edit_cycle_loss'])(params)
-  biggest = {k: max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[k])) for k in grads}
+  biggest = _stage1_term_gradients('edit_cycle_weight', 0.4, 'edit_cycle_loss')
   assert biggest['s_decoder'] > 0 and biggest['prototypes'] > 0 and biggest['unet'] == 0
   for bad in ({'train.edit_cycle_weight': -1.0},
               {'train.edit_cycle_weight': 1.0, 'train.s_decoder_weight': 0.0, 'model.s_sketch': False,
