@@ -286,16 +286,12 @@ def _validate_training(config: ConfigDict) -> None:
           f"config field 'train.s_decorrelation_weight' must be >= 0 (0: off), got {t.s_decorrelation_weight}")
   require(0.0 <= t.s_decorrelation_threshold < 1.0,
           f"config field 'train.s_decorrelation_threshold' must be in [0, 1), got {t.s_decorrelation_threshold}")
-  require(t.s_decoder_hessian_weight >= 0.0,
-          f"config field 'train.s_decoder_hessian_weight' must be >= 0 (0: off), got {t.s_decoder_hessian_weight}")
-  require(t.s_decoder_hessian_weight == 0.0 or t.s_decoder_weight > 0,
-          "config field 'train.s_decoder_hessian_weight' shapes the decoder of s: set 'train.s_decoder_weight' > 0 "
-          f"(got {t.s_decoder_weight}) or the Hessian weight 0")
-  require(t.edit_cycle_weight >= 0.0,
-          f"config field 'train.edit_cycle_weight' must be >= 0 (0: off), got {t.edit_cycle_weight}")
-  require(t.edit_cycle_weight == 0.0 or t.s_decoder_weight > 0,
-          "config field 'train.edit_cycle_weight' draws s with the decoder of s: set 'train.s_decoder_weight' > 0 "
-          f"(got {t.s_decoder_weight}) or the edit-cycle weight 0")
+  for field in ('s_decoder_hessian_weight', 'edit_cycle_weight'):  # terms that run the decoder of s
+    value = t[field]
+    require(value >= 0.0, f"config field 'train.{field}' must be >= 0 (0: off), got {value}")
+    require(value == 0.0 or t.s_decoder_weight > 0,
+            f"config field 'train.{field}' needs the decoder of s: set 'train.s_decoder_weight' > 0 "
+            f"(got {t.s_decoder_weight}) or 'train.{field}' 0")
   require(t.s_decoder_hessian_step > 0.0,
           f"config field 'train.s_decoder_hessian_step' must be positive, got {t.s_decoder_hessian_step}")
   require(t.patch_cluster_weight >= 0.0,

@@ -67,8 +67,11 @@ class PatronusTask:
     if train and p_drop > 0:  # some examples train the unconditional model (guidance at sampling)
       cond_mask = jax.random.bernoulli(jax.random.fold_in(drop_key, 1), 1.0 - p_drop, (x0.shape[0],))
 
+    def decode(activations):  # the decoder's picture of s (also of the penalties' perturbed s below)
+      return self.model.apply(variables, activations, method=self.model.decode_activations)
+
     weight = self.config.train.s_decoder_weight
-    decoded = self.model.apply(variables, s, method=self.model.decode_activations) if weight > 0 else None
+    decoded = decode(s) if weight > 0 else None
 
     # with model.s_sketch the U-Net's sketch is this same picture (the decoder runs once per step)
     sketch = unet_lib.resize_sketch(decoded, x0.shape) if self.model.s_sketch else None
@@ -87,15 +90,13 @@ class PatronusTask:
     weight = self.config.train.s_decoder_hessian_weight
     if weight > 0:
       metrics['s_decoder_hessian'] = proto_lib.hessian_penalty(
-          lambda points: self.model.apply(variables, points, method=self.model.decode_activations), s,
-          jax.random.fold_in(drop_key, 2), self.config.train.s_decoder_hessian_step)
+          decode, s, jax.random.fold_in(drop_key, 2), self.config.train.s_decoder_hessian_step)
       loss = loss + weight * metrics['s_decoder_hessian']
     weight = self.config.train.edit_cycle_weight
     if weight > 0:
       metrics['edit_cycle_loss'] = proto_lib.edit_cycle_loss(
           s, jax.random.fold_in(drop_key, 3),
-          lambda edited: unet_lib.resize_sketch(
-              self.model.apply(variables, edited, method=self.model.decode_activations), x0.shape),
+          lambda edited: unet_lib.resize_sketch(decode(edited), x0.shape),
           lambda picture: self.model.apply(variables, picture, method=self.model.encode).activations)
       loss = loss + weight * metrics['edit_cycle_loss']
     weight = self.config.train.s_decorrelation_weight
