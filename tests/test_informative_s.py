@@ -76,6 +76,54 @@ def test_channel_weights_are_a_softmax_weighted_cosine_distance_and_start_as_the
   np.testing.assert_allclose(np.asarray(sharp.apply(scaled, x).distances), d, rtol=1e-5, atol=1e-6)
 
 
+def test_outline_map_is_the_colour_blind_normalised_gradient_magnitude():
+  x = np.zeros((1, 6, 6, 3), np.float32)
+  x[0, 2:4, 1:4] = (0.5, -0.25, 1.0)  # a 2 x 3 block on a black background; |colour| sums to 1.75
+  e = np.asarray(proto_lib.outline_map(jnp.asarray(x)))
+  dy = np.zeros((6, 6))
+  dy[1, 1:4] = dy[3, 1:4] = 1.75  # forward differences: the rows above and at the block's lower edge
+  dx = np.zeros((6, 6))
+  dx[2:4, 0] = dx[2:4, 3] = 1.75
+  np.testing.assert_allclose(e[0], np.stack([dy, dx], -1) / ((dy + dx).mean() + 1e-6), rtol=1e-6)
+  # permuting, scaling and shifting the colours changes nothing; a flat image has no outline
+  y = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), minval=-1, maxval=1)
+  np.testing.assert_allclose(np.asarray(proto_lib.outline_map(0.3 * y[..., ::-1] + 0.7)),
+                             np.asarray(proto_lib.outline_map(y)), atol=2e-5)
+  assert np.asarray(proto_lib.outline_map(jnp.full((1, 8, 8, 3), 0.4))).max() == 0.0
+
+
+def test_outline_prototypes_read_the_outline_encoder_and_the_others_are_unchanged():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3), minval=-1, maxval=1)
+  net = proto_lib.PrototypeNetwork(5, (8, 8), (3, 3), (2, 1), (1, 0), 'log', distance_norm='unit',
+                                   channel_weights=True, outline_prototypes=2)
+  variables = net.init(jax.random.PRNGKey(1), x)
+  variables['params']['channel_logits'] = jax.random.normal(jax.random.PRNGKey(2), (5, 8))
+  d = np.asarray(net.apply(variables, x).distances)
+  params = variables['params']
+  plain = proto_lib.PrototypeNetwork(3, (8, 8), (3, 3), (2, 1), (1, 0), 'log', distance_norm='unit',
+                                     channel_weights=True)
+  first = {'params': {'encoder': params['encoder'], 'prototype_vectors': params['prototype_vectors'][:3],
+                      'channel_logits': params['channel_logits'][:3]}, 'buffers': {'ones': jnp.ones((3, 8))}}
+  np.testing.assert_allclose(d[..., :3], np.asarray(plain.apply(first, x).distances), atol=1e-6)
+  z = np.asarray(proto_lib.PrototypeEncoder((8, 8), (3, 3), (2, 1), (1, 0)).apply(
+      {'params': params['outline_encoder']}, proto_lib.outline_map(x)), np.float64)
+  p = np.asarray(params['prototype_vectors'], np.float64)[3:]
+  zu = z / np.sqrt((z ** 2).sum(-1, keepdims=True) + 1e-6)
+  pu = p / np.sqrt((p ** 2).sum(-1, keepdims=True) + 1e-6)
+  w = 8 * np.asarray(jax.nn.softmax(params['channel_logits'][3:], -1), np.float64)
+  np.testing.assert_allclose(d[..., 3:], (w * (zu[..., None, :] - pu) ** 2).sum(-1), atol=1e-4)
+  # only the outline prototypes ignore the colours
+  recoloured = np.asarray(net.apply(variables, 0.5 * x[..., ::-1] + 0.2).activations)
+  s = np.asarray(net.apply(variables, x).activations)
+  np.testing.assert_allclose(recoloured[:, 3:], s[:, 3:], atol=1e-4)
+  assert np.abs(recoloured[:, :3] - s[:, :3]).max() > 1e-2
+  _, _, model_vars, _, _ = _model(**{'model.outline_prototypes': 2})
+  assert 'outline_encoder' in model_vars['params']['prototypes']
+  for bad in (-1, 17):
+    with pytest.raises(ConfigError, match='model.outline_prototypes.*between 0 and'):
+      config_lib.load('configs/quickstart.py:tiny', {'model.num_prototypes': 16, 'model.outline_prototypes': bad})
+
+
 def test_coordinates_make_patches_of_a_constant_image_differ():
   x = jnp.zeros((1, 16, 16, 3))
   for coords, moves in ((False, False), (True, True)):
@@ -280,7 +328,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
   for field in ('distance_norm', 's_norm', 'encoder_coords', 'prototype_channel_weights',
                 'unet_coords', 's_decoder_size', 's_decoder_kind',
-                's_decoder_width', 's_film', 's_sketch'):
+                's_decoder_width', 's_film', 's_sketch', 'outline_prototypes'):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
   del old['train']['prototype_lr_scale']

@@ -87,6 +87,34 @@ def _ones_init(key, shape):
   return jnp.ones(shape, jnp.float32)
 
 
+def _unit(x: jax.Array) -> jax.Array:
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
+def _squared_distances(z: jax.Array, prototypes: jax.Array, channel_weight: jax.Array,
+                       learned_weights: bool) -> jax.Array:
+  """sum_c w_jc (z_hwc - p_jc)^2 for patch features z (B, h, w, D) and prototypes (P, D): (B, h, w, P),
+  expanded as ||z||^2_w - 2 z.p_w + ||p||^2_w, clipped at 0. Without learned weights the expansion is
+  the official one, ||z||^2 weighted by its filter-bank buffer and the other two terms unweighted."""
+  hp = jax.lax.Precision.HIGHEST
+  weighted = channel_weight * prototypes if learned_weights else prototypes
+  z_sq = jnp.einsum('bhwc,pc->bhwp', z * z, channel_weight, precision=hp)
+  zp = jnp.einsum('bhwc,pc->bhwp', z, weighted, precision=hp)
+  return nn.relu(z_sq - 2.0 * zp + jnp.sum(weighted * prototypes, axis=-1))
+
+
+def outline_map(images: jax.Array) -> jax.Array:
+  """The image's outlines without its colours, NHWC (B, H, W, 2): per pixel, |dI/dy| and |dI/dx|
+  (forward differences, 0 past the last row / column) summed over the colour channels, divided by
+  the image's mean of their sum. Permuting or scaling the colours changes nothing, so only the
+  form (edges, corners, arcs, strokes) remains; a flat image maps to 0."""
+  x = images.astype(jnp.float32)
+  dy = jnp.pad(jnp.abs(jnp.diff(x, axis=1)).sum(-1), ((0, 0), (0, 1), (0, 0)))
+  dx = jnp.pad(jnp.abs(jnp.diff(x, axis=2)).sum(-1), ((0, 0), (0, 0), (0, 1)))
+  edges = jnp.stack([dy, dx], axis=-1)
+  return edges / (jnp.mean(dy + dx, axis=(1, 2))[:, None, None, None] + 1e-6)
+
+
 class PrototypeNetwork(nn.Module):
   """Encoder + prototype layer. `__call__(images) -> PrototypeOutput`.
 
@@ -112,31 +140,41 @@ class PrototypeNetwork(nn.Module):
   # w_j = D softmax(k a_j): with Adam, k times the logits' learning rate, so the weights can turn
   # sharp (a prototype of a few channels) within a short run; 1 gives the plain softmax.
   channel_sharpness: float = 1.0
+  # The last `outline_prototypes` prototypes compare with the patch features of a second encoder
+  # (same architecture) that sees only the image's outline map (`outline_map`: gradient magnitudes,
+  # colour-blind and contrast-normalised): such a prototype cannot be a conjunction of colour and
+  # form, so what it can stand for is the form (a corner, an arc, a stroke).
+  outline_prototypes: int = 0
 
   @nn.compact
   def __call__(self, images: jax.Array) -> PrototypeOutput:
-    z = PrototypeEncoder(self.channels, self.kernels, self.strides, self.paddings,
-                         dtype=self.dtype, coords=self.coords, name='encoder')(images).astype(jnp.float32)
+    if not 0 <= self.outline_prototypes <= self.num_prototypes:
+      raise ValueError(f'outline_prototypes must be in [0, {self.num_prototypes}], got {self.outline_prototypes}')
+    encoder = lambda name: PrototypeEncoder(self.channels, self.kernels, self.strides, self.paddings,
+                                            dtype=self.dtype, coords=self.coords, name=name)
+    z = encoder('encoder')(images).astype(jnp.float32)
     dim = self.channels[-1]
     prototypes = self.param('prototype_vectors', nn.initializers.uniform(1.0),
                             (self.num_prototypes, dim))
     if self.distance_norm == 'unit':
-      z = z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-6)
-      prototypes = prototypes * jax.lax.rsqrt(jnp.sum(prototypes * prototypes, axis=-1, keepdims=True) + 1e-6)
+      z = _unit(z)
+      prototypes = _unit(prototypes)
     elif self.distance_norm != 'none':
       raise ValueError(f"unknown distance_norm {self.distance_norm!r}; expected 'none' or 'unit'")
     # the official all-ones filter bank (a buffer, so official checkpoints import), or the learned weights
     channel_weight = self.variable('buffers', 'ones', _ones_init, None, (self.num_prototypes, dim)).value
-    weighted = prototypes
     if self.channel_weights:
       logits = self.param('channel_logits', nn.initializers.zeros, (self.num_prototypes, dim))
       channel_weight = dim * jax.nn.softmax(self.channel_sharpness * logits, axis=-1)
-      weighted = channel_weight * prototypes
-    hp = jax.lax.Precision.HIGHEST
-    z_sq = jnp.einsum('bhwc,pc->bhwp', z * z, channel_weight, precision=hp)
-    zp = jnp.einsum('bhwc,pc->bhwp', z, weighted, precision=hp)
-    p_sq = jnp.sum(weighted * prototypes, axis=-1)
-    distances = nn.relu(z_sq - 2.0 * zp + p_sq)
+    split = self.num_prototypes - self.outline_prototypes
+    distances = _squared_distances(z, prototypes[:split], channel_weight[:split], self.channel_weights)
+    if self.outline_prototypes:
+      z_outline = encoder('outline_encoder')(outline_map(images)).astype(jnp.float32)
+      if self.distance_norm == 'unit':
+        z_outline = _unit(z_outline)
+      distances = jnp.concatenate(
+          [distances, _squared_distances(z_outline, prototypes[split:], channel_weight[split:], self.channel_weights)],
+          axis=-1)
     b, h, w, p = distances.shape
     flat = distances.reshape(b, h * w, p)
     argmin = jnp.argmin(flat, axis=1).astype(jnp.int32)  # first minimum, row-major like torch

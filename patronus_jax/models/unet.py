@@ -268,6 +268,7 @@ class Patronus(nn.Module):
   encoder_coords: bool = False  # CoordConv input to the prototype encoder
   prototype_channel_weights: bool = False  # learned per-prototype channel weights in the distance
   prototype_channel_sharpness: float = 1.0  # their softmax's logit scale
+  outline_prototypes: int = 0  # the last n prototypes read an encoder of the image's outlines only
   s_norm: str = 'none'  # 'layer': LayerNorm on s before the U-Net's s-embedding
   unet_coords: bool = False  # CoordConv input to the U-Net
   s_film: bool = False  # s scales and shifts the U-Net's normalised features instead of adding a bias
@@ -283,7 +284,7 @@ class Patronus(nn.Module):
         tuple(self.encoder_strides), tuple(self.encoder_paddings), self.activation, self.dtype,
         distance_norm=self.distance_norm, coords=self.encoder_coords,
         channel_weights=self.prototype_channel_weights,
-        channel_sharpness=self.prototype_channel_sharpness)
+        channel_sharpness=self.prototype_channel_sharpness, outline_prototypes=self.outline_prototypes)
     self.unet = ConditionalUNet(
         self.image_channels, self.base_channels, tuple(self.channel_mults), self.num_res_blocks,
         tuple(self.attention), self.num_heads, self.dropout, self.time_mult, self.time_table_size,
@@ -370,7 +371,7 @@ def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:
       num_heads=m.num_heads, dropout=m.dropout, time_mult=m.time_mult,
       time_table_size=m.time_table_size, remat=m.remat, dtype=compute, distance_norm=m.distance_norm,
       encoder_coords=m.encoder_coords, prototype_channel_weights=m.prototype_channel_weights,
-      prototype_channel_sharpness=m.prototype_channel_sharpness,
+      prototype_channel_sharpness=m.prototype_channel_sharpness, outline_prototypes=m.outline_prototypes,
       s_norm=m.s_norm, unet_coords=m.unet_coords, s_film=m.s_film,
       s_decoder_size=m.s_decoder_size if config.train.s_decoder_weight > 0 else 0,
       s_decoder_kind=m.s_decoder_kind, s_decoder_width=m.s_decoder_width, s_sketch=m.s_sketch,

@@ -37,6 +37,9 @@ def model_config() -> ConfigDict:
       prototype_channel_weights=False,
       # their softmax(k a_j): k = sharpness (with Adam, k times the logits' learning rate); 1: plain
       prototype_channel_sharpness=1.0,
+      # the last n prototypes read a second encoder that sees only the image's outlines (colour-blind
+      # gradient magnitudes): they can stand for form but not for colour
+      outline_prototypes=0,
       encoder_coords=False,  # CoordConv: (y, x) channels appended to the prototype encoder's input
       unet_coords=False,  # CoordConv for the U-Net's input, so that s can say where to draw
       s_film=False,  # s scales and shifts the U-Net blocks' normalised features (FiLM) instead of a bias
@@ -222,6 +225,9 @@ def _validate_architecture(config: ConfigDict) -> None:
   require(m.prototype_channel_sharpness > 0,
           f"config field 'model.prototype_channel_sharpness' is {m.prototype_channel_sharpness}: "
           'a positive scale of the channel weights\' logits is expected (1: the plain softmax)')
+  require(0 <= m.outline_prototypes <= m.num_prototypes,
+          f"config field 'model.outline_prototypes' is {m.outline_prototypes}: "
+          f"between 0 and model.num_prototypes ({m.num_prototypes}) is expected")
   require(len(m.attention) == len(m.channel_mults),
            f"config field 'model.attention' has {len(m.attention)} entries but "
            f"'model.channel_mults' has {len(m.channel_mults)}: one per level is expected")
