@@ -124,6 +124,43 @@ def test_outline_prototypes_read_the_outline_encoder_and_the_others_are_unchange
       config_lib.load('configs/quickstart.py:tiny', {'model.num_prototypes': 16, 'model.outline_prototypes': bad})
 
 
+def test_centred_outline_prototypes_do_not_see_where_the_form_is_and_boxes_follow_it():
+  x = np.zeros((2, 32, 32, 3), np.float32)
+  x[0, 4:12, 20:28] = 1.0  # a square with its outline's centroid at (8, 24)
+  x[1, 14:21, 9:18] = (0.2, 0.5, 0.9)
+  mass = np.asarray(proto_lib.outline_map(jnp.asarray(x))).sum(-1)
+  centre = np.arange(32) + 0.5
+  centroid = np.stack([(mass.sum(2) * centre).sum(1), (mass.sum(1) * centre).sum(1)], -1) / mass.sum((1, 2))[:, None]
+  shifts = np.asarray(proto_lib.centring_shifts(proto_lib.outline_map(jnp.asarray(x))))
+  np.testing.assert_array_equal(shifts, np.round(16 - centroid))  # centroids to (16, 16), to the pixel
+  assert shifts[0].tolist() == [8, -8]
+  assert np.asarray(proto_lib.centring_shifts(jnp.zeros((1, 8, 8, 2)))).tolist() == [[0, 0]]
+  moved = np.zeros_like(x)
+  moved[0, 14:22, 10:18] = 1.0  # the first square 10 pixels down and 10 left: 5 feature positions each
+  moved[1] = np.roll(x[1], (3, -5), (0, 1))  # odd shifts: off the stride-2 grid
+  kwargs = dict(distance_norm='unit', channel_weights=True, outline_prototypes=3)
+  net = proto_lib.PrototypeNetwork(6, (8, 8), (3, 3), (2, 1), (1, 0), 'log', outline_centred=True, **kwargs)
+  variables = net.init(jax.random.PRNGKey(0), jnp.asarray(x))
+  before, after = net.apply(variables, jnp.asarray(x)), net.apply(variables, jnp.asarray(moved))
+  np.testing.assert_allclose(np.asarray(after.activations)[:, 3:], np.asarray(before.activations)[:, 3:],
+                             atol=1e-6)
+  # uncentred, the odd shift changes what every prototype sees
+  plain = proto_lib.PrototypeNetwork(6, (8, 8), (3, 3), (2, 1), (1, 0), 'log', **kwargs)
+  change = np.abs(np.asarray(plain.apply(variables, jnp.asarray(moved)).activations
+                             - plain.apply(variables, jnp.asarray(x)).activations))
+  assert change[1].min() > 1e-3
+  # the outline prototypes' argmin is in the image's own grid: it moves with the square
+  n = before.distances.shape[2]
+  rows, cols = np.divmod(np.asarray(before.argmin)[0, 3:], n)
+  rows2, cols2 = np.divmod(np.asarray(after.argmin)[0, 3:], n)
+  inside = (cols > 4) & (cols < n - 1) & (rows < n - 5)  # not clipped at the grid's edge either way
+  assert inside.any()
+  np.testing.assert_array_equal(rows2[inside], rows[inside] + 5)
+  np.testing.assert_array_equal(cols2[inside], cols[inside] - 5)
+  with pytest.raises(ConfigError, match='model.outline_centred.*outline_prototypes'):
+    config_lib.load('configs/quickstart.py:tiny', {'model.outline_centred': True})
+
+
 def test_coordinates_make_patches_of_a_constant_image_differ():
   x = jnp.zeros((1, 16, 16, 3))
   for coords, moves in ((False, False), (True, True)):
@@ -328,7 +365,7 @@ def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   old = files.read_json(workdir_lib.config_path(str(tmp_path)))
   for field in ('distance_norm', 's_norm', 'encoder_coords', 'prototype_channel_weights',
                 'unet_coords', 's_decoder_size', 's_decoder_kind',
-                's_decoder_width', 's_film', 's_sketch', 'outline_prototypes'):
+                's_decoder_width', 's_film', 's_sketch', 'outline_prototypes', 'outline_centred'):
     del old['model'][field]
   del old['train']['s_decoder_weight']  # a config.json from before the field was added
   del old['train']['prototype_lr_scale']

@@ -115,6 +115,24 @@ def outline_map(images: jax.Array) -> jax.Array:
   return edges / (jnp.mean(dy + dx, axis=(1, 2))[:, None, None, None] + 1e-6)
 
 
+def centring_shifts(edges: jax.Array) -> jax.Array:
+  """(B, 2) int32 (dy, dx): per image, the circular shift in whole pixels that moves the centroid of
+  the outline map's mass (summed over its channels) nearest to the image centre; (0, 0) for a map
+  without mass. Constant in the map's values (no gradient)."""
+  b, h, w, _ = edges.shape
+  mass = jax.lax.stop_gradient(edges).sum(-1)
+  total = mass.sum((1, 2))
+  safe = jnp.where(total > 0, total, 1.0)
+  cy = jnp.where(total > 0, (mass.sum(2) * (jnp.arange(h) + 0.5)).sum(1) / safe, h / 2)
+  cx = jnp.where(total > 0, (mass.sum(1) * (jnp.arange(w) + 0.5)).sum(1) / safe, w / 2)
+  return jnp.round(jnp.stack([h / 2 - cy, w / 2 - cx], -1)).astype(jnp.int32)
+
+
+def roll_images(images: jax.Array, shifts: jax.Array) -> jax.Array:
+  """Each image (B, H, W, C) rolled circularly by its own (dy, dx) of `shifts` (B, 2)."""
+  return jax.vmap(lambda x, s: jnp.roll(x, (s[0], s[1]), axis=(0, 1)))(images, shifts)
+
+
 class PrototypeNetwork(nn.Module):
   """Encoder + prototype layer. `__call__(images) -> PrototypeOutput`.
 
@@ -145,6 +163,12 @@ class PrototypeNetwork(nn.Module):
   # colour-blind and contrast-normalised): such a prototype cannot be a conjunction of colour and
   # form, so what it can stand for is the form (a corner, an arc, a stroke).
   outline_prototypes: int = 0
+  # The outline map is rolled so that its centroid sits at the image centre (`centring_shifts`, to
+  # the pixel) before the outline encoder sees it: the outline prototypes then cannot tell where the
+  # form is, not even its offset from the encoder's stride grid (the other prototypes can), only
+  # what it is. Their argmin is mapped back to the image's own feature grid (to the nearest
+  # position, clipped at its edges).
+  outline_centred: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array) -> PrototypeOutput:
@@ -168,16 +192,25 @@ class PrototypeNetwork(nn.Module):
       channel_weight = dim * jax.nn.softmax(self.channel_sharpness * logits, axis=-1)
     split = self.num_prototypes - self.outline_prototypes
     distances = _squared_distances(z, prototypes[:split], channel_weight[:split], self.channel_weights)
+    shifts = None
     if self.outline_prototypes:
-      z_outline = encoder('outline_encoder')(outline_map(images)).astype(jnp.float32)
+      edges = outline_map(images)
+      shifts = centring_shifts(edges) if self.outline_centred else None
+      if shifts is not None:
+        edges = roll_images(edges, shifts)
+      z_outline = encoder('outline_encoder')(edges).astype(jnp.float32)
       if self.distance_norm == 'unit':
         z_outline = _unit(z_outline)
-      distances = jnp.concatenate(
-          [distances, _squared_distances(z_outline, prototypes[split:], channel_weight[split:], self.channel_weights)],
-          axis=-1)
+      outline = _squared_distances(z_outline, prototypes[split:], channel_weight[split:], self.channel_weights)
+      distances = jnp.concatenate([distances, outline], axis=-1)
     b, h, w, p = distances.shape
     flat = distances.reshape(b, h * w, p)
     argmin = jnp.argmin(flat, axis=1).astype(jnp.int32)  # first minimum, row-major like torch
+    if shifts is not None:  # the centred frame's positions, in the image's grid
+      grid = jnp.round(shifts / math.prod(self.strides)).astype(jnp.int32)
+      row = jnp.clip(argmin[:, split:] // w - grid[:, :1], 0, h - 1)
+      col = jnp.clip(argmin[:, split:] % w - grid[:, 1:], 0, w - 1)
+      argmin = jnp.concatenate([argmin[:, :split], row * w + col], axis=1)
     min_distances = jnp.min(flat, axis=1)
     return PrototypeOutput(
         activations=distance_to_activation(min_distances, self.activation),

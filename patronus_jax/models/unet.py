@@ -269,6 +269,7 @@ class Patronus(nn.Module):
   prototype_channel_weights: bool = False  # learned per-prototype channel weights in the distance
   prototype_channel_sharpness: float = 1.0  # their softmax's logit scale
   outline_prototypes: int = 0  # the last n prototypes read an encoder of the image's outlines only
+  outline_centred: bool = False  # ... rolled to put their centroid at the image centre
   s_norm: str = 'none'  # 'layer': LayerNorm on s before the U-Net's s-embedding
   unet_coords: bool = False  # CoordConv input to the U-Net
   s_film: bool = False  # s scales and shifts the U-Net's normalised features instead of adding a bias
@@ -284,7 +285,8 @@ class Patronus(nn.Module):
         tuple(self.encoder_strides), tuple(self.encoder_paddings), self.activation, self.dtype,
         distance_norm=self.distance_norm, coords=self.encoder_coords,
         channel_weights=self.prototype_channel_weights,
-        channel_sharpness=self.prototype_channel_sharpness, outline_prototypes=self.outline_prototypes)
+        channel_sharpness=self.prototype_channel_sharpness, outline_prototypes=self.outline_prototypes,
+        outline_centred=self.outline_centred)
     self.unet = ConditionalUNet(
         self.image_channels, self.base_channels, tuple(self.channel_mults), self.num_res_blocks,
         tuple(self.attention), self.num_heads, self.dropout, self.time_mult, self.time_table_size,
@@ -372,6 +374,7 @@ def patronus_from_config(config, dtype: Optional[str] = None) -> Patronus:
       time_table_size=m.time_table_size, remat=m.remat, dtype=compute, distance_norm=m.distance_norm,
       encoder_coords=m.encoder_coords, prototype_channel_weights=m.prototype_channel_weights,
       prototype_channel_sharpness=m.prototype_channel_sharpness, outline_prototypes=m.outline_prototypes,
+      outline_centred=m.outline_centred,
       s_norm=m.s_norm, unet_coords=m.unet_coords, s_film=m.s_film,
       s_decoder_size=m.s_decoder_size if config.train.s_decoder_weight > 0 else 0,
       s_decoder_kind=m.s_decoder_kind, s_decoder_width=m.s_decoder_width, s_sketch=m.s_sketch,

@@ -40,6 +40,9 @@ def model_config() -> ConfigDict:
       # the last n prototypes read a second encoder that sees only the image's outlines (colour-blind
       # gradient magnitudes): they can stand for form but not for colour
       outline_prototypes=0,
+      # their outline map rolled so that its centroid sits at the image centre: they see what the form
+      # is, not where it is (needs outline_prototypes > 0)
+      outline_centred=False,
       encoder_coords=False,  # CoordConv: (y, x) channels appended to the prototype encoder's input
       unet_coords=False,  # CoordConv for the U-Net's input, so that s can say where to draw
       s_film=False,  # s scales and shifts the U-Net blocks' normalised features (FiLM) instead of a bias
@@ -228,6 +231,9 @@ def _validate_architecture(config: ConfigDict) -> None:
   require(0 <= m.outline_prototypes <= m.num_prototypes,
           f"config field 'model.outline_prototypes' is {m.outline_prototypes}: "
           f"between 0 and model.num_prototypes ({m.num_prototypes}) is expected")
+  require(not m.outline_centred or m.outline_prototypes > 0,
+          "config field 'model.outline_centred' is True but 'model.outline_prototypes' is 0: it centres the "
+          'outline prototypes\' input, so at least one outline prototype is expected')
   require(len(m.attention) == len(m.channel_mults),
            f"config field 'model.attention' has {len(m.attention)} entries but "
            f"'model.channel_mults' has {len(m.channel_mults)}: one per level is expected")
