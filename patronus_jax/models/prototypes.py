@@ -195,8 +195,8 @@ class PrototypeNetwork(nn.Module):
     shifts = None
     if self.outline_prototypes:
       edges = outline_map(images)
-      shifts = centring_shifts(edges) if self.outline_centred else None
-      if shifts is not None:
+      if self.outline_centred:
+        shifts = centring_shifts(edges)
         edges = roll_images(edges, shifts)
       z_outline = encoder('outline_encoder')(edges).astype(jnp.float32)
       if self.distance_norm == 'unit':
