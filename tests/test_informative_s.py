@@ -158,7 +158,7 @@ def test_centred_outline_prototypes_do_not_see_where_the_form_is_and_boxes_follo
   np.testing.assert_array_equal(rows2[inside], rows[inside] + 5)
   np.testing.assert_array_equal(cols2[inside], cols[inside] - 5)
   with pytest.raises(ConfigError, match='model.outline_centred.*outline_prototypes'):
-    config_lib.load('configs/quickstart.py:tiny', {'model.outline_centred': True})
+    config_lib.load('configs/quickstart.py:tiny', {'model.outline_prototypes': 0, 'model.outline_centred': True})
 
 
 def test_coordinates_make_patches_of_a_constant_image_differ():
