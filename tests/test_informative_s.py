@@ -359,6 +359,19 @@ def test_defaults_are_the_paper_and_guidance_needs_dropout():
     config_lib.load('configs/quickstart.py:tiny', {'model.prototype_channel_sharpness': 0.0})
 
 
+def test_the_recipe_has_centred_outline_prototypes_and_tiny_keeps_their_share():
+  full = config_lib.load('configs/quickstart.py')
+  assert (full.model.num_prototypes, full.model.outline_prototypes, full.model.outline_centred) == (32, 8, True)
+  tiny = config_lib.load('configs/quickstart.py:tiny')
+  assert (tiny.model.num_prototypes, tiny.model.outline_prototypes, tiny.model.outline_centred) == (8, 2, True)
+  assert config_lib.load('configs/quickstart.py:paper').model.outline_prototypes == 0
+  for num, outline, expected in ((100, 10, 1), (6, 3, 3), (16, 0, 0)):  # at least one where there were any
+    config = config_lib.load('configs/quickstart.py:paper')
+    config.model.num_prototypes, config.model.outline_prototypes = num, outline
+    config_lib.tiny_variant(config)
+    assert (config.model.num_prototypes, config.model.outline_prototypes) == (min(num, 8), expected)
+
+
 def test_a_workdir_written_before_these_fields_existed_still_resumes(tmp_path):
   config = config_lib.load('configs/quickstart.py:paper,tiny')
   workdir_lib.check_and_write_config(str(tmp_path), config)
