@@ -84,9 +84,10 @@ def tiny_variant(config: ConfigDict, image_size: int | None = None) -> ConfigDic
   if image_size is not None:
     config.data.image_size = image_size
   m = config.model
+  num_prototypes = min(m.num_prototypes, 8)
   if m.get('outline_prototypes'):  # the same share of outline prototypes, at least one
-    m.outline_prototypes = max(1, m.outline_prototypes * min(m.num_prototypes, 8) // m.num_prototypes)
-  m.num_prototypes = min(m.num_prototypes, 8)
+    m.outline_prototypes = max(1, m.outline_prototypes * num_prototypes // m.num_prototypes)
+  m.num_prototypes = num_prototypes
   m.encoder_channels = (8, 16, 16, 16) if len(m.encoder_channels) == 4 else (8, 16, 16, 16, 16)
   m.base_channels = 16
   m.channel_mults = (1, 2)
