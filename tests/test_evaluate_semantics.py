@@ -118,8 +118,9 @@ def test_the_edited_prototype_is_the_one_whose_edit_works_not_the_best_reader():
   rep = semantics.representation_scores(s, attrs, names)
   assert rep['reading_prototype']['a'] == 0 and rep['controlling_prototype']['a'] == 0
   assert np.argmax(rep['prototype_auroc']['a']) == 0
-  median = np.median(s[:, 1])  # the generator draws a from s_1 (the edit moves it across its median)
-  classify = lambda images: (images[:, 1:2] > median).astype(np.int32)
+  # the generator draws a from s_1 (the edit moves it across the middle of its range)
+  middle = np.mean(np.quantile(s[:, 1], semantics.EDIT_QUANTILES))
+  classify = lambda images: (images[:, 1:2] > middle).astype(np.int32)
   chosen, table = semantics.select_controlling(s[:40], s, rep['prototype_auroc'], names, _paired, classify)
   assert chosen == {'a': 1}
   assert table['candidates'] == [0, 1, 3]  # the dead prototype is not tried
@@ -153,3 +154,19 @@ def test_edits_are_scored_only_after_the_choosing_images():
   assert score(0) == pytest.approx(k / n) and score(k) == 0.0
   with pytest.raises(ValueError, match='no image left'):
     score(n)
+
+
+def test_a_one_of_k_reader_is_edited_across_its_two_clusters():
+  """A prototype high on one of 4 classes has its median inside the low cluster: every image must
+  still be moved to the other cluster (a median split leaves a quarter where they are)."""
+  rng = np.random.default_rng(4)
+  colour = np.arange(400) % 4
+  s = np.stack([(colour == 0) + 0.05 * rng.normal(size=400), rng.normal(size=400)], 1)
+  edited = semantics.edited_activations(s, 0, s)
+  low, high = np.quantile(s[:, 0], semantics.EDIT_QUANTILES)
+  np.testing.assert_array_equal(edited[:, 0], np.where(colour == 0, low, high))
+  np.testing.assert_array_equal(edited[:, 1], s[:, 1])
+  is_red = lambda images: (images[:, :1] > 0.5).astype(np.int32)
+  scores = semantics.generation_scores(s, is_red(s), s, {'red': 0}, ('red',), lambda x, g: x, is_red,
+                                       generations=1, seed=0)
+  assert scores['edit_success']['red'] == 1.0

@@ -15,15 +15,14 @@ held-out image's s keeps that image's content. Each number below tests one part 
                             image, pooled). Compare with
   keep_rate_chance[a]       the same agreement between an image and a generation from another
                             image's s: what a generator that ignores s scores.
-  edit_success[a]           one prototype, `controlling_prototype[a]`, is moved to the other end of
-                            its range (its 1% / 99% quantile over the held-out s) with the noise held
-                            fixed; success when the classifier's label of a changes and every other
-                            attribute's label stays. The prototype is the one whose edit does that
-                            most often on the first `edit_selection.images` held-out images (every
-                            alive prototype is tried; ties go to the better reader of a); the rate is
-                            measured on the other images. A prototype that reads a well need not move
-                            it (`reading_prototype[a]`, the best single reader, is what was edited
-                            when no images are set aside for the choice).
+  edit_success[a]           one prototype, `controlling_prototype[a]`, is moved to the other end of its range (its 1% /
+                            99% quantile over the held-out s, whichever is farther from its value) with the noise held
+                            fixed; success when the classifier's label of a changes and every other attribute's label
+                            stays. The prototype is the one whose edit does that most often on the first
+                            `edit_selection.images` held-out images (every alive prototype is tried; ties go to the
+                            better reader of a); the rate is measured on the other images. A prototype that reads a well
+                            need not move it (`reading_prototype[a]`, the best single reader, is what was edited when no
+                            images are set aside for the choice).
   prototype_auroc[a]        per prototype, its best one-vs-rest reading of a (max over classes):
                             which prototypes read what.
   alive_prototypes          prototypes whose std over held-out images is >= 10% of the largest std
@@ -121,13 +120,17 @@ def keep_rates(real_labels: np.ndarray, generated_labels: np.ndarray, names: Seq
 
 
 def edited_activations(s: np.ndarray, prototype: int, reference: np.ndarray) -> np.ndarray:
-  """s with prototype j moved to the far end of its range in `reference` (held-out s):
-  raised to the 99% quantile where it is below the median, else lowered to the 1% quantile."""
+  """s with prototype j moved to the far end of its range in `reference` (held-out s): raised to
+  the 99% quantile where it lies in the lower half of [1%, 99%] quantile, else lowered to the 1%.
+
+  The halfway point, not the median, decides: a prototype that reads one of K classes is high on
+  about 1/K of the images, so its median lies inside the low cluster, and a median split would
+  "lower" the low-cluster images above it to where they already are (no edit at all).
+  """
   low, high = np.quantile(reference[:, prototype], EDIT_QUANTILES)
-  median = np.median(reference[:, prototype])
   out = np.array(s, copy=True)
   column = out[:, prototype]
-  out[:, prototype] = np.where(column < median, high, low)
+  out[:, prototype] = np.where(column < 0.5 * (low + high), high, low)
   return out
 
 
