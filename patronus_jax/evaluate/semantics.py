@@ -15,14 +15,16 @@ held-out image's s keeps that image's content. Each number below tests one part 
                             image, pooled). Compare with
   keep_rate_chance[a]       the same agreement between an image and a generation from another
                             image's s: what a generator that ignores s scores.
-  edit_success[a]           one prototype, `controlling_prototype[a]`, is moved to the other end of its range (its 1% /
-                            99% quantile over the held-out s, whichever is farther from its value) with the noise held
-                            fixed; success when the classifier's label of a changes and every other attribute's label
-                            stays. The prototype is the one whose edit does that most often on the first
-                            `edit_selection.images` held-out images (every alive prototype is tried; ties go to the
-                            better reader of a); the rate is measured on the other images. A prototype that reads a well
-                            need not move it (`reading_prototype[a]`, the best single reader, is what was edited when no
-                            images are set aside for the choice).
+  edit_success[a]           one prototype, `controlling_prototype[a]`, is moved to the other end of
+                            its range (its 1% / 99% quantile over the held-out s, whichever is
+                            farther from its value) with the noise held fixed; success when the
+                            classifier's label of a changes and every other attribute's label stays.
+                            The prototype is the one whose edit does that most often on the first
+                            `edit_selection.images` held-out images (every alive prototype is tried;
+                            ties go to the better reader of a); the rate is measured on the other
+                            images. A prototype that reads a well need not move it
+                            (`reading_prototype[a]`, the best single reader, is what was edited when
+                            no images are set aside for the choice).
   prototype_auroc[a]        per prototype, its best one-vs-rest reading of a (max over classes):
                             which prototypes read what.
   alive_prototypes          prototypes whose std over held-out images is >= 10% of the largest std
