@@ -58,7 +58,8 @@ def informative_s(config):
   centroid sits at the image centre (model.outline_prototypes, model.outline_centred): they can stand
   for neither a colour nor a place, only a form; on three seeds at 7,600 steps the best single shape
   prototype .78/.86 -> 1.00/1.00/1.00, shape keep .89/.91 -> .98/.99/.98, shape edit .53/.54 ->
-  .82/.60/.44, colour edit .90/.52 -> .64/.91/.95 (seed 2 had no baseline run); glyphs (4,000
+  .82/.60/.44, colour edit .90/.52 -> .64/.91/.95 (seed 2 had no baseline run; edits with the median
+  rule of before c42e7bf); glyphs (4,000
   steps): glyph keep .71 -> .77; +15% FLOPs and +4% time per quickstart step on this CPU."""
   config.model.num_prototypes = 32
   config.model.outline_prototypes = 8
