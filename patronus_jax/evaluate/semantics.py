@@ -123,7 +123,7 @@ def keep_rates(real_labels: np.ndarray, generated_labels: np.ndarray, names: Seq
 
 def edited_activations(s: np.ndarray, prototype: int, reference: np.ndarray) -> np.ndarray:
   """s with prototype j moved to the far end of its range in `reference` (held-out s): raised to
-  the 99% quantile where it lies in the lower half of [1%, 99%] quantile, else lowered to the 1%.
+  its 99% quantile where it lies below the middle of its 1%-99% quantile range, else lowered to 1%.
 
   The halfway point, not the median, decides: a prototype that reads one of K classes is high on
   about 1/K of the images, so its median lies inside the low cluster, and a median split would
