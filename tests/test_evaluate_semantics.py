@@ -29,6 +29,7 @@ def test_representation_scores_known_answers():
   assert 0.8 < out['best_prototype_auroc']['colour'] < 0.95
   assert out['alive_prototypes'] == 5 and out['num_prototypes'] == 6
   assert out['duplicate_pairs'] == 1  # (4, 5); the dead prototype alone makes no pair
+  assert out['duplicate_prototypes'] == [[4, 5, 1.0]] and out['largest_correlation'] == pytest.approx(1.0)
 
 
 def test_random_s_reads_at_chance():
@@ -37,6 +38,7 @@ def test_random_s_reads_at_chance():
   out = semantics.representation_scores(rng.normal(size=(4000, 3)), attrs, ('a',))
   assert out['best_prototype_auroc']['a'] == pytest.approx(0.5, abs=0.03)
   assert out['duplicate_pairs'] == 0 and out['alive_prototypes'] == 3
+  assert out['duplicate_prototypes'] == [] and out['largest_correlation'] < 0.1
 
 
 def test_keep_rates_of_a_perfect_and_of_an_ignoring_generator():

@@ -30,7 +30,9 @@ held-out image's s keeps that image's content. Each number below tests one part 
   alive_prototypes          prototypes whose std over held-out images is >= 10% of the largest std
                             (of `num_prototypes`); dead prototypes carry nothing.
   duplicate_pairs           prototype pairs with |corr| > 0.95 over held-out images (0 is good):
-                            copies of one another.
+                            copies of one another; `duplicate_prototypes` lists them as [j, k, corr]
+                            (dead prototypes, copies of each other too, are counted, not listed), and
+                            `largest_correlation` is the largest |corr| of two live prototypes.
 
 The probes and single-prototype AUROCs read s only; keep and edit rates also need the generator
 and the attribute classifier, so they measure both ends: what s holds and whether the U-Net uses it.
@@ -75,17 +77,24 @@ def representation_scores(s: np.ndarray, attributes: np.ndarray, names: Sequence
   std = s.std(axis=0)
   alive = int(_alive(std).sum())
   live = std > 0
-  duplicates = 0
+  copies, largest = [], 0.0
   if live.sum() > 1:
+    index = np.flatnonzero(live)
     corr = np.corrcoef(s[:, live].T)
     upper = np.triu_indices(corr.shape[0], 1)
-    duplicates = int(np.sum(np.abs(corr[upper]) > DUPLICATE_CORRELATION))
+    largest = float(np.abs(corr[upper]).max())
+    # which prototypes are copies, most alike first, so that a user can look at them
+    order = np.argsort(-np.abs(corr[upper]), kind='stable')
+    copies = [[int(index[upper[0][i]]), int(index[upper[1][i]]), round(float(corr[upper][i]), 4)]
+              for i in order if abs(corr[upper][i]) > DUPLICATE_CORRELATION]
+  duplicates = len(copies)
   # constant prototypes are copies of each other too
   dead = int((~live).sum())
   duplicates += dead * (dead - 1) // 2
   return dict(best_prototype_auroc=best, reading_prototype=reading, controlling_prototype=dict(reading),
               prototype_auroc={n: [float(x) for x in v] for n, v in per_prototype.items()},
-              alive_prototypes=alive, num_prototypes=int(s.shape[1]), duplicate_pairs=duplicates)
+              alive_prototypes=alive, num_prototypes=int(s.shape[1]), duplicate_pairs=duplicates,
+              duplicate_prototypes=copies, largest_correlation=largest)
 
 
 def alive_mask(s: np.ndarray) -> np.ndarray:
