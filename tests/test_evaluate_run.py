@@ -155,6 +155,25 @@ def test_semantics_scorecard(evaluated):
     assert sem['best_prototype_auroc'][n] == pytest.approx(expected['best_prototype_auroc'][n], abs=1e-6)
 
 
+def test_the_scorecard_is_logged(evaluated):
+  """The log line and TensorBoard carry the scorecard's headline numbers."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only to read the event files back)
+  _, workdir, metrics = evaluated
+  sem = metrics['semantics']
+  line = evaluate._summary(metrics)
+  assert f"keep_rate: background {sem['keep_rate']['background']:.2f} shape {sem['keep_rate']['shape']:.2f}" in line
+  assert f"edit_success: background {sem['edit_success']['background']:.2f}" in line
+  assert f"{sem['alive_prototypes']} of 8 prototypes alive, {sem['duplicate_pairs']} duplicate pairs" in line
+  logged = {}
+  for name in os.listdir(os.path.join(workdir, 'tensorboard')):
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, 'tensorboard', name)):
+      for value in event.summary.value:
+        logged[value.tag] = float(tf.make_ndarray(value.tensor)) if value.HasField('tensor') else value.simple_value
+  assert logged['evaluate/semantics/keep_rate/shape'] == pytest.approx(sem['keep_rate']['shape'])
+  assert logged['evaluate/semantics/duplicate_pairs'] == sem['duplicate_pairs']
+  assert not any(k.startswith('evaluate/semantics/controlling_prototype') for k in logged)
+
+
 def test_second_call_skips(evaluated, monkeypatch):
   config, workdir, metrics = evaluated
   mtime = os.path.getmtime(os.path.join(workdir, 'metrics.json'))

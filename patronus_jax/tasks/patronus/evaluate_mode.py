@@ -582,10 +582,17 @@ def _semantics_section(config, models: _Models, nets: _Networks, rep: dict, ref:
   return out
 
 
+# The scorecard's headline numbers (its per-prototype tables and choices are not curves to plot).
+SEMANTICS_SCALARS = ('best_prototype_auroc', 'keep_rate', 'keep_rate_chance', 'edit_success', 'alive_prototypes',
+                     'duplicate_pairs', 'largest_correlation')
+
+
 def _write_tensorboard(workdir: str, step: int, metrics: dict) -> None:
   sections = ('fid', 'fd_classifier', 'samples', 'probe', 'tad', 'dci')
-  scalars = {f'evaluate/{k}': v for k, v in _scalars({s: metrics[s] for s in sections if s in metrics}).items()
-             if not k.startswith('dci/importance')}
+  tree = {s: metrics[s] for s in sections if s in metrics}
+  if 'semantics' in metrics:
+    tree['semantics'] = {k: metrics['semantics'][k] for k in SEMANTICS_SCALARS if k in metrics['semantics']}
+  scalars = {f'evaluate/{k}': v for k, v in _scalars(tree).items() if not k.startswith('dci/importance')}
   writer = metric_writer(workdir)
   writer.write_scalars(step, scalars)
   writer.flush()
@@ -693,4 +700,12 @@ def _summary(metrics: dict) -> str:
   if 'dci' in metrics:
     d = metrics['dci']
     parts.append(f'DCI D={d["disentanglement"]:.3f} C={d["completeness"]:.3f} I={d["informativeness"]:.3f}')
+  if 'semantics' in metrics:
+    sem = metrics['semantics']
+    per_attribute = lambda key: ' '.join(f'{a} {v:.2f}' for a, v in sem[key].items())
+    for key in ('keep_rate', 'edit_success'):
+      if key in sem:
+        parts.append(f'{key}: {per_attribute(key)}')
+    parts.append(f'{sem["alive_prototypes"]} of {sem["num_prototypes"]} prototypes alive, '
+                 f'{sem["duplicate_pairs"]} duplicate pairs')
   return '; '.join(parts) or 'no metrics'
