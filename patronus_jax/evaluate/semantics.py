@@ -82,11 +82,12 @@ def representation_scores(s: np.ndarray, attributes: np.ndarray, names: Sequence
     index = np.flatnonzero(live)
     corr = np.corrcoef(s[:, live].T)
     upper = np.triu_indices(corr.shape[0], 1)
-    largest = float(np.abs(corr[upper]).max())
+    pairs = corr[upper]
+    largest = float(np.abs(pairs).max())
     # which prototypes are copies, most alike first, so that a user can look at them
-    order = np.argsort(-np.abs(corr[upper]), kind='stable')
-    copies = [[int(index[upper[0][i]]), int(index[upper[1][i]]), round(float(corr[upper][i]), 4)]
-              for i in order if abs(corr[upper][i]) > DUPLICATE_CORRELATION]
+    order = np.argsort(-np.abs(pairs), kind='stable')
+    copies = [[int(index[upper[0][i]]), int(index[upper[1][i]]), round(float(pairs[i]), 4)]
+              for i in order if abs(pairs[i]) > DUPLICATE_CORRELATION]
   duplicates = len(copies)
   # constant prototypes are copies of each other too
   dead = int((~live).sum())
