@@ -60,7 +60,14 @@ def informative_s(config):
   prototype .78/.86 -> 1.00/1.00/1.00, shape keep .89/.91 -> .98/.99/.98, shape edit .53/.54 ->
   .82/.60/.44, colour edit .90/.52 -> .64/.91/.95 (seed 2 had no baseline run; edits with the median
   rule of before c42e7bf); glyphs (4,000
-  steps): glyph keep .71 -> .77; +15% FLOPs and +4% time per quickstart step on this CPU."""
+  steps): glyph keep .71 -> .77; +15% FLOPs and +4% time per quickstart step on this CPU.
+  Then the near-copy penalty (train.s_decorrelation_weight=2, s_decorrelation_threshold=0.9): two
+  prototypes whose correlation over the batch exceeds 0.9 pay, so no two read the same factor (the
+  recipe left 1-2 duplicate pairs per seed, reading the background). On three seeds at 7,600 steps:
+  duplicate pairs 2/1/2 -> 0/0/0, shape edit .89/.53/.70 -> .76/.76/.93, colour edit .65/.94/.70 ->
+  .89/.66/.65, TAD .76/.72/.89 -> 1.49/.98/.99, keep rates unchanged (shape .98-.99, the rest 1.00),
+  26 alive instead of 29-30; weight 10 took shape and colour off single prototypes on seed 1 (the
+  correlation over a batch of 8 is noisy enough that pairs sharing a factor pay too)."""
   config.model.num_prototypes = 32
   config.model.outline_prototypes = 8
   config.model.outline_centred = True
@@ -77,6 +84,8 @@ def informative_s(config):
   config.diffusion.sketch_consistency = 1.0
   config.train.cond_dropout = 0.1
   config.train.prototype_lr_scale = 4.0
+  config.train.s_decorrelation_weight = 2.0
+  config.train.s_decorrelation_threshold = 0.9
   mlp_latent(config)
   return config
 
