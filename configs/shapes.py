@@ -62,7 +62,7 @@ def informative_s(config):
   rule of before c42e7bf); glyphs (4,000
   steps): glyph keep .71 -> .77; +15% FLOPs and +4% time per quickstart step on this CPU.
   Then the near-copy penalty (train.s_decorrelation_weight=2, s_decorrelation_threshold=0.9): two
-  prototypes whose correlation over the batch exceeds 0.9 pay, so no two read the same factor (the
+  prototypes whose correlation over the batch exceeds 0.9 pay, so no two are copies (the
   recipe left 1-2 duplicate pairs per seed, reading the background). On three seeds at 7,600 steps:
   duplicate pairs 2/1/2 -> 0/0/0, shape edit .89/.53/.70 -> .76/.76/.93, colour edit .65/.94/.70 ->
   .89/.66/.65, TAD .76/.72/.89 -> 1.49/.98/.99, keep rates unchanged (shape .98-.99, the rest 1.00),
