@@ -67,9 +67,9 @@ def informative_s(config):
   duplicate pairs 2/1/2 -> 0/0/0, shape edit .89/.53/.70 -> .76/.76/.93, colour edit .65/.94/.70 ->
   .89/.66/.65, TAD .76/.72/.89 -> 1.49/.98/.99, keep rates unchanged (shape .98-.99, the rest 1.00),
   26 alive instead of 29-30; weight 10 took shape and colour off single prototypes on seed 1 (the
-  correlation over a batch of 8 is noisy enough that pairs sharing a factor pay too). Glyphs, which
-  have no duplicate pair, pay for it: keep rates hold, but the mean single-prototype edit falls .19/.24
-  -> .14/.17 on two seeds; there set --config.train.s_decorrelation_weight=0."""
+  correlation over a batch of 8 is noisy enough that pairs sharing a factor pay too). Glyphs, three
+  seeds: keep rates hold; duplicate pairs 0/0/8 -> 0/0/0; the mean single-prototype edit .19/.24/.14 ->
+  .14/.17/.17 (it falls where there was no copy to remove)."""
   config.model.num_prototypes = 32
   config.model.outline_prototypes = 8
   config.model.outline_centred = True
