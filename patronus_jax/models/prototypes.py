@@ -306,27 +306,21 @@ def batch_correlation(x: jax.Array, y: jax.Array, eps: float = 1e-6) -> jax.Arra
   return xs.T @ ys / x.shape[0]
 
 
-def gaussian_gram(d2: jax.Array, statistic=jnp.median) -> jax.Array:
-  """Gaussian kernel exp(-d2 / statistic(d2)) of squared distances d2 (n, n, ...), one bandwidth per
-  trailing index from the (n, n) entries (the median by default), held constant for the gradient."""
-  scale = jax.lax.stop_gradient(statistic(d2, axis=(0, 1)) + 1e-6)
+def gaussian_gram(d2: jax.Array) -> jax.Array:
+  """Gaussian kernel exp(-d2 / median(d2)) of squared distances d2 (n, n, ...), one bandwidth per
+  trailing index: the median over the (n, n) entries, held constant for the gradient."""
+  scale = jax.lax.stop_gradient(jnp.median(d2, axis=(0, 1)) + 1e-6)
   return jnp.exp(-d2 / scale)
 
 
 def kernel_alignment(s: jax.Array, eps: float = 1e-12) -> jax.Array:
   """(P, P) centred kernel alignment (CKA; Kornblith et al. 2019) between the prototypes over the
   batch, each prototype's Gaussian kernel (`gaussian_gram`) over its own values: HSIC_jk /
-  sqrt(HSIC_jj HSIC_kk), in [0, 1]. Unlike a correlation it sees dependence that is not linear, e.g. a
-  prototype that orders the hues and one that reads the hue in the middle of that order (their
-  correlation near 0); near 1 for copies (also monotone ones), 0 for a prototype that does not vary.
-  For two two-valued prototypes it is their squared correlation (a centred kernel of a two-valued
-  variable has rank 1).
-
-  The bandwidth is the mean squared distance (2 x the variance), not the median: a prototype that
-  reads one class of K is two clusters, and more than half of its pairs lie within one, so the median
-  is the noise within a cluster and the kernel sees nothing but that noise."""
+  sqrt(HSIC_jj HSIC_kk), in [0, 1]. Unlike a correlation it sees any dependence, e.g. two prototypes
+  that each read one value of the same categorical factor (|corr| ~ 0.4, CKA higher); 1 for copies
+  (also monotone ones), 0 for a prototype that does not vary."""
   n = s.shape[0]
-  k = gaussian_gram(jnp.square(s[:, None, :] - s[None, :, :]), jnp.mean)  # (n, n, P)
+  k = gaussian_gram(jnp.square(s[:, None, :] - s[None, :, :]))  # (n, n, P)
   k = k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean((0, 1), keepdims=True)
   flat = k.reshape(n * n, -1)
   hsic = flat.T @ flat
