@@ -306,47 +306,18 @@ def batch_correlation(x: jax.Array, y: jax.Array, eps: float = 1e-6) -> jax.Arra
   return xs.T @ ys / x.shape[0]
 
 
-def gaussian_gram(d2: jax.Array) -> jax.Array:
-  """Gaussian kernel exp(-d2 / median(d2)) of squared distances d2 (n, n, ...), one bandwidth per
-  trailing index: the median over the (n, n) entries, held constant for the gradient."""
-  scale = jax.lax.stop_gradient(jnp.median(d2, axis=(0, 1)) + 1e-6)
-  return jnp.exp(-d2 / scale)
-
-
-def kernel_alignment(s: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """(P, P) centred kernel alignment (CKA; Kornblith et al. 2019) between the prototypes over the
-  batch, each prototype's Gaussian kernel (`gaussian_gram`) over its own values: HSIC_jk /
-  sqrt(HSIC_jj HSIC_kk), in [0, 1]. Unlike a correlation it sees any dependence, e.g. two prototypes
-  that each read one value of the same categorical factor (|corr| ~ 0.4, CKA higher); 1 for copies
-  (also monotone ones), 0 for a prototype that does not vary."""
-  n = s.shape[0]
-  k = gaussian_gram(jnp.square(s[:, None, :] - s[None, :, :]))  # (n, n, P)
-  k = k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean((0, 1), keepdims=True)
-  flat = k.reshape(n * n, -1)
-  hsic = flat.T @ flat
-  norm = jnp.sqrt(jnp.diag(hsic) + eps)  # eps inside: a constant prototype has a finite gradient
-  return hsic / (norm[:, None] * norm[None, :])
-
-
-DEPENDENCE_MEASURES = ('correlation', 'cka')
-
-
-def decorrelation_loss(s: jax.Array, threshold: float = 0.0, measure: str = 'correlation') -> jax.Array:
-  """Mean over the P (P - 1) ordered pairs of distinct prototypes of their squared dependence over
+def decorrelation_loss(s: jax.Array, threshold: float = 0.0) -> jax.Array:
+  """Mean over the P (P - 1) ordered pairs of distinct prototypes of their squared correlation over
   the batch (train.s_decorrelation_weight): 0 when no two prototypes co-vary, 1 when all are copies.
-  measure (train.s_decorrelation_measure): 'correlation' (|Pearson|) or 'cka' (`kernel_alignment`).
 
-  threshold > 0 (train.s_decorrelation_threshold) counts only the excess of the dependence over it,
-  (relu(dep - threshold) / (1 - threshold))^2: near-copies pay (a copy still 1), prototypes that
+  threshold > 0 (train.s_decorrelation_threshold) counts only the excess of |corr| over it,
+  (relu(|corr| - threshold) / (1 - threshold))^2: near-copies pay (a copy still 1), prototypes that
   merely share some of a factor do not."""
-  if measure not in DEPENDENCE_MEASURES:
-    raise ValueError(f'unknown dependence measure {measure!r}; expected one of {DEPENDENCE_MEASURES}')
   p = s.shape[1]
   if p < 2:
     return jnp.zeros((), s.dtype)
-  dependence = batch_correlation(s, s) if measure == 'correlation' else kernel_alignment(s)
-  dependence = jnp.abs(dependence) * (1.0 - jnp.eye(p, dtype=s.dtype))
-  excess = jax.nn.relu(dependence - threshold) / (1.0 - threshold)
+  corr = batch_correlation(s, s) * (1.0 - jnp.eye(p, dtype=s.dtype))
+  excess = jax.nn.relu(jnp.abs(corr) - threshold) / (1.0 - threshold)
   return jnp.sum(excess ** 2) / (p * (p - 1))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from patronus_jax.core.config import ConfigDict, one_of, require
 from patronus_jax.core.diffusion import DETERMINISTIC_SAMPLERS, SAMPLERS, SPACINGS
 from patronus_jax.core.training import LR_SCHEDULES
-from patronus_jax.models.prototypes import DECODER_KINDS, DEPENDENCE_MEASURES
+from patronus_jax.models.prototypes import DECODER_KINDS
 
 
 def model_config() -> ConfigDict:
@@ -125,9 +125,6 @@ def train_config() -> ConfigDict:
       s_decorrelation_weight=0.0,
       # > 0: the decorrelation term counts only the excess of |corr| over this (near-copies only)
       s_decorrelation_threshold=0.0,
-      # what the decorrelation term measures: 'correlation' (|Pearson|) or 'cka' (kernel alignment,
-      # which also sees two prototypes that read different values of one factor)
-      s_decorrelation_measure='correlation',
       # > 0: this weight x the mean distance of every patch to its nearest prototype (k-means of the
       # patches), so that prototypes sit on the kinds of patch that occur (not in the paper; docs/patronus.md)
       patch_cluster_weight=0.0,
@@ -301,7 +298,6 @@ def _validate_training(config: ConfigDict) -> None:
           f"config field 'train.s_decorrelation_weight' must be >= 0 (0: off), got {t.s_decorrelation_weight}")
   require(0.0 <= t.s_decorrelation_threshold < 1.0,
           f"config field 'train.s_decorrelation_threshold' must be in [0, 1), got {t.s_decorrelation_threshold}")
-  one_of(config, 'train.s_decorrelation_measure', DEPENDENCE_MEASURES)
   for field in ('s_decoder_hessian_weight', 'edit_cycle_weight'):  # terms that run the decoder of s
     value = t[field]
     require(value >= 0.0, f"config field 'train.{field}' must be >= 0 (0: off), got {value}")

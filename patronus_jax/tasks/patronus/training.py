@@ -101,8 +101,7 @@ class PatronusTask:
       loss = loss + weight * metrics['edit_cycle_loss']
     weight = self.config.train.s_decorrelation_weight
     if weight > 0:
-      metrics['s_correlation'] = proto_lib.decorrelation_loss(
-          s, self.config.train.s_decorrelation_threshold, self.config.train.s_decorrelation_measure)
+      metrics['s_correlation'] = proto_lib.decorrelation_loss(s, self.config.train.s_decorrelation_threshold)
       loss = loss + weight * metrics['s_correlation']
     weight = self.config.train.patch_cluster_weight
     if weight > 0:
