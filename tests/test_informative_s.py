@@ -454,6 +454,96 @@ def test_decorrelation_loss_is_the_mean_squared_correlation_of_distinct_prototyp
                      lambda encoded: proto_lib.decorrelation_loss(encoded.activations))
 
 
+def test_the_decorrelation_memory_counts_earlier_batches_without_their_gradient():
+  """train.s_decorrelation_memory: the correlation is over the batch and the filled memory rows, as if
+  they were one batch; unfilled slots count for nothing; only the batch's rows get a gradient; the
+  memory keeps the newest rows first."""
+  rng = np.random.RandomState(1)
+  batch = rng.randn(4, 3).astype(np.float32)
+  earlier = rng.randn(6, 3).astype(np.float32)
+  earlier[:, 2] = earlier[:, 0] * 0.5 + 0.1 * rng.randn(6)  # dependence that the batch alone hides
+  memory = proto_lib.empty_memory(9, 3)  # room for 9; 6 filled, 3 not yet
+  for rows in (earlier[4:], earlier[:4]):  # two earlier batches, the newest first in the end
+    memory = proto_lib.remember(memory, jnp.asarray(rows))
+  np.testing.assert_array_equal(np.asarray(memory['filled']), [1] * 6 + [0] * 3)
+  np.testing.assert_array_equal(np.asarray(memory['activations'][:6]), earlier)
+  pooled = np.concatenate([batch, earlier])
+  for threshold in (0.0, 0.3):
+    expected = float(proto_lib.decorrelation_loss(jnp.asarray(pooled), threshold))
+    got = float(proto_lib.decorrelation_loss(jnp.asarray(batch), threshold, memory))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert abs(got - float(proto_lib.decorrelation_loss(jnp.asarray(batch), threshold))) > 1e-3
+  # the gradient: the pooled loss's gradient on the batch's rows, none into the memory
+  g_mem = jax.grad(lambda m: proto_lib.decorrelation_loss(jnp.asarray(batch), 0.0, dict(memory, activations=m)))(
+      memory['activations'])
+  assert float(jnp.abs(g_mem).max()) == 0.0
+  g = jax.grad(lambda b: proto_lib.decorrelation_loss(b, 0.0, memory))(jnp.asarray(batch))
+  g_pooled = jax.grad(lambda r: proto_lib.decorrelation_loss(r, 0.0))(jnp.asarray(pooled))[:4]
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_pooled), rtol=1e-4, atol=1e-7)
+  # a full memory drops its oldest rows
+  full = proto_lib.remember(memory, jnp.asarray(batch))
+  np.testing.assert_array_equal(np.asarray(full['activations']), np.concatenate([batch, earlier[:5]]))
+  assert float(full['filled'].sum()) == 9
+  with pytest.raises(ConfigError, match='train.s_decorrelation_memory'):
+    config_lib.load('configs/quickstart.py:tiny', {'train.s_decorrelation_memory': -8})
+
+
+def test_the_spread_term_charges_prototypes_narrower_than_a_fraction_of_the_widest():
+  rng = np.random.RandomState(2)
+  z = rng.randn(64, 1).astype(np.float32)
+  s = np.concatenate([3.0 * z, 1.0 * rng.randn(64, 1), 0.3 * rng.randn(64, 1), np.full((64, 1), 0.5)], 1)
+  s = s.astype(np.float32)
+  std = s.std(0)
+  floor = 0.25
+  expected = np.mean(np.maximum(0.0, 1.0 - std / (floor * std.max())) ** 2)
+  assert expected > 0.25  # the constant prototype pays 1, the 0.3-wide one a little, the others 0
+  np.testing.assert_allclose(float(proto_lib.spread_loss(jnp.asarray(s), floor)), expected, rtol=1e-5)
+  # the widest prototype is the reference, not pushed: its gradient is 0, the narrow ones' is not
+  g = np.asarray(jax.grad(lambda x: proto_lib.spread_loss(x, floor))(jnp.asarray(s)))
+  assert np.abs(g[:, 0]).max() == 0.0 and np.abs(g[:, 1]).max() == 0.0 and np.abs(g[:, 2]).max() > 0
+  with pytest.raises(ConfigError, match='train.s_spread_floor'):
+    config_lib.load('configs/quickstart.py:tiny', {'train.s_spread_floor': 0.0})
+  # in stage 1's loss: weight x the term on the batch's s; it trains the prototype network (whichever of
+  # its encoders feeds the narrow prototypes), not the U-Net
+  value, grads, task, variables, x = _stage1_term('s_spread_weight', 0.5, 's_spread_loss')
+  encoded = task.model.apply(variables, x, method=task.model.encode)
+  np.testing.assert_allclose(value, float(proto_lib.spread_loss(encoded.activations, 0.2)), rtol=1e-5)
+  assert value > 0
+  biggest = {k: max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[k])) for k in grads}
+  assert biggest['prototypes'] > 0 and biggest['unet'] == 0
+  with pytest.raises(ConfigError, match='train.s_spread_weight'):
+    config_lib.load('configs/quickstart.py:tiny', {'train.s_spread_weight': -1.0})
+
+
+def test_a_run_with_the_decorrelation_memory_resumes_bit_identically(shapes_config, tmp_path):
+  """The memory lives in the train state: it fills as training goes, is checkpointed, and a run
+  interrupted and resumed equals one that was not; inference never sees it."""
+  from patronus_jax.core import sharding
+  from patronus_jax.core import training as training_lib
+  from patronus_jax.tasks.patronus import training as patronus_training
+  config = shapes_config.copy_and_resolve_references()
+  t = config.train
+  t.num_steps, t.checkpoint_every = 6, 3
+  t.s_decorrelation_memory = 3 * t.batch_size + 2  # fills after 4 steps, then drops the oldest
+  t.s_decorrelation_weight, t.s_decorrelation_threshold, t.s_spread_weight = 5.0, 0.3, 1.0
+  mesh = sharding.make_mesh(config_lib.mesh_config(), devices=jax.devices()[:1])
+  straight = patronus_training.train_stage1(config, str(tmp_path / 'a'), mesh)
+  memory = straight.variables['memory']
+  assert float(memory['filled'].sum()) == t.s_decorrelation_memory
+  assert float(jnp.abs(memory['activations'][0] - memory['activations'][t.batch_size]).max()) > 0
+  config_b = config.copy_and_resolve_references()
+  config_b.train.num_steps = 3
+  half = patronus_training.train_stage1(config_b, str(tmp_path / 'b'), mesh)
+  assert float(half.variables['memory']['filled'].sum()) == 3 * t.batch_size
+  resumed = patronus_training.train_stage1(config, str(tmp_path / 'b'), mesh)
+  for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.opt_state, straight.variables)),
+                  jax.tree_util.tree_leaves((resumed.params, resumed.opt_state, resumed.variables))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert 'memory' not in straight.inference_variables()
+  state, _, _ = training_lib.load_state(str(tmp_path / 'b'), 'stage1')
+  assert 'memory' in state['variables'] and 'memory' not in training_lib.inference_variables(state)
+
+
 def test_patch_cluster_loss_is_the_k_means_objective_of_the_patches():
   # closed form: each patch's distance to its nearest prototype, averaged over batch and positions
   d = np.array([[[[0.5, 2.0, 1.0], [3.0, 0.2, 0.9]]],

@@ -41,18 +41,29 @@ class Preempted(RuntimeError):
   """SIGTERM arrived; a checkpoint of the current step was written."""
 
 
+# The collection of TrainState.variables that only a loss reads, never the model (e.g. the activations of
+# earlier batches): a task's loss_fn returns its next value as metrics[MEMORY]; it is checkpointed with
+# the state, so a resumed run equals an uninterrupted one, and left out of every inference variables.
+MEMORY = 'memory'
+
+
+def model_collections(variables: dict) -> dict:
+  """The collections a model applies with: `variables` without the loop's 'extras' and MEMORY."""
+  return {k: v for k, v in variables.items() if k not in ('extras', MEMORY)}
+
+
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: number of optimizer steps taken
   params: Any
   ema_params: Any  # exponential moving average of params (used for sampling)
   opt_state: Any
-  variables: Any  # non-trainable collections (e.g. 'buffers'): constant during training
+  variables: Any  # non-trainable collections (e.g. 'buffers'): constant during training, except MEMORY
   rng: jax.Array  # raw PRNG key data; step keys are fold_in(rng, step)
   extras: Any  # constant arrays kept with the checkpoint (e.g. latent normalisation)
 
   def inference_variables(self, use_ema: bool = True) -> dict:
-    return {'params': self.ema_params if use_ema else self.params, **self.variables}
+    return {'params': self.ema_params if use_ema else self.params, **model_collections(self.variables)}
 
 
 class Task(Protocol):
@@ -171,8 +182,11 @@ def train_step(state: TrainState, batch: dict, *, task: Task, tx: optax.Gradient
     ema = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
   else:
     ema = params
+  memory = metrics.pop(MEMORY, None)
+  variables = state.variables if memory is None else {**state.variables, MEMORY: memory}
   metrics = {**metrics, 'loss': value, 'grad_norm': optax.global_norm(grads)}
-  return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state,
+                       variables=variables), metrics
 
 
 def training_loss(params, *, task: Task, state: TrainState, batch: dict, key: jax.Array):
@@ -461,7 +475,7 @@ def load_state(workdir: str, stage: str, mesh=None, step: Optional[int] = None) 
 def inference_variables(state: dict, use_ema: bool = True) -> dict:
   """{'params': EMA (or raw) params, 'buffers': ...} from a restored state dict."""
   params = state['ema_params'] if use_ema else state['params']
-  return {'params': params, **state.get('variables', {})}
+  return {'params': params, **model_collections(state.get('variables', {}))}
 
 
 def check_variables(model, variables: dict, example_args: tuple, what: str) -> None:

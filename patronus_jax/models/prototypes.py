@@ -22,7 +22,7 @@ the image of size r centred at start + index * jump.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -306,19 +306,65 @@ def batch_correlation(x: jax.Array, y: jax.Array, eps: float = 1e-6) -> jax.Arra
   return xs.T @ ys / x.shape[0]
 
 
-def decorrelation_loss(s: jax.Array, threshold: float = 0.0) -> jax.Array:
+def weighted_moments(x: jax.Array, weights: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+  """(standardised x, std per column) over the rows of x (n, p), row i counting weights[i] (>= 0)."""
+  w = weights / jnp.sum(weights)
+  centred = x - w @ x
+  std = jnp.sqrt(w @ centred ** 2)
+  return centred / (std + eps), std
+
+
+def with_memory(s: jax.Array, memory: Optional[dict]) -> tuple[jax.Array, jax.Array]:
+  """(rows, weights): the batch's s followed by the memory's activations of earlier batches (no
+  gradient; slots not filled yet weigh 0), or the batch alone."""
+  weights = jnp.ones((s.shape[0],), s.dtype)
+  if memory is None:
+    return s, weights
+  rows = jnp.concatenate([s, jax.lax.stop_gradient(memory['activations']).astype(s.dtype)])
+  return rows, jnp.concatenate([weights, memory['filled'].astype(s.dtype)])
+
+
+def empty_memory(size: int, num_prototypes: int) -> dict:
+  """Room for the s of `size` earlier examples (train.s_decorrelation_memory), none filled yet."""
+  return {'activations': jnp.zeros((size, num_prototypes), jnp.float32), 'filled': jnp.zeros((size,), jnp.float32)}
+
+
+def remember(memory: dict, s: jax.Array) -> dict:
+  """The memory after a batch: its s first (without gradient), the oldest rows dropped."""
+  size = memory['filled'].shape[0]
+  s = jax.lax.stop_gradient(s).astype(jnp.float32)
+  return {'activations': jnp.concatenate([s, memory['activations']])[:size],
+          'filled': jnp.concatenate([jnp.ones((s.shape[0],), jnp.float32), memory['filled']])[:size]}
+
+
+def decorrelation_loss(s: jax.Array, threshold: float = 0.0, memory: Optional[dict] = None) -> jax.Array:
   """Mean over the P (P - 1) ordered pairs of distinct prototypes of their squared correlation over
   the batch (train.s_decorrelation_weight): 0 when no two prototypes co-vary, 1 when all are copies.
 
   threshold > 0 (train.s_decorrelation_threshold) counts only the excess of |corr| over it,
   (relu(|corr| - threshold) / (1 - threshold))^2: near-copies pay (a copy still 1), prototypes that
-  merely share some of a factor do not."""
+  merely share some of a factor do not. With `memory` (train.s_decorrelation_memory) the correlation
+  is over the batch and the s of earlier batches: at a batch of 8 a correlation's noise is ~0.35,
+  over 264 rows ~0.06, so a low threshold then charges real dependence, not noise."""
   p = s.shape[1]
   if p < 2:
     return jnp.zeros((), s.dtype)
-  corr = batch_correlation(s, s) * (1.0 - jnp.eye(p, dtype=s.dtype))
+  rows, weights = with_memory(s, memory)
+  standardised, _ = weighted_moments(rows, weights)
+  corr = (standardised * (weights / jnp.sum(weights))[:, None]).T @ standardised * (1.0 - jnp.eye(p, dtype=s.dtype))
   excess = jax.nn.relu(jnp.abs(corr) - threshold) / (1.0 - threshold)
   return jnp.sum(excess ** 2) / (p * (p - 1))
+
+
+def spread_loss(s: jax.Array, floor: float, memory: Optional[dict] = None) -> jax.Array:
+  """Mean over prototypes of relu(1 - std_j / (floor x the largest std))^2 (train.s_spread_weight):
+  a prototype whose spread over the batch (and the memory) falls below `floor` of the widest one's
+  pays, so that a penalty on dependence cannot be met by silencing prototypes (VICReg's variance
+  term, relative to the widest prototype since s has no fixed scale)."""
+  rows, weights = with_memory(s, memory)
+  _, std = weighted_moments(rows, weights)
+  reference = jax.lax.stop_gradient(jnp.max(std)) * floor
+  return jnp.mean(jax.nn.relu(1.0 - std / (reference + 1e-12)) ** 2)
 
 
 def hessian_penalty(fn, s: jax.Array, key: jax.Array, step: float = 0.1, num_directions: int = 2) -> jax.Array:

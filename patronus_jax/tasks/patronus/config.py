@@ -125,6 +125,13 @@ def train_config() -> ConfigDict:
       s_decorrelation_weight=0.0,
       # > 0: the decorrelation term counts only the excess of |corr| over this (near-copies only)
       s_decorrelation_threshold=0.0,
+      # > 0: its correlations (and the spread term's stds) also count the s of this many earlier
+      # examples, kept without gradient in the train state: a low threshold then sees dependence, not noise
+      s_decorrelation_memory=0,
+      # > 0: this weight x the spread term: prototypes whose std falls below s_spread_floor x the widest
+      # prototype's pay, so that the decorrelation term cannot be met by silencing prototypes
+      s_spread_weight=0.0,
+      s_spread_floor=0.2,
       # > 0: this weight x the mean distance of every patch to its nearest prototype (k-means of the
       # patches), so that prototypes sit on the kinds of patch that occur (not in the paper; docs/patronus.md)
       patch_cluster_weight=0.0,
@@ -298,6 +305,14 @@ def _validate_training(config: ConfigDict) -> None:
           f"config field 'train.s_decorrelation_weight' must be >= 0 (0: off), got {t.s_decorrelation_weight}")
   require(0.0 <= t.s_decorrelation_threshold < 1.0,
           f"config field 'train.s_decorrelation_threshold' must be in [0, 1), got {t.s_decorrelation_threshold}")
+  require(isinstance(t.s_decorrelation_memory, int) and t.s_decorrelation_memory >= 0,
+          f"config field 'train.s_decorrelation_memory' must be an integer >= 0 (earlier examples kept; 0: "
+          f"the batch alone), got {t.s_decorrelation_memory!r}")
+  require(t.s_spread_weight >= 0.0,
+          f"config field 'train.s_spread_weight' must be >= 0 (0: off), got {t.s_spread_weight}")
+  require(0.0 < t.s_spread_floor <= 1.0,
+          f"config field 'train.s_spread_floor' must be in (0, 1] (a fraction of the widest prototype's std), "
+          f"got {t.s_spread_floor}")
   for field in ('s_decoder_hessian_weight', 'edit_cycle_weight'):  # terms that run the decoder of s
     value = t[field]
     require(value >= 0.0, f"config field 'train.{field}' must be >= 0 (0: off), got {value}")

@@ -24,7 +24,7 @@ from patronus_jax.core import diffusion
 from patronus_jax.core import files
 from patronus_jax.core import timing
 from patronus_jax.core import workdir as workdir_lib
-from patronus_jax.core.training import LoopSettings, TrainState, array_iterator, run_training
+from patronus_jax.core.training import MEMORY, LoopSettings, TrainState, array_iterator, model_collections, run_training
 from patronus_jax.models import prototypes as proto_lib
 from patronus_jax.models.latent import latent_from_config
 from patronus_jax.models import unet as unet_lib
@@ -48,7 +48,12 @@ class PatronusTask:
 
   def init_variables(self, key, batch):
     x = batch['image']
-    return self.model.init({'params': key}, x, jnp.zeros((x.shape[0],), jnp.int32))
+    variables = self.model.init({'params': key}, x, jnp.zeros((x.shape[0],), jnp.int32))
+    size = self.config.train.s_decorrelation_memory
+    if size:  # the s of earlier batches, for the penalties on s (not the model's)
+      s = jax.eval_shape(lambda: self.model.apply(variables, x, method=self.model.encode).activations)
+      variables = {**variables, MEMORY: proto_lib.empty_memory(size, s.shape[-1])}
+    return variables
 
   def loss_fn(self, params, variables, batch, key, train):
     loss, metrics, _ = self.loss_terms(params, variables, batch, key, train)
@@ -56,6 +61,7 @@ class PatronusTask:
 
   def loss_terms(self, params, variables, batch, key, train):
     """(loss, metrics, s of the batch): `loss_fn` and the activations it computed (for penalties on s)."""
+    memory = variables.get(MEMORY) if train else None  # evaluation scores its batch alone
     variables = self.model_variables(params, variables)
     x0 = batch['image']
     diff_key, drop_key = jax.random.split(key)
@@ -101,8 +107,14 @@ class PatronusTask:
       loss = loss + weight * metrics['edit_cycle_loss']
     weight = self.config.train.s_decorrelation_weight
     if weight > 0:
-      metrics['s_correlation'] = proto_lib.decorrelation_loss(s, self.config.train.s_decorrelation_threshold)
+      metrics['s_correlation'] = proto_lib.decorrelation_loss(s, self.config.train.s_decorrelation_threshold, memory)
       loss = loss + weight * metrics['s_correlation']
+    weight = self.config.train.s_spread_weight
+    if weight > 0:
+      metrics['s_spread_loss'] = proto_lib.spread_loss(s, self.config.train.s_spread_floor, memory)
+      loss = loss + weight * metrics['s_spread_loss']
+    if memory is not None:
+      metrics[MEMORY] = proto_lib.remember(memory, s)
     weight = self.config.train.patch_cluster_weight
     if weight > 0:
       metrics['patch_cluster_loss'] = proto_lib.patch_cluster_loss(encoded.distances)
@@ -117,8 +129,8 @@ class PatronusTask:
 
   @staticmethod
   def model_variables(params, variables) -> dict:
-    """What the model applies with: the parameters and the other collections (not the loop's 'extras')."""
-    return {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    """What the model applies with: the parameters and the model's collections (`model_collections`)."""
+    return {'params': params, **model_collections(variables)}
 
   def decoder_loss(self, decoded, x0):
     """The auxiliary decoder's loss: its picture of s against the image's block means, each pixel
@@ -184,7 +196,7 @@ class LatentTask:
     return self.model.init({'params': key}, s, jnp.zeros((s.shape[0],), jnp.int32))
 
   def loss_fn(self, params, variables, batch, key, train):
-    variables = {'params': params, **{k: v for k, v in variables.items() if k != 'extras'}}
+    variables = {'params': params, **model_collections(variables)}
     diff_key, drop_key = jax.random.split(key)
     denoise = lambda z, t: self.model.apply(variables, z, t, train, rngs={'dropout': drop_key})
     loss = diffusion.diffusion_loss(denoise, self.schedule, batch['s'], diff_key)
