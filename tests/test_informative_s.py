@@ -542,6 +542,11 @@ def test_a_run_with_the_decorrelation_memory_resumes_bit_identically(shapes_conf
   assert 'memory' not in straight.inference_variables()
   state, _, _ = training_lib.load_state(str(tmp_path / 'b'), 'stage1')
   assert 'memory' in state['variables'] and 'memory' not in training_lib.inference_variables(state)
+  # another memory size is another train state: a conflict named before anything is read or moved
+  other = config.copy_and_resolve_references()
+  other.train.s_decorrelation_memory = 0
+  with pytest.raises(workdir_lib.ConfigConflict, match='train.s_decorrelation_memory'):
+    workdir_lib.check_and_write_config(str(tmp_path / 'b'), other)
 
 
 def test_patch_cluster_loss_is_the_k_means_objective_of_the_patches():

@@ -29,6 +29,7 @@ FROZEN_PREFIXES = (
     'data.train_split', 'data.folder.path', 'bcos.',
     'latent.base_channels', 'latent.channel_mults', 'latent.num_res_blocks', 'latent.timesteps',
     'latent.schedule', 'latent.skip_connections', 'latent.normalize', 'seed',
+    'train.s_decorrelation_memory',  # the shape of a stage-1 train state (its memory of earlier s)
 )
 # Inside frozen sections, fields that only change how a run executes.
 MUTABLE_EXCEPTIONS = ('model.remat', 'bcos.explain_', 'bcos.num_', 'data.num_workers')
