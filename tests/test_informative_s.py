@@ -545,6 +545,7 @@ def test_a_run_with_the_decorrelation_memory_resumes_bit_identically(shapes_conf
   # another memory size is another train state: a conflict named before anything is read or moved
   other = config.copy_and_resolve_references()
   other.train.s_decorrelation_memory = 0
+  workdir_lib.check_and_write_config(str(tmp_path / 'b'), config)  # what main writes before a run
   with pytest.raises(workdir_lib.ConfigConflict, match='train.s_decorrelation_memory'):
     workdir_lib.check_and_write_config(str(tmp_path / 'b'), other)
 
