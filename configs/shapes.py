@@ -69,15 +69,7 @@ def informative_s(config):
   26 alive instead of 29-30; weight 10 took shape and colour off single prototypes on seed 1 (the
   correlation over a batch of 8 is noisy enough that pairs sharing a factor pay too). Glyphs, three
   seeds: keep rates hold; duplicate pairs 0/0/8 -> 0/0/0; the mean single-prototype edit .19/.24/.14 ->
-  .14/.17/.17 (it falls where there was no copy to remove).
-  Then the same penalty on weaker dependence, estimated over the s of the last 512 examples kept in the
-  train state (train.s_decorrelation_memory=512, threshold 0.15, weight 50) with the spread term
-  (train.s_spread_weight=1: no prototype narrower than 0.2 x the widest): a factor with several values
-  is then held by prototypes that do not co-vary (colour as two uncorrelated bits, position as two),
-  not by one detector per value, so moving one prototype moves the factor. On three seeds at 7,600
-  steps: shape edit .76/.76/.93 -> .85/.95/.77, colour edit .89/.66/.65 -> .99/.90/.85, position
-  .83/.51/.80 -> .98/.92/.91, size .87/.65/.72 -> .93/.86/.47, stripes .98/.86/.98 -> .59/1.00/.97,
-  alive 26/26/26 -> 32/32/31, keep rates unchanged, TAD 1.49/.98/.99 -> 1.00/1.47/.91 (docs/results.md)."""
+  .14/.17/.17 (it falls where there was no copy to remove)."""
   config.model.num_prototypes = 32
   config.model.outline_prototypes = 8
   config.model.outline_centred = True
@@ -94,10 +86,8 @@ def informative_s(config):
   config.diffusion.sketch_consistency = 1.0
   config.train.cond_dropout = 0.1
   config.train.prototype_lr_scale = 4.0
-  config.train.s_decorrelation_weight = 50.0
-  config.train.s_decorrelation_threshold = 0.15
-  config.train.s_decorrelation_memory = 512
-  config.train.s_spread_weight = 1.0
+  config.train.s_decorrelation_weight = 2.0
+  config.train.s_decorrelation_threshold = 0.9
   mlp_latent(config)
   return config
 

@@ -366,13 +366,11 @@ def test_the_recipe_has_centred_outline_prototypes_and_the_near_copy_penalty_and
   assert (tiny.model.num_prototypes, tiny.model.outline_prototypes, tiny.model.outline_centred) == (8, 2, True)
   assert config_lib.load('configs/quickstart.py:paper').model.outline_prototypes == 0
   for name in ('configs/quickstart.py', 'configs/quickstart.py:tiny', 'configs/shapes.py', 'configs/glyphs.py'):
-    train = config_lib.load(name).train  # the decorrelation penalty over a memory is part of the recipe ...
-    assert (train.s_decorrelation_weight, train.s_decorrelation_threshold, train.s_decorrelation_memory,
-            train.s_spread_weight) == (50.0, 0.15, 512, 1.0), name
+    train = config_lib.load(name).train  # the near-copy penalty is part of the recipe ...
+    assert (train.s_decorrelation_weight, train.s_decorrelation_threshold) == (2.0, 0.9), name
   for name in ('configs/quickstart.py:paper', 'configs/shapes.py:paper', 'configs/celeba.py'):
     train = config_lib.load(name).train  # ... and not of the paper's method
-    assert (train.s_decorrelation_weight, train.s_decorrelation_threshold, train.s_decorrelation_memory,
-            train.s_spread_weight) == (0.0, 0.0, 0, 0.0), name
+    assert (train.s_decorrelation_weight, train.s_decorrelation_threshold) == (0.0, 0.0), name
   for num, outline, expected in ((100, 10, 1), (6, 3, 3), (16, 0, 0)):  # at least one where there were any
     config = config_lib.load('configs/quickstart.py:paper')
     config.model.num_prototypes, config.model.outline_prototypes = num, outline
@@ -572,8 +570,8 @@ def _stage1_term(field: str, weight: float, metric: str):
   """Stage 1's loss on a tiny batch with train.<field> = weight is the plain loss + weight x the logged
   `metric`, which the plain loss does not log. Returns (the metric, its gradient, task, variables, batch)."""
   x = jax.random.uniform(jax.random.PRNGKey(2), (6, 32, 32, 3), minval=-1, maxval=1)
-  # the recipe's decorrelation and spread terms off in both, so that the plain loss holds no term under test
-  off = {'train.s_decorrelation_weight': 0.0, 'train.s_decorrelation_threshold': 0.0, 'train.s_spread_weight': 0.0}
+  # the recipe's near-copy penalty off in both, so that the plain loss holds no term under test
+  off = {'train.s_decorrelation_weight': 0.0, 'train.s_decorrelation_threshold': 0.0}
   task = PatronusTask(config_lib.load('configs/quickstart.py:tiny', {**off, f'train.{field}': weight}))
   plain = PatronusTask(config_lib.load('configs/quickstart.py:tiny', off))
   variables = task.init_variables(jax.random.PRNGKey(0), {'image': x})
