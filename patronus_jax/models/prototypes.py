@@ -301,17 +301,20 @@ def argmin_box(rf: ReceptiveField, flat_index: int, image_size: int) -> tuple[in
 def batch_correlation(x: jax.Array, y: jax.Array, eps: float = 1e-6) -> jax.Array:
   """(p, q) correlations over the batch between the columns of x (n, p) and y (n, q); a column that
   does not vary has correlation 0 with everything."""
-  xs = (x - x.mean(0)) / (x.std(0) + eps)
-  ys = (y - y.mean(0)) / (y.std(0) + eps)
+  ones = jnp.ones((x.shape[0],), x.dtype)
+  xs, _, _ = weighted_moments(x, ones, eps)
+  ys, _, _ = weighted_moments(y, ones, eps)
   return xs.T @ ys / x.shape[0]
 
 
-def weighted_moments(x: jax.Array, weights: jax.Array, eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
-  """(standardised x, std per column) over the rows of x (n, p), row i counting weights[i] (>= 0)."""
+def weighted_moments(x: jax.Array, weights: jax.Array,
+                     eps: float = 1e-6) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(standardised x, std per column, weights summing to 1) over the rows of x (n, p), row i counting
+  weights[i] (>= 0); equal weights give the batch's mean and (population) std."""
   w = weights / jnp.sum(weights)
   centred = x - w @ x
   std = jnp.sqrt(w @ centred ** 2)
-  return centred / (std + eps), std
+  return centred / (std + eps), std, w
 
 
 def with_memory(s: jax.Array, memory: Optional[dict]) -> tuple[jax.Array, jax.Array]:
@@ -349,9 +352,8 @@ def decorrelation_loss(s: jax.Array, threshold: float = 0.0, memory: Optional[di
   p = s.shape[1]
   if p < 2:
     return jnp.zeros((), s.dtype)
-  rows, weights = with_memory(s, memory)
-  standardised, _ = weighted_moments(rows, weights)
-  corr = (standardised * (weights / jnp.sum(weights))[:, None]).T @ standardised * (1.0 - jnp.eye(p, dtype=s.dtype))
+  standardised, _, w = weighted_moments(*with_memory(s, memory))
+  corr = (standardised * w[:, None]).T @ standardised * (1.0 - jnp.eye(p, dtype=s.dtype))
   excess = jax.nn.relu(jnp.abs(corr) - threshold) / (1.0 - threshold)
   return jnp.sum(excess ** 2) / (p * (p - 1))
 
@@ -361,8 +363,7 @@ def spread_loss(s: jax.Array, floor: float, memory: Optional[dict] = None) -> ja
   a prototype whose spread over the batch (and the memory) falls below `floor` of the widest one's
   pays, so that a penalty on dependence cannot be met by silencing prototypes (VICReg's variance
   term, relative to the widest prototype since s has no fixed scale)."""
-  rows, weights = with_memory(s, memory)
-  _, std = weighted_moments(rows, weights)
+  _, std, _ = weighted_moments(*with_memory(s, memory))
   reference = jax.lax.stop_gradient(jnp.max(std)) * floor
   return jnp.mean(jax.nn.relu(1.0 - std / (reference + 1e-12)) ** 2)
 
